@@ -1,0 +1,3 @@
+from copsctl.cli import main
+
+main()

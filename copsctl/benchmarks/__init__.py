@@ -1,0 +1,1 @@
+"""Benchmark scripts: run as ``python -m copsctl.benchmarks.<name>``; they print figures."""

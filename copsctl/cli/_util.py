@@ -1,0 +1,36 @@
+"""Helpers shared by the CLI commands: error reporting and consoles."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from ..errors import InputError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def cli_errors(func):
+    """Turn :class:`InputError` (and missing files) into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            err_console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()

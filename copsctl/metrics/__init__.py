@@ -1,0 +1,1 @@
+"""Panoptic quality: exact (no torch) and the differentiable surrogate (torch)."""

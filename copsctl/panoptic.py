@@ -1,0 +1,210 @@
+"""The COCO panoptic file format, used for ground truth and predictions alike.
+
+A panoptic set is a JSON file and a folder of PNGs. The JSON holds ``images``,
+``annotations`` and ``categories``; each annotation names its PNG (``file_name``) and
+lists ``segments_info`` entries ``{id, category_id, area, bbox, iscrowd}``. A PNG pixel
+encodes its segment id as ``id = R + 256 * G + 256**2 * B``; id 0 is void. This is the
+format of COCO's panoptic annotations and of cityscapesscripts' ``createPanopticImgs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError
+
+VOID = 0
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 ndarray -> (H, W) int64 segment ids ``R + 256 G + 256² B``."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"`rgb` (shape {rgb.shape}) must have shape (H, W, 3)")
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """(H, W) integer segment ids -> (H, W, 3) uint8 colours; inverse of :func:`rgb2id`."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
+        raise InputError(f"`ids` must lie in [0, 256**3), got range [{ids.min()}, {ids.max()}]")
+    out = np.empty(ids.shape + (3,), dtype=np.uint8)
+    out[..., 0] = ids % 256
+    out[..., 1] = (ids // 256) % 256
+    out[..., 2] = ids // 65536
+    return out
+
+
+@dataclass
+class Category:
+    id: int
+    name: str
+    isthing: bool
+    color: tuple[int, int, int] = (128, 128, 128)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "name": self.name, "isthing": int(self.isthing),
+                "color": list(self.color)}
+
+
+@dataclass
+class Segment:
+    id: int
+    category_id: int
+    area: int = 0
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+    iscrowd: bool = False
+
+    def to_json(self) -> dict:
+        return {"id": int(self.id), "category_id": int(self.category_id), "area": int(self.area),
+                "bbox": [int(v) for v in self.bbox], "iscrowd": int(self.iscrowd)}
+
+
+@dataclass
+class Annotation:
+    """One image's panoptic annotation: its PNG name and segment table."""
+
+    image_id: str | int
+    file_name: str
+    segments: list[Segment] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"image_id": self.image_id, "file_name": self.file_name,
+                "segments_info": [s.to_json() for s in self.segments]}
+
+
+@dataclass
+class PanopticSet:
+    """A parsed panoptic JSON: images, per-image annotations and categories."""
+
+    images: list[dict]
+    annotations: list[Annotation]
+    categories: list[Category]
+    png_dir: Path | None = None
+
+    def by_image_id(self) -> dict:
+        return {a.image_id: a for a in self.annotations}
+
+    def category_map(self) -> dict[int, Category]:
+        return {c.id: c for c in self.categories}
+
+    def to_json(self) -> dict:
+        return {"images": self.images,
+                "annotations": [a.to_json() for a in self.annotations],
+                "categories": [c.to_json() for c in self.categories]}
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InputError(msg)
+
+
+def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike | None = None,
+                       categories_required: bool = True) -> PanopticSet:
+    """Read and check a COCO panoptic JSON file.
+
+    Raises :class:`InputError` naming the file and the broken rule when the file is
+    missing, not JSON, or lacks the COCO panoptic structure.
+    """
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise InputError(f"{json_path}: panoptic JSON file does not exist")
+    try:
+        with open(json_path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{json_path}: not valid JSON ({exc})") from None
+    _require(isinstance(data, dict) and isinstance(data.get("annotations"), list),
+             f"{json_path}: must be a JSON object with an 'annotations' list")
+    cats = []
+    raw_cats = data.get("categories")
+    if raw_cats is None:
+        _require(not categories_required, f"{json_path}: must have a 'categories' list")
+        raw_cats = []
+    _require(isinstance(raw_cats, list), f"{json_path}: 'categories' must be a list")
+    for c in raw_cats:
+        _require(isinstance(c, dict) and "id" in c, f"{json_path}: every category needs an 'id'")
+        color = tuple(int(v) for v in c.get("color", (128, 128, 128)))
+        cats.append(Category(int(c["id"]), str(c.get("name", c["id"])), bool(c.get("isthing", 0)),
+                             color))
+    anns = []
+    for a in data["annotations"]:
+        _require(isinstance(a, dict) and "image_id" in a and "file_name" in a
+                 and isinstance(a.get("segments_info"), list),
+                 f"{json_path}: every annotation needs 'image_id', 'file_name' and 'segments_info'")
+        segs = []
+        for s in a["segments_info"]:
+            _require(isinstance(s, dict) and "id" in s and "category_id" in s,
+                     f"{json_path}: image {a['image_id']!r}: every segment needs 'id' and "
+                     "'category_id'")
+            segs.append(Segment(int(s["id"]), int(s["category_id"]), int(s.get("area", 0)),
+                                tuple(s.get("bbox", (0, 0, 0, 0))), bool(s.get("iscrowd", 0))))
+        anns.append(Annotation(a["image_id"], str(a["file_name"]), segs))
+    images = data.get("images", [])
+    _require(isinstance(images, list), f"{json_path}: 'images' must be a list")
+    if png_dir is None:
+        png_dir = json_path.with_suffix("")
+    return PanopticSet(images=images, annotations=anns, categories=cats, png_dir=Path(png_dir))
+
+
+def read_id_png(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a panoptic PNG into an (H, W) int64 id map.
+
+    ``expected_size`` is (H, W); a PNG of another size or not in RGB mode is an
+    :class:`InputError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: panoptic PNG does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable PNG ({exc})") from None
+    if mode != "RGB":
+        raise InputError(f"{path}: panoptic PNG must be RGB mode, got {mode}")
+    if expected_size is not None and tuple(arr.shape[:2]) != tuple(expected_size):
+        raise InputError(f"{path}: PNG size {arr.shape[0]}x{arr.shape[1]} (HxW) differs from the "
+                         f"expected {expected_size[0]}x{expected_size[1]}")
+    return rgb2id(arr)
+
+
+def write_id_png(path: str | os.PathLike, ids: np.ndarray) -> None:
+    """Write an (H, W) id map as an RGB panoptic PNG."""
+    Image.fromarray(id2rgb(ids), mode="RGB").save(path)
+
+
+def segments_from_id_map(ids: np.ndarray, category_of: dict[int, int],
+                         iscrowd: dict[int, bool] | None = None) -> list[Segment]:
+    """Segment table for an id map: area and COCO bbox ``[x, y, w, h]`` per non-void id."""
+    ids = np.asarray(ids)
+    flat = ids.ravel()
+    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    H, W = ids.shape
+    rows = np.repeat(np.arange(H), W)
+    cols = np.tile(np.arange(W), H)
+    n = len(uniq)
+    rmin = np.full(n, H); rmax = np.full(n, -1); cmin = np.full(n, W); cmax = np.full(n, -1)
+    np.minimum.at(rmin, inverse, rows); np.maximum.at(rmax, inverse, rows)
+    np.minimum.at(cmin, inverse, cols); np.maximum.at(cmax, inverse, cols)
+    segs = []
+    for j, sid in enumerate(uniq.tolist()):
+        if sid == VOID:
+            continue
+        if sid not in category_of:
+            raise InputError(f"segment id {sid} has no category")
+        segs.append(Segment(int(sid), int(category_of[sid]), int(counts[j]),
+                            (int(cmin[j]), int(rmin[j]), int(cmax[j] - cmin[j] + 1),
+                             int(rmax[j] - rmin[j] + 1)),
+                            bool(iscrowd.get(sid, False)) if iscrowd else False))
+    return segs

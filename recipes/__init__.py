@@ -1,0 +1,1 @@
+"""Recipe files (YAML) shipped with copsctl; installed as ``copsctl.recipes``."""
