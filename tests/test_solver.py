@@ -1,0 +1,257 @@
+"""The AMWC / MWC solver against brute-force optima, its constraints and its input checks."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from copsctl.errors import InputError
+from copsctl.solver import (SolverOptions, check_feasible, objective, solve_amwc, solve_many,
+                            solve_mwc)
+
+
+def _partitions(n):
+    """All set partitions of range(n) as restricted growth strings."""
+    def rec(prefix, m):
+        if len(prefix) == n:
+            yield tuple(prefix)
+            return
+        for b in range(m + 1):
+            yield from rec(prefix + [b], max(m, b + 1))
+    yield from rec([0], 1) if n else iter([()])
+
+
+def brute_force_optimum(node_costs, edges, edge_costs, partitionable):
+    n, k = node_costs.shape
+    best = np.inf
+    for blocks in _partitions(n):
+        blocks = np.array(blocks)
+        nb = blocks.max() + 1
+        cut = blocks[edges[:, 0]] != blocks[edges[:, 1]]
+        cut_cost = edge_costs[cut].sum()
+        for classes in itertools.product(range(k), repeat=nb):
+            classes = np.array(classes)
+            x = classes[blocks]
+            same = x[edges[:, 0]] == x[edges[:, 1]]
+            # a non-partitionable class may not be cut inside
+            if np.any(same & cut & ~partitionable[x[edges[:, 0]]]):
+                continue
+            val = node_costs[np.arange(n), x].sum() + cut_cost
+            best = min(best, val)
+    return best
+
+
+def random_problem(rng, n, k, p_edge=0.6, scale=1.0):
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < p_edge]
+    edges = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    node_costs = rng.normal(size=(n, k))
+    edge_costs = rng.normal(scale=scale, size=len(edges))
+    partitionable = rng.random(k) < 0.5
+    return node_costs, edges, edge_costs, partitionable
+
+
+@pytest.mark.parametrize("options", [SolverOptions(), SolverOptions(precluster_max_size=1),
+                                     SolverOptions(improve=False)])
+def test_never_below_brute_force_optimum_and_feasible(options):
+    rng = np.random.default_rng(0)
+    hits = 0
+    trials = 60
+    for t in range(trials):
+        n = int(rng.integers(1, 8))
+        k = int(rng.integers(1, 4))
+        nc, ed, ec, pa = random_problem(rng, n, k)
+        res = solve_amwc(nc, ed, ec, pa, options)
+        check_feasible(ed, pa, res.labels, res.segments, res.edge_cut)
+        assert res.objective == pytest.approx(objective(nc, ed, ec, res.labels, res.edge_cut))
+        opt = brute_force_optimum(nc, ed, ec, pa)
+        assert res.objective >= opt - 1e-9
+        hits += res.objective <= opt + 1e-9
+    # a greedy heuristic: optimal on most of these tiny random problems
+    assert hits >= 0.7 * trials
+
+
+def test_easy_planted_instances_are_solved_optimally():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n, k = 7, 3
+        truth_cls = rng.integers(0, k, size=n)
+        pa = np.array([True, False, True])
+        # instances only for partitionable classes: the planted labeling is feasible
+        truth_seg = np.where(pa[truth_cls], rng.integers(0, 3, size=n), 0)
+        nc = rng.uniform(2.0, 3.0, size=(n, k))
+        nc[np.arange(n), truth_cls] = 0.0
+        ed = np.array([(i, j) for i in range(n) for j in range(i + 1, n)])
+        same = (truth_cls[ed[:, 0]] == truth_cls[ed[:, 1]]) & (truth_seg[ed[:, 0]] == truth_seg[ed[:, 1]])
+        ec = np.where(same, 2.0, -2.0)
+        res = solve_amwc(nc, ed, ec, pa)
+        assert res.objective == pytest.approx(brute_force_optimum(nc, ed, ec, pa))
+
+
+def test_hand_checked_instances():
+    # two things of class 1 touching along a repulsive edge, a stuff node of class 0
+    nc = np.array([[0.0, 5.0], [5.0, 0.0], [5.0, 0.0], [5.0, 0.0], [5.0, 0.0]])
+    ed = np.array([[0, 1], [1, 2], [2, 3], [3, 4]])
+    ec = np.array([1.0, 3.0, -4.0, 3.0])
+    res = solve_amwc(nc, ed, ec, np.array([False, True]))
+    assert res.labels.tolist() == [0, 1, 1, 1, 1]
+    assert res.segments.tolist() == [0, 1, 1, 2, 2]
+    assert res.edge_cut.tolist() == [1, 0, 1, 0]
+    assert res.objective == pytest.approx(1.0 - 4.0)
+    # the same class made non-partitionable may not be split: the repulsive edge stays uncut
+    res = solve_amwc(nc, ed, ec, np.array([False, False]))
+    assert res.segments.tolist() == [0, 1, 1, 1, 1]
+    assert res.objective == pytest.approx(1.0)
+
+
+def test_non_partitionable_class_has_no_internal_cut_on_a_grid():
+    from copsctl.solver import grid_edges
+    rng = np.random.default_rng(3)
+    h, w, k = 12, 15, 4
+    nc = rng.normal(size=(h * w, k))
+    ed = grid_edges(h, w, (1, 3))
+    ec = rng.normal(size=len(ed))
+    pa = np.array([True, False, True, False])
+    res = solve_amwc(nc, ed, ec, pa)
+    check_feasible(ed, pa, res.labels, res.segments, res.edge_cut)
+    same = res.labels[ed[:, 0]] == res.labels[ed[:, 1]]
+    assert not np.any(same & (res.edge_cut == 1) & ~pa[res.labels[ed[:, 0]]])
+
+
+def test_improvement_phase_never_worsens_and_is_reported():
+    rng = np.random.default_rng(4)
+    from copsctl.solver import grid_edges
+    h, w, k = 20, 20, 3
+    nc = rng.normal(size=(h * w, k))
+    ed = grid_edges(h, w, (1, 2, 4))
+    ec = rng.normal(0.3, 1.0, size=len(ed))
+    pa = np.array([True, True, False])
+    res = solve_amwc(nc, ed, ec, pa)
+    assert res.objective <= res.stats["objective_before_improve"] + 1e-9
+    plain = solve_amwc(nc, ed, ec, pa, SolverOptions(improve=False))
+    assert plain.objective == pytest.approx(plain.stats["objective_before_improve"])
+
+
+def test_mwc_keeps_every_class_in_one_segment_per_region():
+    # the repulsive edges inside each class cannot be cut without changing a class (cost 10)
+    nc = np.array([[0.0, 10.0], [0.0, 10.0], [10.0, 0.0], [10.0, 0.0]])
+    ed = np.array([[0, 1], [1, 2], [2, 3]])
+    ec = np.array([-5.0, 0.5, -5.0])
+    res = solve_mwc(nc, ed, ec)
+    assert res.labels.tolist() == [0, 0, 1, 1]
+    assert res.segments.tolist() == [0, 0, 1, 1]
+    assert res.objective == pytest.approx(0.5)
+    # with the class partitionable the same repulsive edges are cut
+    res = solve_amwc(nc, ed, ec, np.array([True, True]))
+    assert res.segments.tolist() == [0, 1, 2, 3]
+    assert res.objective == pytest.approx(-9.5)
+
+
+def test_mwc_with_many_labels_is_feasible():
+    from copsctl.solver import grid_edges
+    rng = np.random.default_rng(5)
+    h, w, k = 24, 24, 60
+    nc = rng.normal(size=(h * w, k))
+    ed = grid_edges(h, w, (1, 4))
+    res = solve_mwc(nc, ed, rng.normal(0.5, 1.0, size=len(ed)))
+    check_feasible(ed, np.zeros(k, bool), res.labels, res.segments, res.edge_cut)
+
+
+def test_duplicate_edges_are_summed():
+    rng = np.random.default_rng(6)
+    for _ in range(10):
+        nc, ed, ec, pa = random_problem(rng, 6, 2)
+        if len(ed) == 0:
+            continue
+        dup_ed = np.concatenate([ed, ed[:, ::-1]])
+        dup_ec = np.concatenate([ec * 0.25, ec * 0.75])
+        a = solve_amwc(nc, ed, ec, pa)
+        b = solve_amwc(nc, dup_ed, dup_ec, pa)
+        assert b.objective == pytest.approx(objective(nc, dup_ed, dup_ec, b.labels, b.edge_cut))
+        # both describe the same problem, so the brute-force optimum bounds both equally
+        opt = brute_force_optimum(nc, ed, ec, pa)
+        assert a.objective >= opt - 1e-9 and b.objective >= opt - 1e-9
+
+
+def test_no_edges_and_single_node():
+    nc = np.array([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    res = solve_amwc(nc, np.zeros((0, 2), np.int64), np.zeros(0), np.array([True, False, True]))
+    assert res.labels.tolist() == [1, 0]
+    assert res.segments.tolist() == [0, 1]
+    assert res.objective == pytest.approx(1.0)
+    res = solve_amwc(np.array([[1.0]]), np.zeros((0, 2), int), np.zeros(0), np.array([False]))
+    assert res.labels.tolist() == [0] and res.segments.tolist() == [0]
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(7)
+    nc, ed, ec, pa = random_problem(rng, 7, 3)
+    copies = [a.copy() for a in (nc, ed, ec, pa)]
+    solve_amwc(nc, ed, ec, pa)
+    for a, b in zip((nc, ed, ec, pa), copies):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_solve_many_matches_one_by_one():
+    rng = np.random.default_rng(8)
+    from copsctl.solver import grid_edges
+    problems = []
+    for _ in range(6):
+        nc = rng.normal(size=(30 * 30, 4))
+        ed = grid_edges(30, 30, (1, 2, 8))
+        problems.append((nc, ed, rng.normal(size=len(ed)), np.array([True, False, True, False])))
+    many = solve_many(problems, workers=2)
+    for p, r in zip(problems, many):
+        one = solve_amwc(*p)
+        np.testing.assert_array_equal(one.segments, r.segments)
+        np.testing.assert_array_equal(one.labels, r.labels)
+        assert one.objective == r.objective
+
+
+GOOD = dict(node_costs=np.zeros((3, 2)), edges=np.array([[0, 1], [1, 2]]),
+            edge_costs=np.ones(2), partitionable=np.array([True, False]))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("node_costs", np.array([[0.0, np.nan], [0, 0], [0, 0]]), r"`node_costs` must be finite"),
+    ("node_costs", np.array([[0.0, np.inf], [0, 0], [0, 0]]), r"`node_costs` must be finite"),
+    ("node_costs", np.zeros(3), r"`node_costs` \(shape \(3,\)\) must have shape \(N, K\)"),
+    ("node_costs", np.zeros((3, 0)), r"K >= 1"),
+    ("node_costs", np.zeros((0, 2)), r"graph is empty"),
+    ("node_costs", np.array([["a", "b"]] * 3), r"`node_costs` must be a real-valued array"),
+    ("edges", np.array([[0, 1], [1, 3]]), r"`edges` must index nodes in \[0, 3\)"),
+    ("edges", np.array([[0, 1], [-1, 2]]), r"`edges` must index nodes"),
+    ("edges", np.array([[0, 1], [2, 2]]), r"self-loops, edge 1 is \(2, 2\)"),
+    ("edges", np.array([[0.0, 1.0], [1.0, 2.0]]), r"`edges` must be an integer array"),
+    ("edges", np.array([0, 1, 2]), r"`edges` \(shape \(3,\)\) must have shape \(E, 2\)"),
+    ("edge_costs", np.array([1.0, np.nan]), r"`edge_costs` must be finite, found nan at edge 1"),
+    ("edge_costs", np.ones(3), r"`edge_costs` \(shape \(3,\)\) must have shape \(2,\)"),
+    ("partitionable", np.array([True]), r"`partitionable` \(shape \(1,\)\) must have shape \(2,\)"),
+    ("partitionable", np.array([1, 0]), r"`partitionable` must be a bool array"),
+])
+def test_bad_input_is_a_one_line_value_error(field, value, match):
+    args = dict(GOOD)
+    args[field] = value
+    with pytest.raises(ValueError, match=match) as info:
+        solve_amwc(**args)
+    assert isinstance(info.value, InputError)
+    assert "\n" not in str(info.value)
+
+
+def test_solve_many_names_the_bad_problem():
+    bad = (np.zeros((2, 1)), np.array([[0, 5]]), np.ones(1), np.array([True]))
+    with pytest.raises(InputError, match=r"`problems\[1\]`: `edges` must index nodes"):
+        solve_many([tuple(GOOD.values()), bad])
+
+
+def test_check_feasible_detects_violations():
+    ed = np.array([[0, 1], [1, 2]])
+    pa = np.array([False, True])
+    check_feasible(ed, pa, [0, 0, 1], [0, 0, 1], [0, 1])
+    with pytest.raises(ValueError, match="cut inside non-partitionable class 0"):
+        check_feasible(ed, pa, [0, 0, 1], [0, 1, 2], [1, 1])
+    with pytest.raises(ValueError, match="more than one class"):
+        check_feasible(ed, pa, [0, 1, 1], [0, 0, 1], [0, 1])
+    with pytest.raises(ValueError, match="edge_cut=0"):
+        check_feasible(ed, pa, [0, 0, 1], [0, 0, 1], [0, 0])
+    with pytest.raises(ValueError, match="connected"):
+        check_feasible(np.array([[0, 1]]), np.array([True]), [0, 0, 0], [0, 0, 0], [0])
