@@ -17,8 +17,16 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    # An explicit group callback keeps `copsctl <command>` a sub-command even while only
+    # one command is registered (Typer otherwise runs a lone command as the app itself).
+    pass
+
+
 def _register() -> None:
     # One line per command; each module holds one command's options.
+    from . import make_synthetic  # noqa: F401  (make-synthetic)
     pass
 
 
