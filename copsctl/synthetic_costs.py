@@ -23,7 +23,9 @@ ground-truth one-hot map blurred by one cost pixel (so boundaries are uncertain)
 ``n`` is noise that is mostly spatially correlated (bilinear upsampling of coarse
 Gaussian noise) with a small i.i.d. part, so errors come in blobs as with a real CNN;
 classes absent from the image get a lower offset so confusions are mostly among the
-classes present. The margin ``a`` is found by bisection so that the pixel accuracy
+classes present. One segment in five is also "confused": another class of its kind
+(thing or stuff) gets 30-90% of its evidence, so objects are partly or wholly
+mislabelled. The margin ``a`` is found by bisection so that the pixel accuracy
 (argmin of the costs against the ground truth) hits a target drawn uniformly from
 [0.86, 0.91] per image (or the ``accuracy`` argument).
 
@@ -352,37 +354,60 @@ def _make_scene(rng: np.random.Generator, preset: Preset) -> tuple[np.ndarray, n
     return seg, seg_class
 
 
-def _node_costs(rng: np.random.Generator, preset: Preset, labels: np.ndarray,
-                target_accuracy: float) -> tuple[np.ndarray, float, float]:
+def _node_costs(rng: np.random.Generator, preset: Preset, seg: np.ndarray,
+                seg_class: np.ndarray, target_accuracy: float,
+                confusion: float = 0.2) -> tuple[np.ndarray, float, float]:
     """(K, h, w) float32 node costs, the margin used, and the pixel accuracy reached."""
-    K, (h, w) = preset.num_classes, labels.shape
-    present = np.unique(labels)
+    K, (h, w) = preset.num_classes, seg.shape
+    labels = seg_class[seg]
+    isthing = np.array([c.isthing for c in preset.categories], dtype=bool)
+    # Evidence per class: 1 on the class's own pixels; on a "confused" segment (chance
+    # `confusion`) another class of the same kind gets 0.3-0.9 of it too, so whole
+    # objects can be mislabelled, as a CNN mislabels a truck as a bus.
+    S = seg_class.size
+    conf_class = np.full(S, -1, dtype=np.int64)
+    conf_weight = np.zeros(S, dtype=np.float32)
+    for s, k in enumerate(seg_class.tolist()):
+        if rng.random() >= confusion:
+            continue
+        same_kind = np.flatnonzero((isthing == isthing[k]) & (np.arange(K) != k))
+        if same_kind.size:
+            conf_class[s] = int(rng.choice(same_kind))
+            conf_weight[s] = rng.uniform(0.3, 0.9)
+    present = np.union1d(seg_class, conf_class[conf_class >= 0])
+    slot = np.searchsorted(present, seg_class)          # segment -> boost channel
+    boost = np.zeros((present.size, h, w), dtype=np.float32)
+    yy, xx = np.indices((h, w))
+    boost[slot[seg], yy, xx] = 1.0
+    confused = conf_class[seg] >= 0
+    boost[np.searchsorted(present, conf_class[seg][confused]), yy[confused],
+          xx[confused]] += conf_weight[seg][confused]
+    # Blurred by a cost pixel, so that boundaries are uncertain.
+    boost = ndimage.gaussian_filter(boost, sigma=(0, 1.0, 1.0), mode="nearest")
+
     noise = 1.5 * _smooth_noise(rng, K, h, w, cell=preset.noise_cell)
     noise += 0.35 * rng.standard_normal((K, h, w), dtype=np.float32)
     absent = np.ones(K, dtype=bool)
     absent[present] = False
     noise[absent] -= np.float32(1.0)
-    onehot = (labels[None, :, :] == present[:, None, None]).astype(np.float32)
-    blurred = ndimage.gaussian_filter(onehot, sigma=(0, 1.0, 1.0), mode="nearest")
 
-    # Accuracy for margin a: the true class must beat every other present class and the
-    # best absent class (whose logit does not depend on a).
-    pos = np.searchsorted(present, labels)
+    # Accuracy for margin a: the true class must beat every other boosted class and the
+    # best other class (whose logit does not depend on a); ties have probability 0.
+    pos = slot[seg]
     noise_p = noise[present]
-    best_absent = noise[absent].max(axis=0) if absent.any() else np.full((h, w), -np.inf,
-                                                                           np.float32)
+    best_absent = (noise[absent].max(axis=0) if absent.any()
+                   else np.full((h, w), -np.inf, np.float32))
 
     def accuracy(a: float) -> float:
-        score = np.float32(a) * blurred + noise_p
-        true = np.take_along_axis(score, pos[None], axis=0)[0]
-        np.put_along_axis(score, pos[None], -np.inf, axis=0)
-        rival = np.maximum(score.max(axis=0), best_absent)
-        return float((true > rival).mean())
+        score = np.float32(a) * boost
+        score += noise_p
+        ok = (score.argmax(axis=0) == pos) & (score.max(axis=0) > best_absent)
+        return float(ok.mean())
 
-    lo, hi = 0.0, 4.0
+    lo, hi = 0.0, 8.0
     while accuracy(hi) < target_accuracy and hi < 64.0:
         lo, hi = hi, hi * 2
-    for _ in range(14):
+    for _ in range(10):
         mid = 0.5 * (lo + hi)
         if accuracy(mid) < target_accuracy:
             lo = mid
@@ -390,7 +415,7 @@ def _node_costs(rng: np.random.Generator, preset: Preset, labels: np.ndarray,
             hi = mid
     margin = hi
     logits = noise
-    logits[present] += np.float32(margin) * blurred
+    logits[present] += np.float32(margin) * boost
     top = logits.max(axis=0, keepdims=True)
     lse = top + np.log(np.exp(logits - top).sum(axis=0, keepdims=True))
     costs = (lse - logits).astype(np.float32)
@@ -461,7 +486,7 @@ def make_problem(preset: str | Preset = "cityscapes", seed: int | Sequence[int] 
     seg, seg_class = _make_scene(rng, p)
     labels = seg_class[seg]
     target = float(accuracy) if accuracy is not None else float(rng.uniform(0.86, 0.91))
-    node_costs, margin, acc = _node_costs(rng, p, labels, target)
+    node_costs, margin, acc = _node_costs(rng, p, seg, seg_class, target)
     isthing = np.array([c.isthing for c in p.categories], dtype=bool)
     edge_maps, edge_acc = _edge_maps(rng, p, seg, labels, isthing, float(difficulty))
     info = {"pixel_accuracy": acc, "target_accuracy": target, "margin": margin,
