@@ -1,0 +1,568 @@
+"""Recipes: every setting of copsctl, declared once, and the one place a recipe is resolved.
+
+Every key is declared below, in code, with its default, its type and a one-line
+comment. A recipe file (YAML) only overrides keys and may inherit from another file
+with ``_BASE_: other.yaml`` (a path relative to the file that names it). Command-line
+overrides are dotted ``key=value`` strings whose value is read as YAML
+(``train.lr=5e-4``, ``data.crop_size=[128,128]``, ``model.pretrained=none``).
+
+Resolution order, later wins: code defaults -> the base chain, outermost base first ->
+the recipe file -> ``--set`` overrides. An unknown key or a value of the wrong type is an
+:class:`~copsctl.errors.InputError` naming the key and the file (or ``--set``) it came
+from. The resolved :class:`Recipe` is immutable; :meth:`Recipe.dump` gives its YAML text
+(saved beside every artifact) and :meth:`Recipe.hash` a stable digest used to recognise
+finished stages.
+
+Units: areas and crop sizes are in input pixels; ``model.distances`` are in pixels of
+the network output, which has 1/4 of the input resolution in each dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from .atomic import write_text
+from .errors import InputError
+from .solver import SolverOptions
+
+__all__ = [
+    "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "TrainConfig", "FinetuneConfig",
+    "Recipe", "FINETUNE_PARTS", "load_recipe", "recipe_from_dict", "parse_override",
+    "save_recipe", "recipe_names", "describe_keys",
+]
+
+#: Model parts that fine-tuning can train (see copsctl.model.panoptic_model.freeze_for_finetuning).
+FINETUNE_PARTS = ("backbone", "semantic_decoder", "affinity_decoder", "semantic_decoder_last",
+                  "affinity_decoder_last", "semantic_head", "affinity_head")
+
+
+def _key(default, comment: str, *, choices: Sequence | None = None,
+         check: Callable[[Any], str | None] | None = None):
+    """Declare one recipe key: its default, a one-line comment, and optional value rules.
+
+    ``check`` returns None for a good value and otherwise the rule it breaks, phrased to
+    follow "must ...".
+    """
+    return field(default=default, metadata={"comment": comment, "choices": choices, "check": check})
+
+
+def _positive(v) -> str | None:
+    return None if v > 0 else "be > 0"
+
+
+def _non_negative(v) -> str | None:
+    return None if v >= 0 else "be >= 0"
+
+
+def _fraction(v) -> str | None:
+    return None if 0 < v <= 1 else "lie in (0, 1]"
+
+
+def _positive_items(v) -> str | None:
+    return None if all(x > 0 for x in v) else "hold positive values only"
+
+
+def _crop(v) -> str | None:
+    if any(x <= 0 or x % 4 for x in v):
+        return "hold positive multiples of 4 (the network output has 1/4 resolution)"
+    return None
+
+
+def _distances(v) -> str | None:
+    if not v:
+        return "name at least one distance"
+    if any(d < 1 for d in v) or len(set(v)) != len(v):
+        return "hold distinct positive integers"
+    return None
+
+
+def _parts(v) -> str | None:
+    bad = [p for p in v if p not in FINETUNE_PARTS]
+    if bad:
+        return f"name parts among {', '.join(FINETUNE_PARTS)} (not {bad[0]!r})"
+    return None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how training samples are drawn from it."""
+
+    dataset: str = _key("synthetic", "reader to use: synthetic | cityscapes | coco (synthetic uses the COCO panoptic layout)",
+                        choices=("synthetic", "cityscapes", "coco"))
+    root: str = _key("", "dataset folder (made by `copsctl make-synthetic` for synthetic); relative to the working directory")
+    train_split: str = _key("train", "split used for training")
+    val_split: str = _key("val", "split used for validation and cost dumps")
+    crop_size: tuple[int, int] = _key((512, 1024), "training crop (height, width) in input pixels", check=_crop)
+    min_scale: float = _key(0.5, "smallest random rescale factor before cropping", check=_positive)
+    max_scale: float = _key(2.0, "largest random rescale factor before cropping", check=_positive)
+    flip: bool = _key(True, "random horizontal flip during training")
+    val_size: int = _key(0, "if > 0, resize val images so their longer side has this many pixels (COCO: 640); 0 keeps them", check=_non_negative)
+    num_workers: int = _key(4, "DataLoader worker processes (0 loads in the main process)", check=_non_negative)
+    ignore_label: int = _key(255, "semantic target value of void and crowd pixels (excluded from the losses)", check=_non_negative)
+    thing_area_threshold: int = _key(200, "thing segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
+    stuff_area_threshold: int = _key(2048, "stuff segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
+    small_instance_area: int = _key(64 * 64, "thing instances below this area (input pixels) get loss.small_instance_weight", check=_non_negative)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network of section 3.1: ResNet backbone, two DeepLabV3+ decoders, two heads."""
+
+    depth: int = _key(50, "ResNet depth: 50 as in the paper; 18 or 34 for CPU-sized runs; 101", choices=(18, 34, 50, 101))
+    pretrained: str = _key("imagenet", "backbone init: imagenet (torchvision weights), none (random, warns) or a state-dict file")
+    output_stride: int = _key(16, "backbone output stride; the last stage(s) are dilated to reach it", choices=(8, 16, 32))
+    aspp_rates: tuple[int, ...] = _key((6, 12, 18), "ASPP dilation rates at output stride 16", check=_positive_items)
+    aspp_channels: int = _key(256, "channels of each ASPP branch and of its projection", check=_positive)
+    aspp_dropout: float = _key(0.1, "dropout after the ASPP projection during training", check=_non_negative)
+    project_channels: tuple[int, int] = _key((32, 64), "1x1 projections of the stride-4 and stride-8 backbone features", check=_positive_items)
+    semantic_decoder_channels: int = _key(256, "channels of the semantic decoder's fusion layers", check=_positive)
+    semantic_head_channels: int = _key(256, "channels of the semantic head before the K-class predictor", check=_positive)
+    affinity_decoder_channels: int = _key(128, "channels of the affinity decoder's fusion layers", check=_positive)
+    affinity_feature_channels: int = _key(64, "channels of the affinity features whose endpoint differences feed the predictors", check=_positive)
+    affinity_predictor_channels: int = _key(32, "hidden channels of each per-distance affinity predictor", check=_positive)
+    distances: tuple[int, ...] = _key((1, 4, 16, 32, 64), "edge distances in output pixels (1/4 resolution), one predictor each", check=_distances)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Pre-training losses: weighted top-k cross-entropy (Panoptic-DeepLab's hard pixel mining)."""
+
+    semantic_weight: float = _key(1.0, "weight of the semantic loss in the total", check=_non_negative)
+    semantic_top_k: float = _key(0.2, "fraction of the hardest valid pixels averaged in the semantic loss", check=_fraction)
+    affinity_weight: float = _key(0.25, "weight of the affinity loss (mean over distances and directions) in the total", check=_non_negative)
+    affinity_top_k: float = _key(0.25, "fraction of the hardest valid edges averaged per affinity predictor", check=_fraction)
+    thing_edge_weight: float = _key(4.0, "affinity weight of edges with at least one endpoint on a thing class", check=_non_negative)
+    small_instance_weight: float = _key(3.0, "semantic and affinity weight of pixels of small instances", check=_non_negative)
+    top_k_per_image: bool = _key(False, "mine hard pixels per image instead of over the whole batch (Panoptic-DeepLab: batch)")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """The AMWC solver used for validation, evaluation and fine-tuning (copsctl.solver)."""
+
+    precluster_threshold: float = _key(SolverOptions.precluster_threshold, "edges above this cost are contracted first into superpixels")
+    precluster_max_size: int = _key(SolverOptions.precluster_max_size, "largest superpixel of the precluster phase (1 disables it)", check=_positive)
+    improve: bool = _key(SolverOptions.improve, "run the local improvement phase after contraction")
+    max_improve_rounds: int = _key(SolverOptions.max_improve_rounds, "bound on improvement node visits, in multiples of the node count", check=_non_negative)
+    workers: int = _key(0, "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
+
+    def options(self) -> SolverOptions:
+        """The solver's own options object for these settings."""
+        return SolverOptions(precluster_threshold=self.precluster_threshold,
+                             precluster_max_size=self.precluster_max_size,
+                             improve=self.improve, max_improve_rounds=self.max_improve_rounds)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of a run (pre-training and fine-tuning alike): Adam, warm-up, poly decay."""
+
+    batch_size: int = _key(12, "images per iteration, summed over all processes", check=_positive)
+    iterations: int = _key(250_000, "optimizer steps of the run", check=_positive)
+    lr: float = _key(1e-3, "Adam learning rate after warm-up", check=_positive)
+    weight_decay: float = _key(0.0, "L2 weight decay (Panoptic-DeepLab uses none with Adam)", check=_non_negative)
+    warmup_iters: int = _key(1000, "iterations of linear learning-rate warm-up", check=_non_negative)
+    warmup_factor: float = _key(0.001, "learning-rate factor at the first warm-up iteration", check=_fraction)
+    poly_power: float = _key(0.9, "exponent of the poly decay lr * (1 - it / iterations) ** power", check=_non_negative)
+    amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)")
+    device: str = _key("auto", "auto (CUDA when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    seed: int = _key(0, "seed of initialisation, data order and augmentation", check=_non_negative)
+    log_every: int = _key(20, "iterations between log lines, JSONL and TensorBoard records", check=_positive)
+    checkpoint_every: int = _key(5000, "iterations between atomic checkpoints (the last iteration always writes one)", check=_positive)
+    validate_every: int = _key(10_000, "iterations between validations with exact PQ (0: only at the end)", check=_non_negative)
+    val_images: int = _key(0, "validate on the first N val images (0: all)", check=_non_negative)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fully differentiable training through the AMWC solver (section 3.3); optimisation in train.*."""
+
+    loss: str = _key("pq_surrogate", "pq_surrogate (COPS) or cross_entropy (control: pre-training losses, same trainable parts)",
+                     choices=("pq_surrogate", "cross_entropy"))
+    lambda_min: float = _key(1.0, "smallest interpolation range lambda, drawn uniformly per perturbation", check=_positive)
+    lambda_max: float = _key(5000.0, "largest interpolation range lambda", check=_positive)
+    num_perturbations: int = _key(5, "N: perturbed solves averaged per image in the backward pass (eq. 4)", check=_positive)
+    trainable: tuple[str, ...] = _key(("semantic_head", "affinity_head", "semantic_decoder_last", "affinity_decoder_last"),
+                                      "model parts trained; all others and every batch-norm layer are frozen", check=_parts)
+    learn_cost_scale: bool = _key(False, "learn a positive scale of the node costs and one of the edge costs")
+    learn_cost_offset: bool = _key(False, "learn per-class node cost offsets and per-channel edge cost offsets")
+    cost_dropout: float = _key(0.0, "dropout probability on the costs during fine-tuning", check=lambda v: None if 0 <= v < 1 else "lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A resolved recipe: one frozen section per concern."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (sequences as lists), in declaration order."""
+        return {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
+                for name in _SECTIONS}
+
+    def get(self, dotted: str):
+        """The value of a dotted key such as ``"train.lr"``."""
+        section, name = _split_key(dotted, "`key`")
+        return getattr(getattr(self, section), name)
+
+    def replace(self, overrides: Mapping[str, Any] | Sequence[str]) -> "Recipe":
+        """A new recipe with dotted overrides applied: ``{"train.lr": 1e-4}`` or ``["train.lr=1e-4"]``."""
+        if isinstance(overrides, Mapping):
+            layer = _nest(overrides.items(), source="overrides")
+            source = "overrides"
+        else:
+            layer = _nest((parse_override(o) for o in overrides), source="--set")
+            source = "--set"
+        merged = _merge(self.to_dict(), _validate_layer(layer, source))
+        return _build(merged)
+
+    def dump(self, comments: bool = True) -> str:
+        """YAML text of every key; ``load_recipe`` on this text gives back an equal recipe."""
+        lines = []
+        for name in _SECTIONS:
+            lines.append(f"{name}:")
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):
+                value = _yaml_scalar(getattr(section, f.name))
+                comment = f"  # {f.metadata['comment']}" if comments else ""
+                lines.append(f"  {f.name}: {value}{comment}")
+        return "\n".join(lines) + "\n"
+
+    def hash(self, sections: Sequence[str] | None = None) -> str:
+        """Stable 16-hex-digit digest of the resolved values (of ``sections`` only, if given).
+
+        Independent of key order, comments, process and platform: it hashes canonical
+        JSON of the values, so equal recipes have equal hashes across runs.
+        """
+        d = self.to_dict()
+        if sections is not None:
+            unknown = [s for s in sections if s not in _SECTIONS]
+            if unknown:
+                raise InputError(f"`sections` must name sections among {list(_SECTIONS)}, got {unknown[0]!r}")
+            d = {s: d[s] for s in sections}
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------
+# YAML reading. PyYAML implements YAML 1.1, where "1e-3" (no dot) is a string; recipes
+# are full of such learning rates, so floats are resolved with the YAML 1.2 rule.
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def _yaml_load(text: str, source: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise InputError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def _yaml_scalar(value) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+
+
+# ---------------------------------------------------------------------------------------
+# Validation of one layer (a file, a dict or the --set list) against the declarations.
+
+
+def _split_key(dotted: str, source: str) -> tuple[str, str]:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise InputError(f"{source}: key {dotted!r} must have the form section.key, "
+                         f"with a section among {list(_SECTIONS)}")
+    section, name = parts
+    if section not in _SECTIONS:
+        raise InputError(f"{source}: unknown recipe key {dotted!r} (sections: {', '.join(_SECTIONS)})")
+    if name not in _fields(section):
+        raise InputError(f"{source}: unknown recipe key {dotted!r}")
+    return section, name
+
+
+def _fields(section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
+
+
+_TYPE_WORDS = {bool: ("a bool", "bools"), int: ("an int", "ints"), float: ("a number", "numbers"),
+               str: ("a string", "strings")}
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_TYPE_WORDS[args[0]][1]}"
+        return f"a list of {len(args)} {_TYPE_WORDS[args[0]][1]}"
+    return _TYPE_WORDS[tp][0]
+
+
+def _coerce(value, tp, dotted: str, source: str):
+    """``value`` as type ``tp``, or InputError naming the key and where it came from."""
+    def wrong():
+        shown = repr(value) if not isinstance(value, str) else f"'{value}'"
+        return InputError(f"{source}: `{dotted}` must be {_type_name(tp)}, got {shown} "
+                          f"({type(value).__name__})")
+
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        item_tp = args[0]
+        if not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
+            raise wrong()
+        return tuple(_coerce_scalar(v, item_tp, wrong) for v in value)
+    return _coerce_scalar(value, tp, wrong)
+
+
+def _coerce_scalar(value, tp, wrong):
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise wrong()
+
+
+def _hints(section: str) -> dict[str, Any]:
+    return typing.get_type_hints(_SECTIONS[section])
+
+
+def _validate_layer(layer, source: str) -> dict[str, dict[str, Any]]:
+    """Check one nested layer's keys, types and value rules; return it with coerced values."""
+    if layer is None:
+        return {}
+    if not isinstance(layer, Mapping):
+        raise InputError(f"{source}: a recipe must be a mapping of sections, got {type(layer).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for section, entries in layer.items():
+        if section not in _SECTIONS:
+            raise InputError(f"{source}: unknown recipe section {section!r} "
+                             f"(sections: {', '.join(_SECTIONS)})")
+        if entries is None:
+            continue
+        if not isinstance(entries, Mapping):
+            raise InputError(f"{source}: section `{section}` must be a mapping of keys, "
+                             f"got {type(entries).__name__}")
+        fields, hints = _fields(section), _hints(section)
+        for name, value in entries.items():
+            dotted = f"{section}.{name}"
+            if name not in fields:
+                raise InputError(f"{source}: unknown recipe key {dotted!r}")
+            value = _coerce(value, hints[name], dotted, source)
+            meta = fields[name].metadata
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise InputError(f"{source}: `{dotted}` must be one of "
+                                 f"{', '.join(map(str, meta['choices']))}; got {value!r}")
+            if meta["check"] is not None:
+                broken = meta["check"](value)
+                if broken:
+                    raise InputError(f"{source}: `{dotted}` must {broken}; got {_yaml_scalar(value)}")
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def _check_consistency(recipe: Recipe, source: str) -> None:
+    """Rules between keys, checked on the resolved recipe."""
+    if recipe.data.min_scale > recipe.data.max_scale:
+        raise InputError(f"{source}: `data.min_scale` ({recipe.data.min_scale}) must not exceed "
+                         f"`data.max_scale` ({recipe.data.max_scale})")
+    if recipe.finetune.lambda_min > recipe.finetune.lambda_max:
+        raise InputError(f"{source}: `finetune.lambda_min` ({recipe.finetune.lambda_min}) must not "
+                         f"exceed `finetune.lambda_max` ({recipe.finetune.lambda_max})")
+    if recipe.train.warmup_iters > recipe.train.iterations:
+        raise InputError(f"{source}: `train.warmup_iters` ({recipe.train.warmup_iters}) must not "
+                         f"exceed `train.iterations` ({recipe.train.iterations})")
+    if len(set(recipe.finetune.trainable)) != len(recipe.finetune.trainable):
+        raise InputError(f"{source}: `finetune.trainable` must not repeat a part, "
+                         f"got {list(recipe.finetune.trainable)}")
+
+
+def _merge(base: dict, layer: dict) -> dict:
+    out = {s: dict(v) for s, v in base.items()}
+    for section, entries in layer.items():
+        out.setdefault(section, {}).update(entries)
+    return out
+
+
+def _build(merged: Mapping[str, Mapping[str, Any]], source: str = "recipe") -> Recipe:
+    sections = {name: cls(**{k: (tuple(v) if isinstance(v, list) else v)
+                             for k, v in merged.get(name, {}).items()})
+                for name, cls in _SECTIONS.items()}
+    recipe = Recipe(**sections)
+    _check_consistency(recipe, source)
+    return recipe
+
+
+def _nest(pairs, source: str) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in pairs:
+        section, name = _split_key(dotted, source)
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"section.key=value"`` -> ``("section.key", value)`` with the value read as YAML."""
+    if not isinstance(text, str) or "=" not in text:
+        raise InputError(f"--set: override {text!r} must have the form section.key=value")
+    dotted, raw = text.split("=", 1)
+    dotted = dotted.strip()
+    _split_key(dotted, "--set")
+    value = _yaml_load(raw, f"--set {dotted}") if raw.strip() else ""
+    return dotted, value
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in the package ``copsctl.recipes`` (without ``.yaml``)."""
+    return sorted(p.name[:-5] for p in importlib.resources.files("copsctl.recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _locate(recipe: str | os.PathLike) -> Path:
+    """A recipe file by path, or by name among the packaged recipes."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    name = str(recipe)
+    if os.sep not in name and "/" not in name:
+        stem = name[:-5] if name.endswith(".yaml") else name
+        packaged = importlib.resources.files("copsctl.recipes") / f"{stem}.yaml"
+        if packaged.is_file():
+            return Path(str(packaged))
+    if path.exists():
+        raise InputError(f"recipe {str(recipe)!r} is not a file")
+    raise InputError(f"recipe {str(recipe)!r} not found: give a YAML file or one of "
+                     f"{', '.join(recipe_names())}")
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """Validated layers of ``path`` and its bases, outermost base first."""
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in seen + (resolved,))
+        raise InputError(f"{path}: `_BASE_` inheritance forms a cycle: {chain}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read recipe: {exc.__class__.__name__}: {exc}") from None
+    raw = _yaml_load(text, str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    raw = dict(raw)
+    layers: list[tuple[str, dict]] = []
+    base = raw.pop("_BASE_", None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise InputError(f"{path}: `_BASE_` must be a file name, got {base!r}")
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file():
+            raise InputError(f"{path}: `_BASE_` file {base!r} not found (looked at {base_path})")
+        layers.extend(_read_chain(base_path, seen + (resolved,)))
+    layers.append((str(path), _validate_layer(raw, str(path))))
+    return layers
+
+
+def recipe_from_dict(mapping: Mapping[str, Mapping[str, Any]] | None, source: str = "recipe") -> Recipe:
+    """Resolve a nested ``{section: {key: value}}`` mapping over the code defaults."""
+    layer = _validate_layer(mapping, source)
+    return _build(_merge(Recipe().to_dict(), layer), source)
+
+
+def load_recipe(recipe: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Recipe:
+    """Resolve a recipe: code defaults, its ``_BASE_`` chain, the file, then ``overrides``.
+
+    Parameters
+    ----------
+    recipe
+        A YAML file path, or the name of a packaged recipe (``"synthetic_pretrain"``,
+        with or without ``.yaml``); None gives the code defaults.
+    overrides
+        ``"section.key=value"`` strings, applied last; values are read as YAML.
+
+    Raises
+    ------
+    InputError
+        Unknown recipe, unreadable file, bad YAML, unknown key, wrong type or broken value
+        rule, naming the key and the file (or ``--set``).
+    """
+    merged = Recipe().to_dict()
+    source = "recipe"
+    if recipe is not None:
+        path = _locate(recipe)
+        source = str(path)
+        for layer_source, layer in _read_chain(path):
+            merged = _merge(merged, layer)
+    if overrides:
+        if isinstance(overrides, str):
+            overrides = [overrides]
+        layer = _validate_layer(_nest((parse_override(o) for o in overrides), "--set"), "--set")
+        merged = _merge(merged, layer)
+        source = f"{source} with --set" if recipe is not None else "--set"
+    return _build(merged, source)
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Write the resolved recipe's YAML (with comments) atomically to ``path``."""
+    write_text(path, f"# resolved copsctl recipe, hash {recipe.hash()}\n" + recipe.dump())
+
+
+def describe_keys() -> list[tuple[str, Any, str, str]]:
+    """``(dotted key, default, type name, comment)`` for every declared key, in order."""
+    rows = []
+    for section, cls in _SECTIONS.items():
+        hints = _hints(section)
+        for f in dataclasses.fields(cls):
+            rows.append((f"{section}.{f.name}", f.default, _type_name(hints[f.name]), f.metadata["comment"]))
+    return rows

@@ -1,0 +1,249 @@
+"""The COPS network (section 3.1) and the conversion of its outputs to solver costs.
+
+Data flow::
+
+    images (B, 3, H, W)
+      -> ResNetBackbone -> {res2, res3, res5}
+      -> semantic decoder -> SemanticHead              -> semantic_logits (B, K, H/4, W/4)
+      -> affinity decoder -> AffinityHead(+ detached semantic costs)
+                                                       -> affinity_logits (B, 2m, H/4, W/4)
+
+Sign convention of the costs handed to the solver (:mod:`copsctl.solver`), stated here
+once for the network side:
+
+* node cost ``c_V(i, k) = -log softmax(semantic_logits)[k]`` at pixel ``i``: the negative
+  log-probability of class ``k``, paid for the class chosen (lower is more likely);
+* edge cost ``c_E(e) = affinity_logits[e]``: the logit of "both endpoints lie in the same
+  segment". The solver pays an edge cost when the edge is cut, so a positive logit is
+  attractive (cutting costs) and a negative one repulsive. ``sigmoid(logit)`` is the
+  predicted probability of "same segment", which is what the affinity loss trains.
+
+An optional :class:`CostTransform` (learnable positive scales and offsets, identity by
+default, frozen except in fine-tuning when the recipe asks) is applied by
+:meth:`PanopticModel.costs`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import InputError
+from .backbone import ResNetBackbone
+from .decoder import DeepLabV3PlusDecoder
+from .heads import AffinityHead, SemanticHead
+
+if TYPE_CHECKING:
+    from ..config import Recipe
+
+__all__ = ["PanopticModel", "CostTransform", "node_costs_from_logits", "edge_costs_from_logits",
+           "freeze_for_finetuning", "part_modules", "trainable_parameter_names"]
+
+# torchvision's ImageNet statistics, for RGB images scaled to [0, 1].
+_PIXEL_MEAN = (0.485, 0.456, 0.406)
+_PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+def node_costs_from_logits(semantic_logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) class logits -> (B, K, h, w) node costs ``-log_softmax`` (float32)."""
+    return -F.log_softmax(semantic_logits.float(), dim=1)
+
+
+def edge_costs_from_logits(affinity_logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2m, h, w) affinity logits -> (B, 2m, h, w) edge costs (float32); positive = attractive."""
+    return affinity_logits.float()
+
+
+class CostTransform(nn.Module):
+    """Affine map of the costs: ``node' = s_V * node + b_V[k]``, ``edge' = s_E * edge + b_E[c]``.
+
+    The scales are stored as logarithms so they stay positive (a negative scale would
+    swap attraction and repulsion). A common offset of all classes would not change the
+    AMWC solution, hence one node offset per class ``k``; edge offsets are per grid
+    channel ``c`` (distance and direction). Identity at initialisation.
+    """
+
+    def __init__(self, *, num_classes: int, num_edge_channels: int):
+        super().__init__()
+        self.log_node_scale = nn.Parameter(torch.zeros(()))
+        self.node_offset = nn.Parameter(torch.zeros(num_classes))
+        self.log_edge_scale = nn.Parameter(torch.zeros(()))
+        self.edge_offset = nn.Parameter(torch.zeros(num_edge_channels))
+        # Trained only in fine-tuning, and only when the recipe asks (freeze_for_finetuning).
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, node_costs: torch.Tensor, edge_costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        node = node_costs * self.log_node_scale.exp() + self.node_offset.view(1, -1, 1, 1)
+        edge = edge_costs * self.log_edge_scale.exp() + self.edge_offset.view(1, -1, 1, 1)
+        return node, edge
+
+
+class PanopticModel(nn.Module):
+    """Backbone, semantic and affinity decoders and heads; outputs at 1/4 input resolution.
+
+    Every argument is explicit so the model works without a recipe;
+    :meth:`from_config` is the one translation from a recipe. See
+    :class:`~copsctl.config.ModelConfig` for the meaning of each argument.
+
+    Forward
+    -------
+    ``images``: (B, 3, H, W) RGB, uint8 in [0, 255] or float in [0, 1]; H and W multiples
+    of 4. Normalisation with the ImageNet statistics happens inside. Returns a dict with
+    ``semantic_logits`` (B, K, H/4, W/4) and ``affinity_logits`` (B, 2m, H/4, W/4) in the
+    grid layout of :mod:`copsctl.solver.grid` for ``distances``.
+    """
+
+    def __init__(self, *, num_classes: int, distances: Sequence[int], depth: int = 50,
+                 pretrained: str = "imagenet", output_stride: int = 16,
+                 aspp_rates: Sequence[int] = (6, 12, 18), aspp_channels: int = 256,
+                 aspp_dropout: float = 0.1, project_channels: Sequence[int] = (32, 64),
+                 semantic_decoder_channels: int = 256, semantic_head_channels: int = 256,
+                 affinity_decoder_channels: int = 128, affinity_feature_channels: int = 64,
+                 affinity_predictor_channels: int = 32):
+        super().__init__()
+        if num_classes < 1:
+            raise InputError(f"`num_classes` must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.distances = tuple(int(d) for d in distances)
+        if not self.distances or any(d < 1 for d in self.distances) or len(set(self.distances)) != len(self.distances):
+            raise InputError(f"`distances` must be distinct positive integers, got {list(distances)}")
+        # ASPP rates are specified at output stride 16; keep their reach in pixels elsewhere.
+        rates = tuple(max(1, round(r * 16 / output_stride)) for r in aspp_rates)
+        self.backbone = ResNetBackbone(depth=depth, output_stride=output_stride, pretrained=pretrained)
+        decoder_args = dict(in_channels=self.backbone.channels, aspp_channels=aspp_channels,
+                            aspp_rates=rates, aspp_dropout=aspp_dropout, project_channels=project_channels)
+        self.semantic_decoder = DeepLabV3PlusDecoder(channels=semantic_decoder_channels, **decoder_args)
+        self.affinity_decoder = DeepLabV3PlusDecoder(channels=affinity_decoder_channels, **decoder_args)
+        self.semantic_head = SemanticHead(in_channels=semantic_decoder_channels,
+                                          channels=semantic_head_channels, num_classes=num_classes)
+        self.affinity_head = AffinityHead(in_channels=affinity_decoder_channels, num_classes=num_classes,
+                                          feature_channels=affinity_feature_channels,
+                                          predictor_channels=affinity_predictor_channels,
+                                          distances=self.distances)
+        self.cost_transform = CostTransform(num_classes=num_classes, num_edge_channels=2 * len(self.distances))
+        self.register_buffer("pixel_mean", torch.tensor(_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.batchnorm_frozen = False
+
+    @classmethod
+    def from_config(cls, cfg: "Recipe", num_classes: int) -> "PanopticModel":
+        """The model of a resolved recipe; ``num_classes`` (K) comes from the dataset."""
+        m = cfg.model
+        return cls(num_classes=num_classes, distances=m.distances, depth=m.depth, pretrained=m.pretrained,
+                   output_stride=m.output_stride, aspp_rates=m.aspp_rates, aspp_channels=m.aspp_channels,
+                   aspp_dropout=m.aspp_dropout, project_channels=m.project_channels,
+                   semantic_decoder_channels=m.semantic_decoder_channels,
+                   semantic_head_channels=m.semantic_head_channels,
+                   affinity_decoder_channels=m.affinity_decoder_channels,
+                   affinity_feature_channels=m.affinity_feature_channels,
+                   affinity_predictor_channels=m.affinity_predictor_channels)
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"`images` (shape {tuple(images.shape)}) must have shape (B, 3, H, W)")
+        if images.shape[2] % 4 or images.shape[3] % 4:
+            raise InputError(f"`images` (shape {tuple(images.shape)}) must have height and width "
+                             "divisible by 4 (outputs have 1/4 resolution)")
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        elif not images.is_floating_point():
+            raise InputError(f"`images` must be uint8 or float, got {images.dtype}")
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(self._normalise(images))
+        semantic_logits = self.semantic_head(self.semantic_decoder(features))
+        affinity_logits = self.affinity_head(self.affinity_decoder(features), semantic_logits)
+        return {"semantic_logits": semantic_logits, "affinity_logits": affinity_logits}
+
+    def costs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Solver costs from :meth:`forward`'s outputs, through :attr:`cost_transform`.
+
+        Returns ``node_costs`` (B, K, h, w) and ``edge_costs`` (B, 2m, h, w), float32, with
+        the sign convention of the module docstring; differentiable.
+        """
+        node = node_costs_from_logits(outputs["semantic_logits"])
+        edge = edge_costs_from_logits(outputs["affinity_logits"])
+        node, edge = self.cost_transform(node, edge)
+        return {"node_costs": node, "edge_costs": edge}
+
+    def train(self, mode: bool = True) -> "PanopticModel":
+        super().train(mode)
+        if self.batchnorm_frozen:
+            # Frozen statistics must stay frozen whatever the training loop toggles.
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+
+def part_modules(model: PanopticModel) -> dict[str, nn.Module]:
+    """The named parts that ``finetune.trainable`` selects from (see copsctl.config.FINETUNE_PARTS)."""
+    return {
+        "backbone": model.backbone,
+        "semantic_decoder": model.semantic_decoder,
+        "affinity_decoder": model.affinity_decoder,
+        "semantic_decoder_last": model.semantic_decoder.last_layer,
+        "affinity_decoder_last": model.affinity_decoder.last_layer,
+        "semantic_head": model.semantic_head,
+        "affinity_head": model.affinity_head,
+    }
+
+
+def freeze_for_finetuning(model: PanopticModel, *, trainable: Sequence[str] = (
+        "semantic_head", "affinity_head", "semantic_decoder_last", "affinity_decoder_last"),
+        learn_cost_scale: bool = False, learn_cost_offset: bool = False,
+        freeze_batchnorm: bool = True) -> list[str]:
+    """Freeze everything but ``trainable`` parts (section 4.2); return the trainable names.
+
+    Parameters
+    ----------
+    model
+        The network, modified in place.
+    trainable
+        Part names among :func:`part_modules`; the default is the paper's choice: the
+        semantic and affinity heads (the classifiers) and the last layer of each decoder.
+    learn_cost_scale, learn_cost_offset
+        Also train the scales, respectively the offsets, of :class:`CostTransform`.
+    freeze_batchnorm
+        Keep every BatchNorm layer in eval mode (running statistics fixed, also across
+        later ``model.train()`` calls) and freeze its affine parameters, even inside
+        trainable parts.
+
+    Returns
+    -------
+    list of str
+        Names (as in ``model.named_parameters()``) of the parameters left trainable.
+    """
+    parts = part_modules(model)
+    unknown = [p for p in trainable if p not in parts]
+    if unknown:
+        raise InputError(f"`trainable` must name parts among {', '.join(parts)}, got {unknown[0]!r}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in trainable:
+        for p in parts[name].parameters():
+            p.requires_grad_(True)
+    ct = model.cost_transform
+    ct.log_node_scale.requires_grad_(learn_cost_scale)
+    ct.log_edge_scale.requires_grad_(learn_cost_scale)
+    ct.node_offset.requires_grad_(learn_cost_offset)
+    ct.edge_offset.requires_grad_(learn_cost_offset)
+    model.batchnorm_frozen = bool(freeze_batchnorm)
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        model.train(model.training)
+    return trainable_parameter_names(model)
+
+
+def trainable_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters with ``requires_grad``, in ``named_parameters`` order."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
