@@ -24,8 +24,8 @@ ground-truth one-hot map blurred by one cost pixel (so boundaries are uncertain)
 Gaussian noise) with a small i.i.d. part, so errors come in blobs as with a real CNN;
 classes absent from the image get a lower offset so confusions are mostly among the
 classes present. One segment in five is also "confused": another class of its kind
-(thing or stuff) gets 30-90% of its evidence, so objects are partly or wholly
-mislabelled. The margin ``a`` is found by bisection so that the pixel accuracy
+gets 50-125% (things) or 30-90% (stuff) of its evidence, so objects are partly or
+wholly mislabelled. The margin ``a`` is found by bisection so that the pixel accuracy
 (argmin of the costs against the ground truth) hits a target drawn uniformly from
 [0.86, 0.91] per image (or the ``accuracy`` argument).
 
@@ -362,8 +362,8 @@ def _node_costs(rng: np.random.Generator, preset: Preset, seg: np.ndarray,
     labels = seg_class[seg]
     isthing = np.array([c.isthing for c in preset.categories], dtype=bool)
     # Evidence per class: 1 on the class's own pixels; on a "confused" segment (chance
-    # `confusion`) another class of the same kind gets 0.3-0.9 of it too, so whole
-    # objects can be mislabelled, as a CNN mislabels a truck as a bus.
+    # `confusion`) another class of the same kind gets part of it too (things 0.5-1.25,
+    # stuff 0.3-0.9), so objects are mislabelled, as a CNN mislabels a truck as a bus.
     S = seg_class.size
     conf_class = np.full(S, -1, dtype=np.int64)
     conf_weight = np.zeros(S, dtype=np.float32)
@@ -373,7 +373,9 @@ def _node_costs(rng: np.random.Generator, preset: Preset, seg: np.ndarray,
         same_kind = np.flatnonzero((isthing == isthing[k]) & (np.arange(K) != k))
         if same_kind.size:
             conf_class[s] = int(rng.choice(same_kind))
-            conf_weight[s] = rng.uniform(0.3, 0.9)
+            # Above 1 the rival wins on the whole segment: a wholly mislabelled object.
+            # Only things go that far, so that the accuracy target stays reachable.
+            conf_weight[s] = rng.uniform(0.5, 1.25) if isthing[k] else rng.uniform(0.3, 0.9)
     present = np.union1d(seg_class, conf_class[conf_class >= 0])
     slot = np.searchsorted(present, seg_class)          # segment -> boost channel
     boost = np.zeros((present.size, h, w), dtype=np.float32)
@@ -504,13 +506,19 @@ def make_problem(preset: str | Preset = "cityscapes", seed: int | Sequence[int] 
 
 def synthetic_recipe(preset: str | Preset, num_images: int, seed: int,
                      difficulty: float) -> dict:
-    """The recipe stored in a synthetic cost file: how to make it again, and the
-    post-processing thresholds ``copsctl solve`` takes as defaults."""
+    """The recipe stored in a synthetic cost file.
+
+    ``synthetic`` says how to make the file again; ``data.thing_area_threshold`` and
+    ``data.stuff_area_threshold`` (the keys of :mod:`copsctl.config`) are the small-segment
+    thresholds ``copsctl solve`` takes as its defaults, and ``model.distances`` the edge
+    distances, as in a recipe of a network run.
+    """
     p = get_preset(preset)
-    return {"source": "synthetic", "preset": p.name, "num_images": int(num_images),
-            "seed": int(seed), "difficulty": float(difficulty),
-            "distances": list(p.distances),
-            "postprocess": {"thing_area": int(p.thing_area), "stuff_area": int(p.stuff_area)}}
+    return {"synthetic": {"preset": p.name, "num_images": int(num_images), "seed": int(seed),
+                          "difficulty": float(difficulty)},
+            "data": {"thing_area_threshold": int(p.thing_area),
+                     "stuff_area_threshold": int(p.stuff_area)},
+            "model": {"distances": list(p.distances)}}
 
 
 def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | None = None,

@@ -1,0 +1,51 @@
+"""``copsctl solve``: solve a cost file, write COCO panoptic predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import app
+from ._util import cli_errors, console, is_terminal
+
+
+@app.command("solve")
+@cli_errors
+def solve_command(
+    costs: Path = typer.Argument(..., help="Cost file (HDF5, written by dump-costs or make-costs)."),
+    out: Path = typer.Option(..., "--out", help="Prediction folder: panoptic_pred.json + panoptic_pred/ PNGs."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Solver threads (default: all CPUs)."),
+    thing_area: Optional[float] = typer.Option(
+        None, "--thing-area", help="Reject thing segments below this area (full-resolution pixels; "
+        "default from the cost file's recipe, else 200)."),
+    stuff_area: Optional[float] = typer.Option(
+        None, "--stuff-area", help="Reject stuff segments below this area (default from the recipe, else 2048)."),
+    summary_json: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+) -> None:
+    """Solve the AMWC problem of every image in COSTS and write panoptic predictions to --out."""
+    from ..predict import solve_costs
+
+    with Progress(TextColumn("solving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not is_terminal(), transient=True) as bar:
+        task = bar.add_task("solve", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = solve_costs(costs, out, workers=workers, thing_area=thing_area,
+                              stuff_area=stuff_area, summary_json=summary_json, progress=progress)
+    table = Table(title=f"copsctl solve: {summary['images']} images -> {summary['out']}")
+    for col in ("images", "workers", "solve s/image", "total s/image", "segments/image",
+                "rejected/image", "mean objective"):
+        table.add_column(col, justify="right")
+    table.add_row(str(summary["images"]), str(summary["workers"]),
+                  f"{summary['seconds_per_image_solve']:.3f}", f"{summary['seconds_per_image']:.3f}",
+                  f"{summary['segments_per_image']:.1f}", f"{summary['rejected_per_image']:.1f}",
+                  f"{summary['objective_mean']:.1f}")
+    console.print(table)
+    console.print(f"thresholds: thing {summary['thing_area']:g}, stuff {summary['stuff_area']:g} "
+                  f"pixels; predictions in {summary['pred_json']}")

@@ -1,0 +1,226 @@
+"""Solve every image of a cost file and write COCO panoptic predictions.
+
+The library side of ``copsctl solve``. Output folder layout (the COCO panoptic format
+of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
+
+    OUT/panoptic_pred.json     images, annotations (segments_info), categories
+    OUT/panoptic_pred/*.png    RGB-encoded segment ids at the original image size
+    OUT/summary.json           settings used and timings (as returned by solve_costs)
+
+The folder is assembled under a temporary name beside ``OUT`` and renamed at the end,
+so a failure leaves no partial ``OUT``. An existing ``OUT`` is replaced only when it is
+a previous prediction folder (it holds ``panoptic_pred.json``) or empty.
+
+Settings not given explicitly come from the recipe stored in the cost file: the
+small-segment thresholds from ``data.thing_area_threshold`` and
+``data.stuff_area_threshold`` and the solver options from ``solver.*`` (the keys of
+:mod:`copsctl.config`), else the defaults 200 / 2048 and ``SolverOptions()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .atomic import atomic_path, write_json
+from .costs import CostFile
+from .errors import InputError
+from .panoptic import Annotation, PanopticSet, write_id_png
+from .postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution
+from .solver import SolverOptions, solve_many
+
+PRED_JSON = "panoptic_pred.json"
+PRED_DIR = "panoptic_pred"
+SUMMARY_JSON = "summary.json"
+
+
+def _recipe_number(recipe: dict | None, section: str, key: str, path: Path):
+    if not recipe or not isinstance(recipe.get(section), dict) or key not in recipe[section]:
+        return None
+    value = recipe[section][key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InputError(f"{path}: recipe key {section}.{key} must be a non-negative number, "
+                         f"got {value!r}")
+    return value
+
+
+def _recipe_solver_options(recipe: dict | None, path: Path) -> SolverOptions:
+    section = (recipe or {}).get("solver")
+    if not isinstance(section, dict):
+        return SolverOptions()
+    known = {f.name: f.type for f in dataclasses.fields(SolverOptions)}
+    kwargs = {}
+    for key, value in section.items():
+        if key not in known:
+            continue  # e.g. solver.workers: a setting of the caller, not of the solver
+        default = getattr(SolverOptions(), key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise InputError(f"{path}: recipe key solver.{key} must be of type "
+                             f"{type(default).__name__}, got {value!r}")
+        kwargs[key] = value
+    return SolverOptions(**kwargs)
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / PRED_JSON).is_file():
+        raise InputError(f"--out {out}: folder is not empty and holds no {PRED_JSON}; "
+                         "refusing to replace it")
+
+
+def _png_names(file_names: list[str]) -> list[str]:
+    """One distinct PNG name per image: the image's file name with a .png suffix."""
+    names, seen = [], set()
+    for i, fn in enumerate(file_names):
+        name = Path(fn).with_suffix(".png").name or f"{i:06d}.png"
+        if name in seen:
+            name = f"{Path(name).stem}_{i:06d}.png"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: int | None = None,
+                thing_area: float | None = None, stuff_area: float | None = None,
+                options: SolverOptions | None = None, batch_size: int | None = None,
+                summary_json: str | os.PathLike | None = None,
+                progress: Callable[[int, int], None] | None = None) -> dict:
+    """Solve all images of a cost file; write panoptic predictions to ``out``.
+
+    Parameters
+    ----------
+    costs : path-like
+        Cost file (:mod:`copsctl.costs`).
+    out : path-like
+        Prediction folder (see the module docstring), written atomically.
+    workers : int, optional
+        Threads solving concurrently (default: all CPUs).
+    thing_area, stuff_area : float, optional
+        Small-segment rejection thresholds in pixels at the original image size.
+    options : SolverOptions, optional
+        Solver settings; default from the cost file's recipe.
+    batch_size : int, optional
+        Images read and solved together (default ``2 * workers``); bounds memory.
+    summary_json : path-like, optional
+        Also write the returned summary there (atomically).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each batch.
+
+    Returns
+    -------
+    dict
+        ``images``, ``seconds_per_image_solve`` (wall time of the solves divided by the
+        images), ``seconds_per_image`` (everything), ``segments_per_image`` (after
+        rejection), ``solver_segments_per_image`` (before merging stuff and rejection),
+        ``rejected_per_image``, ``objective_mean``, the settings used and the paths.
+    """
+    t_start = time.perf_counter()
+    costs, out = Path(costs), Path(out)
+    if workers is not None and int(workers) < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise InputError(f"`batch_size` must be at least 1, got {batch_size}")
+    for name, v in (("--thing-area", thing_area), ("--stuff-area", stuff_area)):
+        if v is not None and (not np.isfinite(v) or v < 0):
+            raise InputError(f"{name} must be a non-negative number, got {v}")
+    _check_out_dir(out)
+    if summary_json is not None and Path(summary_json).resolve().is_relative_to(out.resolve()):
+        raise InputError(f"--json {summary_json}: must not lie inside --out {out}, which is "
+                         "replaced as a whole")
+
+    with CostFile(costs) as cf:
+        recipe = cf.recipe
+        if thing_area is None:
+            thing_area = _recipe_number(recipe, "data", "thing_area_threshold", costs)
+        if stuff_area is None:
+            stuff_area = _recipe_number(recipe, "data", "stuff_area_threshold", costs)
+        thing_area = DEFAULT_THING_AREA if thing_area is None else thing_area
+        stuff_area = DEFAULT_STUFF_AREA if stuff_area is None else stuff_area
+        if options is None:
+            options = _recipe_solver_options(recipe, costs)
+        n = len(cf)
+        if n == 0:
+            raise InputError(f"{costs}: cost file holds no images")
+        if workers is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+        workers = int(workers)
+        batch = int(batch_size) if batch_size is not None else 2 * workers
+        png_names = _png_names(cf.file_names)
+        categories = cf.categories
+
+        solve_seconds = 0.0
+        n_segments = n_solver_segments = n_rejected = 0
+        objectives = []
+        images, annotations = [], []
+        with atomic_path(out) as tmp:
+            png_dir = tmp / PRED_DIR
+            png_dir.mkdir(parents=True)
+            for start in range(0, n, batch):
+                idx = list(range(start, min(start + batch, n)))
+                loaded = [cf.problem(i) for i in idx]
+                t0 = time.perf_counter()
+                try:
+                    results = solve_many([p for p, _ in loaded], workers=workers,
+                                         options=options)
+                except InputError as exc:
+                    # solve_many names problems[j]; name the image instead.
+                    msg = str(exc)
+                    if msg.startswith("`problems["):
+                        j = int(msg[len("`problems["):msg.index("]")])
+                        msg = f"image {loaded[j][1]['image_id']!r}" + msg[msg.index("`:") + 1:]
+                    raise InputError(f"{costs}: {msg}") from None
+                solve_seconds += time.perf_counter() - t0
+                for (prob, meta), res in zip(loaded, results):
+                    pred = panoptic_from_solution(res.labels, res.segments, meta["cost_size"],
+                                                  categories, meta["image_size"],
+                                                  thing_area=thing_area, stuff_area=stuff_area)
+                    name = png_names[meta["index"]]
+                    write_id_png(png_dir / name, pred.ids)
+                    H, W = meta["image_size"]
+                    images.append({"id": meta["image_id"], "file_name": meta["file_name"],
+                                   "height": H, "width": W})
+                    annotations.append(Annotation(meta["image_id"], name, pred.segments))
+                    n_segments += len(pred.segments)
+                    n_solver_segments += res.num_segments
+                    n_rejected += pred.num_rejected
+                    objectives.append(res.objective)
+                if progress is not None:
+                    progress(idx[-1] + 1, n)
+            pred_set = PanopticSet(images=images, annotations=annotations,
+                                   categories=categories)
+            with open(tmp / PRED_JSON, "w") as f:
+                json.dump(pred_set.to_json(), f)
+                f.write("\n")
+            summary = {
+                "costs": str(costs), "out": str(out), "pred_json": str(out / PRED_JSON),
+                "pred_dir": str(out / PRED_DIR), "images": n, "workers": workers,
+                "thing_area": thing_area, "stuff_area": stuff_area,
+                "solver_options": dataclasses.asdict(options),
+                "seconds_solve": solve_seconds,
+                "seconds_per_image_solve": solve_seconds / n,
+                "segments_per_image": n_segments / n,
+                "solver_segments_per_image": n_solver_segments / n,
+                "rejected_per_image": n_rejected / n,
+                "objective_mean": float(np.mean(objectives)),
+            }
+            summary["seconds_per_image"] = (time.perf_counter() - t_start) / n
+            with open(tmp / SUMMARY_JSON, "w") as f:
+                json.dump(summary, f, indent=2)
+                f.write("\n")
+    if summary_json is not None:
+        write_json(summary_json, summary)
+    return summary
