@@ -27,6 +27,8 @@ def _root() -> None:
 def _register() -> None:
     # One line per command; each module holds one command's options.
     from . import make_synthetic  # noqa: F401  (make-synthetic)
+    from . import solve  # noqa: F401  (solve)
+    from . import make_costs  # noqa: F401  (make-costs)
     pass
 
 
