@@ -143,8 +143,9 @@ class PanopticReader:
         Image path rule. ``"coco"``: ``image_dir/<file_name>`` of the JSON ``images``
         entry (or the annotation PNG name with a .jpg or .png suffix when the entry is
         missing). ``"cityscapes"``: ``image_dir/<city>/<file_name>`` with the city taken
-        from ``image_id = "<city>_<seq>_<frame>"`` and ``file_name`` defaulting to
-        ``<image_id>_leftImg8bit.png``.
+        from ``image_id = "<city>_<seq>_<frame>"`` and the file name
+        ``<image_id>_leftImg8bit.png`` (the JSON's ``images[].file_name``, which
+        ``createPanopticImgs`` writes with a spurious ``_gtFine``, is not used).
     class_table : ClassTable, optional
         Contiguous class table. Default: built from the JSON's categories. When given,
         the JSON's categories must agree with it (ids and thing flags).
@@ -227,8 +228,9 @@ class PanopticReader:
             if len(parts) != 3:
                 raise InputError(f"{self.json_path}: image id {image_id!r} is not of the form "
                                  "<city>_<seq>_<frame>")
-            name = entry.get("file_name") if entry else None
-            return self.image_dir / parts[0] / (name or f"{image_id}_leftImg8bit.png")
+            # Not the JSON's images[].file_name: createPanopticImgs writes it as
+            # "<id>_gtFine_leftImg8bit.png", which is not the name of the image file.
+            return self.image_dir / parts[0] / f"{image_id}_leftImg8bit.png"
         if entry and entry.get("file_name"):
             return self.image_dir / str(entry["file_name"])
         stem = Path(ann.file_name).stem

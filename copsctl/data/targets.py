@@ -31,7 +31,7 @@ Void
 Crowd
     A crowd segment is one region covering several unseparated instances, so whether two
     of its pixels belong to the same object is unknown: an edge with *both* endpoints in
-    the same crowd segment has weight 0. An edge leaving a crowd segment is a true
+    the same crowd segment has weight 0 (and target 0, like every weight-0 edge). An edge leaving a crowd segment is a true
     boundary (target 0) and keeps its ordinary weight; crowd pixels keep their class in
     the semantic target; crowd segments are never small.
 No edge
