@@ -29,6 +29,7 @@ def _register() -> None:
     from . import make_synthetic  # noqa: F401  (make-synthetic)
     from . import solve  # noqa: F401  (solve)
     from . import make_costs  # noqa: F401  (make-costs)
+    from . import demo  # noqa: F401  (demo)
     pass
 
 
