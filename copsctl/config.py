@@ -109,7 +109,6 @@ class DataConfig:
     flip: bool = _key(True, "random horizontal flip during training")
     val_size: int = _key(0, "if > 0, resize val images so their longer side has this many pixels (COCO: 640); 0 keeps them", check=_non_negative)
     num_workers: int = _key(4, "DataLoader worker processes (0 loads in the main process)", check=_non_negative)
-    ignore_label: int = _key(255, "semantic target value of void and crowd pixels (excluded from the losses)", check=_non_negative)
     thing_area_threshold: int = _key(200, "thing segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
     stuff_area_threshold: int = _key(2048, "stuff segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
     small_instance_area: int = _key(64 * 64, "thing instances below this area (input pixels) get loss.small_instance_weight", check=_non_negative)

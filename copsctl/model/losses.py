@@ -14,13 +14,15 @@ detached per-distance values for logging.
 
 Targets, as produced by :mod:`copsctl.data`, at the network's output resolution:
 
-``semantic``        (B, h, w) int64 class ids, ``ignore_index`` for void and crowd;
-``semantic_weight`` (B, h, w) float, e.g. ``small_instance_weight`` on small instances, else 1;
-``affinity``        (B, 2m, h, w) float or uint8, 1 where both endpoints of the edge lie in
-                    the same panoptic segment, else 0, grid layout of copsctl.solver.grid;
-``affinity_weight`` (B, 2m, h, w) float, 0 where the edge is ignored (no edge at that
-                    position, or an endpoint on void/crowd), otherwise the product of
-                    ``thing_edge_weight`` and ``small_instance_weight`` factors that apply.
+``semantic``         (B, h, w) int64 class ids, ``IGNORE_INDEX`` (255) on void;
+``semantic_weights`` (B, h, w) float, ``small_instance_weight`` on small instances, else 1;
+``affinity``         (B, 2m, h, w) float, 1 where both endpoints of the edge lie in the
+                     same panoptic segment, else 0, grid layout of copsctl.solver.grid;
+``affinity_weights`` (B, 2m, h, w) float, 0 where the edge is ignored (no edge at that
+                     position, a void endpoint, both endpoints inside one crowd segment),
+                     otherwise the product of the thing-edge and small-instance factors.
+
+:func:`copsctl.data.targets.make_targets` documents how they are built.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..data.categories import IGNORE_INDEX
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -61,7 +64,7 @@ def _topk_mean(losses: torch.Tensor, valid: torch.Tensor, top_k: float, per_imag
 
 
 def topk_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
-                       top_k: float = 0.2, ignore_index: int = 255, per_image: bool = False) -> torch.Tensor:
+                       top_k: float = 0.2, ignore_index: int = IGNORE_INDEX, per_image: bool = False) -> torch.Tensor:
     """Weighted top-k softmax cross-entropy.
 
     Parameters
@@ -141,7 +144,7 @@ class PretrainLoss:
     """
 
     def __init__(self, *, distances: Sequence[int], semantic_weight: float = 1.0, semantic_top_k: float = 0.2,
-                 affinity_weight: float = 0.25, affinity_top_k: float = 0.25, ignore_index: int = 255,
+                 affinity_weight: float = 0.25, affinity_top_k: float = 0.25, ignore_index: int = IGNORE_INDEX,
                  per_image: bool = False):
         self.distances = tuple(int(d) for d in distances)
         self.semantic_weight = float(semantic_weight)
@@ -156,11 +159,11 @@ class PretrainLoss:
         """The loss of a resolved recipe."""
         return cls(distances=cfg.model.distances, semantic_weight=cfg.loss.semantic_weight,
                    semantic_top_k=cfg.loss.semantic_top_k, affinity_weight=cfg.loss.affinity_weight,
-                   affinity_top_k=cfg.loss.affinity_top_k, ignore_index=cfg.data.ignore_label,
+                   affinity_top_k=cfg.loss.affinity_top_k,
                    per_image=cfg.loss.top_k_per_image)
 
     def __call__(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        for key in ("semantic", "semantic_weight", "affinity", "affinity_weight"):
+        for key in ("semantic", "semantic_weights", "affinity", "affinity_weights"):
             if key not in targets:
                 raise InputError(f"`targets` must contain {key!r}; got keys {sorted(targets)}")
         sem_logits, aff_logits = outputs["semantic_logits"], outputs["affinity_logits"]
@@ -168,15 +171,15 @@ class PretrainLoss:
         if aff_logits.shape[1] != channels:
             raise InputError(f"`affinity_logits` (shape {tuple(aff_logits.shape)}) must have {channels} "
                              f"channels for distances {list(self.distances)}")
-        for key in ("affinity", "affinity_weight"):
+        for key in ("affinity", "affinity_weights"):
             if targets[key].shape != aff_logits.shape:
                 raise InputError(f"targets[{key!r}] (shape {tuple(targets[key].shape)}) must have the "
                                  f"shape of `affinity_logits` ({tuple(aff_logits.shape)})")
-        semantic = topk_cross_entropy(sem_logits, targets["semantic"], targets["semantic_weight"],
+        semantic = topk_cross_entropy(sem_logits, targets["semantic"], targets["semantic_weights"],
                                       top_k=self.semantic_top_k, ignore_index=self.ignore_index,
                                       per_image=self.per_image)
         per_channel = [topk_binary_cross_entropy(aff_logits[:, c], targets["affinity"][:, c],
-                                                 targets["affinity_weight"][:, c], top_k=self.affinity_top_k,
+                                                 targets["affinity_weights"][:, c], top_k=self.affinity_top_k,
                                                  per_image=self.per_image)
                        for c in range(channels)]
         out = {"loss_semantic": self.semantic_weight * semantic,

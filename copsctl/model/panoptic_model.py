@@ -43,11 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["PanopticModel", "CostTransform", "node_costs_from_logits", "edge_costs_from_logits",
            "freeze_for_finetuning", "part_modules", "trainable_parameter_names"]
 
-# torchvision's ImageNet statistics, for RGB images scaled to [0, 1].
-_PIXEL_MEAN = (0.485, 0.456, 0.406)
-_PIXEL_STD = (0.229, 0.224, 0.225)
-
-
 def node_costs_from_logits(semantic_logits: torch.Tensor) -> torch.Tensor:
     """(B, K, h, w) class logits -> (B, K, h, w) node costs ``-log_softmax`` (float32)."""
     return -F.log_softmax(semantic_logits.float(), dim=1)
@@ -92,8 +87,9 @@ class PanopticModel(nn.Module):
 
     Forward
     -------
-    ``images``: (B, 3, H, W) RGB, uint8 in [0, 255] or float in [0, 1]; H and W multiples
-    of 4. Normalisation with the ImageNet statistics happens inside. Returns a dict with
+    ``images``: (B, 3, H, W) float RGB normalised with the ImageNet statistics, as
+    :mod:`copsctl.data` delivers them (``copsctl.data.transforms.normalize_image``); H and
+    W multiples of 4. Returns a dict with
     ``semantic_logits`` (B, K, H/4, W/4) and ``affinity_logits`` (B, 2m, H/4, W/4) in the
     grid layout of :mod:`copsctl.solver.grid` for ``distances``.
     """
@@ -126,8 +122,6 @@ class PanopticModel(nn.Module):
                                           predictor_channels=affinity_predictor_channels,
                                           distances=self.distances)
         self.cost_transform = CostTransform(num_classes=num_classes, num_edge_channels=2 * len(self.distances))
-        self.register_buffer("pixel_mean", torch.tensor(_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self.batchnorm_frozen = False
 
     @classmethod
@@ -143,20 +137,18 @@ class PanopticModel(nn.Module):
                    affinity_feature_channels=m.affinity_feature_channels,
                    affinity_predictor_channels=m.affinity_predictor_channels)
 
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"`images` (shape {tuple(images.shape)}) must have shape (B, 3, H, W)")
         if images.shape[2] % 4 or images.shape[3] % 4:
             raise InputError(f"`images` (shape {tuple(images.shape)}) must have height and width "
                              "divisible by 4 (outputs have 1/4 resolution)")
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
-        elif not images.is_floating_point():
-            raise InputError(f"`images` must be uint8 or float, got {images.dtype}")
-        return (images - self.pixel_mean) / self.pixel_std
+        if not images.is_floating_point():
+            raise InputError(f"`images` must be a normalised float tensor, got {images.dtype}")
+        return images
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(self._normalise(images))
+        features = self.backbone(self._check_images(images))
         semantic_logits = self.semantic_head(self.semantic_decoder(features))
         affinity_logits = self.affinity_head(self.affinity_decoder(features), semantic_logits)
         return {"semantic_logits": semantic_logits, "affinity_logits": affinity_logits}
