@@ -162,28 +162,36 @@ def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike 
     return PanopticSet(images=images, annotations=anns, categories=cats, png_dir=Path(png_dir))
 
 
-def read_id_png(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a panoptic PNG into an (H, W) int64 id map.
+def read_id_png(path: str | os.PathLike, expected_size: tuple[int, int] | None = None,
+                dtype=np.int64) -> np.ndarray:
+    """Read a panoptic PNG into an (H, W) id map.
 
     ``expected_size`` is (H, W); a PNG of another size or not in RGB mode is an
-    :class:`InputError` naming the file.
+    :class:`InputError` naming the file. ``dtype`` is ``np.int64`` (default) or
+    ``np.uint32`` (ids are below 256**3; saves a conversion where speed matters).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: panoptic PNG does not exist")
     try:
         with Image.open(path) as im:
-            im.load()
             mode = im.mode
-            arr = np.asarray(im)
+            if mode != "RGB":
+                raise InputError(f"{path}: panoptic PNG must be RGB mode, got {mode}")
+            im.load()
+            w, h = im.size
+            # Pillow keeps RGB pixels as 4 bytes; exporting them as RGBX is a plain copy
+            # and gives the little-endian word R + 256 G + 256² B + 256³ X directly.
+            raw = im.tobytes("raw", "RGBX")
     except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{path}: not a readable PNG ({exc})") from None
-    if mode != "RGB":
-        raise InputError(f"{path}: panoptic PNG must be RGB mode, got {mode}")
-    if expected_size is not None and tuple(arr.shape[:2]) != tuple(expected_size):
-        raise InputError(f"{path}: PNG size {arr.shape[0]}x{arr.shape[1]} (HxW) differs from the "
+    if expected_size is not None and (h, w) != tuple(expected_size):
+        raise InputError(f"{path}: PNG size {h}x{w} (HxW) differs from the "
                          f"expected {expected_size[0]}x{expected_size[1]}")
-    return rgb2id(arr)
+    ids = np.frombuffer(raw, dtype="<u4").reshape(h, w) & np.uint32(0xFFFFFF)
+    return ids if np.dtype(dtype) == np.uint32 else ids.astype(dtype)
 
 
 def write_id_png(path: str | os.PathLike, ids: np.ndarray) -> None:

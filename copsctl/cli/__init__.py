@@ -30,6 +30,7 @@ def _register() -> None:
     from . import solve  # noqa: F401  (solve)
     from . import make_costs  # noqa: F401  (make-costs)
     from . import demo  # noqa: F401  (demo)
+    from . import evaluate  # noqa: F401  (evaluate)
     pass
 
 

@@ -47,7 +47,8 @@ from ..panoptic import VOID, Category, Segment, load_panoptic_json, read_id_png
 
 __all__ = [
     "PanopticPair", "PQCounts", "GroupPQ", "ClassPQ", "PQResult", "MissingPredictionWarning",
-    "image_counts", "evaluate_arrays", "evaluate_files",
+    "image_counts", "evaluate_arrays", "evaluate_files", "evaluate", "set_paths",
+    "ground_truth_from_recipe",
 ]
 
 # Ids read from PNGs are below 256**3; up to this bound the id -> index lookup table is a
@@ -222,22 +223,26 @@ def _table(segments: Iterable[Segment], cat_index: dict[int, int], image_id, sid
                   np.asarray(crowd, bool))
 
 
-def _dense_index(flat_ids: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
-    """Map every pixel id to 0 (unknown id), 1 (void) or 2 + its row in ``seg_ids``."""
+def _dense_index(flat_ids: np.ndarray, seg_ids: np.ndarray, scale: int = 1) -> np.ndarray:
+    """Map every pixel id to ``scale`` times 0 (unknown id), 1 (void) or 2 + its row.
+
+    The scale lets the ground-truth and prediction indices be combined by one addition.
+    """
     top = int(flat_ids.max()) if flat_ids.size else 0
     if seg_ids.size:
         top = max(top, int(seg_ids.max()))
+    dtype = np.int32 if (len(seg_ids) + 2) * scale < 2 ** 31 else np.int64
     if top < _LUT_LIMIT:
-        lut = np.zeros(top + 1, np.int32)
-        lut[VOID] = 1
-        lut[seg_ids] = np.arange(2, len(seg_ids) + 2, dtype=np.int32)
+        lut = np.zeros(top + 1, dtype)
+        lut[VOID] = scale
+        lut[seg_ids] = np.arange(2, len(seg_ids) + 2, dtype=dtype) * scale
         return lut[flat_ids]
     # Huge ids (only possible in memory): binary search in the sorted id list instead.
     keys = np.concatenate([[VOID], seg_ids])
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     pos = np.minimum(np.searchsorted(sorted_keys, flat_ids), len(keys) - 1)
-    out = (order[pos] + 1).astype(np.int32)
+    out = ((order[pos] + 1) * scale).astype(dtype)
     out[sorted_keys[pos] != flat_ids] = 0
     return out
 
@@ -268,17 +273,16 @@ def _count(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pred:
     C = num_categories
     G, P = len(gt.ids), len(pred.ids)
     gflat, pflat = gt_ids.ravel(), pred_ids.ravel()
-    gi = _dense_index(gflat, gt.ids)
-    pi = _dense_index(pflat, pred.ids)
     stride = P + 2
     nbins = (G + 2) * stride
+    gi = _dense_index(gflat, gt.ids, scale=stride)
+    pi = _dense_index(pflat, pred.ids)
+    key = gi + pi  # int32 unless the table sizes need more
     if nbins <= _DENSE_FACTOR * max(gflat.size, 1024):
-        key = gi.astype(np.intp) * stride + pi
         hist = np.bincount(key, minlength=nbins)
         pair = np.flatnonzero(hist)
         cnt = hist[pair]
     else:
-        key = gi.astype(np.int64) * stride + pi
         pair, cnt = np.unique(key, return_counts=True)
     g, p = pair // stride, pair % stride
     # Index 0 means an id that the segment table does not list.
@@ -460,11 +464,11 @@ class _FileTask:
 
 def _file_counts(task: _FileTask):
     try:
-        gt_ids = read_id_png(task.gt_png, expected_size=task.size)
+        gt_ids = read_id_png(task.gt_png, expected_size=task.size, dtype=np.uint32)
         if task.pred_png is None:
             pred_ids = np.zeros_like(gt_ids)
         else:
-            pred_ids = read_id_png(task.pred_png, expected_size=gt_ids.shape)
+            pred_ids = read_id_png(task.pred_png, expected_size=gt_ids.shape, dtype=np.uint32)
     except InputError as exc:
         raise InputError(f"image {task.image_id!r}: {exc}") from None
     return _count(task.image_id, gt_ids, task.gt, pred_ids, task.pred, task.num_categories,
@@ -569,6 +573,81 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
         total.fn += fn
         total.iou += iou
     return PQResult.from_counts(total, gt_set.categories, num_images=len(tasks))
+
+
+# ----------------------------------------------------------------------------- path rules
+
+# The prediction folder written by `copsctl solve` (copsctl.predict) holds these two.
+_SOLVE_JSON, _SOLVE_DIR = "panoptic_pred.json", "panoptic_pred"
+
+
+def ground_truth_from_recipe(recipe: str | os.PathLike, split: str | None = None
+                             ) -> tuple[Path, Path]:
+    """The ground-truth JSON and PNG folder of a recipe's dataset split.
+
+    Parameters
+    ----------
+    recipe
+        A recipe file or packaged recipe name (see :func:`copsctl.config.load_recipe`).
+    split
+        Split name; by default the recipe's ``data.val_split``.
+
+    Returns
+    -------
+    (gt_json, gt_dir) : tuple of Path
+    """
+    # Local imports: recipes and readers are not needed for file-based evaluation.
+    from ..config import load_recipe
+    from ..data.datasets import open_reader
+
+    r = load_recipe(recipe)
+    if not r.data.root:
+        raise InputError(f"recipe {recipe}: `data.root` is empty; set it in the recipe or "
+                         "pass --gt-json/--gt-dir")
+    reader = open_reader(r.data.dataset, r.data.root, split or r.data.val_split,
+                         check_files=False)
+    return reader.json_path, reader.png_dir
+
+
+def set_paths(json_path: str | os.PathLike | None, png_dir: str | os.PathLike | None,
+              what: str) -> tuple[Path, Path]:
+    """Complete a (JSON, PNG folder) pair from whichever of the two is given.
+
+    The folder defaults to the JSON path without suffix (panopticapi's rule). Given only a
+    folder: a ``copsctl solve`` output folder (``panoptic_pred.json`` + ``panoptic_pred/``
+    inside it) is recognised; otherwise the JSON is the folder path plus ``.json``.
+    """
+    if json_path is None and png_dir is None:
+        raise InputError(f"{what}: pass its JSON file, its PNG folder, or both")
+    if json_path is not None:
+        json_path = Path(json_path)
+        return json_path, Path(png_dir) if png_dir is not None else json_path.with_suffix("")
+    png_dir = Path(png_dir)
+    if (png_dir / _SOLVE_JSON).is_file() and (png_dir / _SOLVE_DIR).is_dir():
+        return png_dir / _SOLVE_JSON, png_dir / _SOLVE_DIR
+    return png_dir.with_suffix(".json"), png_dir
+
+
+def evaluate(*, gt_json: str | os.PathLike | None = None, gt_dir: str | os.PathLike | None = None,
+             pred_json: str | os.PathLike | None = None,
+             pred_dir: str | os.PathLike | None = None, recipe: str | os.PathLike | None = None,
+             split: str | None = None, workers: int = 1, allow_missing: bool = False) -> PQResult:
+    """Exact PQ from paths as ``copsctl evaluate`` takes them.
+
+    The ground truth is either ``gt_json``/``gt_dir`` or the ``split`` of ``recipe``'s
+    dataset; the missing half of each (JSON, folder) pair follows :func:`set_paths`.
+    Everything else is :func:`evaluate_files`.
+    """
+    if recipe is not None:
+        if gt_json is not None or gt_dir is not None:
+            raise InputError("pass either --recipe (with --split) or --gt-json/--gt-dir, not both")
+        gt_json, gt_dir = ground_truth_from_recipe(recipe, split)
+    elif split is not None:
+        raise InputError("--split needs --recipe (it names a split of the recipe's dataset)")
+    gt_json, gt_dir = set_paths(gt_json, gt_dir, "ground truth")
+    pred_json, pred_dir = set_paths(pred_json, pred_dir, "prediction")
+    return evaluate_files(gt_json, pred_json, gt_dir, pred_dir, workers=workers,
+                          allow_missing=allow_missing)
 
 
 # ----------------------------------------------------------------------------- parallel

@@ -1,0 +1,228 @@
+"""Exact PQ speed: cityscapesscripts' ``evaluatePanoptic`` against copsctl, one process each.
+
+Run as ``python -m copsctl.benchmarks.pq [--images 50 --height 512 --width 1024]``.
+
+It generates a Cityscapes-like set (stuff regions with irregular boundaries, 20-40
+segments per image, void, crowd regions) and a prediction with moved boundaries, missed,
+split, merged and relabelled instances and spurious small segments, writes both as COCO
+panoptic JSON + PNGs, then times on the same files:
+
+- ``cityscapesscripts``: ``evaluatePanoptic`` with its multi-core step replaced by a direct
+  call of its own ``pq_compute_single_core`` (the function each of its pool workers runs),
+  so it runs in this process on one core;
+- ``copsctl files``: :func:`copsctl.metrics.pq.evaluate_files` with ``workers=1``;
+- ``copsctl in-memory``: :func:`copsctl.metrics.pq.evaluate_arrays` on id maps already in
+  memory (what training and ``copsctl solve`` use; no PNG decoding);
+- optionally, with ``--workers N``, both copsctl paths again with N workers.
+
+It checks that all numbers agree to 1e-9 and prints a table of seconds, images per second
+and speed-up over cityscapesscripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics.pq import PanopticPair, PQResult, evaluate_arrays, evaluate_files
+from ..panoptic import Annotation, Category, segments_from_id_map, write_panoptic_set
+
+CATEGORIES = [Category(i, f"stuff{i}", False) for i in (7, 8, 11, 17, 21, 23)] + \
+             [Category(i, f"thing{i}", True) for i in (24, 25, 26, 27, 28, 33)]
+_STUFF = [c.id for c in CATEGORIES if not c.isthing]
+_THINGS = [c.id for c in CATEGORIES if c.isthing]
+
+
+def _voronoi(seeds: np.ndarray, H: int, W: int, warp: np.ndarray) -> np.ndarray:
+    """(H, W) index of the nearest seed, with a smooth warp so boundaries are not straight."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    yy += warp[0]
+    xx += warp[1]
+    best = np.full((H, W), np.inf, np.float32)
+    arg = np.zeros((H, W), np.int64)
+    for k, (sy, sx) in enumerate(seeds):
+        d = (yy - sy) ** 2 + (xx - sx) ** 2
+        closer = d < best
+        best[closer] = d[closer]
+        arg[closer] = k
+    return arg
+
+
+def _smooth_warp(rng, H, W, amp):
+    """A low-frequency displacement field (2, H, W): bilinear upsampling of coarse noise."""
+    coarse = rng.normal(0, amp, size=(2, 5, 9)).astype(np.float32)
+    ys = np.linspace(0, 4, H, dtype=np.float32)
+    xs = np.linspace(0, 8, W, dtype=np.float32)
+    y0 = np.minimum(ys.astype(int), 3); x0 = np.minimum(xs.astype(int), 7)
+    fy = (ys - y0)[:, None]; fx = (xs - x0)[None, :]
+    out = np.empty((2, H, W), np.float32)
+    for c in range(2):
+        g = coarse[c]
+        out[c] = ((1 - fy) * (1 - fx) * g[y0][:, x0] + (1 - fy) * fx * g[y0][:, x0 + 1]
+                  + fy * (1 - fx) * g[y0 + 1][:, x0] + fy * fx * g[y0 + 1][:, x0 + 1])
+    return out
+
+
+def _ellipse(ids, cy, cx, ry, rx, value):
+    H, W = ids.shape
+    y0, y1 = max(0, int(cy - ry)), min(H, int(cy + ry) + 1)
+    x0, x1 = max(0, int(cx - rx)), min(W, int(cx + rx) + 1)
+    if y0 >= y1 or x0 >= x1:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    inside = ((yy - cy) / max(ry, 0.5)) ** 2 + ((xx - cx) / max(rx, 0.5)) ** 2 <= 1
+    ids[y0:y1, x0:x1][inside] = value
+
+
+def make_pair(rng: np.random.Generator, H: int = 512, W: int = 1024):
+    """One Cityscapes-like image: ``(gt_ids, gt_segments, pred_ids, pred_segments)``."""
+    next_id = iter(range(1, 10 ** 6))
+    gt = np.zeros((H, W), np.int64)
+    pr = np.zeros((H, W), np.int64)
+    gcat, pcat, gcrowd = {}, {}, {}
+    # Stuff: warped Voronoi cells; the prediction moves the seeds and the warp a little.
+    n_stuff = int(rng.integers(5, 11))
+    seeds = np.stack([rng.uniform(0, H, n_stuff), rng.uniform(0, W, n_stuff)], 1)
+    warp = _smooth_warp(rng, H, W, 40.0)
+    cell = _voronoi(seeds, H, W, warp)
+    pcell = _voronoi(seeds + rng.normal(0, 6, seeds.shape), H, W,
+                     warp + _smooth_warp(rng, H, W, 4.0))
+    for k in range(n_stuff):
+        c = int(rng.choice(_STUFF))
+        sid = next(next_id); gcat[sid] = c; gt[cell == k] = sid
+        pc = c if rng.random() > 0.1 else int(rng.choice(_STUFF))
+        pid = next(next_id); pcat[pid] = pc; pr[pcell == k] = pid
+    # Things: ellipses, a few crowd; predictions shifted, scaled, missed, split, relabelled.
+    for _ in range(int(rng.integers(15, 30))):
+        c = int(rng.choice(_THINGS))
+        cy, cx = rng.uniform(H * 0.3, H * 0.9), rng.uniform(0, W)
+        ry, rx = rng.uniform(6, 60), rng.uniform(6, 60)
+        sid = next(next_id); gcat[sid] = c; gcrowd[sid] = bool(rng.random() < 0.05)
+        _ellipse(gt, cy, cx, ry, rx, sid)
+        r = rng.random()
+        if r < 0.1:
+            continue
+        pc = c if rng.random() > 0.1 else int(rng.choice(_THINGS))
+        py, px = cy + rng.normal(0, ry * 0.15), cx + rng.normal(0, rx * 0.15)
+        pry, prx = ry * rng.uniform(0.8, 1.2), rx * rng.uniform(0.8, 1.2)
+        if r < 0.2:
+            for half in (-1, 1):
+                pid = next(next_id); pcat[pid] = pc
+                _ellipse(pr, py, px + half * prx / 2, pry, prx / 2, pid)
+        else:
+            pid = next(next_id); pcat[pid] = pc
+            _ellipse(pr, py, px, pry, prx, pid)
+    for _ in range(int(rng.integers(2, 8))):  # spurious small predictions
+        c = int(rng.choice(_THINGS + _STUFF))
+        pid = next(next_id); pcat[pid] = c
+        _ellipse(pr, rng.uniform(0, H), rng.uniform(0, W), rng.uniform(2, 6),
+                 rng.uniform(2, 6), pid)
+    gt[int(H * 0.88):, int(W * 0.2):int(W * 0.8)] = 0  # ego vehicle: void
+    gt[:, :4] = 0
+    pr[int(H * 0.9):, int(W * 0.25):int(W * 0.75)] = 0
+    return gt, segments_from_id_map(gt, gcat, gcrowd), pr, segments_from_id_map(pr, pcat)
+
+
+def _reference(paths, results_file):
+    from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as ref
+
+    def single_core(matched, gt_folder, pred_folder, categories):
+        # The function each of the reference's pool workers runs, here on all images.
+        return ref.pq_compute_single_core(0, matched, gt_folder, pred_folder, categories)
+
+    orig = ref.pq_compute_multi_core
+    ref.pq_compute_multi_core = single_core
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ref.evaluatePanoptic(str(paths[0]), str(paths[1]), str(paths[2]),
+                                        str(paths[3]), str(results_file))
+    finally:
+        ref.pq_compute_multi_core = orig
+
+
+def _max_difference(ours: PQResult, ref: dict) -> float:
+    diff = 0.0
+    for group, g in (("All", ours.all), ("Things", ours.things), ("Stuff", ours.stuff)):
+        diff = max(diff, *(abs(getattr(g, m) - ref[group][m]) for m in ("pq", "sq", "rq")))
+        if g.n != ref[group]["n"]:
+            return float("inf")
+    for cid, r in ours.per_class.items():
+        diff = max(diff, *(abs(getattr(r, m) - ref["per_class"][cid][m])
+                           for m in ("pq", "sq", "rq")))
+    return diff
+
+
+def _time(fn, repeat):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=50)
+    ap.add_argument("--height", type=int, default=512)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="best of this many runs per row")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also time the copsctl paths with this many workers")
+    ap.add_argument("--out", type=Path, default=None, help="keep the generated set here")
+    args = ap.parse_args(argv)
+
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    pairs = [make_pair(rng, args.height, args.width) for _ in range(args.images)]
+    nseg = np.mean([len(p[1]) for p in pairs]), np.mean([len(p[3]) for p in pairs])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        gt_anns, pr_anns = [], []
+        for i, (_, gs, _, ps) in enumerate(pairs):
+            gt_anns.append(Annotation(f"img{i:04d}", f"img{i:04d}_gt.png", gs))
+            pr_anns.append(Annotation(f"img{i:04d}", f"img{i:04d}_pred.png", ps))
+        paths = (root / "gt.json", root / "gt", root / "pred.json", root / "pred")
+        write_panoptic_set(paths[0], paths[1], gt_anns, [p[0] for p in pairs], CATEGORIES)
+        write_panoptic_set(paths[2], paths[3], pr_anns, [p[2] for p in pairs], CATEGORIES)
+        print(f"{args.images} images {args.height}x{args.width}, {nseg[0]:.1f} ground-truth and "
+              f"{nseg[1]:.1f} predicted segments per image (generated and written in "
+              f"{time.perf_counter() - t0:.1f} s)")
+        mem = [PanopticPair(i, g, gs, p, ps) for i, (g, gs, p, ps) in enumerate(pairs)]
+
+        rows = []
+        t_ref, ref = _time(lambda: _reference(paths, root / "reference.json"), args.repeat)
+        rows.append(("cityscapesscripts evaluatePanoptic (1 process)", t_ref, 0.0))
+        t, res = _time(lambda: evaluate_files(paths[0], paths[2], paths[1], paths[3]), args.repeat)
+        rows.append(("copsctl evaluate_files (workers=1)", t, _max_difference(res, ref)))
+        t, res = _time(lambda: evaluate_arrays(mem, CATEGORIES), args.repeat)
+        rows.append(("copsctl evaluate_arrays, in memory (workers=1)", t,
+                     _max_difference(res, ref)))
+        if args.workers > 1:
+            w = args.workers
+            t, res = _time(lambda: evaluate_files(paths[0], paths[2], paths[1], paths[3],
+                                                  workers=w), args.repeat)
+            rows.append((f"copsctl evaluate_files (workers={w})", t, _max_difference(res, ref)))
+            t, res = _time(lambda: evaluate_arrays(mem, CATEGORIES, workers=w), args.repeat)
+            rows.append((f"copsctl evaluate_arrays, in memory (workers={w})", t,
+                         _max_difference(res, ref)))
+
+    print(f"{'path':<50} {'seconds':>8} {'images/s':>9} {'speed-up':>9} {'max |diff|':>11}")
+    for name, t, diff in rows:
+        print(f"{name:<50} {t:8.2f} {args.images / t:9.1f} {t_ref / t:8.1f}x {diff:11.1e}")
+    worst = max(d for _, _, d in rows)
+    print(f"PQ {ref['All']['pq']:.4f} (things {ref['Things']['pq']:.4f}, stuff "
+          f"{ref['Stuff']['pq']:.4f}); all numbers agree to 1e-9: {worst <= 1e-9}")
+    if worst > 1e-9:
+        raise SystemExit("copsctl and cityscapesscripts disagree")
+
+
+if __name__ == "__main__":
+    main()

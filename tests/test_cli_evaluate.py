@@ -1,0 +1,211 @@
+"""``copsctl evaluate``: the table, ``--json``, the recipe form and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from copsctl.cli import app
+from copsctl.metrics.pq import evaluate_files
+from copsctl.panoptic import Annotation, Category, segments_from_id_map, write_panoptic_set
+
+CATEGORIES = [Category(7, "road", False), Category(23, "sky", False),
+              Category(24, "person", True), Category(26, "car", True)]
+
+
+def _image(rng, H=16, W=20):
+    """A ground truth and a prediction that gets some segments right and some wrong."""
+    gt = np.full((H, W), 1, np.int64); gt[: H // 2] = 2
+    gt[3:9, 2:7] = 24001; gt[8:14, 10:16] = 26001; gt[0:2, 0:3] = 0
+    pr = np.full((H, W), 5, np.int64); pr[: H // 2 + 1] = 6
+    pr[3:9, 2:8] = 7; pr[9:14, 12:18] = 8; pr[1:3, 15:17] = 9
+    gcat = {1: 7, 2: 23, 24001: 24, 26001: 26}
+    pcat = {5: 7, 6: 23, 7: 24, 8: 26, 9: 24}
+    return gt, segments_from_id_map(gt, gcat), pr, segments_from_id_map(pr, pcat)
+
+
+def _write(root, n=3, *, gt_json="gt.json", gt_dir="gt", pred_json="pred.json", pred_dir="pred"):
+    rng = np.random.default_rng(0)
+    pairs = [_image(rng) for _ in range(n)]
+    gt_anns = [Annotation(f"im{i}", f"im{i}.png", p[1]) for i, p in enumerate(pairs)]
+    pr_anns = [Annotation(f"im{i}", f"im{i}_pred.png", p[3]) for i, p in enumerate(pairs)]
+    write_panoptic_set(root / gt_json, root / gt_dir, gt_anns, [p[0] for p in pairs], CATEGORIES)
+    write_panoptic_set(root / pred_json, root / pred_dir, pr_anns, [p[2] for p in pairs],
+                       CATEGORIES)
+    return root / gt_json, root / gt_dir, root / pred_json, root / pred_dir
+
+
+@pytest.fixture
+def files(tmp_path):
+    return _write(tmp_path)
+
+
+def _run(*args):
+    return CliRunner().invoke(app, ["evaluate", *map(str, args)])
+
+
+def _args(files, out=None, *extra):
+    gt_json, gt_dir, pred_json, pred_dir = files
+    a = ["--gt-json", gt_json, "--gt-dir", gt_dir, "--pred-json", pred_json, "--pred-dir", pred_dir]
+    if out is not None:
+        a += ["--json", out]
+    return [*a, *extra]
+
+
+def test_table_and_json(files, tmp_path):
+    out = tmp_path / "res" / "pq.json"
+    r = _run(*_args(files, out))
+    assert r.exit_code == 0, r.output
+    for word in ("road", "sky", "person", "car", "All", "Things", "Stuff", "TP", "FP", "FN"):
+        assert word in r.stdout
+    data = json.loads(out.read_text())
+    assert set(data) == {"All", "Things", "Stuff", "per_class"}
+    for g in ("All", "Things", "Stuff"):
+        assert set(data[g]) == {"pq", "sq", "rq", "n"}
+        assert all(0.0 <= data[g][k] <= 1.0 for k in ("pq", "sq", "rq"))
+    assert set(data["per_class"]) == {"7", "23", "24", "26"}
+    for v in data["per_class"].values():
+        assert set(v) == {"pq", "sq", "rq", "tp", "fp", "fn"}
+    expected = evaluate_files(files[0], files[2], files[1], files[3]).to_json()
+    assert data == json.loads(json.dumps(expected))
+    # person: the 6x6 prediction covers all 30 px of the 6x5 gt -> IoU 30/36 > 0.5 in each
+    # image; the small spurious person is a FP.
+    assert (data["per_class"]["24"]["tp"], data["per_class"]["24"]["fp"]) == (3, 3)
+    assert list((tmp_path / "res").iterdir()) == [out]  # no temporaries left behind
+
+
+def test_default_dirs_and_workers(files):
+    gt_json, _, pred_json, _ = files
+    r = _run("--gt-json", gt_json, "--pred-json", pred_json, "--workers", 2)
+    assert r.exit_code == 0, r.output
+    assert "All" in r.stdout
+
+
+def test_recipe_form_with_a_solve_output_folder(tmp_path):
+    root = tmp_path / "data"
+    # COCO layout of the synthetic dataset; the "prediction" is the ground truth itself,
+    # stored the way `copsctl solve` writes it.
+    _write(root, gt_json="annotations/panoptic_val2017.json",
+           gt_dir="annotations/panoptic_val2017", pred_json="x.json", pred_dir="x")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(root / "annotations/panoptic_val2017.json", pred / "panoptic_pred.json")
+    shutil.copytree(root / "annotations/panoptic_val2017", pred / "panoptic_pred")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  dataset: synthetic\n  root: {root}\n")
+    out = tmp_path / "pq.json"
+    r = _run("--recipe", recipe, "--split", "val", "--pred-dir", pred, "--json", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert data["All"]["pq"] == 1.0 and data["All"]["n"] == 4
+
+
+def test_allow_missing_warns_and_succeeds(files, tmp_path):
+    pred_json = files[2]
+    d = json.loads(pred_json.read_text())
+    d["annotations"].pop(0)
+    pred_json.write_text(json.dumps(d))
+    out = tmp_path / "pq.json"
+    r = _run(*_args(files, out, "--allow-missing"))
+    assert r.exit_code == 0, r.output
+    assert "warning" in r.stderr and "'im0'" in r.stderr
+    assert out.is_file()
+
+
+def _break_missing(files):
+    d = json.loads(files[2].read_text())
+    d["annotations"] = d["annotations"][1:2]
+    files[2].write_text(json.dumps(d))
+    return r"no prediction for 2 ground-truth image\(s\): 'im0', 'im2'"
+
+
+def _break_png_id(files):
+    d = json.loads(files[2].read_text())
+    d["annotations"][1]["segments_info"] = d["annotations"][1]["segments_info"][1:]
+    files[2].write_text(json.dumps(d))
+    return r"image 'im1': segment id 5 is in the prediction \(im1_pred.png\) PNG but not in its JSON"
+
+
+def _break_json_id(files):
+    d = json.loads(files[2].read_text())
+    d["annotations"][2]["segments_info"].append({"id": 77, "category_id": 24})
+    files[2].write_text(json.dumps(d))
+    return r"image 'im2': segment id 77 is in the prediction .* JSON but not in its PNG"
+
+
+def _break_category(files):
+    d = json.loads(files[0].read_text())
+    d["annotations"][0]["segments_info"][0]["category_id"] = 99
+    files[0].write_text(json.dumps(d))
+    return r"image 'im0': ground-truth segment id 1 has unknown category_id 99"
+
+
+def _break_size(files):
+    Image.fromarray(np.zeros((16, 21, 3), np.uint8)).save(files[3] / "im1_pred.png")
+    return r"image 'im1': .*im1_pred.png: PNG size 16x21 \(HxW\) differs from the expected 16x20"
+
+
+def _break_mode(files):
+    Image.fromarray(np.zeros((16, 20, 4), np.uint8), mode="RGBA").save(files[3] / "im2_pred.png")
+    return r"image 'im2': .*im2_pred.png: panoptic PNG must be RGB mode, got RGBA"
+
+
+def _break_gt_json(files):
+    files[0].unlink()
+    return r"gt.json: panoptic JSON file does not exist"
+
+
+def _break_pred_dir(files):
+    shutil.rmtree(files[3])
+    return r"pred: prediction PNG folder does not exist"
+
+
+def _break_json_syntax(files):
+    files[2].write_text("{not json")
+    return r"pred.json: not valid JSON"
+
+
+@pytest.mark.parametrize("breaker", [_break_missing, _break_png_id, _break_json_id,
+                                     _break_category, _break_size, _break_mode, _break_gt_json,
+                                     _break_pred_dir, _break_json_syntax])
+def test_bad_input_exit_2_one_line_nothing_written(files, tmp_path, breaker):
+    import re
+    pattern = breaker(files)
+    out = tmp_path / "out" / "pq.json"
+    r = _run(*_args(files, out))
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error:")
+    assert re.search(pattern, " ".join(lines)), lines[0]
+    assert "Traceback" not in r.output
+    assert not out.exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--pred-json", "p.json"], r"ground truth: pass its JSON file, its PNG folder, or both"),
+    (["--gt-json", "g.json"], r"prediction: pass its JSON file, its PNG folder, or both"),
+    (["--gt-json", "g.json", "--recipe", "r.yaml", "--pred-json", "p.json"],
+     r"either --recipe .* or --gt-json/--gt-dir, not both"),
+    (["--gt-json", "g.json", "--split", "val", "--pred-json", "p.json"],
+     r"--split needs --recipe"),
+    (["--recipe", "no_such_recipe_xyz", "--pred-json", "p.json"], r"no_such_recipe_xyz"),
+])
+def test_bad_arguments(tmp_path, args, pattern):
+    import re
+    r = _run(*args)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern, lines[0]), r.stderr
+
+
+def test_bad_workers(files, tmp_path):
+    r = _run(*_args(files, tmp_path / "o.json", "--workers", "0"))
+    assert r.exit_code == 2 and "`workers` (0) must be at least 1" in r.stderr
+    assert not (tmp_path / "o.json").exists()
