@@ -188,3 +188,19 @@ def test_sampler_resume_and_shards():
         TrainSampler(5, rank=2, world_size=2)
     with pytest.raises(InputError, match="`size`"):
         TrainSampler(0)
+
+
+def test_bad_file_found_in_a_worker_keeps_its_one_line_message(tmp_path):
+    from copsctl.data.loader import WorkerInputError
+
+    write_coco(tmp_path, "val")
+    victim = tmp_path / "annotations" / "panoptic_val2017" / "000000000285.png"
+    victim.write_bytes(b"not a png")
+    ds = _dataset(open_reader("coco", tmp_path, "val"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, sampler=[(0, 1)], num_workers=1,
+                                         collate_fn=collate_panoptic)
+    with pytest.raises(InputError) as info:
+        list(loader)
+    assert isinstance(info.value, WorkerInputError)
+    assert str(info.value).startswith(f"{victim}: not a readable PNG")
+    assert "\n" not in str(info.value)

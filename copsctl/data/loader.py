@@ -31,6 +31,24 @@ _PAD_VALUES = {"image": 0.0, "semantic": IGNORE_INDEX, "semantic_weights": 0.0,
                "affinity": 0.0, "affinity_weights": 0.0, "panoptic": 0}
 
 
+class WorkerInputError(InputError):
+    """An :class:`InputError` that keeps its one-line message across DataLoader workers.
+
+    A DataLoader re-raises a worker's exception in the main process as
+    ``type(exc)("Caught ... in DataLoader worker process N.\nOriginal Traceback ...")``;
+    the first line would no longer name the bad file. This type recovers the original
+    message from the last line of that text, so the CLI still prints one useful line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught "):
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            lines = [line for line in message.splitlines() if line.startswith(prefix)]
+            if lines:
+                message = lines[-1][len(prefix):]
+        super().__init__(message)
+
+
 class PanopticDataset(Dataset):
     """Network inputs and COPS pre-training targets for one split.
 
@@ -116,6 +134,12 @@ class PanopticDataset(Dataset):
             epoch, index = (int(v) for v in key)
         else:
             epoch, index = self.epoch, int(key)
+        try:
+            return self._item(epoch, index)
+        except InputError as exc:
+            raise WorkerInputError(str(exc)) from None
+
+    def _item(self, epoch: int, index: int) -> dict:
         sample = self.reader[index]
         image, panoptic = sample.image, sample.panoptic
         if self.train:
