@@ -120,29 +120,65 @@ cdef inline double _gain(double* costs, double* best, double* second, int32_t* a
     return best[a] + best[b] - merged + w
 
 
-cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edges, int64_t E,
-                     const double* ec, const uint8_t* part, double pre_thr, int32_t pre_max,
+cdef inline bint _gain_positive(double* costs, double* best, double* second, int32_t* argbest,
+                               const uint8_t* part, int32_t K, int32_t a, int32_t b,
+                               double w) noexcept nogil:
+    """Whether merging a and b lowers the objective; O(1) when a cheap bound decides."""
+    cdef int32_t ka = argbest[a], kb = argbest[b]
+    cdef double lower, v
+    if ka != kb:
+        # merged cost <= either cluster's best class for both, so the gain is at least this
+        lower = costs[<int64_t>a * K + kb] - best[a]
+        v = costs[<int64_t>b * K + ka] - best[b]
+        if v < lower:
+            lower = v
+        if w - lower > GAIN_EPS:
+            return True
+        if w <= GAIN_EPS:
+            return False  # the gain never exceeds w
+    return _gain(costs, best, second, argbest, part, K, a, b, w) > GAIN_EPS
+
+
+cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_t K, const int32_t* edges, int64_t E,
+                     const double* ec, const uint8_t* part, const uint8_t* local, double pre_thr, int32_t pre_max,
                      bint improve, int32_t max_rounds, int32_t* out_labels,
                      int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     cdef double t0 = _now(), t1
     cdef int64_t e, i64
     cdef int32_t i, j, k, u, v, ru, rv, a, b, r, s, c, M
     cdef double w, g, g2
-    cdef vector[int32_t] parent, size, node_cls
+    cdef vector[int32_t] parent, size, node_arg
 
     # ---------------- phase 0: pre-clustering into bounded superpixels -------------
+    # Cluster cost sums live in the row of the cluster's union-find root.
+    cdef double* costs = <double*>malloc(<size_t>N * K * sizeof(double))
+    cdef double* best = <double*>malloc(N * sizeof(double))
+    cdef double* second = <double*>malloc(N * sizeof(double))
+    cdef int32_t* argbest = <int32_t*>malloc(N * sizeof(int32_t))
+    if costs == NULL or best == NULL or second == NULL or argbest == NULL:
+        free(costs); free(best); free(second); free(argbest)
+        with gil:
+            raise MemoryError("AMWC solver: cannot allocate cluster costs")
     parent.resize(N)
     size.resize(N)
-    node_cls.resize(N)
-    cdef double bv
+    node_arg.resize(N)
+    cdef int32_t i0, i1
+    if s1 == 1:
+        for i in range(N):
+            for k in range(K):
+                costs[<int64_t>i * K + k] = nc[i * s0 + k]
+    else:
+        # class-major input: transpose in blocks of nodes so reads and writes stay cached
+        for i0 in range(0, N, 64):
+            i1 = i0 + 64 if i0 + 64 < N else N
+            for k in range(K):
+                for i in range(i0, i1):
+                    costs[<int64_t>i * K + k] = nc[i * s0 + k * s1]
     for i in range(N):
         parent[i] = i
         size[i] = 1
-        bv = INFINITY
-        for k in range(K):
-            if nc[<int64_t>i * K + k] < bv:
-                bv = nc[<int64_t>i * K + k]
-                node_cls[i] = k
+        _update_best(costs + <int64_t>i * K, K, &best[i], &second[i], &argbest[i])
+        node_arg[i] = argbest[i]
 
     cdef int32_t NBUCKET = 1024
     cdef vector[int64_t] bucket_start
@@ -150,27 +186,28 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
     cdef double wmax, scale
     cdef int64_t nsel = 0, pos
     cdef int32_t bk
+    cdef double* rr
+    cdef double* rs
     if pre_max > 1 and E > 0:
         wmax = pre_thr
         for e in range(E):
             if ec[e] > wmax:
                 wmax = ec[e]
         if wmax > pre_thr:
+            # counting sort of the candidate edges by descending cost
             scale = (NBUCKET - 1) / (wmax - pre_thr)
             bucket_start.assign(NBUCKET + 1, 0)
             for e in range(E):
-                w = ec[e]
-                if w > pre_thr and node_cls[edges[2 * e]] == node_cls[edges[2 * e + 1]]:
-                    bk = <int32_t>((wmax - w) * scale)
+                if ec[e] > pre_thr and local[e]:
+                    bk = <int32_t>((wmax - ec[e]) * scale)
                     bucket_start[bk + 1] += 1
                     nsel += 1
             for bk in range(NBUCKET):
                 bucket_start[bk + 1] += bucket_start[bk]
             order.resize(nsel)
             for e in range(E):
-                w = ec[e]
-                if w > pre_thr and node_cls[edges[2 * e]] == node_cls[edges[2 * e + 1]]:
-                    bk = <int32_t>((wmax - w) * scale)
+                if ec[e] > pre_thr and local[e]:
+                    bk = <int32_t>((wmax - ec[e]) * scale)
                     order[bucket_start[bk]] = <int32_t>e
                     bucket_start[bk] += 1
             for i64 in range(nsel):
@@ -179,10 +216,17 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
                 rv = _find(&parent[0], edges[2 * e + 1])
                 if ru == rv or size[ru] + size[rv] > pre_max:
                     continue
+                if not _gain_positive(costs, best, second, argbest, part, K, ru, rv, ec[e]):
+                    continue
                 if size[ru] < size[rv]:
                     ru, rv = rv, ru
                 parent[rv] = ru
                 size[ru] += size[rv]
+                rr = costs + <int64_t>ru * K
+                rs = costs + <int64_t>rv * K
+                for k in range(K):
+                    rr[k] += rs[k]
+                _update_best(rr, K, &best[ru], &second[ru], &argbest[ru])
         order.clear()
         order.shrink_to_fit()
     t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
@@ -199,22 +243,15 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
         cid[i] = cid[r]
     st.superpixels = M
 
-    cdef double* costs = <double*>malloc(<size_t>M * K * sizeof(double))
-    cdef double* best = <double*>malloc(M * sizeof(double))
-    cdef double* second = <double*>malloc(M * sizeof(double))
-    cdef int32_t* argbest = <int32_t*>malloc(M * sizeof(int32_t))
-    if costs == NULL or best == NULL or second == NULL or argbest == NULL:
-        free(costs); free(best); free(second); free(argbest)
-        with gil:
-            raise MemoryError("AMWC solver: cannot allocate cluster costs")
-    for i64 in range(<int64_t>M * K):
-        costs[i64] = 0.0
+    # Compact the cost rows of the roots to rows 0..M-1 (a root's compact id never exceeds
+    # its node index, so rows only move forward).
     for i in range(N):
-        a = cid[i]
-        for k in range(K):
-            costs[<int64_t>a * K + k] += nc[<int64_t>i * K + k]
-    for a in range(M):
-        _update_best(costs + <int64_t>a * K, K, &best[a], &second[a], &argbest[a])
+        if parent[i] == i:
+            a = cid[i]
+            if a != i:
+                for k in range(K):
+                    costs[<int64_t>a * K + k] = costs[<int64_t>i * K + k]
+                best[a] = best[i]; second[a] = second[i]; argbest[a] = argbest[i]
 
     # Adjacency of the superpixels with summed parallel edges. Built through a CSR
     # pass with a marker array, so each map is filled once with distinct keys.
@@ -287,8 +324,6 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
             inc(it)
 
     cdef HeapEntry top
-    cdef double* rr
-    cdef double* rs
     cdef bint pushed
     while True:
         while not heap.empty():
@@ -418,7 +453,7 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
 
     cdef double obj = 0.0
     for i in range(N):
-        obj += nc[<int64_t>i * K + clclass[cl[i]]]
+        obj += nc[i * s0 + clclass[cl[i]] * s1]
     for e in range(E):
         if cl[edges[2 * e]] != cl[edges[2 * e + 1]]:
             obj += ec[e]
@@ -433,6 +468,7 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
     cdef int32_t ci, ki, tgt, kt, next_id = M + K, nl
     cdef double cur, bestc, cand, wown
     cdef const double* row
+    cdef int32_t kb
     if improve and N > 0:
         queue.resize(N)
         inq.assign(N, 1)
@@ -451,7 +487,7 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
             st.improve_visits += 1
             ci = cl[i]
             ki = clclass[ci]
-            row = nc + <int64_t>i * K
+            row = nc + i * s0
             # weights from i to each neighbouring cluster
             lcl.clear(); lw.clear()
             for p in range(noff[i], noff[i + 1]):
@@ -463,7 +499,7 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
                 else:
                     lw[lmark[c]] += nwt[p]
             wown = lw[lmark[ci]] if lmark[ci] >= 0 else 0.0
-            cur = row[ki] - wown
+            cur = row[ki * s1] - wown
             bestc = cur - 1e-9 * (1.0 + abs(cur))
             tgt = -1
             kt = -1
@@ -472,21 +508,32 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
                 c = lcl[q]
                 if c == ci:
                     continue
-                cand = row[clclass[c]] - lw[q]
+                cand = row[clclass[c] * s1] - lw[q]
                 if cand < bestc:
                     bestc = cand; tgt = c; kt = clclass[c]
-            for k in range(K):
-                # a class reached without joining any neighbouring cluster
-                if part[k]:
-                    if k == ki and clsize[ci] == 1:
-                        continue
-                    cand = row[k]
-                    if cand < bestc:
-                        bestc = cand; tgt = -2; kt = k
-                elif lmark[M + k] < 0 and k != ki:
-                    cand = row[k]
-                    if cand < bestc:
-                        bestc = cand; tgt = M + k; kt = k
+            # A class taken without joining a neighbouring cluster: a new cluster of a
+            # partitionable class, or a non-partitionable class no neighbour has. The
+            # node's own best class is usually eligible, which spares the scan.
+            kb = node_arg[i]
+            if part[kb] and kb == ki and clsize[ci] == 1:
+                pass  # already alone in its best class: nothing cheaper exists
+            elif part[kb] or (lmark[M + kb] < 0 and kb != ki):
+                cand = row[kb * s1]
+                if cand < bestc:
+                    bestc = cand; kt = kb
+                    tgt = -2 if part[kb] else M + kb
+            else:
+                for k in range(K):
+                    if part[k]:
+                        if k == ki and clsize[ci] == 1:
+                            continue
+                        cand = row[k * s1]
+                        if cand < bestc:
+                            bestc = cand; tgt = -2; kt = k
+                    elif lmark[M + k] < 0 and k != ki:
+                        cand = row[k * s1]
+                        if cand < bestc:
+                            bestc = cand; tgt = M + k; kt = k
             for q in range(nl):
                 lmark[lcl[q]] = -1
             if tgt == -1:
@@ -536,16 +583,19 @@ cdef int _solve_core(const double* nc, int32_t N, int32_t K, const int32_t* edge
     return 0
 
 
-def solve(const double[:, ::1] node_costs, const int32_t[:, ::1] edges,
+def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const double[::1] edge_costs, const uint8_t[::1] partitionable,
-          double precluster_threshold, int precluster_max_size, bint improve,
+          const uint8_t[::1] local_edges, double precluster_threshold, int precluster_max_size, bint improve,
           int max_improve_rounds, int32_t[::1] labels, int32_t[::1] segments,
           uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
     Preconditions (checked by :func:`copsctl.solver.solve_amwc`, not here): N >= 1,
-    K >= 1, finite costs, edge endpoints in [0, N) and distinct, arrays C-contiguous,
-    ``partitionable`` of length K, outputs of lengths N, N and E. Returns a dict of
+    K >= 1, finite costs, edge endpoints in [0, N) and distinct, arrays C-contiguous
+    except ``node_costs``, which may have any strides (a class-major network output
+    needs no copy),
+    ``partitionable`` of length K, ``local_edges`` (E,) flags of the edges eligible for
+    pre-clustering, outputs of lengths N, N and E. Returns a dict of
     timings and counts. The GIL is released for the whole computation.
     """
     cdef Stats st
@@ -559,8 +609,9 @@ def solve(const double[:, ::1] node_costs, const int32_t[:, ::1] edges,
     cdef const int32_t* ep = &edges[0, 0] if E > 0 else NULL
     cdef const double* cp = &edge_costs[0] if E > 0 else NULL
     cdef uint8_t* cutp = &edge_cut[0] if E > 0 else NULL
+    cdef const uint8_t* lp = &local_edges[0] if E > 0 else NULL
     with nogil:
-        _solve_core(&node_costs[0, 0], N, K, ep, E, cp, &partitionable[0],
+        _solve_core(&node_costs[0, 0], node_costs.strides[0] // 8, node_costs.strides[1] // 8, N, K, ep, E, cp, &partitionable[0], lp,
                     precluster_threshold, precluster_max_size, improve, max_improve_rounds,
                     &labels[0], &segments[0], cutp, &st)
     return {

@@ -60,7 +60,7 @@ def test_never_below_brute_force_optimum_and_feasible(options):
         n = int(rng.integers(1, 8))
         k = int(rng.integers(1, 4))
         nc, ed, ec, pa = random_problem(rng, n, k)
-        res = solve_amwc(nc, ed, ec, pa, options)
+        res = solve_amwc(nc, ed, ec, pa, options=options)
         check_feasible(ed, pa, res.labels, res.segments, res.edge_cut)
         assert res.objective == pytest.approx(objective(nc, ed, ec, res.labels, res.edge_cut))
         opt = brute_force_optimum(nc, ed, ec, pa)
@@ -127,7 +127,7 @@ def test_improvement_phase_never_worsens_and_is_reported():
     pa = np.array([True, True, False])
     res = solve_amwc(nc, ed, ec, pa)
     assert res.objective <= res.stats["objective_before_improve"] + 1e-9
-    plain = solve_amwc(nc, ed, ec, pa, SolverOptions(improve=False))
+    plain = solve_amwc(nc, ed, ec, pa, options=SolverOptions(improve=False))
     assert plain.objective == pytest.approx(plain.stats["objective_before_improve"])
 
 

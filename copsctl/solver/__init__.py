@@ -100,7 +100,8 @@ def _as_node_costs(node_costs) -> np.ndarray:
         raise InputError("`node_costs` must have at least one node (N >= 1): the graph is empty")
     if arr.shape[1] == 0:
         raise InputError("`node_costs` must have at least one class (K >= 1), got K = 0")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    # any memory layout: the kernel reads strided rows, so (K, N) network output needs no copy
+    arr = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise InputError(f"`node_costs` must be finite, found {arr[tuple(bad)]} at "
@@ -153,12 +154,25 @@ def _as_partitionable(partitionable, num_classes: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
-def _validate(node_costs, edges, edge_costs, partitionable):
+def _as_local_edges(local_edges, num_edges: int) -> np.ndarray:
+    if local_edges is None:
+        return np.ones(num_edges, dtype=np.uint8)
+    arr = np.asarray(local_edges)
+    if arr.dtype != np.bool_:
+        raise InputError(f"`local_edges` must be a bool array, got dtype {arr.dtype}")
+    if arr.shape != (num_edges,):
+        raise InputError(f"`local_edges` (shape {arr.shape}) must have shape ({num_edges},), "
+                         "one flag per edge")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _validate(node_costs, edges, edge_costs, partitionable, local_edges=None):
     nc = _as_node_costs(node_costs)
     ed = _as_edges(edges, nc.shape[0])
     ec = _as_edge_costs(edge_costs, ed.shape[0])
     pa = _as_partitionable(partitionable, nc.shape[1])
-    return nc, ed, ec, pa
+    lo = _as_local_edges(local_edges, ed.shape[0])
+    return nc, ed, ec, pa, lo
 
 
 def objective(node_costs, edges, edge_costs, labels, edge_cut) -> float:
@@ -232,13 +246,13 @@ def _kernel():
     return _amwc
 
 
-def _solve_validated(nc, ed, ec, pa, options: SolverOptions) -> AMWCResult:
+def _solve_validated(nc, ed, ec, pa, lo, options: SolverOptions) -> AMWCResult:
     kernel = _kernel()
     n = nc.shape[0]
     labels = np.empty(n, dtype=np.int32)
     segments = np.empty(n, dtype=np.int32)
     edge_cut = np.empty(ed.shape[0], dtype=np.uint8)
-    stats = kernel.solve(nc, ed, ec, pa, float(options.precluster_threshold),
+    stats = kernel.solve(nc, ed, ec, pa, lo, float(options.precluster_threshold),
                          int(options.precluster_max_size), bool(options.improve),
                          int(options.max_improve_rounds), labels, segments, edge_cut)
     obj = objective(nc, ed, ec, labels, edge_cut)
@@ -246,7 +260,7 @@ def _solve_validated(nc, ed, ec, pa, options: SolverOptions) -> AMWCResult:
                       stats=stats)
 
 
-def solve_amwc(node_costs, edges, edge_costs, partitionable,
+def solve_amwc(node_costs, edges, edge_costs, partitionable, local_edges=None,
                options: SolverOptions | None = None) -> AMWCResult:
     """Solve the asymmetric multiway cut (2) greedily.
 
@@ -260,6 +274,11 @@ def solve_amwc(node_costs, edges, edge_costs, partitionable,
         Cost paid when the edge is cut (positive = attractive).
     partitionable : (K,) bool ndarray
         Classes that may hold several segments (things).
+    local_edges : (E,) bool ndarray, optional
+        Edges eligible for the pre-clustering phase (default: all). On pixel grids with
+        long-range edges pass the short ones (``grid_edge_distance(...) == 1``): superpixels
+        should be compact, and long edges are better judged by the contraction phase, where
+        they are summed per cluster pair.
     options : SolverOptions, optional
 
     Returns
@@ -276,33 +295,35 @@ def solve_amwc(node_costs, edges, edge_costs, partitionable,
     >>> r.labels.tolist(), r.segments.tolist(), r.objective
     ([0, 0, 1], [0, 0, 1], -1.0)
     """
-    nc, ed, ec, pa = _validate(node_costs, edges, edge_costs, partitionable)
-    return _solve_validated(nc, ed, ec, pa, options or SolverOptions())
+    valid = _validate(node_costs, edges, edge_costs, partitionable, local_edges)
+    return _solve_validated(*valid, options or SolverOptions())
 
 
-def solve_mwc(node_costs, edges, edge_costs, options: SolverOptions | None = None) -> AMWCResult:
+def solve_mwc(node_costs, edges, edge_costs, local_edges=None,
+              options: SolverOptions | None = None) -> AMWCResult:
     """Solve the multiway cut: :func:`solve_amwc` with no partitionable class.
 
     Every class then forms one segment per connected region; the fine-tuning backward pass
     calls this with one label per panoptic segment (K of about 50-150).
     """
     nc = _as_node_costs(node_costs)
-    return solve_amwc(nc, edges, edge_costs, np.zeros(nc.shape[1], dtype=bool), options)
+    return solve_amwc(nc, edges, edge_costs, np.zeros(nc.shape[1], dtype=bool), local_edges,
+                      options)
 
 
 def solve_many(problems: Sequence, workers: int | None = None,
                options: SolverOptions | None = None) -> list[AMWCResult]:
     """Solve many problems concurrently in threads (the compiled kernel releases the GIL).
 
-    ``problems`` holds tuples ``(node_costs, edges, edge_costs, partitionable)``; the
-    results come back in the same order. ``workers`` defaults to the number of CPUs.
+    ``problems`` holds tuples ``(node_costs, edges, edge_costs, partitionable)``, optionally
+    with ``local_edges`` as a fifth item; the results come back in the same order. ``workers`` defaults to the number of CPUs.
     """
     opts = options or SolverOptions()
     validated = []
     for i, p in enumerate(problems):
-        if len(p) != 4:
+        if len(p) not in (4, 5):
             raise InputError(f"`problems[{i}]` must be (node_costs, edges, edge_costs, "
-                             f"partitionable), got {len(p)} items")
+                             f"partitionable[, local_edges]), got {len(p)} items")
         try:
             validated.append(_validate(*p))
         except InputError as exc:
