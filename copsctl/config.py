@@ -461,10 +461,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return dotted, value
 
 
+def _packaged_recipes():
+    """The folder of shipped recipes: package ``copsctl.recipes`` once installed, else the
+    repository's ``recipes/`` beside the ``copsctl`` source folder (a plain checkout)."""
+    try:
+        return importlib.resources.files("copsctl.recipes")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "recipes"
+
+
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped in the package ``copsctl.recipes`` (without ``.yaml``)."""
-    return sorted(p.name[:-5] for p in importlib.resources.files("copsctl.recipes").iterdir()
-                  if p.name.endswith(".yaml"))
+    """Names of the shipped recipes (without ``.yaml``), loadable by name."""
+    return sorted(p.name[:-5] for p in _packaged_recipes().iterdir() if p.name.endswith(".yaml"))
 
 
 def _locate(recipe: str | os.PathLike) -> Path:
@@ -475,7 +483,7 @@ def _locate(recipe: str | os.PathLike) -> Path:
     name = str(recipe)
     if os.sep not in name and "/" not in name:
         stem = name[:-5] if name.endswith(".yaml") else name
-        packaged = importlib.resources.files("copsctl.recipes") / f"{stem}.yaml"
+        packaged = _packaged_recipes() / f"{stem}.yaml"
         if packaged.is_file():
             return Path(str(packaged))
     if path.exists():

@@ -220,3 +220,15 @@ def test_dump_lists_every_key_with_its_comment():
     assert "  lr: 0.001  # Adam learning rate after warm-up" in text
     assert text.count("\n") == len(describe_keys()) + 6
     assert load_recipe("coco_pretrain").dump(comments=False).count("#") == 0
+
+
+def test_recipes_found_in_a_plain_checkout(monkeypatch):
+    """Without the installed package ``copsctl.recipes``, names resolve from ./recipes."""
+    import importlib.resources
+
+    def not_installed(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.resources, "files", not_installed)
+    assert "synthetic_pretrain" in recipe_names()
+    assert load_recipe("synthetic_pretrain").model.depth == 18

@@ -31,6 +31,7 @@ def _register() -> None:
     from . import make_costs  # noqa: F401  (make-costs)
     from . import demo  # noqa: F401  (demo)
     from . import evaluate  # noqa: F401  (evaluate)
+    from . import recipe  # noqa: F401  (recipe)
     pass
 
 
