@@ -276,3 +276,16 @@ def test_from_config_uses_every_model_key():
     out = m.eval()(torch.randn(1, 3, 32, 32))
     assert out["semantic_logits"].shape == (1, 3, 8, 8)
     assert out["affinity_logits"].shape == (1, 4, 8, 8)
+
+
+def test_from_checkpoint_skips_backbone_weights_without_warning(recwarn):
+    cfg = load_recipe("synthetic_tiny", ["model.pretrained=imagenet"])  # would need the network
+    torch.manual_seed(0)
+    trained = PanopticModel.from_config(cfg, num_classes=2, from_checkpoint=True)
+    assert not [w for w in recwarn if "random weights" in str(w.message)]
+    restored = PanopticModel.from_config(cfg, num_classes=2, from_checkpoint=True)
+    restored.load_state_dict(trained.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        a, b = trained.eval()(x), restored.eval()(x)
+    torch.testing.assert_close(a["affinity_logits"], b["affinity_logits"])

@@ -99,7 +99,8 @@ class ResNetBackbone(nn.Module):
         8, 16 or 32; stages beyond it are dilated instead of strided.
     pretrained
         See :func:`load_imagenet_state_dict`; ``"none"`` warns that the backbone starts
-        from random weights.
+        from random weights. None initialises randomly without a warning, for a caller
+        that loads a whole-model checkpoint next.
 
     Forward
     -------
@@ -108,18 +109,18 @@ class ResNetBackbone(nn.Module):
     Channel counts are in :attr:`channels`.
     """
 
-    def __init__(self, *, depth: int = 50, output_stride: int = 16, pretrained: str = "imagenet"):
+    def __init__(self, *, depth: int = 50, output_stride: int = 16, pretrained: str | None = "imagenet"):
         super().__init__()
         if depth not in _DEPTHS:
             raise InputError(f"`depth` must be one of {sorted(_DEPTHS)}, got {depth}")
         if output_stride not in (8, 16, 32):
             raise InputError(f"`output_stride` must be 8, 16 or 32, got {output_stride}")
         net = _DEPTHS[depth](weights=None)
-        state = load_imagenet_state_dict(depth, pretrained)
-        if state is None:
+        state = None if pretrained is None else load_imagenet_state_dict(depth, pretrained)
+        if state is None and pretrained is not None:
             warnings.warn(f"ResNet-{depth} backbone starts from random weights (model.pretrained = none)",
                           stacklevel=2)
-        else:
+        elif state is not None:
             missing, unexpected = net.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("fc.")]
             if missing or unexpected:

@@ -95,7 +95,7 @@ class PanopticModel(nn.Module):
     """
 
     def __init__(self, *, num_classes: int, distances: Sequence[int], depth: int = 50,
-                 pretrained: str = "imagenet", output_stride: int = 16,
+                 pretrained: str | None = "imagenet", output_stride: int = 16,
                  aspp_rates: Sequence[int] = (6, 12, 18), aspp_channels: int = 256,
                  aspp_dropout: float = 0.1, project_channels: Sequence[int] = (32, 64),
                  semantic_decoder_channels: int = 256, semantic_head_channels: int = 256,
@@ -125,10 +125,15 @@ class PanopticModel(nn.Module):
         self.batchnorm_frozen = False
 
     @classmethod
-    def from_config(cls, cfg: "Recipe", num_classes: int) -> "PanopticModel":
-        """The model of a resolved recipe; ``num_classes`` (K) comes from the dataset."""
+    def from_config(cls, cfg: "Recipe", num_classes: int, *, from_checkpoint: bool = False) -> "PanopticModel":
+        """The model of a resolved recipe; ``num_classes`` (K) comes from the dataset.
+
+        ``from_checkpoint=True`` skips ``model.pretrained`` (no download, no warning)
+        because the caller loads a whole-model state dict right after.
+        """
         m = cfg.model
-        return cls(num_classes=num_classes, distances=m.distances, depth=m.depth, pretrained=m.pretrained,
+        return cls(num_classes=num_classes, distances=m.distances, depth=m.depth,
+                   pretrained=None if from_checkpoint else m.pretrained,
                    output_stride=m.output_stride, aspp_rates=m.aspp_rates, aspp_channels=m.aspp_channels,
                    aspp_dropout=m.aspp_dropout, project_channels=m.project_channels,
                    semantic_decoder_channels=m.semantic_decoder_channels,
