@@ -98,39 +98,59 @@ def _parts(v) -> str | None:
 class DataConfig:
     """Which data, and how training samples are drawn from it."""
 
-    dataset: str = _key("synthetic", "reader to use: synthetic | cityscapes | coco (synthetic uses the COCO panoptic layout)",
-                        choices=("synthetic", "cityscapes", "coco"))
-    root: str = _key("", "dataset folder (made by `copsctl make-synthetic` for synthetic); relative to the working directory")
+    dataset: str = _key("synthetic",
+        "reader to use: synthetic | cityscapes | coco (synthetic uses the COCO panoptic layout)",
+        choices=("synthetic", "cityscapes", "coco"))
+    root: str = _key("",
+        "dataset folder (made by `copsctl make-synthetic` for synthetic); relative to the working directory")
     train_split: str = _key("train", "split used for training")
     val_split: str = _key("val", "split used for validation and cost dumps")
-    crop_size: tuple[int, int] = _key((512, 1024), "training crop (height, width) in input pixels", check=_crop)
+    crop_size: tuple[int, int] = _key((512, 1024),
+        "training crop (height, width) in input pixels", check=_crop)
     min_scale: float = _key(0.5, "smallest random rescale factor before cropping", check=_positive)
     max_scale: float = _key(2.0, "largest random rescale factor before cropping", check=_positive)
     flip: bool = _key(True, "random horizontal flip during training")
-    val_size: int = _key(0, "if > 0, resize val images so their longer side has this many pixels (COCO: 640); 0 keeps them", check=_non_negative)
-    num_workers: int = _key(4, "DataLoader worker processes (0 loads in the main process)", check=_non_negative)
-    thing_area_threshold: int = _key(200, "thing segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
-    stuff_area_threshold: int = _key(2048, "stuff segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
-    small_instance_area: int = _key(64 * 64, "thing instances below this area (input pixels) get loss.small_instance_weight", check=_non_negative)
+    val_size: int = _key(0,
+        "if > 0, resize val images so their longer side has this many pixels (COCO: 640); 0 keeps them",
+        check=_non_negative)
+    num_workers: int = _key(4,
+        "DataLoader worker processes (0 loads in the main process)", check=_non_negative)
+    thing_area_threshold: int = _key(200,
+        "thing segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
+    stuff_area_threshold: int = _key(2048,
+        "stuff segments smaller than this (input pixels) are rejected after solving", check=_non_negative)
+    small_instance_area: int = _key(64 * 64,
+        "thing instances below this area (input pixels) get loss.small_instance_weight", check=_non_negative)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The network of section 3.1: ResNet backbone, two DeepLabV3+ decoders, two heads."""
 
-    depth: int = _key(50, "ResNet depth: 50 as in the paper; 18 or 34 for CPU-sized runs; 101", choices=(18, 34, 50, 101))
-    pretrained: str = _key("imagenet", "backbone init: imagenet (torchvision weights), none (random, warns) or a state-dict file")
-    output_stride: int = _key(16, "backbone output stride; the last stage(s) are dilated to reach it", choices=(8, 16, 32))
-    aspp_rates: tuple[int, ...] = _key((6, 12, 18), "ASPP dilation rates at output stride 16", check=_positive_items)
+    depth: int = _key(50,
+        "ResNet depth: 50 as in the paper; 18 or 34 for CPU-sized runs; 101", choices=(18, 34, 50, 101))
+    pretrained: str = _key("imagenet",
+        "backbone init: imagenet (torchvision weights), none (random, warns) or a state-dict file")
+    output_stride: int = _key(16,
+        "backbone output stride; the last stage(s) are dilated to reach it", choices=(8, 16, 32))
+    aspp_rates: tuple[int, ...] = _key((6, 12, 18),
+        "ASPP dilation rates at output stride 16", check=_positive_items)
     aspp_channels: int = _key(256, "channels of each ASPP branch and of its projection", check=_positive)
     aspp_dropout: float = _key(0.1, "dropout after the ASPP projection during training", check=_non_negative)
-    project_channels: tuple[int, int] = _key((32, 64), "1x1 projections of the stride-4 and stride-8 backbone features", check=_positive_items)
-    semantic_decoder_channels: int = _key(256, "channels of the semantic decoder's fusion layers", check=_positive)
-    semantic_head_channels: int = _key(256, "channels of the semantic head before the K-class predictor", check=_positive)
-    affinity_decoder_channels: int = _key(128, "channels of the affinity decoder's fusion layers", check=_positive)
-    affinity_feature_channels: int = _key(64, "channels of the affinity features whose endpoint differences feed the predictors", check=_positive)
-    affinity_predictor_channels: int = _key(32, "hidden channels of each per-distance affinity predictor", check=_positive)
-    distances: tuple[int, ...] = _key((1, 4, 16, 32, 64), "edge distances in output pixels (1/4 resolution), one predictor each", check=_distances)
+    project_channels: tuple[int, int] = _key((32, 64),
+        "1x1 projections of the stride-4 and stride-8 backbone features", check=_positive_items)
+    semantic_decoder_channels: int = _key(256,
+        "channels of the semantic decoder's fusion layers", check=_positive)
+    semantic_head_channels: int = _key(256,
+        "channels of the semantic head before the K-class predictor", check=_positive)
+    affinity_decoder_channels: int = _key(128,
+        "channels of the affinity decoder's fusion layers", check=_positive)
+    affinity_feature_channels: int = _key(64,
+        "channels of the affinity features whose endpoint differences feed the predictors", check=_positive)
+    affinity_predictor_channels: int = _key(32,
+        "hidden channels of each per-distance affinity predictor", check=_positive)
+    distances: tuple[int, ...] = _key((1, 4, 16, 32, 64),
+        "edge distances in output pixels (1/4 resolution), one predictor each", check=_distances)
 
 
 @dataclass(frozen=True)
@@ -138,23 +158,33 @@ class LossConfig:
     """Pre-training losses: weighted top-k cross-entropy (Panoptic-DeepLab's hard pixel mining)."""
 
     semantic_weight: float = _key(1.0, "weight of the semantic loss in the total", check=_non_negative)
-    semantic_top_k: float = _key(0.2, "fraction of the hardest valid pixels averaged in the semantic loss", check=_fraction)
-    affinity_weight: float = _key(0.25, "weight of the affinity loss (mean over distances and directions) in the total", check=_non_negative)
-    affinity_top_k: float = _key(0.25, "fraction of the hardest valid edges averaged per affinity predictor", check=_fraction)
-    thing_edge_weight: float = _key(4.0, "affinity weight of edges with at least one endpoint on a thing class", check=_non_negative)
-    small_instance_weight: float = _key(3.0, "semantic and affinity weight of pixels of small instances", check=_non_negative)
-    top_k_per_image: bool = _key(False, "mine hard pixels per image instead of over the whole batch (Panoptic-DeepLab: batch)")
+    semantic_top_k: float = _key(0.2,
+        "fraction of the hardest valid pixels averaged in the semantic loss", check=_fraction)
+    affinity_weight: float = _key(0.25,
+        "weight of the affinity loss (mean over distances and directions) in the total", check=_non_negative)
+    affinity_top_k: float = _key(0.25,
+        "fraction of the hardest valid edges averaged per affinity predictor", check=_fraction)
+    thing_edge_weight: float = _key(4.0,
+        "affinity weight of edges with at least one endpoint on a thing class", check=_non_negative)
+    small_instance_weight: float = _key(3.0,
+        "semantic and affinity weight of pixels of small instances", check=_non_negative)
+    top_k_per_image: bool = _key(False,
+        "mine hard pixels per image instead of over the whole batch (Panoptic-DeepLab: batch)")
 
 
 @dataclass(frozen=True)
 class SolverConfig:
     """The AMWC solver used for validation, evaluation and fine-tuning (copsctl.solver)."""
 
-    precluster_threshold: float = _key(SolverOptions.precluster_threshold, "edges above this cost are contracted first into superpixels")
-    precluster_max_size: int = _key(SolverOptions.precluster_max_size, "largest superpixel of the precluster phase (1 disables it)", check=_positive)
+    precluster_threshold: float = _key(SolverOptions.precluster_threshold,
+        "edges above this cost are contracted first into superpixels")
+    precluster_max_size: int = _key(SolverOptions.precluster_max_size,
+        "largest superpixel of the precluster phase (1 disables it)", check=_positive)
     improve: bool = _key(SolverOptions.improve, "run the local improvement phase after contraction")
-    max_improve_rounds: int = _key(SolverOptions.max_improve_rounds, "bound on improvement node visits, in multiples of the node count", check=_non_negative)
-    workers: int = _key(0, "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
+    max_improve_rounds: int = _key(SolverOptions.max_improve_rounds,
+        "bound on improvement node visits, in multiples of the node count", check=_non_negative)
+    workers: int = _key(0,
+        "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
 
     def options(self) -> SolverOptions:
         """The solver's own options object for these settings."""
@@ -170,16 +200,20 @@ class TrainConfig:
     batch_size: int = _key(12, "images per iteration, summed over all processes", check=_positive)
     iterations: int = _key(250_000, "optimizer steps of the run", check=_positive)
     lr: float = _key(1e-3, "Adam learning rate after warm-up", check=_positive)
-    weight_decay: float = _key(0.0, "L2 weight decay (Panoptic-DeepLab uses none with Adam)", check=_non_negative)
+    weight_decay: float = _key(0.0,
+        "L2 weight decay (Panoptic-DeepLab uses none with Adam)", check=_non_negative)
     warmup_iters: int = _key(1000, "iterations of linear learning-rate warm-up", check=_non_negative)
     warmup_factor: float = _key(0.001, "learning-rate factor at the first warm-up iteration", check=_fraction)
-    poly_power: float = _key(0.9, "exponent of the poly decay lr * (1 - it / iterations) ** power", check=_non_negative)
+    poly_power: float = _key(0.9,
+        "exponent of the poly decay lr * (1 - it / iterations) ** power", check=_non_negative)
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)")
     device: str = _key("auto", "auto (CUDA when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
     seed: int = _key(0, "seed of initialisation, data order and augmentation", check=_non_negative)
     log_every: int = _key(20, "iterations between log lines, JSONL and TensorBoard records", check=_positive)
-    checkpoint_every: int = _key(5000, "iterations between atomic checkpoints (the last iteration always writes one)", check=_positive)
-    validate_every: int = _key(10_000, "iterations between validations with exact PQ (0: only at the end)", check=_non_negative)
+    checkpoint_every: int = _key(5000,
+        "iterations between atomic checkpoints (the last iteration always writes one)", check=_positive)
+    validate_every: int = _key(10_000,
+        "iterations between validations with exact PQ (0: only at the end)", check=_non_negative)
     val_images: int = _key(0, "validate on the first N val images (0: all)", check=_non_negative)
 
 
@@ -187,16 +221,23 @@ class TrainConfig:
 class FinetuneConfig:
     """Fully differentiable training through the AMWC solver (section 3.3); optimisation in train.*."""
 
-    loss: str = _key("pq_surrogate", "pq_surrogate (COPS) or cross_entropy (control: pre-training losses, same trainable parts)",
-                     choices=("pq_surrogate", "cross_entropy"))
-    lambda_min: float = _key(1.0, "smallest interpolation range lambda, drawn uniformly per perturbation", check=_positive)
+    loss: str = _key("pq_surrogate",
+        "pq_surrogate (COPS) or cross_entropy (control: pre-training losses, same trainable parts)",
+        choices=("pq_surrogate", "cross_entropy"))
+    lambda_min: float = _key(1.0,
+        "smallest interpolation range lambda, drawn uniformly per perturbation", check=_positive)
     lambda_max: float = _key(5000.0, "largest interpolation range lambda", check=_positive)
-    num_perturbations: int = _key(5, "N: perturbed solves averaged per image in the backward pass (eq. 4)", check=_positive)
-    trainable: tuple[str, ...] = _key(("semantic_head", "affinity_head", "semantic_decoder_last", "affinity_decoder_last"),
-                                      "model parts trained; all others and every batch-norm layer are frozen", check=_parts)
+    num_perturbations: int = _key(5,
+        "N: perturbed solves averaged per image in the backward pass (eq. 4)", check=_positive)
+    trainable: tuple[str, ...] = _key(
+        ("semantic_head", "affinity_head", "semantic_decoder_last", "affinity_decoder_last"),
+        "model parts trained; all others and every batch-norm layer are frozen", check=_parts)
     learn_cost_scale: bool = _key(False, "learn a positive scale of the node costs and one of the edge costs")
-    learn_cost_offset: bool = _key(False, "learn per-class node cost offsets and per-channel edge cost offsets")
-    cost_dropout: float = _key(0.0, "dropout probability on the costs during fine-tuning", check=lambda v: None if 0 <= v < 1 else "lie in [0, 1)")
+    learn_cost_offset: bool = _key(False,
+        "learn per-class node cost offsets and per-channel edge cost offsets")
+    cost_dropout: float = _key(0.0,
+        "dropout probability on the costs during fine-tuning",
+        check=lambda v: None if 0 <= v < 1 else "lie in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -212,7 +253,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict (sequences as lists), in declaration order."""
-        return {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
+        return {name: {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in dataclasses.asdict(getattr(self, name)).items()}
                 for name in _SECTIONS}
 
     def get(self, dotted: str):
