@@ -464,7 +464,8 @@ class CostFile:
         return arrays[0], arrays[1], meta
 
     def problem(self, i: int):
-        """Image ``i`` as solver arguments: ``((node_costs, edges, edge_costs, partitionable), meta)``."""
+        """Image ``i`` as solver input: ``((node_costs, edges, edge_costs, partitionable),
+        meta)`` as :func:`solver_problem` and :meth:`read` give them."""
         nc, em, meta = self.read(i)
         return solver_problem(nc, em, self.distances, self.partitionable), meta
 

@@ -11,8 +11,8 @@ from copsctl.errors import InputError
 from copsctl.panoptic import Category
 from copsctl.solver.grid import grid_edge_mask, grid_edges
 
-CATEGORIES = [Category(7, "road", False, (128, 64, 128)), Category(23, "sky", False, (70, 130, 180)),
-              Category(26, "car", True, (0, 0, 142))]
+CATEGORIES = [Category(7, "road", False, (128, 64, 128)),
+              Category(23, "sky", False, (70, 130, 180)), Category(26, "car", True, (0, 0, 142))]
 DISTANCES = (1, 2)
 K, M2 = len(CATEGORIES), 2 * len(DISTANCES)
 
@@ -125,7 +125,8 @@ def test_reading_one_image_does_not_read_the_others(tmp_path, three_images):
     # Overwrite the stored bytes of images 0 and 2 with NaN: image 1 must still read,
     # so its read touches only its own datasets (and opening reads no image data).
     with h5py.File(path, "r") as f:
-        spans = [(f[f"images/{i:06d}/{n}"].id.get_offset(), f[f"images/{i:06d}/{n}"].id.get_storage_size())
+        spans = [(f[f"images/{i:06d}/{n}"].id.get_offset(),
+                  f[f"images/{i:06d}/{n}"].id.get_storage_size())
                  for i in (0, 2) for n in ("node_costs", "edge_costs")]
     nan = np.full(1, np.nan, dtype=np.float32).tobytes()
     with open(path, "r+b") as raw:
@@ -135,7 +136,8 @@ def test_reading_one_image_does_not_read_the_others(tmp_path, three_images):
     with CostFile(path) as cf:
         nc, em, meta = cf.read(1)
         assert np.array_equal(nc, three_images[1][0]) and meta["image_id"] == "frankfurt_000001"
-        with pytest.raises(InputError, match=r"image 17: 'images/000000/node_costs' must be finite"):
+        with pytest.raises(InputError,
+                           match=r"image 17: 'images/000000/node_costs' must be finite"):
             cf.read(0)
 
 

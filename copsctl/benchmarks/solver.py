@@ -2,8 +2,9 @@
 
 Run as::
 
-    PYTHONPATH=. .venv/bin/python -m copsctl.benchmarks.solver [--preset cityscapes|coco|hard|hard-coco]
-        [--problems N] [--repeat R] [--workers W] [--no-memory]
+    PYTHONPATH=. .venv/bin/python -m copsctl.benchmarks.solver
+        [--preset cityscapes|coco|hard|hard-coco] [--problems N] [--repeat R]
+        [--workers W] [--no-memory]
 
 Families (problems from :func:`copsctl.synthetic_costs.make_problem`, seeds 0 .. N-1):
 

@@ -15,9 +15,11 @@ from ._util import cli_errors, console
 @app.command("demo")
 @cli_errors
 def demo_command(
-    out: Path = typer.Option(Path("demo_out"), "--out", help="Demo folder; re-running reuses finished stages."),
+    out: Path = typer.Option(Path("demo_out"), "--out",
+                             help="Demo folder; re-running reuses finished stages."),
     quick: bool = typer.Option(False, "--quick", help="Tiny problems: a first look in seconds."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Solver threads (default: all CPUs)."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Solver threads (default: all CPUs)."),
 ) -> None:
     """Run the pipeline on the embedded default: make synthetic costs, solve them, score PQ."""
     from ..demo import run_demo

@@ -10,6 +10,9 @@ import typer
 from . import app
 from ._util import cli_errors, console
 
+_HELP_DIFFICULTY = "0 = normal, 1 = the hard family (weaker, noisier edge costs)."
+_HELP_GT = "Ground-truth folder (panoptic_gt.json + panoptic_gt/); default: <out stem>_gt."
+
 
 @app.command("make-costs")
 @cli_errors
@@ -18,9 +21,8 @@ def make_costs_command(
     preset: str = typer.Option("tiny", "--preset", help="cityscapes | coco | small | tiny."),
     images: int = typer.Option(4, "--images", help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Seed; the file is a function of it."),
-    difficulty: float = typer.Option(0.0, "--difficulty", help="0 = normal, 1 = hard (weaker, noisier edge costs)."),
-    gt_out: Optional[Path] = typer.Option(
-        None, "--gt-out", help="Ground-truth folder (panoptic_gt.json + panoptic_gt/); default <out stem>_gt."),
+    difficulty: float = typer.Option(0.0, "--difficulty", help=_HELP_DIFFICULTY),
+    gt_out: Optional[Path] = typer.Option(None, "--gt-out", help=_HELP_GT),
 ) -> None:
     """Write synthetic AMWC costs (no network needed) plus their COCO panoptic ground truth."""
     from ..synthetic_costs import write_synthetic_costs

@@ -6,25 +6,31 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from . import app
 from ._util import cli_errors, console, is_terminal
 
+_HELP_OUT = "Prediction folder: panoptic_pred.json + panoptic_pred/ PNGs (+ summary.json)."
+_HELP_THING = ("Reject thing segments below this area, in full-resolution pixels "
+               "(default: the cost file's recipe, else 200).")
+_HELP_STUFF = ("Reject stuff segments below this area, in full-resolution pixels "
+               "(default: the cost file's recipe, else 2048).")
+
 
 @app.command("solve")
 @cli_errors
 def solve_command(
-    costs: Path = typer.Argument(..., help="Cost file (HDF5, written by dump-costs or make-costs)."),
-    out: Path = typer.Option(..., "--out", help="Prediction folder: panoptic_pred.json + panoptic_pred/ PNGs."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Solver threads (default: all CPUs)."),
-    thing_area: Optional[float] = typer.Option(
-        None, "--thing-area", help="Reject thing segments below this area (full-resolution pixels; "
-        "default from the cost file's recipe, else 200)."),
-    stuff_area: Optional[float] = typer.Option(
-        None, "--stuff-area", help="Reject stuff segments below this area (default from the recipe, else 2048)."),
-    summary_json: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+    costs: Path = typer.Argument(..., help="Cost file (HDF5, from dump-costs or make-costs)."),
+    out: Path = typer.Option(..., "--out", help=_HELP_OUT),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Solver threads (default: all CPUs)."),
+    thing_area: Optional[float] = typer.Option(None, "--thing-area", help=_HELP_THING),
+    stuff_area: Optional[float] = typer.Option(None, "--stuff-area", help=_HELP_STUFF),
+    summary_json: Optional[Path] = typer.Option(None, "--json",
+                                                help="Also write the summary here."),
 ) -> None:
     """Solve the AMWC problem of every image in COSTS and write panoptic predictions to --out."""
     from ..predict import solve_costs
@@ -44,9 +50,9 @@ def solve_command(
                 "objective"):
         table.add_column(col, justify="right")
     table.add_row(str(summary["images"]), str(summary["workers"]),
-                  f"{summary['seconds_per_image_solve']:.3f}", f"{summary['seconds_per_image']:.3f}",
-                  f"{summary['segments_per_image']:.1f}", f"{summary['rejected_per_image']:.1f}",
-                  f"{summary['objective_mean']:.1f}")
+                  f"{summary['seconds_per_image_solve']:.3f}",
+                  f"{summary['seconds_per_image']:.3f}", f"{summary['segments_per_image']:.1f}",
+                  f"{summary['rejected_per_image']:.1f}", f"{summary['objective_mean']:.1f}")
     console.print(table)
     console.print(f"thresholds: thing {summary['thing_area']:g}, stuff {summary['stuff_area']:g} "
                   f"pixels; predictions in {summary['pred_json']}")
