@@ -157,3 +157,39 @@ def test_pretrain_loss_from_recipe_and_bad_targets():
         PretrainLoss(distances=(1, 2, 4))(outputs, targets)
     with pytest.raises(InputError, match="loss_"):
         total_loss({"affinity_d1": torch.zeros(())})
+
+
+def test_targets_of_copsctl_data_feed_the_loss_and_a_perfect_prediction_scores_low():
+    """The loss reads exactly what copsctl.data.targets builds (keys, shapes, layout, ignore).
+
+    A hand-made scene: stuff class 0 on the left, two touching thing instances of class 1
+    on the right, void in one corner. Logits that encode the targets with a large margin
+    must give near-zero losses; flipped affinities a large one.
+    """
+    import numpy as np
+
+    from copsctl.data.targets import make_targets
+
+    pan = np.full((32, 32), 1, dtype=np.int64)       # stuff segment 1 (class 0)
+    pan[:, 16:24] = 1001                             # thing instance 1001 (class 1)
+    pan[:, 24:] = 1002                               # touching instance 1002 (class 1)
+    pan[:4, :4] = 0                                  # void
+    distances = (1, 2)
+    t = make_targets(pan, segment_ids=np.array([1, 1001, 1002]), segment_classes=np.array([0, 1, 1]),
+                     segment_iscrowd=np.zeros(3, bool), thing_classes=np.array([False, True]),
+                     distances=distances, stride=4)
+    targets = {k: torch.from_numpy(getattr(t, k))[None] for k in
+               ("semantic", "semantic_weights", "affinity", "affinity_weights")}
+    sem = targets["semantic"][0]
+    valid_sem = sem != IGNORE
+    sem_logits = torch.zeros(1, 2, 8, 8)
+    sem_logits[0, 0][valid_sem & (sem == 0)] = 20.0
+    sem_logits[0, 1][valid_sem & (sem == 1)] = 20.0
+    aff_logits = (targets["affinity"] * 2 - 1) * 20.0
+    loss = PretrainLoss(distances=distances)
+    good = loss({"semantic_logits": sem_logits, "affinity_logits": aff_logits}, targets)
+    assert good["loss_semantic"].item() < 1e-6 and good["loss_affinity"].item() < 1e-6
+    bad = loss({"semantic_logits": sem_logits, "affinity_logits": -aff_logits}, targets)
+    assert bad["loss_affinity"].item() > 1.0
+    # The boundary between the two instances (output column 5 -> 6) is a "cut" target.
+    assert targets["affinity"][0, 0, 3, 5] == 0 and targets["affinity_weights"][0, 0, 3, 5] > 0
