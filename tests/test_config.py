@@ -232,3 +232,13 @@ def test_recipes_found_in_a_plain_checkout(monkeypatch):
     monkeypatch.setattr(importlib.resources, "files", not_installed)
     assert "synthetic_pretrain" in recipe_names()
     assert load_recipe("synthetic_pretrain").model.depth == 18
+
+
+def test_solver_section_declares_every_solver_option():
+    """A new SolverOptions field must get its recipe key (and SolverConfig.options() passes it)."""
+    from copsctl.config import SolverConfig
+
+    option_names = {f.name for f in dataclasses.fields(SolverOptions)}
+    assert option_names <= {f.name for f in dataclasses.fields(SolverConfig)}
+    r = load_recipe(None, ["solver.precluster_max_size=1", "solver.improve=false"])
+    assert r.solver.options() == SolverOptions(precluster_max_size=1, improve=False)
