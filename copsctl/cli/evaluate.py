@@ -29,7 +29,7 @@ def evaluate_command(
         None, "--split", help="Split of the recipe's dataset (default: its data.val_split)."),
     out_json: Optional[Path] = typer.Option(
         None, "--json", help="Also write {All, Things, Stuff, per_class} as JSON here."),
-    workers: int = typer.Option(1, "--workers", help="Processes reading and counting images."),
+    workers: int = typer.Option(1, "--workers", help="Threads reading and counting images."),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Count images without a prediction as all false negatives."),
 ) -> None:

