@@ -445,3 +445,16 @@ def test_duplicate_ids_and_bad_maps():
                         cats)
     with pytest.raises(InputError, match="`workers` \\(0\\) must be at least 1"):
         evaluate_arrays([], cats, workers=0)
+
+
+def test_png_round_trip_of_24_bit_ids(tmp_path):
+    """The id PNG codec used above: every 24-bit id survives, in both read dtypes."""
+    ids = np.random.default_rng(5).integers(0, 256 ** 3, size=(7, 9))
+    ann = Annotation("a", "a.png", segments_from_id_map(ids, {int(v): 3 for v in np.unique(ids)}))
+    write_panoptic_set(tmp_path / "s.json", tmp_path / "s", [ann], [ids], CATEGORIES)
+    back = read_id_png(tmp_path / "s" / "a.png")
+    assert back.dtype == np.int64 and (back == ids).all()
+    assert (read_id_png(tmp_path / "s" / "a.png", dtype=np.uint32) == ids).all()
+    with pytest.raises(InputError, match=r"must have one map per annotation"):
+        write_panoptic_set(tmp_path / "t.json", tmp_path / "t", [ann], [], CATEGORIES)
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "t").exists()
