@@ -37,7 +37,9 @@ Per problem, all in one run and one process:
   ratios ``x cc`` and ``x cc csr`` are solve time over each (best of 5R runs each).
 
 Finally ``solve_many`` on all problems of a family with 1 and with W threads
-(default 2): wall times and speed-up.
+(default 2): wall times and speed-up, next to the speed-up of a GIL-free reference load
+(SHA-256 in threads) measured right after it: on a shared machine the reference shows
+how many cores were actually free, so a low solver speed-up can be judged.
 
 Timings depend on the machine and its load; the script prints the CPU count and load
 average so that a reader can judge.
@@ -141,6 +143,23 @@ def yardstick(edges: np.ndarray, num_nodes: int, repeat: int) -> tuple[float, fl
     return t_edges, t_csr
 
 
+def reference_speedup(workers: int, repeat: int) -> float:
+    """Speed-up of a GIL-free reference load (SHA-256 of 64 MiB per thread) on ``workers``
+    threads against one: what the machine's free cores allow at that moment."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = bytes(64 * 2**20)
+
+    def run(n):
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            list(pool.map(lambda _: hashlib.sha256(data).digest(), range(workers)))
+
+    t1, _ = _best_time(lambda: run(1), repeat)
+    tw, _ = _best_time(lambda: run(workers), repeat)
+    return t1 / tw
+
+
 def run_family(name: str, problems: int, repeat: int, workers: int, memory: bool,
                print_row) -> dict:
     from copsctl.solver import SolverOptions, solve_amwc, solve_many
@@ -176,7 +195,8 @@ def run_family(name: str, problems: int, repeat: int, workers: int, memory: bool
         t1, _ = _best_time(lambda: solve_many(probs, workers=1), repeat)
         tw, _ = _best_time(lambda: solve_many(probs, workers=workers), repeat)
         speed = {"family": name, "problems": len(probs), "workers": workers,
-                 "one_s": t1, "many_s": tw, "speedup": t1 / tw}
+                 "one_s": t1, "many_s": tw, "speedup": t1 / tw,
+                 "reference": reference_speedup(workers, repeat)}
     return {"rows": rows, "solve_many": speed}
 
 
@@ -241,10 +261,10 @@ def main(argv=None) -> None:
     speeds = [results[n]["solve_many"] for n in families if results[n]["solve_many"]]
     if speeds:
         print("\n| family | problems | solve_many 1 thread s | solve_many W threads s | W | "
-              "speed-up |\n|---|---|---|---|---|---|")
+              "speed-up | reference speed-up |\n|---|---|---|---|---|---|---|")
         for s in speeds:
             print(f"| {s['family']} | {s['problems']} | {s['one_s']:.3f} | {s['many_s']:.3f} | "
-                  f"{s['workers']} | {s['speedup']:.2f} |")
+                  f"{s['workers']} | {s['speedup']:.2f} | {s['reference']:.2f} |")
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
