@@ -458,3 +458,11 @@ def test_png_round_trip_of_24_bit_ids(tmp_path):
     with pytest.raises(InputError, match=r"must have one map per annotation"):
         write_panoptic_set(tmp_path / "t.json", tmp_path / "t", [ann], [], CATEGORIES)
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "t").exists()
+
+
+def test_benchmark_script_runs_and_agrees(capsys):
+    from copsctl.benchmarks.pq import main
+    main(["--images", "2", "--height", "64", "--width", "96", "--repeat", "1", "--workers", "2"])
+    out = capsys.readouterr().out
+    assert "all numbers agree to 1e-9: True" in out
+    assert "cityscapesscripts evaluatePanoptic" in out and "in memory (workers=2)" in out
