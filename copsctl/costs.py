@@ -45,7 +45,6 @@ costs, 16.3 MB per image in float32):
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -74,15 +73,6 @@ def _decode_str(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_grid_edges(height: int, width: int, distances: tuple[int, ...]) -> np.ndarray:
-    from .solver.grid import grid_edges
-
-    edges = grid_edges(height, width, distances)
-    edges.flags.writeable = False  # shared between calls
-    return edges
-
-
 def solver_problem(node_costs: np.ndarray, edge_maps: np.ndarray, distances: Sequence[int],
                    partitionable: np.ndarray):
     """Cost maps of one image -> the arguments of :func:`copsctl.solver.solve_amwc`.
@@ -98,9 +88,11 @@ def solver_problem(node_costs: np.ndarray, edge_maps: np.ndarray, distances: Seq
     -------
     tuple
         ``(node_costs (N, K) float64, edges (E, 2) int64, edge_costs (E,) float64,
-        partitionable (K,) bool)`` with ``N = h * w`` nodes numbered row-major.
+        partitionable (K,) bool, local_edges (E,) bool)`` with ``N = h * w`` nodes numbered
+        row-major; ``node_costs`` is a transposed view of the class-major maps (the solver
+        reads any layout), ``edges`` and ``local_edges`` are shared read-only arrays.
     """
-    from .solver.grid import maps_to_edge_values
+    from .solver.grid import grid_graph, maps_to_edge_values
 
     node_costs = np.asarray(node_costs)
     if node_costs.ndim != 3:
@@ -109,10 +101,11 @@ def solver_problem(node_costs: np.ndarray, edge_maps: np.ndarray, distances: Seq
     edge_maps = np.asarray(edge_maps)
     if edge_maps.ndim != 3 or edge_maps.shape[1:] != (h, w):
         raise InputError(f"`edge_maps` (shape {edge_maps.shape}) must have shape (2m, {h}, {w})")
-    nc = np.ascontiguousarray(node_costs.reshape(K, h * w).T, dtype=np.float64)
+    nc = node_costs.reshape(K, h * w).astype(np.float64, copy=False).T
     ds = tuple(int(d) for d in distances)
     ec = maps_to_edge_values(edge_maps, ds).astype(np.float64)
-    return nc, _cached_grid_edges(h, w, ds), ec, np.asarray(partitionable, dtype=bool)
+    graph = grid_graph(h, w, ds)
+    return nc, graph.edges, ec, np.asarray(partitionable, dtype=bool), graph.local_edges
 
 
 def _check_categories(categories: Sequence[Category]) -> list[Category]:

@@ -225,8 +225,9 @@ class SyntheticProblem:
         """(K,) bool ndarray: the thing classes."""
         return np.array([c.isthing for c in self.categories], dtype=bool)
 
-    def solver_problem(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(node_costs (N, K), edges (E, 2), edge_costs (E,), partitionable (K,))``."""
+    def solver_problem(self) -> tuple:
+        """``(node_costs (N, K), edges (E, 2), edge_costs (E,), partitionable (K,),
+        local_edges (E,))`` as :func:`copsctl.costs.solver_problem`."""
         return solver_problem(self.node_costs, self.edge_maps, self.distances,
                               self.partitionable)
 

@@ -307,7 +307,7 @@ def test_solver_problem_layout():
     rng = np.random.default_rng(5)
     nc, em = _image(rng, 3, 5)
     part = np.array([False, False, True])
-    nodes, edges, ec, pa = solver_problem(nc, em, DISTANCES, part)
+    nodes, edges, ec, pa, local = solver_problem(nc, em, DISTANCES, part)
     assert nodes.shape == (15, K) and nodes.dtype == np.float64
     for y, x, k in [(0, 0, 0), (2, 4, 1), (1, 3, 2)]:
         assert nodes[y * 5 + x, k] == nc[k, y, x]
@@ -317,5 +317,9 @@ def test_solver_problem_layout():
     e = int(np.flatnonzero((edges[:, 0] == 0 * 5 + 4) & (edges[:, 1] == 2 * 5 + 4))[0])
     assert ec[e] == em[3, 0, 4]
     assert pa.tolist() == part.tolist()
+    # pre-clustering may use the edges of the smallest distance only
+    dist = np.repeat([d for d in DISTANCES for _ in (0, 1)],
+                     [int(m.sum()) for m in grid_edge_mask(3, 5, DISTANCES)])
+    assert np.array_equal(local, dist == min(DISTANCES))
     with pytest.raises(InputError, match="`edge_maps`"):
         solver_problem(nc, em[:, :2], DISTANCES, part)

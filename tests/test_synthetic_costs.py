@@ -89,7 +89,7 @@ def test_target_accuracy_and_bad_arguments():
 
 def test_solver_problem_shapes():
     prob = make_problem("tiny", seed=0)
-    nc, edges, ec, part = prob.solver_problem()
+    nc, edges, ec, part, local = prob.solver_problem()
     K, h, w = prob.node_costs.shape
     assert nc.shape == (h * w, K) and ec.shape == (len(edges),)
     assert part.dtype == bool and part.shape == (K,)

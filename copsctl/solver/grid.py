@@ -15,7 +15,8 @@ so a positive cost is attractive.
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -86,3 +87,32 @@ def edge_values_to_maps(values: np.ndarray, height: int, width: int, distances: 
     out = np.full(mask.shape, fill, dtype=values.dtype)
     out[mask] = values
     return out
+
+
+class GridGraph(NamedTuple):
+    """The edges of a grid and the short edges the solver may pre-cluster on.
+
+    edges : (E, 2) int64 ndarray, read-only, as :func:`grid_edges`.
+    local_edges : (E,) bool ndarray, read-only: edges of the smallest distance.
+    """
+
+    edges: np.ndarray
+    local_edges: np.ndarray
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_graph(height: int, width: int, distances: tuple[int, ...]) -> GridGraph:
+    edges = grid_edges(height, width, distances)
+    local = grid_edge_distance(height, width, distances) == min(distances)
+    edges.flags.writeable = False
+    local.flags.writeable = False
+    return GridGraph(edges, local)
+
+
+def grid_graph(height: int, width: int, distances: Sequence[int]) -> GridGraph:
+    """Cached :class:`GridGraph` of an ``height`` x ``width`` grid (shared, read-only arrays).
+
+    The local edges are what :func:`copsctl.solver.solve_amwc` should receive as
+    ``local_edges`` on grids: superpixels grown along short edges stay compact.
+    """
+    return _grid_graph(int(height), int(width), _check_distances(distances))

@@ -1,0 +1,227 @@
+"""Network -> solver costs: run a trained model over a split and dump the cost cache.
+
+The library side of ``copsctl dump-costs`` and of validation during training. Images go
+through the evaluation transform of :mod:`copsctl.data` (optional resize of the longer
+side to ``data.val_size``, padding at the bottom and right to a multiple of 32), the
+network gives costs at 1/4 of that resolution, and the costs are cropped to the part of
+the canvas that shows the image (``ceil(scaled / 4)`` rows and columns), so padding never
+becomes nodes. The solver's output at that grid is mapped back to the original image
+size by :mod:`copsctl.postprocess` (nearest upsampling), where the small-segment
+thresholds of the recipe apply in original pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .costs import CostWriter, solver_problem
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .config import Recipe
+    from .data.loader import PanopticDataset
+
+__all__ = ["network_costs", "grid_problem", "dump_costs"]
+
+
+@functools.lru_cache(maxsize=8)
+def _local_edges(height: int, width: int, distances: tuple[int, ...]) -> np.ndarray:
+    from .solver.grid import grid_edge_distance
+
+    local = grid_edge_distance(height, width, distances) == 1
+    local.flags.writeable = False  # shared between calls
+    return local
+
+
+def grid_problem(node_costs: np.ndarray, edge_maps: np.ndarray, distances: Sequence[int],
+                 partitionable: np.ndarray) -> tuple:
+    """Cost maps of one image -> a ``solve_many`` problem with ``local_edges``.
+
+    As :func:`copsctl.costs.solver_problem`, plus the fifth item ``local_edges`` (E,) bool:
+    the distance-1 edges, the only ones the solver's pre-clustering may contract (it
+    builds compact superpixels; long edges are judged summed per cluster pair later).
+    """
+    nc, edges, ec, part, _ = solver_problem(node_costs, edge_maps, distances, partitionable)
+    h, w = np.asarray(node_costs).shape[1:]
+    return nc, edges, ec, part, _local_edges(int(h), int(w), tuple(int(d) for d in distances))
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def network_costs(model: torch.nn.Module, dataset: "PanopticDataset", *,
+                  indices: Sequence[int] | None = None, batch_size: int = 4,
+                  device: str | torch.device = "cpu", amp: bool = True, num_workers: int = 0,
+                  should_stop: Callable[[], bool] | None = None
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """Run ``model`` over (a subset of) an evaluation dataset; yield each image's costs.
+
+    Parameters
+    ----------
+    model : PanopticModel
+        Put in eval mode; run under ``torch.inference_mode``.
+    dataset : PanopticDataset
+        With ``train=False``.
+    indices : sequence of int, optional
+        Images to run, in this order (default all).
+    batch_size, num_workers : int
+        Images per forward pass; DataLoader worker processes.
+    device : str or torch.device
+    amp : bool
+        float16 autocast on CUDA (costs are returned as float32 either way).
+    should_stop : callable, optional
+        Checked between batches; True ends the iteration early.
+
+    Yields
+    ------
+    node_costs : (K, h, w) float32 ndarray
+    edge_maps : (2 m, h, w) float32 ndarray, grid layout
+    meta : dict
+        ``index``, ``image_id``, ``file_name`` (of the image), ``image_size`` (H, W)
+        original, ``cost_size`` (h, w).
+    """
+    from .train.data import eval_loader
+
+    if dataset.train:
+        raise InputError("`dataset` must be an evaluation dataset (train=False)")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    loader = eval_loader(dataset, indices=indices, batch_size=batch_size,
+                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    stride = dataset.stride
+    was_training = model.training
+    model.eval()
+    unwrapped = getattr(model, "module", model)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                images = batch["image"].to(device, non_blocking=True)
+                with _autocast(device, amp):
+                    out = model(images)
+                costs = unwrapped.costs(out)
+                node = costs["node_costs"].float().cpu().numpy()
+                edge = costs["edge_costs"].float().cpu().numpy()
+                for b, meta in enumerate(batch["meta"]):
+                    y0, y1, x0, x1 = meta["valid_box"]
+                    if y0 or x0:
+                        raise InputError("evaluation placements must start at the top-left corner")
+                    h, w = math.ceil(y1 / stride), math.ceil(x1 / stride)
+                    index = int(batch["index"][b])
+                    yield (np.ascontiguousarray(node[b, :, :h, :w]),
+                           np.ascontiguousarray(edge[b, :, :h, :w]),
+                           {"index": index, "image_id": batch["image_id"][b],
+                            "file_name": dataset.reader.image_path(index).name,
+                            "image_size": tuple(int(v) for v in meta["orig_size"]),
+                            "cost_size": (h, w)})
+                if should_stop is not None and should_stop():
+                    return
+    finally:
+        model.train(was_training)
+
+
+def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
+               weights: str | os.PathLike | None = None, recipe: str | None = None,
+               overrides: Sequence[str] = (), split: str | None = None,
+               batch_size: int = 4, device: str = "auto", limit: int = 0,
+               num_workers: int | None = None, dtype: str = "float32", amp: bool = True,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write the cost cache of a trained network over one split.
+
+    Parameters
+    ----------
+    out : path-like
+        The cost file (:mod:`copsctl.costs`), written atomically.
+    run : path-like, optional
+        A run folder of ``copsctl pretrain`` / ``finetune``: its ``checkpoint.pt`` and
+        ``recipe.yaml``. Exclusive with ``weights``.
+    weights : path-like, optional
+        A checkpoint (or bare state-dict file, then with ``recipe``).
+    recipe : str, optional
+        Recipe for data and model settings; default the run's (or the checkpoint's).
+    overrides : sequence of str
+        ``--set`` overrides applied to that recipe.
+    split : str, optional
+        Default ``data.val_split``.
+    batch_size, num_workers : int
+        Images per forward pass; DataLoader workers (default ``data.num_workers``).
+    device : str
+        auto (CUDA when available), cpu or cuda.
+    limit : int
+        Only the first ``limit`` images (0: all).
+    dtype : {"float32", "float16"}
+        Storage type in the cost file.
+    amp : bool
+        float16 autocast on CUDA.
+    progress : callable, optional
+        ``progress(done, total)`` after each image.
+
+    Returns
+    -------
+    dict
+        ``out``, ``images``, ``split``, ``checkpoint``, ``iteration``, ``seconds``,
+        ``images_per_s``, ``device``.
+    """
+    from .config import load_recipe
+    from .train.checkpoint import CHECKPOINT_NAME, load_model
+    from .train.data import make_dataset, open_split
+    from .train.distributed import resolve_device
+
+    t0 = time.perf_counter()
+    if (run is None) == (weights is None):
+        raise InputError("pass either --run RUN_DIR or --weights CHECKPOINT")
+    if run is not None:
+        run = Path(run)
+        if not run.is_dir():
+            raise InputError(f"--run {run}: run folder does not exist")
+        weights = run / CHECKPOINT_NAME
+        if not weights.is_file():
+            raise InputError(f"--run {run}: holds no {CHECKPOINT_NAME} (has the run written a "
+                             "checkpoint yet?)")
+        if recipe is None:
+            recipe = str(run / "recipe.yaml")
+    if limit < 0:
+        raise InputError(f"--limit must be >= 0, got {limit}")
+    cfg = load_recipe(recipe, overrides) if recipe is not None else None
+    if cfg is None and overrides:
+        from .train.checkpoint import checkpoint_recipe, load_checkpoint
+
+        stored = checkpoint_recipe(load_checkpoint(weights), str(weights))
+        if stored is None:
+            raise InputError(f"{weights}: holds no recipe; pass --recipe")
+        cfg = stored.replace(list(overrides))
+    dev = resolve_device(device)
+    model, ckpt, cfg = load_model(weights, recipe=cfg, device=dev)
+    split = split or cfg.data.val_split
+    reader = open_split(cfg, split)
+    dataset = make_dataset(cfg, reader, train=False)
+    if dataset.thing_classes.shape[0] != model.num_classes:
+        raise InputError(f"{weights}: the model predicts {model.num_classes} classes, the "
+                         f"{split} split of {cfg.data.root} has {dataset.thing_classes.shape[0]}")
+    n = len(dataset) if not limit else min(limit, len(dataset))
+    workers = cfg.data.num_workers if num_workers is None else int(num_workers)
+    categories = reader.class_table.to_categories()
+    with CostWriter(out, categories, cfg.model.distances, recipe=cfg.dump(), dtype=dtype) as writer:
+        for node, edge, meta in network_costs(model, dataset, indices=range(n),
+                                              batch_size=batch_size, device=dev, amp=amp,
+                                              num_workers=workers):
+            writer.add(node, edge, image_id=meta["image_id"], file_name=meta["file_name"],
+                       image_size=meta["image_size"])
+            if progress is not None:
+                progress(len(writer), n)
+    seconds = time.perf_counter() - t0
+    return {"out": str(out), "images": n, "split": split, "checkpoint": str(weights),
+            "iteration": ckpt.get("iteration"), "seconds": seconds,
+            "images_per_s": n / seconds if seconds > 0 else 0.0, "device": str(dev)}
