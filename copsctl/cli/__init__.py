@@ -32,6 +32,8 @@ def _register() -> None:
     from . import demo  # noqa: F401  (demo)
     from . import evaluate  # noqa: F401  (evaluate)
     from . import recipe  # noqa: F401  (recipe)
+    from . import pretrain  # noqa: F401  (pretrain)
+    from . import dump_costs  # noqa: F401  (dump-costs)
     pass
 
 

@@ -1,0 +1,55 @@
+"""``copsctl dump-costs``: run a trained network over a split and write the cost cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeRemainingColumn)
+
+from . import app
+from ._util import cli_errors, console, is_terminal
+
+
+@app.command("dump-costs")
+@cli_errors
+def dump_costs_command(
+    out: Path = typer.Option(..., "--out", help="Cost file to write (HDF5, copsctl.costs schema)."),
+    run: Optional[Path] = typer.Option(
+        None, "--run", help="Run folder of copsctl pretrain/finetune (its checkpoint.pt and "
+        "recipe.yaml)."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="A checkpoint file instead of --run."),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help="Recipe (default: the run's, or the one stored in --weights)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: "
+                                        "section.key=value; repeatable."),
+    split: Optional[str] = typer.Option(None, "--split",
+                                        help="Dataset split (default: the recipe's data.val_split)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
+    limit: int = typer.Option(0, "--limit", help="Only the first N images (0: all)."),
+    num_workers: Optional[int] = typer.Option(
+        None, "--num-workers", help="DataLoader workers (default: the recipe's data.num_workers)."),
+    float16: bool = typer.Option(False, "--float16", help="Store costs as float16 (half the size)."),
+) -> None:
+    """Write the network's node and edge costs for every image of a split (then: copsctl solve)."""
+    from ..inference import dump_costs
+
+    with Progress(TextColumn("dumping costs"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, disable=not is_terminal(),
+                  transient=True) as bar:
+        task = bar.add_task("dump", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = dump_costs(out, run=run, weights=weights, recipe=recipe, overrides=overrides,
+                             split=split, batch_size=batch_size, device=device, limit=limit,
+                             num_workers=num_workers, dtype="float16" if float16 else "float32",
+                             progress=progress)
+    console.print(f"wrote costs of {summary['images']} {summary['split']} images to "
+                  f"{summary['out']} ({summary['images_per_s']:.1f} images/s on "
+                  f"{summary['device']}, checkpoint iteration {summary['iteration']})")

@@ -1,0 +1,52 @@
+"""``copsctl pretrain``: pre-train the COPS network (cross-entropy losses, section 4.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from ._progress import TrainProgress, format_train_metrics, format_val_metrics
+from ._util import cli_errors, console, err_console
+
+_HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
+
+
+@app.command("pretrain")
+@cli_errors
+def pretrain_command(
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help="Recipe file or packaged name (e.g. synthetic_pretrain); "
+        "optional with --resume."),
+    out: Path = typer.Option(..., "--out", help="Run folder: recipe.yaml, checkpoint.pt, "
+                             "metrics.jsonl, tensorboard/. Must be new or empty without --resume."),
+    overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue the run in --out exactly where it stopped."),
+) -> None:
+    """Pre-train the network: Adam, warm-up and poly decay, checkpoints, validation with exact PQ.
+
+    Multi-GPU: torchrun --nproc_per_node N -m copsctl pretrain ... (train.batch_size is the
+    total over all processes).
+    """
+    from ..train.pretrain import pretrain
+
+    with TrainProgress("pretrain") as bar:
+        result = pretrain(recipe, out, overrides=overrides, resume=resume, progress=bar,
+                          log=lambda msg: bar.console.print(msg))
+    if not result.is_main:
+        return
+    if result.interrupted:
+        err_console.print(f"interrupted at iteration {result.iteration} of {result.iterations}; "
+                          f"checkpoint saved. Continue with: copsctl pretrain --out {out} --resume")
+        raise typer.Exit(code=130)
+    if result.resumed_from == result.iterations:
+        console.print(f"{out}: the run had already finished ({result.iterations} iterations)")
+        return
+    console.print(f"finished {result.iterations} iterations in {result.seconds:.0f} s -> {out}")
+    if result.train_metrics:
+        console.print(f"last log: {format_train_metrics(result.train_metrics)}")
+    if result.val_metrics:
+        console.print(f"validation: {format_val_metrics(result.val_metrics)}")

@@ -1,0 +1,216 @@
+"""Training checkpoints: everything a run needs to continue exactly where it stopped.
+
+A checkpoint is one file written by ``torch.save`` through
+:func:`copsctl.atomic.atomic_path` (a crash while saving leaves the previous checkpoint
+intact). It holds only tensors and plain Python values, so it loads with
+``torch.load(..., weights_only=True)``:
+
+==================  ===========================================================
+``format``          ``"copsctl-checkpoint"``
+``version``         1
+``kind``            what wrote it: ``"pretrain"``, ``"finetune"``, ...
+``iteration``       optimizer steps completed
+``model``           the model's ``state_dict`` (unwrapped from DDP)
+``optimizer``       the optimizer's ``state_dict``
+``scaler``          the AMP ``GradScaler`` ``state_dict`` (empty when disabled)
+``rng``             one :func:`rng_state` per process (index = rank)
+``loop``            the training loop's own counters (e.g. the open log window)
+``recipe``          YAML text of the resolved recipe (:meth:`copsctl.config.Recipe.dump`)
+``categories``      the class table (COCO ``categories`` list, contiguous order)
+``world_size``      number of processes that trained
+==================  ===========================================================
+
+:func:`load_model` builds a :class:`~copsctl.model.PanopticModel` from such a file (or
+from a bare ``state_dict`` file plus a recipe) for cost dumps and fine-tuning.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..errors import InputError
+
+__all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "rng_state", "set_rng_state",
+           "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_recipe",
+           "checkpoint_class_table"]
+
+FORMAT = "copsctl-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+"""File name of a run's latest checkpoint inside its run folder."""
+
+
+# ---------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of Python's, NumPy's (global) and torch's (CPU and CUDA) generators."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generators saved by :func:`rng_state`."""
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), int(n["pos"]),
+                         int(n["has_gauss"]), float(n["cached_gaussian"])))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _as_tuple(value):
+    # random.setstate wants tuples; a round trip through some serialisers yields lists.
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (see the module table; ``format``/``version`` are added) atomically."""
+    body = {"format": FORMAT, "version": VERSION}
+    body.update(payload)
+    with atomic_path(path) as tmp:
+        torch.save(body, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path
+        The file.
+    allow_state_dict
+        Also accept a bare model ``state_dict`` (returned as ``{"model": state_dict}``).
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable or foreign file, or a checkpoint of another schema version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") \
+            from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("version") != VERSION:
+            raise InputError(f"{path}: checkpoint version {obj.get('version')!r} is not supported "
+                             f"(this copsctl reads version {VERSION})")
+        return obj
+    if allow_state_dict and isinstance(obj, dict) and obj and \
+            all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return {"model": obj}
+    raise InputError(f"{path}: not a copsctl checkpoint (no format={FORMAT!r} entry)")
+
+
+def checkpoint_recipe(ckpt: dict[str, Any], source: str):
+    """The :class:`~copsctl.config.Recipe` stored in a checkpoint, or None."""
+    import yaml
+
+    from ..config import recipe_from_dict
+
+    text = ckpt.get("recipe")
+    if not text:
+        return None
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: stored recipe is not valid YAML "
+                         f"({str(exc).splitlines()[0]})") from None
+    return recipe_from_dict(mapping, source=f"{source} (stored recipe)")
+
+
+def checkpoint_class_table(ckpt: dict[str, Any]):
+    """The :class:`~copsctl.data.categories.ClassTable` stored in a checkpoint, or None."""
+    from ..data.categories import ClassTable
+
+    cats = ckpt.get("categories")
+    return ClassTable.from_json(cats) if cats else None
+
+
+def load_model(path: str | os.PathLike, *, recipe=None, num_classes: int | None = None,
+               device: str | torch.device = "cpu"):
+    """A :class:`~copsctl.model.PanopticModel` with the weights of a checkpoint.
+
+    Parameters
+    ----------
+    path
+        A copsctl checkpoint, or a bare ``state_dict`` file (then ``recipe`` is required).
+    recipe : Recipe, optional
+        Model settings; default: the recipe stored in the checkpoint. Its ``model``
+        section must describe the stored weights.
+    num_classes : int, optional
+        K; default: from the checkpoint's class table, else from the weights.
+    device
+        Where the model is placed; it is returned in eval mode.
+
+    Returns
+    -------
+    (model, checkpoint dict, recipe)
+    """
+    from ..model import PanopticModel
+
+    ckpt = load_checkpoint(path, allow_state_dict=True)
+    stored = checkpoint_recipe(ckpt, str(path))
+    recipe = recipe if recipe is not None else stored
+    if recipe is None:
+        raise InputError(f"{path}: holds no recipe; pass one (--recipe)")
+    state = ckpt["model"]
+    if num_classes is None:
+        table = checkpoint_class_table(ckpt)
+        key = "semantic_head.predictor.weight"
+        if table is not None:
+            num_classes = table.num_classes
+        elif key in state:
+            num_classes = int(state[key].shape[0])
+        else:
+            raise InputError(f"{path}: cannot tell the number of classes (no class table and "
+                             f"no {key!r})")
+    if stored is not None and stored.model != recipe.model:
+        # model.pretrained only says how training started; it does not shape the weights.
+        diff = next((k for k in type(recipe.model).__dataclass_fields__
+                     if k != "pretrained" and getattr(stored.model, k) != getattr(recipe.model, k)),
+                    None)
+        if diff is not None:
+            raise InputError(f"{path}: weights were trained with model.{diff} = "
+                             f"{getattr(stored.model, diff)!r}, the recipe says "
+                             f"{getattr(recipe.model, diff)!r}")
+    model = PanopticModel.from_config(recipe, num_classes, from_checkpoint=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        raise InputError(f"{path}: weights do not fit the recipe's model "
+                         f"({lines[0] if lines else str(exc).splitlines()[0]})") from None
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise InputError(f"{path}: weights do not fit the recipe's model ({what}; "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected keys)")
+    return model.to(device).eval(), ckpt, recipe
