@@ -261,3 +261,76 @@ def test_metrics_pq_does_not_import_torch():
     import sys
     code = "import sys, copsctl.metrics.pq; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_match_segments_agrees_with_the_surrogate():
+    from copsctl.metrics.surrogate import match_segments
+    gt, gcls, pr, pcls = _scene()
+    sids = [s for s in np.unique(pr) if s != 0]
+    seg = np.searchsorted(sids, pr)
+    res = _surrogate([(gt, gcls, pr, pcls)])
+    gm, gc = _masks(gt, gcls)
+    weights = np.ones(gt.shape)
+    weights[:10, :10] = 0  # weights change IoUs; both sides must see the same ones
+    m = match_segments(seg, np.array([pcls[s] for s in sids]), gm.numpy() > 0, gc, weights)
+    pm, pc = _masks(pr, pcls)
+    ref = pq_surrogate([pm], [pc], [gm], [gc], SMALL_T,
+                       pixel_weights=[torch.tensor(weights)]).matchings[0]
+    for a in ("pred", "gt", "unmatched_pred", "unmatched_gt", "ignored_gt"):
+        assert getattr(m, a).tolist() == getattr(ref, a).tolist()
+    assert m.iou == pytest.approx(ref.iou)
+    assert res.matchings[0].unmatched_gt.tolist() == [3]  # the missed person
+
+
+def test_given_matchings_are_used_and_checked():
+    from copsctl.metrics.surrogate import Matching
+    gt, gcls, pr, pcls = _scene()
+    pm, pc = _masks(pr, pcls)
+    gm, gc = _masks(gt, gcls)
+    ref = pq_surrogate([pm], [pc], [gm], [gc], SMALL_T)
+    same = pq_surrogate([pm], [pc], [gm], [gc], SMALL_T, matchings=ref.matchings)
+    assert float(same.loss) == pytest.approx(float(ref.loss))
+    # Car B's prediction left unmatched on purpose: one FP and one FN more.
+    m = ref.matchings[0]
+    keep = m.pred != 2
+    forced = Matching(m.pred[keep], m.gt[keep], m.iou[keep], np.sort(np.r_[m.unmatched_pred, 2]),
+                      np.sort(np.r_[m.unmatched_gt, m.gt[~keep]]), m.ignored_gt)
+    other = pq_surrogate([pm], [pc], [gm], [gc], SMALL_T, matchings=[forced])
+    assert other.per_class[1]["fp"] > ref.per_class[1]["fp"]
+    bad = Matching(np.array([0]), np.array([1]), np.array([0.5]), np.array([1, 2, 3]),
+                   np.array([0, 2, 3]), np.zeros(0, np.int64))  # ground matched to a car
+    with pytest.raises(InputError, match=r"`matchings\[0\]` does not fit image 0"):
+        pq_surrogate([pm], [pc], [gm], [gc], SMALL_T, matchings=[bad])
+
+
+@pytest.mark.parametrize("formulation", ["complete", "paper"])
+def test_empty_slots_of_unmatched_ground_truth(formulation):
+    """Empty slots leave the loss unchanged; their gradient is the one-sided derivative of
+    growing the empty mask (only the gate term: h is flat at 0); zero for matched segments."""
+    gt, gcls, pr, pcls = _scene()
+    pr[pr == 13] = 11  # car B not predicted at all: unmatched, like person C
+    pm, pc = _masks(pr, pcls)
+    gm, gc = _masks(gt, gcls)
+    t = np.array([5.0, 40.0, 40.0])  # a gate that is soft at small areas
+    kw = dict(formulation=formulation)
+    plain = pq_surrogate([pm], [pc], [gm], [gc], t, **kw)
+    res, grads, gt_grads = pq_surrogate_mask_grads([pm], [pc], [gm], [gc], t,
+                                                   unmatched_gt_grads=True, **kw)
+    assert float(res.loss) == pytest.approx(float(plain.loss), abs=1e-12)
+    assert gt_grads[0].shape == gm.shape
+    assert res.matchings[0].unmatched_gt.tolist() == [2, 3]  # car B, person C
+    missed, person = 2, 3
+    assert not gt_grads[0][:2].any()  # matched: unused slots
+    # Person has no true positive at all (PQ 0 whatever its counts): no gradient.
+    assert not gt_grads[0][person].any()
+    eps = 1e-4
+    for y, x in ((45, 45), (100, 100)):  # inside the missed car, and far away
+        slot = torch.zeros_like(gm)
+        slot[missed, y, x] = eps
+        grown = pq_surrogate([pm], [pc], [gm], [gc], t, gt_slots=[slot], **kw)
+        fd = (float(grown.loss) - float(plain.loss)) / eps
+        assert float(gt_grads[0][missed, y, x]) == pytest.approx(fd, rel=1e-3, abs=1e-9)
+    if formulation == "paper":
+        assert not gt_grads[0].any()
+    else:
+        assert float(gt_grads[0][missed].min()) > 0  # a not-yet-true positive costs a little

@@ -35,9 +35,19 @@ computed on masks downsampled by ``s`` in each direction passes ``pixel_area = s
 
 Gradients reach every predicted mask; :func:`pq_surrogate_mask_grads` returns
 ``∂L/∂(mask of each predicted segment)`` together with the matching, which is what the
-lifted label set of the AMWC backward pass needs. The gradient with respect to the
-(empty) mask of an unmatched ground-truth segment is zero under (6) (``h'(0) = 0`` and
-``σ`` of an empty mask vanishes), so such a lifted label keeps its class cost.
+lifted label set of the AMWC backward pass needs (:mod:`copsctl.train.amwc_layer`).
+
+That label set also has one label per *unmatched* ground-truth segment ``g``: a
+prediction whose mask ``q`` is still empty. Its gradient is the derivative of the loss
+at ``q = 0`` when ``q`` enters as a prediction matched to ``g`` (growing inside ``g``
+makes it ``g``'s best match), supplied through ``gt_slots``. The slot's gate is
+``σ̃(q) = σ(q) - σ(∅)``, the gate relative to an empty mask, so that an empty slot
+changes nothing: the loss value is the same with or without slots. Its terms are those
+of a matched pair (TP ``h σ̃``, IoU ``h σ̃ u``, FP ``σ̃ (1 - h)`` in the complete
+formulation only, FN ``1 - h σ̃``). At ``q = 0`` every ``h`` term has zero derivative
+(``h`` is flat at 0), so the gradient is the gate's FP term: positive, i.e. a small
+penalty for growing a segment that is not yet a true positive, and exactly zero in the
+paper's formulation. It is largest where the area thresholds are small in mask pixels.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from scipy.optimize import linear_sum_assignment
 from ..errors import InputError
 
 __all__ = ["soft_tp", "area_gate", "class_area_thresholds", "Matching", "SurrogateResult",
-           "pq_surrogate", "pq_surrogate_mask_grads"]
+           "match_segments", "pq_surrogate", "pq_surrogate_mask_grads"]
 
 _FORMULATIONS = ("complete", "paper")
 _SLOPE = 0.1  # of the area gate, per pixel of the threshold's resolution (paper, eq. 6)
@@ -133,6 +143,78 @@ class SurrogateResult:
     matchings: list[Matching] = field(repr=False)
 
 
+def _match(iou: np.ndarray, inter: np.ndarray, pc: np.ndarray, gc: np.ndarray,
+           kept_g: np.ndarray) -> Matching:
+    """Per-class max-weight matching on IoU; pairs without overlap stay unmatched."""
+    S = pc.shape[0]
+    mp, mg = [], []
+    for c in np.unique(np.concatenate([pc, gc[kept_g]])):
+        rows = np.flatnonzero(pc == c)
+        cols = np.flatnonzero((gc == c) & kept_g)
+        if rows.size == 0 or cols.size == 0:
+            continue
+        r, k = linear_sum_assignment(iou[np.ix_(rows, cols)], maximize=True)
+        overlap = inter[rows[r], cols[k]] > 0
+        mp.append(rows[r][overlap])
+        mg.append(cols[k][overlap])
+    mp = np.concatenate(mp).astype(np.int64) if mp else np.zeros(0, np.int64)
+    mg = np.concatenate(mg).astype(np.int64) if mg else np.zeros(0, np.int64)
+    return Matching(mp, mg, iou[mp, mg].astype(np.float64), np.setdiff1d(np.arange(S), mp),
+                    np.setdiff1d(np.flatnonzero(kept_g), mg), np.flatnonzero(~kept_g))
+
+
+def match_segments(pred_segments: np.ndarray, pred_classes, gt_masks: np.ndarray, gt_classes,
+                   pixel_weights: np.ndarray | None = None) -> Matching:
+    """The matching :func:`pq_surrogate` uses, for one image with hard masks (numpy, no torch).
+
+    Parameters
+    ----------
+    pred_segments : (H, W) int ndarray
+        Predicted segment index per pixel, ``0 .. S-1`` (every pixel in one segment).
+    pred_classes : (S,) int ndarray
+        Class of each predicted segment.
+    gt_masks : (G, H, W) bool ndarray
+        Ground-truth segment masks.
+    gt_classes : (G,) int ndarray
+    pixel_weights : (H, W) float ndarray, optional
+        As in :func:`pq_surrogate` (0 on void and crowd pixels).
+
+    Returns
+    -------
+    Matching
+        Identical to the one :func:`pq_surrogate` finds for the one-hot masks of
+        ``pred_segments`` (IoUs are computed in float64 here).
+    """
+    seg = np.asarray(pred_segments)
+    if seg.ndim != 2 or seg.dtype.kind not in "iu":
+        raise InputError(f"`pred_segments` (shape {seg.shape}, dtype {seg.dtype}) must be an "
+                         "(H, W) integer array")
+    pc = np.asarray(pred_classes, dtype=np.int64).reshape(-1)
+    S = pc.shape[0]
+    if seg.size and (seg.min() < 0 or seg.max() >= S):
+        raise InputError(f"`pred_segments` must index `pred_classes` in [0, {S}), got range "
+                         f"[{seg.min()}, {seg.max()}]")
+    gm = np.asarray(gt_masks, dtype=bool)
+    gc = np.asarray(gt_classes, dtype=np.int64).reshape(-1)
+    if gm.ndim != 3 or gm.shape[1:] != seg.shape or gm.shape[0] != gc.shape[0]:
+        raise InputError(f"`gt_masks` (shape {gm.shape}) must have shape ({gc.shape[0]}, "
+                         f"{seg.shape[0]}, {seg.shape[1]})")
+    w = (np.ones(seg.shape) if pixel_weights is None
+         else np.asarray(pixel_weights, dtype=np.float64)).reshape(-1)
+    if w.shape[0] != seg.size:
+        raise InputError(f"`pixel_weights` (shape {np.shape(pixel_weights)}) must have shape {seg.shape}")
+    flat = seg.reshape(-1).astype(np.int64)
+    g = gm.reshape(gm.shape[0], seg.size)
+    area_p = np.bincount(flat, weights=w, minlength=S)
+    area_g = (g * w).sum(axis=1)
+    # Segments do not overlap: one weighted bincount per gt segment gives its row of intersections.
+    inter = np.stack([np.bincount(flat[m], weights=w[m], minlength=S) for m in g], axis=1) \
+        if gm.shape[0] else np.zeros((S, 0))
+    union = area_p[:, None] + area_g[None, :] - inter
+    iou = inter / np.where(union > 0, union, 1.0)
+    return _match(iou, inter, pc, gc, area_g > 0)
+
+
 def _as_classes(x, n: int, K: int, name: str, b: int) -> np.ndarray:
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     arr = arr.reshape(-1) if arr.size == 0 else arr
@@ -162,10 +244,32 @@ def _check_masks(m, name: str, b: int, hw=None) -> torch.Tensor:
     return m
 
 
+def _check_matching(m, pc: np.ndarray, gc: np.ndarray, kept_g: np.ndarray, b: int) -> Matching:
+    """A given matching, checked against the image's segments (see ``matchings``)."""
+    if not isinstance(m, Matching):
+        raise InputError(f"`matchings[{b}]` must be a Matching, got {type(m).__name__}")
+    S, G = pc.shape[0], gc.shape[0]
+    pred = np.asarray(m.pred, np.int64)
+    gt = np.asarray(m.gt, np.int64)
+    ok = (pred.shape == gt.shape and (pred.size == 0 or (pred.min() >= 0 and pred.max() < S
+          and gt.min() >= 0 and gt.max() < G)))
+    if ok and pred.size:
+        ok = bool(np.all(pc[pred] == gc[gt]) and np.all(kept_g[gt]))
+    ok = ok and np.array_equal(np.sort(np.concatenate([pred, m.unmatched_pred])), np.arange(S)) \
+        and np.array_equal(np.sort(np.concatenate([gt, m.unmatched_gt])), np.flatnonzero(kept_g))
+    if not ok:
+        raise InputError(f"`matchings[{b}]` does not fit image {b}: pairs must join segments of "
+                         "one class, and matched plus unmatched must list every segment once")
+    return Matching(pred, gt, np.asarray(m.iou, np.float64), np.asarray(m.unmatched_pred, np.int64),
+                    np.asarray(m.unmatched_gt, np.int64), np.flatnonzero(~kept_g))
+
+
 def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
                  gt_masks: Sequence[torch.Tensor], gt_classes: Sequence,
                  area_thresholds, *, pixel_weights: Sequence[torch.Tensor] | None = None,
-                 pixel_area: float = 1.0, formulation: str = "complete") -> SurrogateResult:
+                 pixel_area: float = 1.0, formulation: str = "complete",
+                 matchings: Sequence[Matching] | None = None,
+                 gt_slots: Sequence[torch.Tensor] | None = None) -> SurrogateResult:
     """PQ surrogate loss of a batch, pooled per class over its images.
 
     Parameters
@@ -191,6 +295,17 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         ``"paper"``: equation (6) as printed. ``"complete"`` (default): a matched pair
         that is not a soft true positive also counts as false positive and false
         negative (see the module docstring).
+    matchings : sequence of Matching, optional
+        One per image, used instead of computing the matching (e.g. the one
+        :func:`match_segments` found for the lifted label set, so that both agree
+        exactly); every pair must join a prediction and a kept ground-truth segment of
+        the same class, and the unmatched lists must complete them.
+    gt_slots : sequence of (G_b, H_b, W_b) float Tensor, optional
+        One mask per ground-truth segment (normally zeros, as leaves to differentiate):
+        the slot of an *unmatched* segment ``g`` enters as a prediction matched to ``g``
+        with the gate taken relative to an empty mask (module docstring); slots of
+        matched or ignored segments are unused. An all-zero slot leaves the loss value
+        unchanged.
 
     Returns
     -------
@@ -202,6 +317,10 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     for name, seq in (("pred_classes", pred_classes), ("gt_masks", gt_masks),
                       ("gt_classes", gt_classes)):
         if len(seq) != B:
+            raise InputError(f"`{name}` (length {len(seq)}) must have one entry per image "
+                             f"(len(pred_masks) = {B})")
+    for name, seq in (("matchings", matchings), ("gt_slots", gt_slots)):
+        if seq is not None and len(seq) != B:
             raise InputError(f"`{name}` (length {len(seq)}) must have one entry per image "
                              f"(len(pred_masks) = {B})")
     if pixel_weights is not None and len(pixel_weights) != B:
@@ -223,7 +342,7 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     log_absent = zeros.clone()  # Σ log(1 - σ) of predictions, per class
     gt_count = np.zeros(K, np.int64)
     pred_count = np.zeros(K, np.int64)
-    matchings = []
+    found = []
     complete = formulation == "complete"
     for b in range(B):
         pm = _check_masks(pred_masks[b], "pred_masks", b)
@@ -254,24 +373,13 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         iou = inter / torch.where(union > 0, union, torch.ones_like(union))
         gate = area_gate(pixel_area * area_p, thresholds[torch.as_tensor(pc, device=device)])
 
-        iou_np = iou.detach().cpu().numpy()
-        inter_np = inter.detach().cpu().numpy()
-        mp, mg = [], []
-        for c in np.unique(np.concatenate([pc, gc[kept_g]])):
-            rows = np.flatnonzero(pc == c)
-            cols = np.flatnonzero((gc == c) & kept_g)
-            if rows.size == 0 or cols.size == 0:
-                continue
-            r, k = linear_sum_assignment(iou_np[np.ix_(rows, cols)], maximize=True)
-            overlap = inter_np[rows[r], cols[k]] > 0
-            mp.append(rows[r][overlap])
-            mg.append(cols[k][overlap])
-        mp = np.concatenate(mp).astype(np.int64) if mp else np.zeros(0, np.int64)
-        mg = np.concatenate(mg).astype(np.int64) if mg else np.zeros(0, np.int64)
-        un_p = np.setdiff1d(np.arange(S), mp)
-        un_g = np.setdiff1d(np.flatnonzero(kept_g), mg)
-        matchings.append(Matching(mp, mg, iou_np[mp, mg].astype(np.float64), un_p, un_g,
-                                  np.flatnonzero(~kept_g)))
+        if matchings is None:
+            matching = _match(iou.detach().cpu().numpy(), inter.detach().cpu().numpy(), pc, gc,
+                              kept_g)
+        else:
+            matching = _check_matching(matchings[b], pc, gc, kept_g, b)
+        found.append(matching)
+        mp, mg, un_p, un_g = matching.pred, matching.gt, matching.unmatched_pred, matching.unmatched_gt
 
         dev = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
         if mp.size:
@@ -286,7 +394,25 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
                 fn = fn.index_add(0, cls, 1 - hs)
         if un_p.size:
             fp = fp.index_add(0, dev(pc[un_p]), gate[dev(un_p)])
-        if un_g.size:
+        if un_g.size and gt_slots is not None:
+            q = _check_masks(gt_slots[b], "gt_slots", b, hw)
+            if q.shape[0] != G:
+                raise InputError(f"`gt_slots[{b}]` (shape {tuple(q.shape)}) must have one mask "
+                                 f"per ground-truth segment ({G})")
+            qw = q[dev(un_g)].to(dtype).reshape(len(un_g), n) * wf
+            area_q = qw.sum(1)
+            inter_q = (qw * g[dev(un_g)]).sum(1)
+            u = inter_q / (area_q + area_g[dev(un_g)] - inter_q)  # union >= area of g > 0
+            t = thresholds[dev(gc[un_g])]
+            sq = area_gate(pixel_area * area_q, t) - area_gate(torch.zeros_like(t), t)
+            hs = soft_tp(u) * sq
+            cls = dev(gc[un_g])
+            tp = tp.index_add(0, cls, hs)
+            iou_sum = iou_sum.index_add(0, cls, hs * u)
+            if complete:
+                fp = fp.index_add(0, cls, sq - hs)
+            fn = fn.index_add(0, cls, 1 - hs)
+        elif un_g.size:
             fn = fn.index_add(0, dev(gc[un_g]), torch.ones(len(un_g), dtype=dtype, device=device))
         if S:
             # log(1 - sigmoid(x)) = -softplus(x): finite even where the gate saturates at 1.
@@ -305,8 +431,9 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     if present.size == 0 or float(total_weight.detach()) <= 0:
         # Nothing to score (no ground truth, no prediction that can survive): zero loss,
         # still attached to the masks so that backward() works and gives zeros.
-        loss = sum((m.sum() * 0 for m in pred_masks), torch.zeros((), dtype=dtype, device=device))
-        return SurrogateResult(loss, 1.0, {}, matchings)
+        attached = list(pred_masks) + list(gt_slots or [])
+        loss = sum((m.sum() * 0 for m in attached), torch.zeros((), dtype=dtype, device=device))
+        return SurrogateResult(loss, 1.0, {}, found)
     pq = (weight * pq_class).sum() / total_weight
     loss = 1 - pq
     per_class = {}
@@ -314,17 +441,22 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     for c in present.tolist():
         per_class[c] = dict(zip(("pq", "tp", "fp", "fn", "iou", "weight"),
                                 (float(v) for v in values[:, c])))
-    return SurrogateResult(loss, float(pq.detach()), per_class, matchings)
+    return SurrogateResult(loss, float(pq.detach()), per_class, found)
 
 
 def pq_surrogate_mask_grads(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
                             gt_masks: Sequence[torch.Tensor], gt_classes: Sequence,
-                            area_thresholds, **kwargs
-                            ) -> tuple[SurrogateResult, list[torch.Tensor]]:
+                            area_thresholds, *, unmatched_gt_grads: bool = False, **kwargs):
     """:func:`pq_surrogate` plus ``∂L/∂(mask)`` of every predicted segment.
 
     The masks are taken as constants (detached copies), so this works on hard masks
     coming out of the solver. Keyword arguments are those of :func:`pq_surrogate`.
+
+    Parameters
+    ----------
+    unmatched_gt_grads : bool
+        Also return the gradient with respect to the empty mask of a prediction that
+        stands for each ground-truth segment (``gt_slots`` of :func:`pq_surrogate`).
 
     Returns
     -------
@@ -332,14 +464,29 @@ def pq_surrogate_mask_grads(pred_masks: Sequence[torch.Tensor], pred_classes: Se
         With ``loss`` detached.
     grads : list of (S_b, H_b, W_b) Tensor
         ``∂L/∂pred_masks[b]``: negative where growing the segment lowers the loss.
+    gt_grads : list of (G_b, H_b, W_b) Tensor
+        Only with ``unmatched_gt_grads``: the gradient for each ground-truth segment's
+        empty slot; zero for matched and ignored segments.
     """
-    leaves = [m.detach().to(torch.float64 if m.dtype == torch.float64 else torch.float32)
-              .requires_grad_(True) for m in pred_masks]
-    result = pq_surrogate(leaves, pred_classes, gt_masks, gt_classes, area_thresholds, **kwargs)
+    def leaf(m):
+        return m.detach().to(torch.float64 if m.dtype == torch.float64 else torch.float32
+                             ).requires_grad_(True)
+
+    leaves = [leaf(m) for m in pred_masks]
+    slots = None
+    if unmatched_gt_grads:
+        dtype = leaves[0].dtype if leaves else torch.float32
+        slots = [torch.zeros(tuple(g.shape), dtype=dtype, device=g.device, requires_grad=True)
+                 for g in gt_masks]
+    result = pq_surrogate(leaves, pred_classes, gt_masks, gt_classes, area_thresholds,
+                          gt_slots=slots, **kwargs)
+    wrt = leaves + (slots or [])
     if result.loss.requires_grad:
-        grads = torch.autograd.grad(result.loss, leaves, allow_unused=True)
+        grads = list(torch.autograd.grad(result.loss, wrt, allow_unused=True))
     else:
-        grads = [None] * len(leaves)
-    grads = [torch.zeros_like(m) if gr is None else gr for m, gr in zip(leaves, grads)]
+        grads = [None] * len(wrt)
+    grads = [torch.zeros_like(m) if gr is None else gr for m, gr in zip(wrt, grads)]
     result.loss = result.loss.detach()
+    if unmatched_gt_grads:
+        return result, grads[:len(leaves)], grads[len(leaves):]
     return result, grads
