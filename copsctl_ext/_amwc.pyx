@@ -42,7 +42,7 @@ from libcpp.unordered_map cimport unordered_map
 from libcpp.utility cimport pair
 from libcpp.queue cimport priority_queue
 from cython.operator cimport dereference as deref, preincrement as inc
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.time cimport clock_gettime, timespec, CLOCK_THREAD_CPUTIME_ID
 
 ctypedef pair[int32_t, int32_t] IntPair
 ctypedef pair[double, IntPair] HeapEntry
@@ -52,8 +52,9 @@ cdef double GAIN_EPS = 1e-9
 
 
 cdef inline double _now() noexcept nogil:
+    # thread CPU time: phase timings stay meaningful when other processes share the cores
     cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
@@ -253,54 +254,72 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
                     costs[<int64_t>a * K + k] = costs[<int64_t>i * K + k]
                 best[a] = best[i]; second[a] = second[i]; argbest[a] = argbest[i]
 
-    # Adjacency of the superpixels with summed parallel edges. Built through a CSR
-    # pass with a marker array, so each map is filled once with distinct keys.
+    # Node adjacency (CSR, both directions): read here for the region adjacency graph
+    # and again by the improvement phase.
+    cdef vector[int64_t] noff
+    cdef vector[int32_t] nnbr
+    cdef vector[double] nwt
+    cdef vector[int64_t] fill
+    noff.assign(N + 1, 0)
+    for e in range(E):
+        noff[edges[2 * e] + 1] += 1
+        noff[edges[2 * e + 1] + 1] += 1
+    for i in range(N):
+        noff[i + 1] += noff[i]
+    nnbr.resize(noff[N])
+    nwt.resize(noff[N])
+    fill.resize(N)
+    for i in range(N):
+        fill[i] = noff[i]
+    for e in range(E):
+        u = edges[2 * e]; v = edges[2 * e + 1]
+        nnbr[fill[u]] = v; nwt[fill[u]] = ec[e]; fill[u] += 1
+        nnbr[fill[v]] = u; nwt[fill[v]] = ec[e]; fill[v] += 1
+
+    # Superpixel adjacency with summed parallel edges: walk each superpixel's nodes and
+    # sum their edges per neighbouring superpixel with a marker array, so every map is
+    # filled once with distinct keys.
     cdef vector[AdjMap] adj
     adj.resize(M)
-    cdef vector[int64_t] off
-    cdef vector[int32_t] nbr
-    cdef vector[double] nw
-    off.assign(M + 1, 0)
-    for e in range(E):
-        a = cid[edges[2 * e]]; b = cid[edges[2 * e + 1]]
-        if a != b:
-            off[a + 1] += 1
-            off[b + 1] += 1
+    cdef vector[int64_t] moff
+    cdef vector[int32_t] members
+    moff.assign(M + 1, 0)
+    for i in range(N):
+        moff[cid[i] + 1] += 1
     for a in range(M):
-        off[a + 1] += off[a]
-    nbr.resize(off[M])
-    nw.resize(off[M])
-    cdef vector[int64_t] fill
-    fill.resize(M)
+        moff[a + 1] += moff[a]
+    members.resize(N)
     for a in range(M):
-        fill[a] = off[a]
-    for e in range(E):
-        a = cid[edges[2 * e]]; b = cid[edges[2 * e + 1]]
-        if a != b:
-            nbr[fill[a]] = b; nw[fill[a]] = ec[e]; fill[a] += 1
-            nbr[fill[b]] = a; nw[fill[b]] = ec[e]; fill[b] += 1
+        fill[a] = moff[a]
+    for i in range(N):
+        members[fill[cid[i]]] = i
+        fill[cid[i]] += 1
     fill.clear(); fill.shrink_to_fit()
     cdef vector[int64_t] mark
     mark.assign(M, -1)
     cdef vector[int32_t] uniq
     cdef vector[double] usum
-    cdef int64_t p, q
+    cdef int64_t p, q, mi
     for a in range(M):
         uniq.clear(); usum.clear()
-        for p in range(off[a], off[a + 1]):
-            b = nbr[p]
-            if mark[b] < 0:
-                mark[b] = uniq.size()
-                uniq.push_back(b)
-                usum.push_back(nw[p])
-            else:
-                usum[mark[b]] += nw[p]
+        for mi in range(moff[a], moff[a + 1]):
+            i = members[mi]
+            for p in range(noff[i], noff[i + 1]):
+                b = cid[nnbr[p]]
+                if b == a:
+                    continue
+                if mark[b] < 0:
+                    mark[b] = uniq.size()
+                    uniq.push_back(b)
+                    usum.push_back(nwt[p])
+                else:
+                    usum[mark[b]] += nwt[p]
         adj[a].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
             adj[a][uniq[q]] = usum[q]
             mark[uniq[q]] = -1
-    nbr.clear(); nbr.shrink_to_fit(); nw.clear(); nw.shrink_to_fit()
-    off.clear(); off.shrink_to_fit(); mark.clear(); mark.shrink_to_fit()
+    moff.clear(); moff.shrink_to_fit(); members.clear(); members.shrink_to_fit()
+    mark.clear(); mark.shrink_to_fit()
     t1 = _now(); st.t_rag = t1 - t0; t0 = t1
 
     # ---------------- phase 2: greedy additive edge contraction --------------------
@@ -430,27 +449,6 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
     free(costs); free(best); free(second); free(argbest)
     cid.clear(); cid.shrink_to_fit(); merged_into.clear(); merged_into.shrink_to_fit()
 
-    # Node adjacency (CSR, both directions) for the improvement phase and the output.
-    cdef vector[int64_t] noff
-    cdef vector[int32_t] nnbr
-    cdef vector[double] nwt
-    noff.assign(N + 1, 0)
-    for e in range(E):
-        noff[edges[2 * e] + 1] += 1
-        noff[edges[2 * e + 1] + 1] += 1
-    for i in range(N):
-        noff[i + 1] += noff[i]
-    nnbr.resize(noff[N])
-    nwt.resize(noff[N])
-    fill.resize(N)
-    for i in range(N):
-        fill[i] = noff[i]
-    for e in range(E):
-        u = edges[2 * e]; v = edges[2 * e + 1]
-        nnbr[fill[u]] = v; nwt[fill[u]] = ec[e]; fill[u] += 1
-        nnbr[fill[v]] = u; nwt[fill[v]] = ec[e]; fill[v] += 1
-    fill.clear(); fill.shrink_to_fit()
-
     cdef double obj = 0.0
     for i in range(N):
         obj += nc[i * s0 + clclass[cl[i]] * s1]
@@ -469,6 +467,7 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
     cdef double cur, bestc, cand, wown
     cdef const double* row
     cdef int32_t kb
+    cdef bint interior
     if improve and N > 0:
         queue.resize(N)
         inq.assign(N, 1)
@@ -488,6 +487,19 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
             ci = cl[i]
             ki = clclass[ci]
             row = nc + i * s0
+            # Fast exit for the common interior node: all neighbours in its cluster, its
+            # best class already chosen and a non-negative pull from the cluster. Then no
+            # class is cheaper and leaving would cut attractive edges.
+            if node_arg[i] == ki:
+                wown = 0.0
+                interior = True
+                for p in range(noff[i], noff[i + 1]):
+                    if cl[nnbr[p]] != ci:
+                        interior = False
+                        break
+                    wown += nwt[p]
+                if interior and wown >= 0.0:
+                    continue
             # weights from i to each neighbouring cluster
             lcl.clear(); lw.clear()
             for p in range(noff[i], noff[i + 1]):

@@ -57,7 +57,7 @@ class SolverOptions:
     """
 
     precluster_threshold: float = 0.0
-    precluster_max_size: int = 32
+    precluster_max_size: int = 128
     improve: bool = True
     max_improve_rounds: int = 4
 
