@@ -246,7 +246,7 @@ def test_backward_splits_merged_instances():
     out = layer(nc, ec, [gt], seed=0)
     loss = lifted_pq_surrogate(out, THRESH, pixel_area=16.0)
     loss.loss.backward()
-    assert out.stats["backward_solves"] == 3 and out.stats["lambdas"].shape == (1, 3)
+    assert out.metrics["backward_solves"] == 3 and out.lambdas.shape == (1, 3)
     between = np.zeros((4, 12, 16), bool)
     between[0, 2:8, 5] = True  # horizontal d=1 edges (y, 5) -> (y, 6): car 2 | car 3
     between[2, 2:8, 4:6] = True  # d=2 edges across the same boundary
@@ -285,7 +285,7 @@ def test_layer_gradient_is_algorithm1_of_the_surrogate_gradients():
     problem = BackwardProblem(node, grid_edges(12, 16, (1, 2)).astype(np.int32), edge, sol.labels,
                               sol.edge_cut, lab.label_class, label_grads,
                               grid_edge_distance(12, 16, (1, 2)) == 1)
-    [(gv, ge)], _ = algorithm1([problem], out.stats["lambdas"], workers=1)
+    [(gv, ge)], _ = algorithm1([problem], out.lambdas, workers=1)
     np.testing.assert_allclose(nc.grad[0].numpy().reshape(3, -1).T, gv, atol=1e-5)
     np.testing.assert_allclose(maps_to_edge_values(ec.grad[0].numpy(), (1, 2)), ge, atol=1e-5)
     assert np.abs(gv).sum() + np.abs(ge).sum() > 0
@@ -346,7 +346,7 @@ def test_robust_without_thing_instances_and_with_empty_ground_truth():
                                      np.zeros(0, bool))
     out, res, gv, ge = _run(pan, void, {1: 0, 2: 1})
     assert np.isfinite(float(res.loss.detach())) and res.pq == 0.0
-    assert not gv.any() and not ge.any() and out.stats["backward_solves"] == 0
+    assert not gv.any() and not ge.any() and out.metrics["backward_solves"] == 0
     # Crowd only: also nothing to score.
     crowd = GroundTruth.from_panoptic(pan, np.array([1, 2]), np.array([1, 1]), np.ones(2, bool))
     assert crowd.masks.shape == (0, h, w) and not crowd.weights.any()

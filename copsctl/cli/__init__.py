@@ -34,6 +34,7 @@ def _register() -> None:
     from . import recipe  # noqa: F401  (recipe)
     from . import pretrain  # noqa: F401  (pretrain)
     from . import dump_costs  # noqa: F401  (dump-costs)
+    from . import finetune  # noqa: F401  (finetune)
     pass
 
 

@@ -384,13 +384,14 @@ class AMWCBatch:
     ground_truth : list of GroundTruth
     seed : int
         Seed of the ``λ`` draws of the backward pass.
-    timings : dict
-        Seconds: ``forward_solve`` (AMWC solves plus the lifted label sets) and, after
-        backward, ``backward_solve`` (all perturbed multiway cuts, Algorithm 1).
-    stats : dict
-        After backward: ``lambdas`` ((B, n) ndarray, the draws), ``backward_solves``
-        (multiway cuts solved) and ``changed_nodes`` (mean fraction of nodes whose class
-        a perturbation changed).
+    metrics : dict
+        Numbers for the training log: ``time_forward_solve`` (seconds of the AMWC
+        solves and the lifted label sets) and ``labels_per_image`` at once; after
+        backward ``time_backward_solve`` (seconds of Algorithm 1, all perturbed solves),
+        ``backward_solves`` and ``changed_nodes`` (mean fraction of nodes whose class a
+        perturbation changed).
+    lambdas : (B, n) ndarray
+        The draws of ``λ``, once backward has run (else empty).
     """
 
     label_masks: torch.Tensor
@@ -399,8 +400,23 @@ class AMWCBatch:
     lifted: list[LiftedLabels]
     ground_truth: list[GroundTruth]
     seed: int
-    timings: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    lambdas: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+
+class _LambdaSink:
+    """Hands the backward pass's draws to the :class:`AMWCBatch` through a weak reference
+    (the batch holds the outputs, see the note in :meth:`_AMWCFunction.forward`)."""
+
+    def __init__(self, state: AMWCBatch) -> None:
+        import weakref
+
+        self._ref = weakref.ref(state)
+
+    def put(self, lambdas: np.ndarray) -> None:
+        state = self._ref()
+        if state is not None:
+            state.lambdas = lambdas
 
 
 class _AMWCFunction(torch.autograd.Function):
@@ -432,11 +448,12 @@ class _AMWCFunction(torch.autograd.Function):
             masks[b].scatter_(0, torch.from_numpy(sol.segments)[None], 1.0)
             classes[b, :lab.num_labels] = torch.from_numpy(lab.label_class)
         state.solutions, state.lifted = solutions, lifted
-        state.timings["forward_solve"] = time.perf_counter() - t0
+        state.metrics["time_forward_solve"] = time.perf_counter() - t0
+        state.metrics["labels_per_image"] = float(np.mean([lab.num_labels for lab in lifted]))
         # Only tensor-free objects go on ctx: the state holds the outputs, and an output
         # referenced from its own autograd node would form a cycle the GC cannot see.
         ctx.layer, ctx.solutions, ctx.lifted, ctx.seed = layer, solutions, lifted, state.seed
-        ctx.timings, ctx.stats = state.timings, state.stats
+        ctx.metrics, ctx.state_ref = state.metrics, _LambdaSink(state)
         ctx.nc, ctx.ec, ctx.edges, ctx.local = nc, ec, edges, local
         ctx.shape, ctx.device, ctx.dtypes = (B, K, h, w), node_costs.device, \
             (node_costs.dtype, edge_costs.dtype)
@@ -462,9 +479,9 @@ class _AMWCFunction(torch.autograd.Function):
             problems.append(BackwardProblem(ctx.nc[b].T, ctx.edges, ctx.ec[b], sol.labels,
                                             sol.edge_cut, lab.label_class, g, ctx.local))
         grads, stats = algorithm1(problems, lambdas, workers=layer.workers, options=layer.options)
-        ctx.timings["backward_solve"] = stats["seconds"]
-        ctx.stats.update(lambdas=lambdas, backward_solves=stats["solves"],
-                         changed_nodes=stats["changed_nodes"])
+        ctx.metrics.update(time_backward_solve=stats["seconds"], backward_solves=stats["solves"],
+                           changed_nodes=stats["changed_nodes"])
+        ctx.state_ref.put(lambdas)
         node_grad = np.stack([g[0].T.reshape(K, h, w) for g in grads])
         edge_grad = np.stack([edge_values_to_maps(g[1], h, w, layer.distances) for g in grads])
         return (torch.from_numpy(node_grad).to(ctx.device, ctx.dtypes[0]),
@@ -492,7 +509,9 @@ class AMWCLayer:
     ----
     ``layer(node_costs (B, K, h, w), edge_costs (B, 2m, h, w), ground_truth, seed=...)``
     returns an :class:`AMWCBatch`; feed it to :func:`lifted_pq_surrogate` and call
-    ``backward()`` on the loss. ``seed`` fixes the ``λ`` draws of this batch.
+    ``backward()`` on the loss. ``seed`` fixes the ``λ`` draws of this batch; ``metrics``
+    is the dict the layer records its numbers in (:attr:`AMWCBatch.metrics`), e.g. the
+    step's metrics dict of a training loop that reads it after ``backward``.
     """
 
     def __init__(self, *, distances: Sequence[int], partitionable, lambda_min: float = 1.0,
@@ -520,7 +539,8 @@ class AMWCLayer:
                    workers=cfg.solver.workers or None, options=cfg.solver.options())
 
     def __call__(self, node_costs: torch.Tensor, edge_costs: torch.Tensor,
-                 ground_truth: Sequence[GroundTruth], *, seed: int = 0) -> AMWCBatch:
+                 ground_truth: Sequence[GroundTruth], *, seed: int = 0,
+                 metrics: dict | None = None) -> AMWCBatch:
         if node_costs.dim() != 4:
             raise InputError(f"`node_costs` (shape {tuple(node_costs.shape)}) must have shape "
                              "(B, K, h, w)")
@@ -540,7 +560,8 @@ class AMWCLayer:
                                  f"cost resolution {h}x{w}")
             if gt.classes.size and (gt.classes.min() < 0 or gt.classes.max() >= K):
                 raise InputError(f"`ground_truth[{b}]` has a class outside [0, {K})")
-        state = AMWCBatch(torch.empty(0), torch.empty(0), [], [], list(ground_truth), int(seed))
+        state = AMWCBatch(torch.empty(0), torch.empty(0), [], [], list(ground_truth), int(seed),
+                          metrics if metrics is not None else {})
         state.label_masks, state.label_classes = _AMWCFunction.apply(node_costs, edge_costs,
                                                                      self, state)
         return state

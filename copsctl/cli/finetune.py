@@ -1,0 +1,55 @@
+"""``copsctl finetune``: train through the AMWC solver with the PQ surrogate (section 3.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from ._progress import TrainProgress, format_train_metrics, format_val_metrics
+from ._util import cli_errors, console, err_console
+
+_HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
+
+
+@app.command("finetune")
+@cli_errors
+def finetune_command(
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help="Recipe file or packaged name (e.g. synthetic_finetune); "
+        "optional with --resume."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="Pre-trained checkpoint to start from (RUN/checkpoint.pt of "
+        "copsctl pretrain); not needed to resume."),
+    out: Path = typer.Option(..., "--out", help="Run folder: recipe.yaml, checkpoint.pt, "
+                             "metrics.jsonl, tensorboard/. Must be new or empty without --resume."),
+    overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue the run in --out exactly where it stopped."),
+) -> None:
+    """Fine-tune through the solver: PQ surrogate, Algorithm 1 gradients, frozen backbone.
+
+    finetune.loss=cross_entropy runs the control instead: the pre-training losses with the
+    same trainable parameters and iterations.
+    """
+    from ..train.finetune import finetune
+
+    with TrainProgress("finetune") as bar:
+        result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
+                          progress=bar, log=lambda msg: bar.console.print(msg))
+    if not result.is_main:
+        return
+    if result.interrupted:
+        err_console.print(f"interrupted at iteration {result.iteration} of {result.iterations}; "
+                          f"checkpoint saved. Continue with: copsctl finetune --out {out} --resume")
+        raise typer.Exit(code=130)
+    if result.resumed_from == result.iterations:
+        console.print(f"{out}: the run had already finished ({result.iterations} iterations)")
+        return
+    console.print(f"finished {result.iterations} iterations in {result.seconds:.0f} s -> {out}")
+    if result.train_metrics:
+        console.print(f"last log: {format_train_metrics(result.train_metrics)}")
+    if result.val_metrics:
+        console.print(f"validation: {format_val_metrics(result.val_metrics)}")

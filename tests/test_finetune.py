@@ -1,0 +1,223 @@
+"""Fine-tuning through the solver: trainable parameters, cost dropout, batch PQ, the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from copsctl.cli import app
+from copsctl.config import load_recipe
+from copsctl.data.synthetic import make_synthetic
+from copsctl.errors import InputError
+from copsctl.metrics.surrogate import class_area_thresholds
+from copsctl.model import PanopticModel, freeze_for_finetuning
+from copsctl.train.amwc_layer import (AMWCLayer, ImageSolution, ground_truth_from_batch,
+                                      lifted_pq_surrogate, panoptic_segments)
+from copsctl.train.checkpoint import load_checkpoint, save_checkpoint
+from copsctl.train.data import make_dataset, open_split
+from copsctl.train.finetune import batch_exact_pq, drop_costs, finetune
+from copsctl.train.logging import read_metrics
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions on a shared machine: one thread is many times faster than several.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny synthetic dataset and a 'pre-trained' checkpoint of the tiny recipe's model."""
+    root = tmp_path_factory.mktemp("ft")
+    make_synthetic(root / "syn", train=4, val=2, size=(64, 64), seed=0)
+    overrides = [f"data.root={root / 'syn'}", "train.device=cpu", "data.num_workers=0"]
+    cfg = load_recipe("synthetic_tiny", overrides)
+    table = open_split(cfg, "train").class_table
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="random weights"):
+        model = PanopticModel.from_config(cfg, table.num_classes)
+    save_checkpoint(root / "pre.pt", {"kind": "pretrain", "iteration": 0,
+                                      "model": model.state_dict(), "recipe": cfg.dump(),
+                                      "categories": table.to_json()})
+    return root, overrides, cfg, table
+
+
+def _batch(cfg, n=2):
+    from copsctl.data.loader import collate_panoptic
+
+    ds = make_dataset(cfg, open_split(cfg, "train"), train=True)
+    return collate_panoptic([ds[i] for i in range(n)])
+
+
+def test_gradients_reach_exactly_the_trainable_parameters(setup):
+    root, overrides, cfg, table = setup
+    from copsctl.train.checkpoint import load_model
+
+    model, _, _ = load_model(root / "pre.pt", recipe=cfg)
+    trainable = freeze_for_finetuning(model, learn_cost_scale=True, learn_cost_offset=True)
+    assert trainable and not any(n.startswith("backbone.") for n in trainable)
+    model.train()
+    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    batch = _batch(cfg)
+    costs = model.costs(model(batch["image"]))
+    layer = AMWCLayer(distances=cfg.model.distances, partitionable=table.thing_mask,
+                      lambda_min=1000, lambda_max=5000, num_perturbations=2, workers=1)
+    solved = layer(costs["node_costs"], costs["edge_costs"], ground_truth_from_batch(batch), seed=0)
+    loss = lifted_pq_surrogate(solved, class_area_thresholds(table.thing_mask, 32, 128),
+                               pixel_area=16.0).loss
+    loss.backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert got == set(trainable)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    for part in ("semantic_head.", "affinity_head.", "semantic_decoder.", "affinity_decoder.",
+                 "cost_transform."):
+        assert sum(float(g.abs().sum()) for n, g in grads.items() if n.startswith(part)) > 0, part
+    # Frozen batch-norm statistics stay put in training mode.
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, bn_before[k]), k
+
+
+def test_cost_dropout():
+    node = torch.rand(2, 3, 8, 8, requires_grad=True)
+    edge = torch.rand(2, 4, 8, 8, requires_grad=True)
+    assert drop_costs(node, edge, 0.0, torch.Generator()) == (node, edge)
+    g = torch.Generator().manual_seed(3)
+    n1, e1 = drop_costs(node, edge, 0.5, g)
+    n2, e2 = drop_costs(node, edge, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(n1, n2) and torch.equal(e1, e2)
+    dropped = (n1 == 0).all(dim=1)  # whole pixels: every class cost
+    assert 0.3 < float(dropped.float().mean()) < 0.7
+    assert torch.equal(n1[:, :, ~dropped[0]][0], node[0][:, ~dropped[0]])  # kept: not rescaled
+    assert 0.4 < float((e1 == 0).float().mean()) < 0.6
+    (n1.sum() + e1.sum()).backward()
+    assert torch.equal(node.grad[0, 0], (~dropped[0]).float())
+    with pytest.raises(InputError, match=r"`p` must lie in \[0, 1\)"):
+        drop_costs(node, edge, 1.0, g)
+
+
+def test_batch_exact_pq_of_the_ground_truth_is_one(setup):
+    _, _, cfg, table = setup
+    batch = _batch(cfg)
+    sols = []
+    for b in range(2):
+        pan = batch["panoptic"][b].numpy().ravel()
+        seg = batch["segments"][b]
+        cls_of = dict(zip(seg["ids"].tolist(), seg["classes"].tolist()))
+        # Void pixels joined to the first segment: void is ignored by PQ anyway.
+        labels = np.array([cls_of.get(int(i), seg["classes"][0].item()) for i in pan])
+        ids = np.where(pan == 0, seg["ids"][0].item(), pan)
+        s, c = panoptic_segments(labels, np.unique(ids, return_inverse=True)[1],
+                                 table.thing_mask)
+        sols.append(ImageSolution(labels, s, c, np.zeros(0, np.uint8), 0.0))
+    # Thresholds 0: nothing is rejected; crowd segments are matched by nothing and ignored.
+    pq = batch_exact_pq(sols, batch, table.to_categories(), thing_area=0, stuff_area=0)
+    assert pq.all.pq == pytest.approx(1.0)
+
+
+def _args(root, overrides, out, *extra):
+    args = ["finetune", "--recipe", "synthetic_tiny", "--out", str(out)]
+    for o in overrides + ["train.iterations=4", "train.checkpoint_every=2",
+                          "train.validate_every=0", "train.val_images=1"] + list(extra):
+        args += ["--set", o]
+    return args
+
+
+def test_finetune_end_to_end_and_exact_resume(setup, tmp_path):
+    root, overrides, _, _ = setup
+    full = tmp_path / "full"
+    res = runner.invoke(app, _args(root, overrides, full, "finetune.cost_dropout=0.2") +
+                        ["--weights", str(root / "pre.pt")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in full.iterdir()) == ["checkpoint.pt", "metrics.jsonl",
+                                                      "recipe.yaml", "tensorboard"]
+    train = read_metrics(full / "metrics.jsonl", "train")
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4]
+    for key in ("pq_surrogate", "pq_exact", "pq_exact_th", "pq_exact_st", "time_network",
+                "time_forward_solve", "time_backward_solve", "time_loss", "changed_nodes"):
+        assert all(np.isfinite(r[key]) for r in train), key
+    assert all(0 <= r["pq_surrogate"] <= 1 and r["loss"] == pytest.approx(1 - r["pq_surrogate"],
+                                                                          abs=1e-5) for r in train)
+    assert read_metrics(full / "metrics.jsonl", "val")[0]["iteration"] == 4
+    ckpt = load_checkpoint(full / "checkpoint.pt")
+    assert ckpt["kind"] == "finetune" and ckpt["iteration"] == 4
+    assert ckpt["init_weights"] == str(root / "pre.pt")
+    # Frozen parts are exactly the pre-trained weights.
+    pre = load_checkpoint(root / "pre.pt")["model"]
+    for k, v in ckpt["model"].items():
+        if k.startswith("backbone.") or "running" in k:
+            assert torch.equal(v, pre[k]), k
+    assert not torch.equal(ckpt["model"]["semantic_head.predictor.weight"],
+                           pre["semantic_head.predictor.weight"])
+
+    # The same run, stopped by Ctrl-C after iteration 2, then resumed: identical weights.
+    part = tmp_path / "part"
+
+    def stop_at_2(event):
+        if event.kind == "step" and event.iteration == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg_args = overrides + ["train.iterations=4", "train.checkpoint_every=2",
+                            "train.validate_every=0", "train.val_images=1",
+                            "finetune.cost_dropout=0.2"]
+    stopped = finetune("synthetic_tiny", part, weights=root / "pre.pt", overrides=cfg_args,
+                       progress=stop_at_2)
+    assert stopped.interrupted and stopped.iteration == 2
+    res = runner.invoke(app, ["finetune", "--out", str(part), "--resume"])
+    assert res.exit_code == 0, res.output
+    resumed = load_checkpoint(part / "checkpoint.pt")
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    a = [r["loss"] for r in read_metrics(full / "metrics.jsonl", "train")]
+    b = [r["loss"] for r in read_metrics(part / "metrics.jsonl", "train")]
+    assert a == b
+
+
+def test_control_run_uses_the_pretraining_losses(setup, tmp_path):
+    root, overrides, _, _ = setup
+    out = tmp_path / "ce"
+    res = runner.invoke(app, _args(root, overrides, out, "finetune.loss=cross_entropy",
+                                   "train.iterations=2") + ["--weights", str(root / "pre.pt")])
+    assert res.exit_code == 0, res.output
+    rec = read_metrics(out / "metrics.jsonl", "train")[-1]
+    assert "loss_semantic" in rec and "loss_affinity" in rec and "pq_surrogate" not in rec
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    pre = load_checkpoint(root / "pre.pt")["model"]
+    changed = {k for k, v in ckpt["model"].items() if not torch.equal(v, pre[k])}
+    assert changed and all(k in ckpt["trainable"] for k in changed)
+
+
+def test_bad_inputs_exit_2_with_one_line(setup, tmp_path):
+    root, overrides, cfg, table = setup
+    res = runner.invoke(app, _args(root, overrides, tmp_path / "a"))
+    assert res.exit_code == 2 and "--weights is required" in res.output
+    assert not (tmp_path / "a").exists()
+    other = load_recipe("synthetic_tiny", ["model.semantic_head_channels=8"])
+    with pytest.warns(UserWarning):
+        m = PanopticModel.from_config(other, table.num_classes)
+    save_checkpoint(tmp_path / "other.pt", {"kind": "pretrain", "model": m.state_dict(),
+                                            "recipe": other.dump()})
+    res = runner.invoke(app, _args(root, overrides, tmp_path / "b") +
+                        ["--weights", str(tmp_path / "other.pt")])
+    assert res.exit_code == 2 and "model.semantic_head_channels" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("x")
+    res = runner.invoke(app, _args(root, overrides, tmp_path / "c") +
+                        ["--weights", str(root / "pre.pt")])
+    assert res.exit_code == 2 and "not empty" in res.output
+    res = runner.invoke(app, _args(root, overrides, tmp_path / "d", "finetune.lambda_min=0") +
+                        ["--weights", str(root / "pre.pt")])
+    assert res.exit_code == 2 and "finetune.lambda_min" in res.output
