@@ -13,7 +13,6 @@ thresholds of the recipe apply in original pixels.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
@@ -23,36 +22,14 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .costs import CostWriter, solver_problem
+from .costs import CostWriter
 from .errors import InputError
 
 if TYPE_CHECKING:
     from .config import Recipe
     from .data.loader import PanopticDataset
 
-__all__ = ["network_costs", "grid_problem", "dump_costs"]
-
-
-@functools.lru_cache(maxsize=8)
-def _local_edges(height: int, width: int, distances: tuple[int, ...]) -> np.ndarray:
-    from .solver.grid import grid_edge_distance
-
-    local = grid_edge_distance(height, width, distances) == 1
-    local.flags.writeable = False  # shared between calls
-    return local
-
-
-def grid_problem(node_costs: np.ndarray, edge_maps: np.ndarray, distances: Sequence[int],
-                 partitionable: np.ndarray) -> tuple:
-    """Cost maps of one image -> a ``solve_many`` problem with ``local_edges``.
-
-    As :func:`copsctl.costs.solver_problem`, plus the fifth item ``local_edges`` (E,) bool:
-    the distance-1 edges, the only ones the solver's pre-clustering may contract (it
-    builds compact superpixels; long edges are judged summed per cluster pair later).
-    """
-    nc, edges, ec, part, _ = solver_problem(node_costs, edge_maps, distances, partitionable)
-    h, w = np.asarray(node_costs).shape[1:]
-    return nc, edges, ec, part, _local_edges(int(h), int(w), tuple(int(d) for d in distances))
+__all__ = ["network_costs", "dump_costs"]
 
 
 def _autocast(device: torch.device, amp: bool):

@@ -25,6 +25,7 @@ resume point change them.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import time
 import warnings
@@ -175,6 +176,10 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
     t_start = time.perf_counter()
     out = Path(out)
     say = log or (lambda msg: None)
+    if os.environ.get("RANK", "0") == "0":
+        # Report a wrong run folder before recipe problems; the other ranks learn of it
+        # from the run_on_main check below (or torchrun ends them when rank 0 exits).
+        check_run_dir(out, resume)
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     ctx = setup(cfg.train.device)
     try:
@@ -201,6 +206,16 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
             raise InputError(f"{out / CHECKPOINT_NAME}: written by {ckpt.get('kind')!r}, not by "
                              "pretrain")
         start = int(ckpt["iteration"]) if ckpt is not None else 0
+
+        loader = train_loader(train_dataset, batch_size=per_rank, seed=cfg.train.seed,
+                              start=start * B, rank=ctx.rank, world_size=ctx.world_size,
+                              num_workers=cfg.data.num_workers,
+                              pin_memory=ctx.device.type == "cuda")
+        # The loader has its own generator, so building it and reading the first batch
+        # (which fails early on a broken file, before anything is written) leave the
+        # global random state alone.
+        batches = iter(loader)
+        batches = itertools.chain([next(batches)], batches)
 
         seed_everything(cfg.train.seed)
         with warnings.catch_warnings():
@@ -240,11 +255,6 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         elif ctx.rank:
             torch.manual_seed(cfg.train.seed + ctx.rank)  # different dropout per process
 
-        loader = train_loader(train_dataset, batch_size=per_rank, seed=cfg.train.seed,
-                              start=start * B, rank=ctx.rank, world_size=ctx.world_size,
-                              num_workers=cfg.data.num_workers,
-                              pin_memory=ctx.device.type == "cuda")
-        batches = iter(loader)
         loss_fn = PretrainLoss.from_config(cfg)
 
         def step_fn(batch: dict, iteration: int):
@@ -268,8 +278,6 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
                                         batch_size=per_rank,
                                         should_stop=lambda: loop.stop_requested)
 
-        # Fail on a broken first batch before anything is written.
-        batches = itertools.chain([next(batches)], batches)
 
         logger = None
         if ctx.is_main:

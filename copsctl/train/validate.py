@@ -2,8 +2,8 @@
 
 The same path as ``copsctl dump-costs`` -> ``copsctl solve`` -> ``copsctl evaluate``,
 without files: costs of the evaluation transform (:func:`copsctl.inference.network_costs`),
-the solver on each image (``solve_many``, pre-clustering on distance-1 edges, see
-:func:`copsctl.inference.grid_problem`), stuff merging, upsampling to the original size
+the solver on each image (``solve_many`` on :func:`copsctl.costs.solver_problem`, as
+``copsctl solve`` builds it, pre-clustering on the shortest edges), stuff merging, upsampling to the original size
 and small-segment rejection in original pixels (:mod:`copsctl.postprocess`, thresholds
 ``data.thing_area_threshold`` / ``data.stuff_area_threshold``), then exact PQ against the
 original-resolution ground truth (:mod:`copsctl.metrics.pq`, counts pooled image by image
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ..inference import grid_problem, network_costs
+from ..costs import solver_problem
+from ..inference import network_costs
 from ..metrics.pq import PanopticPair, PQCounts, PQResult, image_counts
 from ..panoptic import Segment, read_id_png
 from ..postprocess import panoptic_from_solution
@@ -99,7 +100,7 @@ def validate_pq(model: torch.nn.Module, dataset: "PanopticDataset", *,
         if not pending:
             return
         t = time.perf_counter()
-        problems = [grid_problem(nc, em, distances, partitionable) for nc, em, _ in pending]
+        problems = [solver_problem(nc, em, distances, partitionable) for nc, em, _ in pending]
         results = solve_many(problems, workers=solver_workers, options=options)
         t_solver += time.perf_counter() - t
         for (nc, em, meta), res in zip(pending, results):

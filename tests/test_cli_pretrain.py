@@ -1,0 +1,277 @@
+"""``copsctl pretrain`` and ``copsctl dump-costs`` end to end on tiny synthetic data, in process.
+
+The tiny recipe (``synthetic_tiny``: 64x64 crops, ResNet-18, narrow decoders, 4
+iterations) on a 4 + 2 image synthetic dataset; a handful of CPU seconds per run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import copsctl.cli.pretrain as cli_pretrain
+from copsctl.cli import app
+from copsctl.config import load_recipe
+from copsctl.costs import CostFile
+from copsctl.data.synthetic import make_synthetic
+from copsctl.train.checkpoint import load_checkpoint, load_model
+from copsctl.train.data import make_dataset, open_split
+from copsctl.train.logging import read_metrics
+from copsctl.train.validate import validate_pq
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Bit-identical resumes need a fixed reduction order; one thread also keeps the
+    # shared test machine responsive.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn") / "data"
+    make_synthetic(root, train=4, val=2, size=(64, 64), seed=3)
+    return root
+
+
+def _pretrain(*args):
+    return runner.invoke(app, ["pretrain", *map(str, args)])
+
+
+def _fails_in_one_line(res, *words) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1, res.output
+    assert "Traceback" not in res.output
+    for w in words:
+        assert w in lines[0], res.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    res = _pretrain("--recipe", "synthetic_tiny", "--out", out, "--set", f"data.root={data}")
+    assert res.exit_code == 0, res.output
+    assert "finished 4 iterations" in res.output and "validation: PQ" in res.output
+    return out
+
+
+def test_pretrain_writes_recipe_checkpoint_metrics_and_events(run, data):
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl",
+                                                     "recipe.yaml", "tensorboard"]
+    cfg = load_recipe(run / "recipe.yaml")
+    assert cfg == load_recipe("synthetic_tiny", [f"data.root={data}"])
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert (ckpt["kind"], ckpt["iteration"], ckpt["world_size"]) == ("pretrain", 4, 1)
+    assert [c["name"] for c in ckpt["categories"]][:2] == ["ball", "crate"]
+    assert ckpt["recipe"] == cfg.dump()
+    train = read_metrics(run / "metrics.jsonl", group="train")
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4]  # log_every 1
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
+    assert {"loss_semantic", "loss_affinity", "affinity_d1", "affinity_d4", "lr",
+            "images_per_s"} <= set(train[0])
+    val = read_metrics(run / "metrics.jsonl", group="val")
+    assert [r["iteration"] for r in val] == [4]
+    assert {"PQ", "PQ_th", "PQ_st", "SQ", "RQ"} <= set(val[0])
+    assert all(0 <= val[0][k] <= 100 for k in ("PQ", "PQ_th", "PQ_st"))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_refuses_a_non_empty_run_folder_and_a_changed_recipe_on_resume(run, data):
+    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", run, "--set",
+                                 f"data.root={data}"), str(run), "not empty", "--resume")
+    _fails_in_one_line(_pretrain("--out", run, "--resume", "--set", "train.lr=0.5"),
+                       "train.lr", "0.5")
+    res = _pretrain("--out", run, "--resume")  # a finished run stays finished
+    assert res.exit_code == 0 and "already finished" in res.output, res.output
+    # where and how often things happen may change on resume
+    res = _pretrain("--out", run, "--resume", "--set", "train.log_every=3")
+    assert res.exit_code == 0, res.output
+    foreign = run.parent / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    _fails_in_one_line(_pretrain("--out", foreign, "--resume"), "not a run folder", "notes.txt")
+
+
+def test_interrupted_run_resumed_equals_uninterrupted_run(data, tmp_path, monkeypatch):
+    sets = ["--set", f"data.root={data}", "--set", "train.iterations=5", "--set",
+            "train.checkpoint_every=2", "--set", "train.log_every=2", "--set",
+            "train.validate_every=0"]
+    res = _pretrain("--recipe", "synthetic_tiny", "--out", tmp_path / "a", *sets)
+    assert res.exit_code == 0, res.output
+
+    class CtrlCAfterThreeSteps(cli_pretrain.TrainProgress):
+        def __call__(self, event):
+            super().__call__(event)
+            if event.kind == "step" and event.iteration == 3:
+                signal.raise_signal(signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(cli_pretrain, "TrainProgress", CtrlCAfterThreeSteps)
+        res = _pretrain("--recipe", "synthetic_tiny", "--out", tmp_path / "b", *sets)
+    assert res.exit_code == 130, res.output
+    assert "interrupted at iteration 3 of 5" in res.output and "--resume" in res.output
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["iteration"] == 3
+    res = _pretrain("--out", tmp_path / "b", "--resume")
+    assert res.exit_code == 0, res.output
+
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == 5
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    def numbers(run):  # the logs agree too, up to wall-clock entries
+        drop = {"time", "seconds_per_iter", "data_seconds", "images_per_s", "seconds",
+                "solver_seconds"}
+        return [{k: v for k, v in r.items() if k not in drop}
+                for r in read_metrics(tmp_path / run / "metrics.jsonl")]
+
+    assert numbers("a") == numbers("b")
+
+
+def test_dump_costs_solve_evaluate_give_the_validation_pq(run, data, tmp_path):
+    costs = tmp_path / "costs.h5"
+    res = runner.invoke(app, ["dump-costs", "--run", str(run), "--out", str(costs),
+                              "--batch-size", "2", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    cfg = load_recipe(run / "recipe.yaml")
+    reader = open_split(cfg, "val")
+    with CostFile(costs) as cf:
+        assert len(cf) == 2 and cf.image_ids == reader.image_ids
+        assert cf.file_names == [reader.image_path(i).name for i in range(2)]
+        assert cf.image_sizes.tolist() == [[64, 64], [64, 64]]
+        assert cf.cost_sizes.tolist() == [[16, 16], [16, 16]]
+        assert cf.distances == cfg.model.distances
+        assert [c.id for c in cf.categories] == list(reader.class_table.category_ids)
+        assert cf.recipe["data"]["thing_area_threshold"] == cfg.data.thing_area_threshold
+
+    pred = tmp_path / "pred"
+    res = runner.invoke(app, ["solve", str(costs), "--out", str(pred), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "--recipe", str(run / "recipe.yaml"), "--split", "val",
+                              "--pred-dir", str(pred), "--json", str(tmp_path / "pq.json")])
+    assert res.exit_code == 0, res.output
+    files_pq = json.loads((tmp_path / "pq.json").read_text())
+
+    # the same numbers, class by class, as the in-memory validation of the checkpoint
+    model, _, _ = load_model(run / "checkpoint.pt")
+    dataset = make_dataset(cfg, reader, train=False)
+    result, timings = validate_pq(model, dataset, thing_area=cfg.data.thing_area_threshold,
+                                  stuff_area=cfg.data.stuff_area_threshold,
+                                  options=cfg.solver.options(), solver_workers=1, batch_size=2)
+    assert timings["images"] == 2
+    for cid, r in result.per_class.items():
+        f = files_pq["per_class"][str(cid)]
+        assert (r.tp, r.fp, r.fn) == (f["tp"], f["fp"], f["fn"]), cid
+        assert r.pq == pytest.approx(f["pq"], abs=1e-12)
+    assert result.all.pq == pytest.approx(files_pq["All"]["pq"], abs=1e-12)
+    assert sum(r.fp + r.fn for r in result.per_class.values()) > 0  # not an empty comparison
+    val = read_metrics(run / "metrics.jsonl", group="val")[-1]
+    assert val["PQ"] == pytest.approx(100 * result.all.pq, abs=1e-9)
+
+    # --weights with --recipe: the same costs (up to float rounding: another batch shape)
+    res = runner.invoke(app, ["dump-costs", "--weights", str(run / "checkpoint.pt"), "--recipe",
+                              str(run / "recipe.yaml"), "--out", str(tmp_path / "w.h5"),
+                              "--limit", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with CostFile(costs) as a, CostFile(tmp_path / "w.h5") as b:
+        assert len(b) == 1
+        np.testing.assert_allclose(a.read(0)[0], b.read(0)[0], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a.read(0)[1], b.read(0)[1], rtol=0, atol=1e-5)
+
+
+def test_dump_costs_bad_arguments(run, tmp_path):
+    out = tmp_path / "c.h5"
+    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--out", str(out)]), "--run", "--weights")
+    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--run", str(tmp_path), "--out", str(out)]),
+                       "checkpoint.pt")
+    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--weights", str(run / "recipe.yaml"),
+                                           "--out", str(out)]), "recipe.yaml", "checkpoint")
+    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--run", str(run), "--out", str(out),
+                                           "--set", "model.distances=[1,3]"]),
+                       "model.distances")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _break_missing_image(root):
+    next((root / "train2017").glob("*.png")).unlink()
+    return "image file does not exist"
+
+
+def _break_corrupt_label_pngs(root):
+    for p in (root / "annotations" / "panoptic_train2017").glob("*.png"):
+        p.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return "panoptic_train2017"
+
+
+def _break_corrupt_images(root):
+    for p in (root / "train2017").glob("*.png"):
+        p.write_bytes(p.read_bytes()[:60])
+    return "train2017"
+
+
+def _break_corrupt_json(root):
+    (root / "annotations" / "panoptic_train2017.json").write_text('{"images": [')
+    return "panoptic_train2017.json"
+
+
+def _break_image_size(root):
+    for p in (root / "train2017").glob("*.png"):
+        Image.open(p).resize((48, 64)).save(p)
+    return "differs from the image size"
+
+
+@pytest.mark.parametrize("breaker", [_break_missing_image, _break_corrupt_label_pngs,
+                                     _break_corrupt_images, _break_corrupt_json,
+                                     _break_image_size])
+def test_broken_dataset_is_one_line_exit_2_and_writes_nothing(data, tmp_path, breaker):
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    word = breaker(root)
+    out = tmp_path / "run"
+    line = _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
+                                        f"data.root={root}"), word)
+    assert str(root) in line  # the file is named by its path
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("_BASE_: synthetic_tiny.yaml\ntrain:\n  learning_rate: 0.1\n", ["train.learning_rate", "unknown"]),
+    ("_BASE_: synthetic_tiny.yaml\ntrain:\n  iterations: many\n", ["train.iterations"]),
+    ("_BASE_: synthetic_tiny.yaml\nmodel:\n  distances: 4\n", ["model.distances"]),
+])
+def test_bad_recipe_is_one_line_exit_2(data, tmp_path, text, words):
+    from copsctl.config import _packaged_recipes
+
+    shutil.copy(str(_packaged_recipes() / "synthetic_tiny.yaml"), tmp_path / "synthetic_tiny.yaml")
+    shutil.copy(str(_packaged_recipes() / "synthetic_pretrain.yaml"),
+                tmp_path / "synthetic_pretrain.yaml")
+    shutil.copy(str(_packaged_recipes() / "Base-COPS.yaml"), tmp_path / "Base-COPS.yaml")
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    out = tmp_path / "run"
+    line = _fails_in_one_line(_pretrain("--recipe", recipe, "--out", out), *words)
+    assert str(recipe) in line
+    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
+                                 "train.lr=fast"), "train.lr", "--set")
+    assert not out.exists()

@@ -1,0 +1,206 @@
+"""The shared training pieces: schedule, checkpoints, metrics log and the generic loop."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from copsctl.errors import InputError
+from copsctl.train.checkpoint import (load_checkpoint, rng_state, save_checkpoint,
+                                      set_rng_state)
+from copsctl.train.distributed import DistContext, resolve_device
+from copsctl.train.logging import METRICS_NAME, MetricsLogger, read_metrics
+from copsctl.train.loop import TrainLoop
+from copsctl.train.schedule import WarmupPolySchedule
+
+# ------------------------------------------------------------------------------ schedule
+
+
+def test_schedule_warmup_then_poly():
+    s = WarmupPolySchedule(base_lr=1e-3, iterations=100, warmup_iters=10, warmup_factor=0.01,
+                           poly_power=0.9)
+    assert s.lr(0) == pytest.approx(1e-3 * 0.01)
+    # halfway through warm-up: linear between warmup_factor and 1, times the decay
+    assert s.lr(5) == pytest.approx(1e-3 * (0.01 * 0.5 + 0.5) * (1 - 5 / 100) ** 0.9)
+    assert s.lr(10) == pytest.approx(1e-3 * (1 - 10 / 100) ** 0.9)
+    assert s.lr(60) == pytest.approx(1e-3 * 0.4 ** 0.9)
+    assert s.lr(100) == 0.0
+    lrs = [s.lr(i) for i in range(10, 100)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_schedule_apply_sets_every_group_with_its_scale():
+    w = torch.nn.Parameter(torch.zeros(2))
+    v = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([{"params": [w]}, {"params": [v], "lr_scale": 0.1}], lr=1.0)
+    s = WarmupPolySchedule(base_lr=2e-3, iterations=10, warmup_iters=0, poly_power=1.0)
+    assert s.apply(opt, 5) == pytest.approx(1e-3)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-4])
+
+
+@pytest.mark.parametrize("kwargs, word", [({"base_lr": 0}, "base_lr"), ({"iterations": 0}, "iterations"),
+                                          ({"warmup_iters": 11}, "warmup_iters"),
+                                          ({"warmup_factor": 0}, "warmup_factor"),
+                                          ({"poly_power": -1}, "poly_power")])
+def test_schedule_rejects_bad_settings(kwargs, word):
+    args = {"base_lr": 1e-3, "iterations": 10} | kwargs
+    with pytest.raises(InputError, match=word):
+        WarmupPolySchedule(**args)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.random(), np.random.normal(), torch.rand(1)  # leave the fresh states
+    save_checkpoint(tmp_path / "c.pt", {"kind": "test", "rng": [rng_state()]})
+    expected = (random.random(), np.random.normal(), np.random.rand(3).tolist(), torch.rand(4))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"][0])
+    got = (random.random(), np.random.normal(), np.random.rand(3).tolist(), torch.rand(4))
+    assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
+
+
+def test_checkpoint_is_written_atomically_and_checked(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"kind": "test", "iteration": 3})
+    assert load_checkpoint(path)["iteration"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+    with pytest.raises(InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="junk.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")
+    with pytest.raises(InputError, match="not a copsctl checkpoint"):
+        load_checkpoint(tmp_path / "sd.pt")
+    assert set(load_checkpoint(tmp_path / "sd.pt", allow_state_dict=True)["model"]) == {"w"}
+    torch.save({"format": "copsctl-checkpoint", "version": 99}, tmp_path / "v.pt")
+    with pytest.raises(InputError, match="version 99"):
+        load_checkpoint(tmp_path / "v.pt")
+
+
+# ------------------------------------------------------------------------------ metrics log
+
+
+def test_metrics_log_jsonl_tensorboard_and_resume_truncation(tmp_path):
+    with MetricsLogger(tmp_path) as log:
+        for it in (1, 2, 3, 4):
+            log.log(it, {"loss": 1.0 / it})
+        log.log(4, {"PQ": 50.0}, group="val")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    with open(tmp_path / METRICS_NAME, "a") as f:
+        f.write('{"iteration": 5, "gro')  # a line cut short by a crash
+    records = read_metrics(tmp_path / METRICS_NAME)
+    assert [(r["iteration"], r["group"]) for r in records] == [(1, "train"), (2, "train"),
+                                                               (3, "train"), (4, "train"),
+                                                               (4, "val")]
+    assert read_metrics(tmp_path / METRICS_NAME, group="val")[0]["PQ"] == 50.0
+    # resuming from iteration 2 drops what the interrupted run logged after it
+    with MetricsLogger(tmp_path, resume_iteration=2, tensorboard=False) as log:
+        log.log(3, {"loss": 0.3})
+    lines = (tmp_path / METRICS_NAME).read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3]
+    assert json.loads(lines[-1])["loss"] == 0.3
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def _toy(start: int = 0, iterations: int = 6, progress=None, loop_state=None, model=None,
+         opt=None, **kw):
+    """A linear regression trained by TrainLoop; batches are a function of the iteration."""
+    torch.manual_seed(0)
+    model = model or torch.nn.Linear(3, 1)
+    opt = opt or torch.optim.Adam(model.parameters(), lr=0.1)
+    saved, validated = [], []
+
+    def batches():
+        it = start
+        while True:
+            g = torch.Generator().manual_seed(it)
+            x = torch.randn(4, 3, generator=g)
+            yield x, x.sum(1, keepdim=True)
+            it += 1
+
+    def step_fn(batch, iteration):
+        x, y = batch
+        loss = ((model(x) - y) ** 2).mean()
+        return loss, {"mae": (model(x) - y).abs().mean().detach()}
+
+    loop = TrainLoop(model=model, optimizer=opt,
+                     schedule=WarmupPolySchedule(base_lr=0.1, iterations=iterations, warmup_iters=2),
+                     step_fn=step_fn, batches=batches(), ctx=DistContext(), iterations=iterations,
+                     start_iteration=start, images_per_step=4,
+                     save_fn=lambda it, state: saved.append((it, state)),
+                     validate_fn=lambda it: validated.append(it) or {"score": float(it)},
+                     progress=progress, loop_state=loop_state, **kw)
+    return loop, model, opt, saved, validated
+
+
+def test_loop_cadence_and_logged_metrics(tmp_path):
+    events = []
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        loop, model, _, saved, validated = _toy(iterations=7, log_every=3, checkpoint_every=2,
+                                                validate_every=4, logger=log,
+                                                progress=events.append)
+        before = model.weight.detach().clone()
+        result = loop.run()
+    assert result.iteration == 7 and not result.interrupted
+    assert not torch.equal(before, model.weight)
+    assert [it for it, _ in saved] == [2, 4, 6, 7]
+    assert validated == [4, 7]
+    records = read_metrics(tmp_path / METRICS_NAME)
+    assert [(r["iteration"], r["group"]) for r in records] == [
+        (3, "train"), (4, "val"), (6, "train"), (7, "train"), (7, "val")]
+    first = records[0]
+    assert {"loss", "mae", "lr", "seconds_per_iter", "data_seconds", "images_per_s"} <= set(first)
+    assert first["lr"] == pytest.approx(0.1 * (1 - 2 / 7) ** 0.9)  # lr of the step that closed it
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("step") == 7
+    assert result.val_metrics == {"score": 7.0}
+
+
+def test_loop_stops_cleanly_on_sigint_and_resumes_identically():
+    full, model_a, *_ = _toy(iterations=6, log_every=4, checkpoint_every=100)
+    full.run()
+
+    def interrupt(event):
+        if event.kind == "step" and event.iteration == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    part, model_b, opt_b, saved, _ = _toy(iterations=6, log_every=4, checkpoint_every=100,
+                                          progress=interrupt)
+    result = part.run()
+    assert result.interrupted and result.iteration == 3
+    assert [it for it, _ in saved] == [3]  # Ctrl-C saved the completed iterations
+    # the open log window (3 steps) travels in the loop state
+    assert saved[0][1]["window"]["count"] == 3
+    rest, model_b, *_ = _toy(start=3, iterations=6, log_every=4, checkpoint_every=100,
+                             loop_state=saved[0][1], model=model_b, opt=opt_b)
+    assert rest.run().iteration == 6
+    assert torch.equal(model_a.weight, model_b.weight) and torch.equal(model_a.bias, model_b.bias)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_loop_rejects_bad_cadence():
+    with pytest.raises(InputError, match="log_every"):
+        _toy(log_every=0)
+    with pytest.raises(InputError, match="start_iteration"):
+        _toy(start=7, iterations=6)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            resolve_device("cuda")
