@@ -221,3 +221,29 @@ def test_bad_inputs_exit_2_with_one_line(setup, tmp_path):
     res = runner.invoke(app, _args(root, overrides, tmp_path / "d", "finetune.lambda_min=0") +
                         ["--weights", str(root / "pre.pt")])
     assert res.exit_code == 2 and "finetune.lambda_min" in res.output
+
+
+def test_speed_benchmark_runs(setup, capsys):
+    from copsctl.benchmarks.finetune_speed import main
+
+    root, overrides, _, _ = setup
+    main(["--recipe", "synthetic_tiny", "--weights", str(root / "pre.pt"), "--data",
+          str(root / "syn"), "--batch", "2", "--perturbations", "2", "--workers", "1", "2",
+          "--iterations", "1"])
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| solver threads | network s")
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["1", "2"]
+
+
+def test_gain_table():
+    from copsctl.benchmarks.finetune_gain import table
+
+    res = {"baseline": {"PQ": 40.0, "PQ_th": 30.0, "PQ_st": 50.0},
+           "control": {0: {"PQ": 41.0, "PQ_th": 31.0, "PQ_st": 51.0},
+                       1: {"PQ": 43.0, "PQ_th": 33.0, "PQ_st": 53.0}},
+           "finetuned": {0: {"PQ": 45.0, "PQ_th": 37.0, "PQ_st": 52.0},
+                         1: {"PQ": 45.0, "PQ_th": 39.0, "PQ_st": 52.0}}}
+    md = table(res).splitlines()
+    assert md[2] == "| baseline (pre-trained) | 40.0 | 30.0 | 50.0 |"
+    assert md[3] == "| control (2 seeds) | 42.0 ± 1.4 | 32.0 ± 1.4 | 52.0 ± 1.4 |"
+    assert md[5] == "| gain over control | 3.0 ± 1.4 | 6.0 ± 0.0 | 0.0 ± 1.4 |"
