@@ -331,20 +331,28 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
     for a in range(M):
         merged_into[a] = a
     cdef unordered_map[int32_t, double].iterator it, it_end, f
-    for a in range(M):
-        it = adj[a].begin()
-        it_end = adj[a].end()
-        while it != it_end:
-            b = deref(it).first
-            if b > a:
-                g = _gain(costs, best, second, argbest, part, K, a, b, deref(it).second)
-                if g > GAIN_EPS:
-                    heap.push(HeapEntry(g, IntPair(a, b)))
-            inc(it)
 
     cdef HeapEntry top
     cdef bint pushed
     while True:
+        # Push every pair whose merge pays. The first sweep fills the heap; later sweeps
+        # catch gains that grew lazily without an entry, so no positive merge is left.
+        pushed = False
+        for a in range(M):
+            if not alive[a]:
+                continue
+            it = adj[a].begin()
+            it_end = adj[a].end()
+            while it != it_end:
+                b = deref(it).first
+                if b > a:
+                    g = _gain(costs, best, second, argbest, part, K, a, b, deref(it).second)
+                    if g > GAIN_EPS:
+                        heap.push(HeapEntry(g, IntPair(a, b)))
+                        pushed = True
+                inc(it)
+        if not pushed:
+            break
         while not heap.empty():
             top = heap.top()
             heap.pop()
@@ -391,23 +399,6 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
                         heap.push(HeapEntry(g, IntPair(r, c)))
                 inc(it)
             adj[s] = AdjMap()
-        # Lazy gains may have grown without an entry in the heap: sweep once more.
-        pushed = False
-        for a in range(M):
-            if not alive[a]:
-                continue
-            it = adj[a].begin()
-            it_end = adj[a].end()
-            while it != it_end:
-                b = deref(it).first
-                if b > a:
-                    g = _gain(costs, best, second, argbest, part, K, a, b, deref(it).second)
-                    if g > GAIN_EPS:
-                        heap.push(HeapEntry(g, IntPair(a, b)))
-                        pushed = True
-                inc(it)
-        if not pushed:
-            break
     adj.clear()
     adj.shrink_to_fit()
 
