@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
@@ -409,8 +410,6 @@ class _LambdaSink:
     (the batch holds the outputs, see the note in :meth:`_AMWCFunction.forward`)."""
 
     def __init__(self, state: AMWCBatch) -> None:
-        import weakref
-
         self._ref = weakref.ref(state)
 
     def put(self, lambdas: np.ndarray) -> None:
