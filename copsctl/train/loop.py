@@ -23,8 +23,9 @@ Cadence, with ``it`` the number of optimizer steps completed (1-based):
 
 Ctrl-C (SIGINT) or SIGTERM sets a flag that the loop reads after the current step: it
 then saves a checkpoint of the completed iterations (unless one was just written) and
-returns with ``interrupted=True``. A second Ctrl-C interrupts at once. Under torchrun the
-flag is shared by all processes each step, so they stop at the same iteration.
+returns with ``interrupted=True``. A second Ctrl-C (more than two seconds later)
+interrupts at once. Under torchrun the flag is shared by all processes each step, so they
+stop at the same iteration.
 
 Exact resume: the loop keeps no hidden state beyond its open log window, which it puts
 in the checkpoint (``loop_state``) and takes back on resume; the schedule is a function
@@ -77,16 +78,26 @@ class LoopResult:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM -> a flag read between steps; a second SIGINT raises KeyboardInterrupt."""
+    """SIGINT/SIGTERM -> a flag read between steps; a second SIGINT raises KeyboardInterrupt.
+
+    A SIGINT within :attr:`GRACE` seconds of the first counts as the same Ctrl-C: under
+    torchrun a worker gets the terminal's SIGINT and, a moment later, the one torchrun
+    forwards while shutting down.
+    """
+
+    GRACE = 2.0
 
     def __init__(self) -> None:
         self.set = False
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.set and signum == signal.SIGINT:
+        now = time.monotonic()
+        if self.set and signum == signal.SIGINT and now - self._first > self.GRACE:
             raise KeyboardInterrupt
-        self.set = True
+        if not self.set:
+            self.set, self._first = True, now
 
     def __enter__(self) -> "_StopFlag":
         # Signal handlers can only be installed from the main thread; elsewhere (a loop run
