@@ -74,6 +74,8 @@ def measure(*, recipe: str, device: str = "auto", crop: tuple[int, int] | None =
     if threads:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as copsctl pretrain does on CUDA
     overrides = ["model.pretrained=none", *overrides]
     if crop is not None:
         overrides.append(f"data.crop_size=[{crop[0]},{crop[1]}]")

@@ -19,7 +19,9 @@ fixes the learning rate and the position in the data stream), and the random sta
 Python, NumPy and torch in every process (dropout). Samples are a function of their key
 (:mod:`copsctl.data.loader`) and the keys a function of the stream position
 (:class:`~copsctl.data.sampler.TrainSampler`), so neither DataLoader workers nor the
-resume point change them.
+resume point change them. Bit-for-bit equality is a CPU property: on CUDA the resumed run
+continues the same schedule, data and random streams, but cuDNN's fastest kernels are not
+bitwise deterministic, so weights agree only to rounding.
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         check_run_dir(out, resume)
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     ctx = setup(cfg.train.device)
+    if ctx.device.type == "cuda":
+        # Fixed crop sizes: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
     try:
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
         B = cfg.train.batch_size
