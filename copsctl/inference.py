@@ -26,7 +26,6 @@ from .costs import CostWriter
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from .config import Recipe
     from .data.loader import PanopticDataset
 
 __all__ = ["network_costs", "dump_costs"]

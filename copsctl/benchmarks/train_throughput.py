@@ -27,7 +27,6 @@ on CUDA, the process's peak resident set size on CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import InputError
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import DistContext, setup
+from .distributed import setup
 from .logging import METRICS_NAME, TENSORBOARD_DIR, MetricsLogger
 from .loop import LoopResult, TrainEvent, TrainLoop
 from .schedule import WarmupPolySchedule
@@ -282,7 +282,6 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
             return validate_from_recipe(model, val_dataset, cfg, device=ctx.device,
                                         batch_size=per_rank,
                                         should_stop=lambda: loop.stop_requested)
-
 
         logger = None
         if ctx.is_main:

@@ -1,13 +1,13 @@
 """Validation during training: exact PQ of the network's costs through the AMWC solver.
 
 The same path as ``copsctl dump-costs`` -> ``copsctl solve`` -> ``copsctl evaluate``,
-without files: costs of the evaluation transform (:func:`copsctl.inference.network_costs`),
-the solver on each image (``solve_many`` on :func:`copsctl.costs.solver_problem`, as
-``copsctl solve`` builds it, pre-clustering on the shortest edges), stuff merging, upsampling to the original size
-and small-segment rejection in original pixels (:mod:`copsctl.postprocess`, thresholds
-``data.thing_area_threshold`` / ``data.stuff_area_threshold``), then exact PQ against the
-original-resolution ground truth (:mod:`copsctl.metrics.pq`, counts pooled image by image
-so memory stays flat).
+without files, so both give the same numbers: costs of the evaluation transform
+(:func:`copsctl.inference.network_costs`), the solver on each image (``solve_many`` on
+:func:`copsctl.costs.solver_problem`, pre-clustering on the shortest edges), stuff
+merging, upsampling to the original size and small-segment rejection in original pixels
+(:mod:`copsctl.postprocess`, thresholds ``data.thing_area_threshold`` /
+``data.stuff_area_threshold``), then exact PQ against the original-resolution ground
+truth (:mod:`copsctl.metrics.pq`, counts pooled image by image so memory stays flat).
 """
 
 from __future__ import annotations
