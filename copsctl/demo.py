@@ -1,53 +1,146 @@
-"""``copsctl demo``: the main job on the embedded default, no download, CPU only.
+"""``copsctl demo``: the main job on the embedded default, CPU only, no download.
 
-First version: make a synthetic cost file with its ground truth
-(:mod:`copsctl.synthetic_costs`), solve it (:func:`copsctl.predict.solve_costs`), and
-score the predictions with exact PQ (:func:`copsctl.metrics.pq.evaluate_files`).
-Everything lands in one folder::
+The whole pipeline of the paper on the synthetic dataset, in one folder:
 
-    OUT/costs.h5                  synthetic cost file
-    OUT/costs_gt/                 its ground truth (panoptic_gt.json + panoptic_gt/)
-    OUT/pred/                     predictions (panoptic_pred.json + panoptic_pred/ + summary.json)
-    OUT/metrics.json              PQ, as `copsctl evaluate --json` writes it
-    OUT/stages/<stage>.json       what each finished stage was made from
+1. ``data``: :func:`copsctl.data.synthetic.make_synthetic` (train and val splits);
+2. ``pretrain``: :func:`copsctl.train.pretrain.pretrain` with the ``synthetic_pretrain``
+   recipe, shortened to the demo size;
+3. ``pretrain-costs`` -> ``pretrain-solve`` -> ``pretrain-evaluate``: the network's costs of
+   the val split (:func:`copsctl.inference.dump_costs`), the AMWC solver
+   (:func:`copsctl.predict.solve_costs`) and exact PQ (:func:`copsctl.metrics.pq.evaluate`);
+4. ``finetune``: :func:`copsctl.train.finetune.finetune` through the solver with the PQ
+   surrogate (``synthetic_finetune``), from the pre-trained checkpoint;
+5. ``finetune-costs`` -> ``finetune-solve`` -> ``finetune-evaluate``, as in 3;
+6. ``pretrain-pictures``, ``finetune-pictures``: :mod:`copsctl.visualize` (training
+   curves and the first val images).
 
-Re-running with the same folder skips a stage whose record in ``OUT/stages`` matches
-its settings and the fingerprints (size and modification time) of its inputs and whose
-outputs exist; a changed setting or a regenerated input re-runs it and what follows.
+Layout::
+
+    OUT/data/                         synthetic dataset (COCO panoptic layout)
+    OUT/runs/<stage>/                 run folders (recipe.yaml, checkpoint.pt, metrics.jsonl)
+    OUT/runs/<stage>.json             the run's result, as `pretrain|finetune --json` writes it
+    OUT/costs/<stage>.h5 (+ .json)    cost file of the val split (+ dump-costs --json)
+    OUT/pred/<stage>/                 predictions (panoptic_pred.json + PNGs + summary.json)
+    OUT/metrics/<stage>.json          PQ, as `copsctl evaluate --json` writes it
+    OUT/pictures/<stage>_*.png        curves and per-image pictures
+    OUT/metrics.json                  both stages side by side (DemoResult.to_json)
+    OUT/stages/<name>.json            what each finished stage was made from
+
+With ``solver_only`` the demo is the first version's costs-only path instead: synthetic
+costs (:mod:`copsctl.synthetic_costs`, no network) -> solve -> PQ, in
+``OUT/costs/synthetic.h5``, ``OUT/costs/synthetic_gt/``, ``OUT/pred/synthetic/`` and
+``OUT/metrics/synthetic.json``; it checks the solver in seconds.
+
+Stage reuse: re-running with the same folder skips a stage whose record in
+``OUT/stages`` matches its key and whose outputs exist. A key holds the hash of the
+recipe sections the stage depends on (:meth:`copsctl.config.Recipe.hash`, with the
+machine-specific ``data.root`` left out) and the fingerprints (size and modification
+time) of its input files, so a changed setting or a regenerated input re-runs that stage
+and everything after it. An interrupted training stage (Ctrl-C) keeps its checkpoint and
+continues from it on the next run when its recipe is unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .atomic import write_json
 from .errors import InputError
 
-# Settings of the two demo sizes: (preset, images). The default shows a Cityscapes-like
-# class table at 1/4 of the Cityscapes cost-map size; --quick the tiny preset.
-DEMO_SIZES = {"default": ("small", 24), "quick": ("tiny", 6)}
 DEMO_SEED = 0
+PRETRAIN_RECIPE = "synthetic_pretrain"
+FINETUNE_RECIPE = "synthetic_finetune"
+TRAIN_STAGES = ("pretrain", "finetune")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """One demo size: the dataset and the overrides shortening the two recipes."""
+
+    train_images: int
+    val_images: int
+    image_size: tuple[int, int]
+    pretrain: tuple[str, ...]
+    finetune: tuple[str, ...]
+    pictures: int = 2
+
+
+# Measured on this project's 2-core machine: see the README (copsctl demo) for the times.
+# Pre-training dominates; 128x128 crops of 128x128 images keep whole objects in view.
+DEMO_SIZES = {
+    "default": DemoSize(
+        train_images=200, val_images=24, image_size=(128, 128),
+        pretrain=("train.iterations=400", "train.warmup_iters=30", "train.log_every=10",
+                  "train.validate_every=100", "train.val_images=8",
+                  "train.checkpoint_every=100"),
+        finetune=("train.iterations=60", "train.batch_size=8", "train.warmup_iters=5",
+                  "train.log_every=2", "train.validate_every=20", "train.val_images=8",
+                  "train.checkpoint_every=20")),
+    "quick": DemoSize(
+        train_images=64, val_images=8, image_size=(128, 128),
+        pretrain=("train.iterations=120", "train.warmup_iters=10", "train.log_every=5",
+                  "train.validate_every=0", "train.val_images=8",
+                  "train.checkpoint_every=60"),
+        finetune=("train.iterations=10", "train.batch_size=8", "train.warmup_iters=2",
+                  "train.log_every=1", "train.validate_every=0", "train.val_images=8",
+                  "train.checkpoint_every=10"),
+        pictures=1),
+}
+
+# The costs-only path (`--solver-only`): (synthetic_costs preset, images).
+SOLVER_ONLY_SIZES = {"default": ("small", 24), "quick": ("tiny", 6)}
+
+# Recipe sections whose values change what a training stage computes.
+_SECTIONS = {"pretrain": ("data", "model", "loss", "train"),
+             "finetune": ("data", "model", "loss", "train", "solver", "finetune")}
+
+
+@dataclass
+class StageResult:
+    """One row of the demo's comparison: a trained network through the solver."""
+
+    name: str
+    iterations: int
+    train_seconds: float
+    pq: dict  # {"All", "Things", "Stuff": {"pq", "sq", "rq", "n"}}
+    seconds_per_image_network: float
+    seconds_per_image_solver: float
+    segments_per_image: float
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "iterations": self.iterations,
+                "train_seconds": self.train_seconds, "pq": self.pq,
+                "seconds_per_image_network": self.seconds_per_image_network,
+                "seconds_per_image_solver": self.seconds_per_image_solver,
+                "segments_per_image": self.segments_per_image}
 
 
 @dataclass
 class DemoResult:
-    """What the demo did: the row of its report and where the files are."""
+    """What the demo did: the rows of its report and where the files are."""
 
     out: Path
-    preset: str
+    size: str
     images: int
-    seconds_per_image_solve: float
-    segments_per_image: float
-    objective_mean: float
-    pq: dict  # {"All", "Things", "Stuff": {"pq", "sq", "rq", "n"}}
-    reused: list[str]
-    ran: list[str]
-    seconds: float
+    stages: list[StageResult]
+    files: dict[str, str]
+    reused: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    solver_only: bool = False
+
+    def to_json(self) -> dict:
+        return {"out": str(self.out), "size": self.size, "solver_only": self.solver_only,
+                "images": self.images, "stages": {s.name: s.to_json() for s in self.stages},
+                "files": self.files, "reused": self.reused, "ran": self.ran,
+                "seconds": self.seconds}
 
 
 def _fingerprint(path: Path) -> list:
@@ -82,6 +175,7 @@ class _Stages:
                 return
         if record.exists():
             record.unlink()  # stale: a crash below must not leave it claiming success
+        self.log(f"{name}: running")
         t0 = time.perf_counter()
         func()
         write_json(record, key)
@@ -89,9 +183,27 @@ class _Stages:
         self.log(f"{name}: done in {time.perf_counter() - t0:.1f} s")
 
 
-def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, workers: int | None = None,
-             log: Callable[[str], None] | None = None) -> DemoResult:
-    """Make synthetic costs, solve them and score the predictions, in ``out``.
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "stages").is_dir():
+        raise InputError(f"--out {out}: folder is not empty and is not a copsctl demo folder "
+                         "(no stages/ inside); choose another")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read this demo file ({exc}); delete "
+                         f"{path.parent.parent / 'stages'} to redo every stage") from None
+
+
+def run_demo(out: str | os.PathLike = "demo_out", *, quick: bool = False,
+             solver_only: bool = False, overrides: Sequence[str] = (),
+             workers: int | None = None, log: Callable[[str], None] | None = None,
+             progress: Callable[[str, object], None] | None = None) -> DemoResult:
+    """Run the demo in ``out`` (module notes); finished stages are reused.
 
     Parameters
     ----------
@@ -99,55 +211,238 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, workers: 
         Demo folder (created). A file there, or a non-empty folder that is not a demo
         folder, is refused.
     quick : bool
-        The ``tiny`` preset and fewer images (a few seconds) instead of ``small``.
+        The small size (:data:`DEMO_SIZES` ``"quick"``): a first look in a few minutes;
+        its numbers say little.
+    solver_only : bool
+        Only synthetic costs -> solve -> PQ (no network; seconds).
+    overrides : sequence of str
+        ``section.key=value`` applied to both training recipes after the size's own
+        overrides (e.g. ``finetune.lambda_max=100``); not with ``solver_only``.
     workers : int, optional
         Solver threads (default: all CPUs).
     log : callable, optional
-        Receives one line per stage.
+        Receives one line per stage (and the training runs' messages).
+    progress : callable, optional
+        ``progress(stage, event)`` with each :class:`~copsctl.train.loop.TrainEvent` of
+        the training stages.
 
     Returns
     -------
     DemoResult
+
+    Raises
+    ------
+    InputError
+        A bad ``out`` or override (before anything is written).
+    KeyboardInterrupt
+        Ctrl-C during training; the checkpoint is kept and the next run continues.
     """
     t_start = time.perf_counter()
+    out = Path(out)
+    log = log or (lambda msg: None)
+    _check_out(out)
+    if workers is not None and int(workers) < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    size = "quick" if quick else "default"
+    if solver_only:
+        if overrides:
+            raise InputError("--set: --solver-only runs no recipe (synthetic costs only)")
+        return _solver_only(out, size, workers, log, t_start)
+
+    spec = DEMO_SIZES[size]
+    data_dir = (out / "data").resolve()
+    recipes = _resolve_recipes(spec, data_dir, overrides)  # bad overrides fail here
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(out, log)
+
+    def make_data() -> None:
+        from .data.synthetic import make_synthetic
+
+        make_synthetic(data_dir, train=spec.train_images, val=spec.val_images,
+                       size=spec.image_size, seed=DEMO_SEED, overwrite=True)
+
+    stages.run("data", {"train": spec.train_images, "val": spec.val_images,
+                        "size": list(spec.image_size), "seed": DEMO_SEED},
+               [data_dir / "synthetic.json"], make_data)
+
+    rows, files = [], {"data": str(data_dir)}
+    weights = None
+    for stage in TRAIN_STAGES:
+        row = _train_and_score(out, stage, recipes[stage], spec, data_dir, weights, stages,
+                               workers, log, progress)
+        rows.append(row)
+        weights = out / "runs" / stage / "checkpoint.pt"
+        for kind, path in (("run", out / "runs" / stage), ("costs", out / "costs" / f"{stage}.h5"),
+                           ("pred", out / "pred" / stage),
+                           ("metrics", out / "metrics" / f"{stage}.json"),
+                           ("pictures", out / "pictures")):
+            files[f"{stage}_{kind}"] = str(path)
+    result = DemoResult(out=out, size=size, images=spec.val_images, stages=rows, files=files,
+                        reused=stages.reused, ran=stages.ran,
+                        seconds=time.perf_counter() - t_start)
+    files["summary"] = str(out / "metrics.json")
+    write_json(out / "metrics.json", result.to_json())
+    return result
+
+
+def _resolve_recipes(spec: DemoSize, data_dir: Path, overrides: Sequence[str]) -> dict:
+    """``{stage: (recipe name, overrides, resolved Recipe)}`` of the two training stages."""
+    from .config import load_recipe
+
+    base = [f"data.root={data_dir}"]
+    resolved = {}
+    for stage, name, own in (("pretrain", PRETRAIN_RECIPE, spec.pretrain),
+                             ("finetune", FINETUNE_RECIPE, spec.finetune)):
+        sets = base + list(own) + list(overrides)
+        resolved[stage] = (name, sets, load_recipe(name, sets))
+    return resolved
+
+
+def _stage_hash(recipe, stage: str) -> str:
+    """Hash of the sections ``stage`` depends on, without the machine-specific data.root."""
+    return recipe.replace({"data.root": ""}).hash(_SECTIONS[stage])
+
+
+def _train(stage: str, recipe: tuple, run_dir: Path, weights: Path | None, log,
+           progress) -> None:
+    """Run (or continue) one training stage into ``run_dir``; save its result JSON beside."""
+    from .config import load_recipe
+
+    name, sets, resolved = recipe
+    # A leftover run of the same recipe (interrupted) is continued; any other is replaced.
+    if run_dir.exists():
+        saved = run_dir / "recipe.yaml"
+        same = False
+        if saved.is_file():
+            try:
+                same = load_recipe(saved).hash() == resolved.hash()
+            except InputError:
+                same = False
+        if not same:
+            shutil.rmtree(run_dir)
+    events = (lambda event: progress(stage, event)) if progress is not None else None
+    with warnings.catch_warnings():
+        # The synthetic recipes start from random weights on purpose (no download).
+        warnings.filterwarnings("ignore", message=".*starts from random weights")
+        if stage == "pretrain":
+            from .train.pretrain import pretrain
+
+            result = pretrain(name, run_dir, overrides=sets, resume=True, progress=events,
+                              log=log)
+        else:
+            from .train.finetune import finetune
+
+            result = finetune(name, run_dir, weights=weights, overrides=sets, resume=True,
+                              progress=events, log=log)
+    if result.interrupted:
+        log(f"{stage}: interrupted at iteration {result.iteration}; run the demo again with "
+            "the same --out to continue")
+        raise KeyboardInterrupt
+    write_json(run_dir.parent / f"{stage}.json", result.to_json())
+
+
+def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Path,
+                     weights: Path | None, stages: _Stages, workers, log,
+                     progress) -> StageResult:
+    from .inference import dump_costs
+    from .metrics.pq import evaluate
+    from .predict import solve_costs
+    from .visualize.curves import run_figure
+    from .visualize.image import visualize_image
+
+    run_dir = out / "runs" / stage
+    run_json = out / "runs" / f"{stage}.json"
+    ckpt = run_dir / "checkpoint.pt"
+    costs, costs_json = out / "costs" / f"{stage}.h5", out / "costs" / f"{stage}.json"
+    pred, metrics = out / "pred" / stage, out / "metrics" / f"{stage}.json"
+    pictures = out / "pictures"
+    gt_json = data_dir / "annotations" / "panoptic_val2017.json"
+
+    key = {"recipe": _stage_hash(recipe[2], stage),
+           "data": _fingerprint(data_dir / "synthetic.json")}
+    if weights is not None:
+        key["weights"] = _fingerprint(weights)
+    stages.run(stage, key, [ckpt, run_json],
+               lambda: _train(stage, recipe, run_dir, weights, log, progress))
+
+    def dump() -> None:
+        summary = dump_costs(costs, run=run_dir, overrides=[f"data.root={data_dir}"],
+                             batch_size=8)
+        write_json(costs_json, summary)
+
+    stages.run(f"{stage}-costs", {"checkpoint": _fingerprint(ckpt)}, [costs, costs_json], dump)
+    stages.run(f"{stage}-solve", {"costs": _fingerprint(costs)}, [pred / "summary.json"],
+               lambda: solve_costs(costs, pred, workers=workers))
+
+    def score() -> None:
+        result = evaluate(gt_json=gt_json, pred_dir=pred)
+        write_json(metrics, result.to_json())
+
+    stages.run(f"{stage}-evaluate", {"gt": _fingerprint(gt_json), "pred": _fingerprint(pred)},
+               [metrics], score)
+
+    n_pictures = min(spec.pictures, spec.val_images)
+    drawn = [pictures / f"{stage}_curves.png"] + \
+        [pictures / f"{stage}_val{i}.png" for i in range(n_pictures)]
+
+    def draw() -> None:
+        run_figure(run_dir, drawn[0], title=f"demo: {stage}")
+        for i in range(n_pictures):
+            visualize_image(costs, drawn[1 + i], pred=pred, index=i,
+                            overrides=[f"data.root={data_dir}"],
+                            title=f"demo: {stage}, val image {i}")
+
+    stages.run(f"{stage}-pictures", {"log": _fingerprint(run_dir / "metrics.jsonl"),
+                                     "costs": _fingerprint(costs),
+                                     "pred": _fingerprint(pred / "panoptic_pred.json")},
+               drawn, draw)
+
+    trained = _read_json(run_json)
+    dumped = _read_json(costs_json)
+    solved = _read_json(pred / "summary.json")
+    pq = _read_json(metrics)
+    return StageResult(name=stage, iterations=int(trained["iteration"]),
+                       train_seconds=float(trained["seconds"]),
+                       pq={k: pq[k] for k in ("All", "Things", "Stuff")},
+                       seconds_per_image_network=float(dumped["seconds_per_image"]),
+                       seconds_per_image_solver=float(solved["seconds_per_image_solve"]),
+                       segments_per_image=float(solved["segments_per_image"]))
+
+
+def _solver_only(out: Path, size: str, workers, log, t_start: float) -> DemoResult:
+    """The costs-only path: synthetic costs -> solve -> PQ (module notes)."""
     from .metrics.pq import evaluate_files
     from .predict import solve_costs
     from .synthetic_costs import write_synthetic_costs
 
-    out = Path(out)
-    log = log or (lambda msg: None)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "stages").is_dir():
-        raise InputError(f"--out {out}: folder is not empty and is not a copsctl demo folder "
-                         "(no stages/ inside); choose another")
+    preset, images = SOLVER_ONLY_SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
-    preset, images = DEMO_SIZES["quick" if quick else "default"]
-    costs, gt_dir = out / "costs.h5", out / "costs_gt"
-    pred, metrics = out / "pred", out / "metrics.json"
+    costs, gt_dir = out / "costs" / "synthetic.h5", out / "costs" / "synthetic_gt"
+    pred, metrics = out / "pred" / "synthetic", out / "metrics" / "synthetic.json"
     stages = _Stages(out, log)
-
-    stages.run("costs", {"preset": preset, "images": images, "seed": DEMO_SEED},
+    stages.run("synthetic-costs", {"preset": preset, "images": images, "seed": DEMO_SEED},
                [costs, gt_dir / "panoptic_gt.json"],
                lambda: write_synthetic_costs(costs, gt_out=gt_dir, preset=preset,
                                              num_images=images, seed=DEMO_SEED))
-    stages.run("solve", {"costs": _fingerprint(costs)}, [pred / "summary.json"],
+    stages.run("synthetic-solve", {"costs": _fingerprint(costs)}, [pred / "summary.json"],
                lambda: solve_costs(costs, pred, workers=workers))
 
-    def evaluate() -> None:
+    def score() -> None:
         result = evaluate_files(gt_dir / "panoptic_gt.json", pred / "panoptic_pred.json",
                                 gt_dir / "panoptic_gt", pred / "panoptic_pred")
         write_json(metrics, result.to_json())
 
-    stages.run("evaluate", {"gt": _fingerprint(gt_dir), "pred": _fingerprint(pred)}, [metrics],
-               evaluate)
-
-    summary = json.loads((pred / "summary.json").read_text())
-    pq_json = json.loads(metrics.read_text())
-    return DemoResult(out=out, preset=preset, images=int(summary["images"]),
-                      seconds_per_image_solve=float(summary["seconds_per_image_solve"]),
-                      segments_per_image=float(summary["segments_per_image"]),
-                      objective_mean=float(summary["objective_mean"]),
-                      pq={k: pq_json[k] for k in ("All", "Things", "Stuff")},
+    stages.run("synthetic-evaluate", {"gt": _fingerprint(gt_dir), "pred": _fingerprint(pred)},
+               [metrics], score)
+    solved = _read_json(pred / "summary.json")
+    pq = _read_json(metrics)
+    row = StageResult(name=f"synthetic costs ({preset})", iterations=0, train_seconds=0.0,
+                      pq={k: pq[k] for k in ("All", "Things", "Stuff")},
+                      seconds_per_image_network=0.0,
+                      seconds_per_image_solver=float(solved["seconds_per_image_solve"]),
+                      segments_per_image=float(solved["segments_per_image"]))
+    return DemoResult(out=out, size=size, images=images, stages=[row],
+                      files={"costs": str(costs), "gt": str(gt_dir), "pred": str(pred),
+                             "metrics": str(metrics)},
                       reused=stages.reused, ran=stages.ran,
-                      seconds=time.perf_counter() - t_start)
+                      seconds=time.perf_counter() - t_start, solver_only=True)

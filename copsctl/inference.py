@@ -147,8 +147,10 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     Returns
     -------
     dict
-        ``out``, ``images``, ``split``, ``checkpoint``, ``iteration``, ``seconds``,
-        ``images_per_s``, ``device``.
+        ``out``, ``images``, ``split``, ``checkpoint``, ``iteration``, ``seconds`` (all of
+        it, loading the model included), ``images_per_s`` (images / ``seconds``),
+        ``seconds_per_image`` (reading, the network and writing, per image, without the
+        start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
     from .config import load_recipe
     from .train.checkpoint import CHECKPOINT_NAME, load_model
@@ -189,6 +191,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     n = len(dataset) if not limit else min(limit, len(dataset))
     workers = cfg.data.num_workers if num_workers is None else int(num_workers)
     categories = reader.class_table.to_categories()
+    t_loop = time.perf_counter()
     with CostWriter(out, categories, cfg.model.distances, recipe=cfg.dump(), dtype=dtype) as writer:
         for node, edge, meta in network_costs(model, dataset, indices=range(n),
                                               batch_size=batch_size, device=dev, amp=amp,
@@ -198,6 +201,9 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
             if progress is not None:
                 progress(len(writer), n)
     seconds = time.perf_counter() - t0
+    loop_seconds = time.perf_counter() - t_loop
     return {"out": str(out), "images": n, "split": split, "checkpoint": str(weights),
             "iteration": ckpt.get("iteration"), "seconds": seconds,
-            "images_per_s": n / seconds if seconds > 0 else 0.0, "device": str(dev)}
+            "images_per_s": n / seconds if seconds > 0 else 0.0,
+            "seconds_per_image": loop_seconds / n if n else 0.0, "device": str(dev),
+            "recipe_hash": cfg.hash()}

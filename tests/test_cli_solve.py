@@ -188,21 +188,35 @@ def test_make_costs_bad_input(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_demo_quick_runs_and_reuses_finished_stages(tmp_path):
+def test_demo_solver_only_runs_and_reuses_finished_stages(tmp_path):
+    # The costs-only path of `copsctl demo` (the full demo is tests/test_demo.py).
     out = tmp_path / "demo"
-    res = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--workers", "1"])
+    res = runner.invoke(app, ["demo", "--out", str(out), "--solver-only", "--quick",
+                              "--workers", "1"])
     assert res.exit_code == 0, res.output
-    assert "copsctl demo (tiny preset)" in res.output
-    metrics = json.loads((out / "metrics.json").read_text())
+    assert "copsctl demo --solver-only (quick)" in res.output
+    metrics = json.loads((out / "metrics" / "synthetic.json").read_text())
     assert set(metrics) >= {"All", "Things", "Stuff", "per_class"}
     assert 0.0 < metrics["All"]["pq"] <= 1.0
     assert f"{100 * metrics['All']['pq']:.1f}" in res.output
-    stamp = (out / "pred" / "summary.json").stat().st_mtime_ns
+    summary = out / "pred" / "synthetic" / "summary.json"
+    assert json.loads(summary.read_text())["images"] == 6
+    stamp = summary.stat().st_mtime_ns
 
-    res = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--workers", "1"])
+    res = runner.invoke(app, ["demo", "--out", str(out), "--solver-only", "--quick",
+                              "--workers", "1", "--json", str(tmp_path / "demo.json")])
     assert res.exit_code == 0, res.output
-    assert "reused: costs, solve, evaluate" in res.output
-    assert (out / "pred" / "summary.json").stat().st_mtime_ns == stamp
+    assert "reused: synthetic-costs, synthetic-solve, synthetic-evaluate" in res.output
+    assert summary.stat().st_mtime_ns == stamp
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert report["solver_only"] and report["ran"] == []
+    (row,) = report["stages"].values()
+    assert row["pq"]["All"] == metrics["All"]
+
+    # --set has no recipe to override in the costs-only path
+    res = runner.invoke(app, ["demo", "--out", str(out), "--solver-only", "--set",
+                              "train.lr=1"])
+    _fails_in_one_line(res, "--solver-only runs no recipe")
 
     # a folder that is not a demo folder is refused
     other = tmp_path / "other"

@@ -35,6 +35,7 @@ def _register() -> None:
     from . import pretrain  # noqa: F401  (pretrain)
     from . import dump_costs  # noqa: F401  (dump-costs)
     from . import finetune  # noqa: F401  (finetune)
+    from . import visualize  # noqa: F401  (visualize image | run | pipeline)
     pass
 
 

@@ -34,3 +34,13 @@ def cli_errors(func):
 
 def is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def write_json_option(path, obj) -> None:
+    """Write a command's machine-readable result for ``--json PATH`` (nothing when None)."""
+    if path is None:
+        return
+    from ..atomic import write_json
+
+    write_json(path, obj)
+    console.print(f"wrote {path}")

@@ -83,6 +83,14 @@ class FinetuneResult:
     val_metrics: dict | None
     is_main: bool = True
 
+    def to_json(self) -> dict:
+        """The result as plain JSON (``--json`` of the command; the demo's run record)."""
+        return {"run_dir": str(self.run_dir), "iteration": self.iteration,
+                "iterations": self.iterations, "interrupted": self.interrupted,
+                "resumed_from": self.resumed_from, "seconds": self.seconds,
+                "train": dict(self.train_metrics or {}),
+                "val": dict(self.val_metrics) if self.val_metrics is not None else None}
+
 
 def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
     """A 63-bit seed for the random draws of one training step."""

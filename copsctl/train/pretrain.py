@@ -77,6 +77,14 @@ class PretrainResult:
     val_metrics: dict | None
     is_main: bool = True
 
+    def to_json(self) -> dict:
+        """The result as plain JSON (``--json`` of the command; the demo's run record)."""
+        return {"run_dir": str(self.run_dir), "iteration": self.iteration,
+                "iterations": self.iterations, "interrupted": self.interrupted,
+                "resumed_from": self.resumed_from, "seconds": self.seconds,
+                "train": dict(self.train_metrics or {}),
+                "val": dict(self.val_metrics) if self.val_metrics is not None else None}
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
