@@ -15,6 +15,8 @@ Settings not given explicitly come from the recipe stored in the cost file: the
 small-segment thresholds from ``data.thing_area_threshold`` and
 ``data.stuff_area_threshold`` and the solver options from ``solver.*`` (the keys of
 :mod:`copsctl.config`), else the defaults 200 / 2048 and ``SolverOptions()``.
+``overrides`` (``copsctl solve --set``) change those keys of the stored recipe, and the
+recipe used is written beside the predictions as ``OUT/recipe.yaml``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+import yaml
 
 from .atomic import atomic_path, write_json
 from .costs import CostFile
@@ -38,6 +41,10 @@ from .solver import SolverOptions, solve_many
 PRED_JSON = "panoptic_pred.json"
 PRED_DIR = "panoptic_pred"
 SUMMARY_JSON = "summary.json"
+RECIPE_YAML = "recipe.yaml"
+
+# The recipe keys solving reads; `--set` may change only these.
+_SOLVE_KEYS = ("data.thing_area_threshold", "data.stuff_area_threshold")
 
 
 def _recipe_number(recipe: dict | None, section: str, key: str, path: Path):
@@ -73,6 +80,40 @@ def _recipe_solver_options(recipe: dict | None, path: Path) -> SolverOptions:
     return SolverOptions(**kwargs)
 
 
+def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict:
+    """The stored recipe with ``section.key=value`` overrides of the keys solving reads.
+
+    Parameters
+    ----------
+    recipe : dict or None
+        The cost file's recipe (:attr:`copsctl.costs.CostFile.recipe`).
+    overrides : sequence of str
+        ``solver.<key>=value`` (any key of :class:`copsctl.config.SolverConfig`) or
+        ``data.thing_area_threshold`` / ``data.stuff_area_threshold``; values are checked
+        by the recipe rules of :mod:`copsctl.config`.
+
+    Returns
+    -------
+    dict
+        A new nested dict (the input is not modified).
+    """
+    from .config import parse_override, recipe_from_dict
+
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (recipe or {}).items()}
+    for text in overrides:
+        dotted, value = parse_override(text)
+        if not (dotted.startswith("solver.") or dotted in _SOLVE_KEYS):
+            raise InputError(f"--set {dotted}: copsctl solve reads only solver.* and "
+                             f"{', '.join(_SOLVE_KEYS)} (other keys belong to other commands)")
+        section, key = dotted.split(".")
+        checked = recipe_from_dict({section: {key: value}}, source="--set")
+        value = getattr(getattr(checked, section), key)
+        if not isinstance(merged.get(section), dict):
+            merged[section] = {}
+        merged[section][key] = list(value) if isinstance(value, tuple) else value
+    return merged
+
+
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
@@ -97,6 +138,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                 thing_area: float | None = None, stuff_area: float | None = None,
                 options: SolverOptions | None = None, batch_size: int | None = None,
                 summary_json: str | os.PathLike | None = None,
+                overrides: Sequence[str] = (),
                 progress: Callable[[int, int], None] | None = None) -> dict:
     """Solve all images of a cost file; write panoptic predictions to ``out``.
 
@@ -107,7 +149,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     out : path-like
         Prediction folder (see the module docstring), written atomically.
     workers : int, optional
-        Threads solving concurrently (default: all CPUs).
+        Threads solving concurrently (default: the recipe's ``solver.workers`` when it is
+        positive, else all CPUs).
     thing_area, stuff_area : float, optional
         Small-segment rejection thresholds in pixels at the original image size.
     options : SolverOptions, optional
@@ -116,6 +159,9 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         Images read and solved together (default ``2 * workers``); bounds memory.
     summary_json : path-like, optional
         Also write the returned summary there (atomically).
+    overrides : sequence of str
+        ``section.key=value`` changes of the stored recipe's solver keys
+        (:func:`apply_solve_overrides`); explicit arguments still win over them.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch.
 
@@ -142,7 +188,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                          "replaced as a whole")
 
     with CostFile(costs) as cf:
-        recipe = cf.recipe
+        recipe = apply_solve_overrides(cf.recipe, overrides) if overrides else cf.recipe
         if thing_area is None:
             thing_area = _recipe_number(recipe, "data", "thing_area_threshold", costs)
         if stuff_area is None:
@@ -154,6 +200,9 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         n = len(cf)
         if n == 0:
             raise InputError(f"{costs}: cost file holds no images")
+        if workers is None:
+            # The recipe's solver.workers (0 = all cores) when --workers is not given.
+            workers = _recipe_number(recipe, "solver", "workers", costs) or None
         if workers is None:
             workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
                 else (os.cpu_count() or 1)
@@ -205,11 +254,17 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
             with open(tmp / PRED_JSON, "w") as f:
                 json.dump(pred_set.to_json(), f)
                 f.write("\n")
+            if recipe:
+                (tmp / RECIPE_YAML).write_text(
+                    f"# recipe of {costs}" + (f" with --set {' '.join(overrides)}" if overrides
+                                               else "") + "\n"
+                    "# copsctl solve reads solver.* and data.{thing,stuff}_area_threshold\n"
+                    + yaml.safe_dump(recipe, sort_keys=False))
             summary = {
                 "costs": str(costs), "out": str(out), "pred_json": str(out / PRED_JSON),
                 "pred_dir": str(out / PRED_DIR), "images": n, "workers": workers,
                 "thing_area": thing_area, "stuff_area": stuff_area,
-                "solver_options": dataclasses.asdict(options),
+                "solver_options": dataclasses.asdict(options), "overrides": list(overrides),
                 "seconds_solve": solve_seconds,
                 "seconds_per_image_solve": solve_seconds / n,
                 "segments_per_image": n_segments / n,

@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from copsctl.cli import app
@@ -60,7 +61,9 @@ def test_solve_end_to_end(costs, tmp_path):
     assert res.exit_code == 0, res.output
     assert "copsctl solve: 3 images" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["panoptic_pred", "panoptic_pred.json",
-                                                     "summary.json"]
+                                                     "recipe.yaml", "summary.json"]
+    with CostFile(costs) as cf:
+        assert yaml.safe_load((out / "recipe.yaml").read_text()) == cf.recipe
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == json.loads((out / "summary.json").read_text())
     # defaults come from the cost file's recipe (tiny preset: 16 / 64)
@@ -109,6 +112,38 @@ def test_threshold_options_override_the_recipe(costs, tmp_path):
     res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--workers", "1"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "summary.json").read_text())["stuff_area"] == 64
+
+
+def test_set_overrides_the_stored_recipe_and_is_recorded(costs, tmp_path):
+    out = tmp_path / "pred"
+    res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--workers", "1",
+                              "--set", "data.stuff_area_threshold=100000",
+                              "--set", "solver.precluster_max_size=1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stuff_area"] == 100000 and summary["thing_area"] == 16
+    assert summary["solver_options"]["precluster_max_size"] == 1
+    assert summary["overrides"] == ["data.stuff_area_threshold=100000",
+                                    "solver.precluster_max_size=1"]
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["data"]["stuff_area_threshold"] == 100000
+    assert recipe["solver"] == {"precluster_max_size": 1}
+    assert recipe["synthetic"]["seed"] == 5  # the rest of the stored recipe is kept
+    # an explicit option still wins over --set
+    res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--workers", "1",
+                              "--set", "data.stuff_area_threshold=100000", "--stuff-area", "7"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["stuff_area"] == 7
+
+    # keys solving does not read, unknown keys and bad values: exit 2, nothing replaced
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    for text, msg in (("train.lr=1", "copsctl solve reads only solver.*"),
+                      ("solver.nope=1", "unknown recipe key 'solver.nope'"),
+                      ("solver.precluster_max_size=0", "must be > 0"),
+                      ("data.thing_area_threshold=big", "must be an int")):
+        res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--set", text])
+        _fails_in_one_line(res, msg)
+    assert (out / "summary.json").stat().st_mtime_ns == stamp
 
 
 def test_bad_cost_files_exit_2_and_write_nothing(costs, tmp_path):

@@ -44,3 +44,12 @@ def write_json_option(path, obj) -> None:
 
     write_json(path, obj)
     console.print(f"wrote {path}")
+
+
+def check_json_outside(path, folder, folder_option: str) -> None:
+    """Refuse ``--json`` inside a folder that must hold only the command's own files."""
+    from pathlib import Path
+
+    if path is not None and Path(path).resolve().is_relative_to(Path(folder).resolve()):
+        raise InputError(f"--json {path}: must not lie inside {folder_option} {folder} "
+                         "(a run folder holds only its own files)")

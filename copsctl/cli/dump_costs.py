@@ -10,7 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 
 from . import app
-from ._util import cli_errors, console, is_terminal
+from ._util import cli_errors, console, is_terminal, write_json_option
 
 
 @app.command("dump-costs")
@@ -34,6 +34,9 @@ def dump_costs_command(
     num_workers: Optional[int] = typer.Option(
         None, "--num-workers", help="DataLoader workers (default: the recipe's data.num_workers)."),
     float16: bool = typer.Option(False, "--float16", help="Store costs as float16 (half the size)."),
+    out_json: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the summary (images, seconds per image, recipe hash) "
+        "as JSON here."),
 ) -> None:
     """Write the network's node and edge costs for every image of a split (then: copsctl solve)."""
     from ..inference import dump_costs
@@ -53,3 +56,4 @@ def dump_costs_command(
     console.print(f"wrote costs of {summary['images']} {summary['split']} images to "
                   f"{summary['out']} ({summary['images_per_s']:.1f} images/s on "
                   f"{summary['device']}, checkpoint iteration {summary['iteration']})")
+    write_json_option(out_json, summary)

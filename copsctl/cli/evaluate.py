@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -27,6 +27,9 @@ def evaluate_command(
         None, "--recipe", help="Take the ground truth from this recipe's dataset instead."),
     split: Optional[str] = typer.Option(
         None, "--split", help="Split of the recipe's dataset (default: its data.val_split)."),
+    overrides: List[str] = typer.Option(
+        [], "--set", help="Override a key of --recipe: section.key=value (e.g. data.root=...); "
+        "repeatable."),
     out_json: Optional[Path] = typer.Option(
         None, "--json", help="Also write {All, Things, Stuff, per_class} as JSON here."),
     workers: int = typer.Option(1, "--workers", help="Threads reading and counting images."),
@@ -40,7 +43,7 @@ def evaluate_command(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingPredictionWarning)
         result = evaluate(gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json, pred_dir=pred_dir,
-                          recipe=recipe, split=split, workers=workers,
+                          recipe=recipe, split=split, overrides=overrides, workers=workers,
                           allow_missing=allow_missing)
     for w in caught:
         err_console.print(f"[bold yellow]warning:[/] {w.message}", soft_wrap=True)

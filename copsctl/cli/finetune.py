@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from ._progress import TrainProgress, format_train_metrics, format_val_metrics
-from ._util import cli_errors, console, err_console
+from ._util import check_json_outside, cli_errors, console, err_console, write_json_option
 
 _HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
 
@@ -28,6 +28,9 @@ def finetune_command(
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out exactly where it stopped."),
+    out_json: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the result (iterations, seconds, last train and "
+        "validation metrics) as JSON here."),
 ) -> None:
     """Fine-tune through the solver: PQ surrogate, Algorithm 1 gradients, frozen backbone.
 
@@ -36,11 +39,13 @@ def finetune_command(
     """
     from ..train.finetune import finetune
 
+    check_json_outside(out_json, out, "--out")
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
                           progress=bar, log=lambda msg: bar.console.print(msg))
     if not result.is_main:
         return
+    write_json_option(out_json, result.to_json())
     if result.interrupted:
         err_console.print(f"interrupted at iteration {result.iteration} of {result.iterations}; "
                           f"checkpoint saved. Continue with: copsctl finetune --out {out} --resume")

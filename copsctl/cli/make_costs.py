@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from . import app
-from ._util import cli_errors, console
+from ._util import cli_errors, console, write_json_option
 
 _HELP_DIFFICULTY = "0 = normal, 1 = the hard family (weaker, noisier edge costs)."
 _HELP_GT = "Ground-truth folder (panoptic_gt.json + panoptic_gt/); default: <out stem>_gt."
@@ -23,6 +23,8 @@ def make_costs_command(
     seed: int = typer.Option(0, "--seed", help="Seed; the file is a function of it."),
     difficulty: float = typer.Option(0.0, "--difficulty", help=_HELP_DIFFICULTY),
     gt_out: Optional[Path] = typer.Option(None, "--gt-out", help=_HELP_GT),
+    out_json: Optional[Path] = typer.Option(None, "--json",
+                                            help="Also write the summary as JSON here."),
 ) -> None:
     """Write synthetic AMWC costs (no network needed) plus their COCO panoptic ground truth."""
     from ..synthetic_costs import write_synthetic_costs
@@ -32,3 +34,4 @@ def make_costs_command(
     console.print(f"wrote {s['images']} {preset} images to {s['costs']} (pixel accuracy "
                   f"{s['pixel_accuracy']:.3f}, edge accuracy {s['edge_accuracy']:.3f}) and the "
                   f"ground truth to {s['gt_json']} + {s['gt_dir']}")
+    write_json_option(out_json, s)

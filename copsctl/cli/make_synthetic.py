@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from ..errors import InputError
 from . import app
-from ._util import cli_errors, console
+from ._util import cli_errors, console, write_json_option
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -30,6 +31,8 @@ def make_synthetic_command(
     size: str = typer.Option("128x128", "--size", help="Image size HxW in pixels."),
     seed: int = typer.Option(0, "--seed", help="Seed; the dataset is a function of it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    out_json: Optional[Path] = typer.Option(None, "--json",
+                                            help="Also write the summary as JSON here."),
 ) -> None:
     """Write a synthetic panoptic dataset: train and val splits in the COCO panoptic layout."""
     from ..data.synthetic import make_synthetic
@@ -39,3 +42,4 @@ def make_synthetic_command(
     console.print(f"wrote {summary['train']} train and {summary['val']} val images "
                   f"({summary['size'][0]}x{summary['size'][1]}, seed {summary['seed']}) "
                   f"to {summary['out']}")
+    write_json_option(out_json, summary)

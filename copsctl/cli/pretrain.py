@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from ._progress import TrainProgress, format_train_metrics, format_val_metrics
-from ._util import cli_errors, console, err_console
+from ._util import check_json_outside, cli_errors, console, err_console, write_json_option
 
 _HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
 
@@ -25,6 +25,9 @@ def pretrain_command(
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out exactly where it stopped."),
+    out_json: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the result (iterations, seconds, last train and "
+        "validation metrics) as JSON here."),
 ) -> None:
     """Pre-train the network: Adam, warm-up and poly decay, checkpoints, validation with exact PQ.
 
@@ -33,11 +36,13 @@ def pretrain_command(
     """
     from ..train.pretrain import pretrain
 
+    check_json_outside(out_json, out, "--out")
     with TrainProgress("pretrain") as bar:
         result = pretrain(recipe, out, overrides=overrides, resume=resume, progress=bar,
                           log=lambda msg: bar.console.print(msg))
     if not result.is_main:
         return
+    write_json_option(out_json, result.to_json())
     if result.interrupted:
         err_console.print(f"interrupted at iteration {result.iteration} of {result.iterations}; "
                           f"checkpoint saved. Continue with: copsctl pretrain --out {out} --resume")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -13,9 +13,12 @@ from rich.table import Table
 from . import app
 from ._util import cli_errors, console, is_terminal
 
-_HELP_OUT = "Prediction folder: panoptic_pred.json + panoptic_pred/ PNGs (+ summary.json)."
+_HELP_OUT = ("Prediction folder: panoptic_pred.json + panoptic_pred/ PNGs (+ summary.json, "
+             "recipe.yaml).")
 _HELP_THING = ("Reject thing segments below this area, in full-resolution pixels "
                "(default: the cost file's recipe, else 200).")
+_HELP_SET = ("Override a key of the cost file's recipe that solving reads: solver.<key>=value "
+             "or data.thing_area_threshold / data.stuff_area_threshold; repeatable.")
 _HELP_STUFF = ("Reject stuff segments below this area, in full-resolution pixels "
                "(default: the cost file's recipe, else 2048).")
 
@@ -25,10 +28,12 @@ _HELP_STUFF = ("Reject stuff segments below this area, in full-resolution pixels
 def solve_command(
     costs: Path = typer.Argument(..., help="Cost file (HDF5, from dump-costs or make-costs)."),
     out: Path = typer.Option(..., "--out", help=_HELP_OUT),
-    workers: Optional[int] = typer.Option(None, "--workers",
-                                          help="Solver threads (default: all CPUs)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Solver threads (default: the recipe's solver.workers if > 0, "
+        "else all CPUs)."),
     thing_area: Optional[float] = typer.Option(None, "--thing-area", help=_HELP_THING),
     stuff_area: Optional[float] = typer.Option(None, "--stuff-area", help=_HELP_STUFF),
+    overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     summary_json: Optional[Path] = typer.Option(None, "--json",
                                                 help="Also write the summary here."),
 ) -> None:
@@ -43,7 +48,8 @@ def solve_command(
             bar.update(task, completed=done, total=total)
 
         summary = solve_costs(costs, out, workers=workers, thing_area=thing_area,
-                              stuff_area=stuff_area, summary_json=summary_json, progress=progress)
+                              stuff_area=stuff_area, summary_json=summary_json,
+                              overrides=overrides, progress=progress)
     table = Table(title=f"copsctl solve: {summary['images']} images -> {summary['out']}")
     # Short headers: the table must fit an 80-column terminal.
     for col in ("images", "workers", "solve s/img", "total s/img", "seg/img", "rej/img",

@@ -582,8 +582,8 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
 _SOLVE_JSON, _SOLVE_DIR = "panoptic_pred.json", "panoptic_pred"
 
 
-def ground_truth_from_recipe(recipe: str | os.PathLike, split: str | None = None
-                             ) -> tuple[Path, Path]:
+def ground_truth_from_recipe(recipe: str | os.PathLike, split: str | None = None,
+                             overrides: Sequence[str] = ()) -> tuple[Path, Path]:
     """The ground-truth JSON and PNG folder of a recipe's dataset split.
 
     Parameters
@@ -592,6 +592,8 @@ def ground_truth_from_recipe(recipe: str | os.PathLike, split: str | None = None
         A recipe file or packaged recipe name (see :func:`copsctl.config.load_recipe`).
     split
         Split name; by default the recipe's ``data.val_split``.
+    overrides
+        ``section.key=value`` overrides of the recipe (e.g. ``data.root=...``).
 
     Returns
     -------
@@ -601,7 +603,7 @@ def ground_truth_from_recipe(recipe: str | os.PathLike, split: str | None = None
     from ..config import load_recipe
     from ..data.datasets import open_reader
 
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, overrides)
     if not r.data.root:
         raise InputError(f"recipe {recipe}: `data.root` is empty; set it in the recipe or "
                          "pass --gt-json/--gt-dir")
@@ -632,19 +634,22 @@ def set_paths(json_path: str | os.PathLike | None, png_dir: str | os.PathLike | 
 def evaluate(*, gt_json: str | os.PathLike | None = None, gt_dir: str | os.PathLike | None = None,
              pred_json: str | os.PathLike | None = None,
              pred_dir: str | os.PathLike | None = None, recipe: str | os.PathLike | None = None,
-             split: str | None = None, workers: int = 1, allow_missing: bool = False) -> PQResult:
+             split: str | None = None, overrides: Sequence[str] = (), workers: int = 1,
+             allow_missing: bool = False) -> PQResult:
     """Exact PQ from paths as ``copsctl evaluate`` takes them.
 
     The ground truth is either ``gt_json``/``gt_dir`` or the ``split`` of ``recipe``'s
-    dataset; the missing half of each (JSON, folder) pair follows :func:`set_paths`.
-    Everything else is :func:`evaluate_files`.
+    dataset (with ``overrides`` applied to the recipe); the missing half of each (JSON,
+    folder) pair follows :func:`set_paths`. Everything else is :func:`evaluate_files`.
     """
     if recipe is not None:
         if gt_json is not None or gt_dir is not None:
             raise InputError("pass either --recipe (with --split) or --gt-json/--gt-dir, not both")
-        gt_json, gt_dir = ground_truth_from_recipe(recipe, split)
+        gt_json, gt_dir = ground_truth_from_recipe(recipe, split, overrides)
     elif split is not None:
         raise InputError("--split needs --recipe (it names a split of the recipe's dataset)")
+    elif overrides:
+        raise InputError("--set needs --recipe (it overrides keys of the recipe's dataset)")
     gt_json, gt_dir = set_paths(gt_json, gt_dir, "ground truth")
     pred_json, pred_dir = set_paths(pred_json, pred_dir, "prediction")
     return evaluate_files(gt_json, pred_json, gt_dir, pred_dir, workers=workers,
