@@ -78,14 +78,6 @@ class PretrainResult:
     is_main: bool = True
 
     def to_json(self) -> dict:
-        """Plain-JSON form (paths as strings)."""
-        return {"run_dir": str(self.run_dir), "iteration": self.iteration,
-                "iterations": self.iterations, "interrupted": self.interrupted,
-                "resumed_from": self.resumed_from, "seconds": self.seconds,
-                "train_metrics": dict(self.train_metrics),
-                "val_metrics": None if self.val_metrics is None else dict(self.val_metrics)}
-
-    def to_json(self) -> dict:
         """The result as plain JSON (``--json`` of the command; the demo's run record)."""
         return {"run_dir": str(self.run_dir), "iteration": self.iteration,
                 "iterations": self.iterations, "interrupted": self.interrupted,
