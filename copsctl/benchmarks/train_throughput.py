@@ -21,7 +21,10 @@ starts from random weights (no download).
 
 Reported: seconds per step (median of ``--iterations`` timed steps after ``--warmup``
 untimed ones), images per second, and peak memory: ``torch.cuda.max_memory_allocated``
-on CUDA, the process's peak resident set size on CPU.
+on CUDA, the process's peak resident set size on CPU. On CPU also the process's CPU
+seconds per step (``time.process_time``, all threads): on a machine shared with other
+jobs the wall time depends on their load, the CPU time much less, and CPU seconds
+divided by the core count bounds what an idle machine would take.
 """
 
 from __future__ import annotations
@@ -108,13 +111,14 @@ def measure(*, recipe: str, device: str = "auto", crop: tuple[int, int] | None =
     total = warmup + iterations
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    stamps = []
+    stamps, cpu = [], []
 
     def progress(event):
         if event.kind == "step":
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     loop = TrainLoop(model=model, optimizer=optimizer,
                      schedule=WarmupPolySchedule(base_lr=cfg.train.lr, iterations=total),
@@ -124,8 +128,10 @@ def measure(*, recipe: str, device: str = "auto", crop: tuple[int, int] | None =
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     stamps.append(time.perf_counter())
+    cpu.append(time.process_time())
     loop.run()
     steps = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
+    cpu_steps = [b - a for a, b in zip(cpu, cpu[1:])][warmup:]
     sec = statistics.median(steps)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30
@@ -139,6 +145,7 @@ def measure(*, recipe: str, device: str = "auto", crop: tuple[int, int] | None =
             "amp": use_amp, "depth": cfg.model.depth, "distances": list(cfg.model.distances),
             "classes": K, "iterations": iterations, "seconds_per_step": sec,
             "seconds_per_step_min": min(steps), "images_per_s": batch / sec,
+            "cpu_seconds_per_step": statistics.median(cpu_steps),
             "peak_memory_gib": peak, "peak_memory_is": peak_what}
 
 
@@ -175,6 +182,9 @@ def main(argv=None) -> None:
     print(f"{r['seconds_per_step']:.3f} s/step (median of {r['iterations']}, best "
           f"{r['seconds_per_step_min']:.3f}) -> {r['images_per_s']:.2f} images/s; peak memory "
           f"{r['peak_memory_gib']:.2f} GiB ({r['peak_memory_is']})")
+    if r["device"] == "cpu":
+        print(f"CPU time {r['cpu_seconds_per_step']:.3f} s/step over {r['threads']} thread(s) -> "
+              f"{r['batch'] / r['cpu_seconds_per_step']:.2f} images per CPU-second")
     if args.json:
         from ..atomic import write_json
 
