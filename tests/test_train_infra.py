@@ -204,3 +204,25 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_load_model_from_a_bare_state_dict_needs_a_fitting_recipe(tmp_path):
+    import warnings
+
+    from copsctl.config import load_recipe
+    from copsctl.model import PanopticModel
+    from copsctl.train.checkpoint import load_model
+
+    cfg = load_recipe("synthetic_tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random initialisation
+        model = PanopticModel.from_config(cfg, 5)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    loaded, ckpt, recipe = load_model(tmp_path / "sd.pt", recipe=cfg)
+    assert recipe is cfg and not loaded.training and loaded.num_classes == 5  # K from the weights
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    with pytest.raises(InputError, match="holds no recipe"):
+        load_model(tmp_path / "sd.pt")
+    with pytest.raises(InputError, match="sd.pt: weights do not fit"):
+        load_model(tmp_path / "sd.pt", recipe=cfg.replace(["model.distances=[1,2]"]))
