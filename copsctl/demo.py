@@ -111,7 +111,7 @@ class StageResult:
 
     name: str
     iterations: int
-    train_seconds: float
+    train_seconds: float  # in training steps (validation and checkpoints not counted)
     pq: dict  # {"All", "Things", "Stuff": {"pq", "sq", "rq", "n"}}
     seconds_per_image_network: float
     seconds_per_image_solver: float
@@ -155,33 +155,45 @@ def _fingerprint(path: Path) -> list:
     return [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
+def _load_record(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 class _Stages:
-    """Skip-or-run bookkeeping: one JSON record per finished stage."""
+    """Skip-or-run bookkeeping: one JSON record per finished stage.
+
+    ``stages/<name>.json`` is written when a stage has finished; ``stages/<name>.started.json``
+    while it runs. :attr:`resuming` tells the running stage whether an earlier attempt
+    with the same key was cut short (a training stage then continues its checkpoint).
+    """
 
     def __init__(self, out: Path, log: Callable[[str], None]):
         self.dir = out / "stages"
         self.log = log
         self.reused: list[str] = []
         self.ran: list[str] = []
+        self.resuming = False
 
     def run(self, name: str, key: dict, outputs: list[Path], func: Callable[[], None]) -> None:
         record = self.dir / f"{name}.json"
+        started = self.dir / f"{name}.started.json"
         key = json.loads(json.dumps(key))  # normalise tuples etc. for the comparison
-        if record.is_file() and all(p.exists() for p in outputs):
-            try:
-                old = json.loads(record.read_text())
-            except (OSError, json.JSONDecodeError):
-                old = None
-            if old == key:
-                self.log(f"{name}: up to date, reused")
-                self.reused.append(name)
-                return
+        if record.is_file() and all(p.exists() for p in outputs) and _load_record(record) == key:
+            self.log(f"{name}: up to date, reused")
+            self.reused.append(name)
+            return
         if record.exists():
             record.unlink()  # stale: a crash below must not leave it claiming success
-        self.log(f"{name}: running")
+        self.resuming = started.is_file() and _load_record(started) == key
+        write_json(started, key)
+        self.log(f"{name}: {'continuing' if self.resuming else 'running'}")
         t0 = time.perf_counter()
         func()
         write_json(record, key)
+        started.unlink()
         self.ran.append(name)
         self.log(f"{name}: done in {time.perf_counter() - t0:.1f} s")
 
@@ -306,17 +318,20 @@ def _stage_hash(recipe, stage: str) -> str:
     return recipe.replace({"data.root": ""}).hash(_SECTIONS[stage])
 
 
-def _train(stage: str, recipe: tuple, run_dir: Path, weights: Path | None, log,
-           progress) -> None:
-    """Run (or continue) one training stage into ``run_dir``; save its result JSON beside."""
+def _train(stage: str, recipe: tuple, run_dir: Path, weights: Path | None, resuming: bool,
+           log, progress) -> None:
+    """Run one training stage into ``run_dir``; save its result JSON beside.
+
+    The run left by an interrupted attempt of the same stage key and recipe is continued
+    from its checkpoint; any other leftover run folder is replaced.
+    """
     from .config import load_recipe
 
     name, sets, resolved = recipe
-    # A leftover run of the same recipe (interrupted) is continued; any other is replaced.
     if run_dir.exists():
         saved = run_dir / "recipe.yaml"
         same = False
-        if saved.is_file():
+        if resuming and saved.is_file():
             try:
                 same = load_recipe(saved).hash() == resolved.hash()
             except InputError:
@@ -366,7 +381,8 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
     if weights is not None:
         key["weights"] = _fingerprint(weights)
     stages.run(stage, key, [ckpt, run_json],
-               lambda: _train(stage, recipe, run_dir, weights, log, progress))
+               lambda: _train(stage, recipe, run_dir, weights, stages.resuming, log,
+                              progress))
 
     def dump() -> None:
         summary = dump_costs(costs, run=run_dir, overrides=[f"data.root={data_dir}"],
@@ -405,11 +421,23 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
     solved = _read_json(pred / "summary.json")
     pq = _read_json(metrics)
     return StageResult(name=stage, iterations=int(trained["iteration"]),
-                       train_seconds=float(trained["seconds"]),
+                       train_seconds=_step_seconds(run_dir),
                        pq={k: pq[k] for k in ("All", "Things", "Stuff")},
                        seconds_per_image_network=float(dumped["seconds_per_image"]),
                        seconds_per_image_solver=float(solved["seconds_per_image_solve"]),
                        segments_per_image=float(solved["segments_per_image"]))
+
+
+def _step_seconds(run_dir: Path) -> float:
+    """Seconds spent in training steps, from the run's log (whole run, across resumes)."""
+    from .train.logging import METRICS_NAME, read_metrics
+
+    total, last = 0.0, 0
+    for r in read_metrics(run_dir / METRICS_NAME, "train"):
+        if isinstance(r.get("seconds_per_iter"), (int, float)):
+            total += r["seconds_per_iter"] * (r["iteration"] - last)
+        last = r["iteration"]
+    return total
 
 
 def _solver_only(out: Path, size: str, workers, log, t_start: float) -> DemoResult:

@@ -107,6 +107,19 @@ def test_demo_quick_writes_every_artifact_and_reuses_stages(tmp_path):
     assert "pretrain: up to date, reused" in res.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # a training stage cut short (its record not written yet) continues its own run: here
+    # the run had finished, so its checkpoint stays and the stages after it are reused
+    ckpt = out / "runs" / "finetune" / "checkpoint.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    record = out / "stages" / "finetune.json"
+    record.rename(out / "stages" / "finetune.started.json")
+    res = _demo(out, "--json", str(tmp_path / "r1.json"))
+    assert res.exit_code == 0, res.output
+    assert "finetune: continuing" in res.output
+    assert json.loads((tmp_path / "r1.json").read_text())["ran"] == ["finetune"]
+    assert ckpt.stat().st_mtime_ns == stamp and record.is_file()
+    assert not (out / "stages" / "finetune.started.json").exists()
+
     # a fine-tuning setting re-runs fine-tuning and what follows, not pre-training
     res = _demo(out, "--set", "finetune.lambda_max=10", "--json", str(tmp_path / "r2.json"))
     assert res.exit_code == 0, res.output

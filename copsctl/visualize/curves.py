@@ -114,8 +114,8 @@ def run_figure(run_dir: str | os.PathLike, out: str | os.PathLike, *, title: str
     if right.lines:
         right.legend(fontsize=8)
     kind = "finetune" if surrogate else "train"
-    fig.suptitle(title or f"{run_dir.name} ({'fine-tuning through the solver' if surrogate else 'training'})",
-                 fontsize=11)
+    what = "fine-tuning through the solver" if surrogate else "training"
+    fig.suptitle(title or f"{run_dir.name} ({what})", fontsize=11)
     with atomic_path(out, suffix=".png") as tmp:
         save_figure(fig, tmp, dpi=dpi)
     return {"out": str(out), "kind": kind, "train_records": len(train), "val_records": len(val),
