@@ -162,6 +162,14 @@ def _load_record(path: Path):
         return None
 
 
+def _digest(path: Path) -> str:
+    """SHA-256 of a small file's bytes: for inputs rewritten with the same content (a run's
+    log is rewritten when the run is continued)."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
 class _Stages:
     """Skip-or-run bookkeeping: one JSON record per finished stage.
 
@@ -411,7 +419,7 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
                             overrides=[f"data.root={data_dir}"],
                             title=f"demo: {stage}, val image {i}")
 
-    stages.run(f"{stage}-pictures", {"log": _fingerprint(run_dir / "metrics.jsonl"),
+    stages.run(f"{stage}-pictures", {"log": _digest(run_dir / "metrics.jsonl"),
                                      "costs": _fingerprint(costs),
                                      "pred": _fingerprint(pred / "panoptic_pred.json")},
                drawn, draw)
