@@ -1,8 +1,8 @@
-"""``--json PATH`` of every command: machine-readable results for shell loops.
+"""``--json PATH`` and ``--set`` for shell loops: machine-readable results, recipe overrides.
 
-(``solve``, ``evaluate``, ``demo`` and ``visualize`` are checked in their own tests.)
-One tiny pipeline: make-synthetic -> pretrain (1 iteration) -> dump-costs -> finetune
-(1 iteration), plus make-costs.
+(``solve``, ``demo`` and ``visualize`` are checked in their own tests.) One tiny
+pipeline: make-synthetic -> pretrain (1 iteration) -> dump-costs -> finetune (1
+iteration), plus make-costs; and ``evaluate --recipe --set``.
 """
 
 from __future__ import annotations
@@ -65,3 +65,21 @@ def test_json_of_make_and_training_commands(tmp_path):
                               str(tmp_path / "pre2" / "r.json")])
     assert res.exit_code == 2 and "must not lie inside --out" in res.output
     assert not (tmp_path / "pre2").exists()
+
+
+def test_evaluate_set_overrides_the_recipe_dataset(tmp_path):
+    from copsctl.data.synthetic import make_synthetic
+
+    data = tmp_path / "data"
+    make_synthetic(data, train=1, val=2, size=(32, 32), seed=1)
+    gt = data / "annotations" / "panoptic_val2017"
+    # the ground truth scored against itself: PQ 1; the recipe's data.root set on the line
+    _ok(["evaluate", "--recipe", "synthetic_tiny", "--set", f"data.root={data}",
+         "--pred-json", f"{gt}.json", "--json", tmp_path / "pq.json"])
+    assert json.loads((tmp_path / "pq.json").read_text())["All"]["pq"] == 1.0
+    res = runner.invoke(app, ["evaluate", "--gt-json", f"{gt}.json", "--pred-json", f"{gt}.json",
+                              "--set", "data.root=x"])
+    assert res.exit_code == 2 and "--set needs --recipe" in res.output
+    res = runner.invoke(app, ["evaluate", "--recipe", "synthetic_tiny", "--set", "data.nope=1",
+                              "--pred-json", f"{gt}.json"])
+    assert res.exit_code == 2 and "unknown recipe key 'data.nope'" in res.output
