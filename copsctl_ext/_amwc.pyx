@@ -140,10 +140,12 @@ cdef inline bint _gain_positive(double* costs, double* best, double* second, int
     return _gain(costs, best, second, argbest, part, K, a, b, w) > GAIN_EPS
 
 
-cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_t K, const int32_t* edges, int64_t E,
-                     const double* ec, const uint8_t* part, const uint8_t* local, double pre_thr, int32_t pre_max,
-                     bint improve, int32_t max_rounds, int32_t* out_labels,
-                     int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
+cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_t K,
+                     const int32_t* edges, int64_t E, const double* ec, const uint8_t* part,
+                     const uint8_t* local, double pre_thr, int32_t pre_max, bint improve,
+                     int32_t max_rounds, int32_t* out_labels, int32_t* out_segments,
+                     uint8_t* out_cut, Stats* st) except -1 nogil:
+    """The whole solve; ``nc[i * s0 + k * s1]`` is the cost of class k at node i."""
     cdef double t0 = _now(), t1
     cdef int64_t e, i64
     cdef int32_t i, j, k, u, v, ru, rv, a, b, r, s, c, M
@@ -588,9 +590,9 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
 
 def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const double[::1] edge_costs, const uint8_t[::1] partitionable,
-          const uint8_t[::1] local_edges, double precluster_threshold, int precluster_max_size, bint improve,
-          int max_improve_rounds, int32_t[::1] labels, int32_t[::1] segments,
-          uint8_t[::1] edge_cut):
+          const uint8_t[::1] local_edges, double precluster_threshold,
+          int precluster_max_size, bint improve, int max_improve_rounds,
+          int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
     Preconditions (checked by :func:`copsctl.solver.solve_amwc`, not here): N >= 1,
@@ -613,8 +615,10 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     cdef const double* cp = &edge_costs[0] if E > 0 else NULL
     cdef uint8_t* cutp = &edge_cut[0] if E > 0 else NULL
     cdef const uint8_t* lp = &local_edges[0] if E > 0 else NULL
+    cdef int64_t s0 = node_costs.strides[0] // sizeof(double)
+    cdef int64_t s1 = node_costs.strides[1] // sizeof(double)
     with nogil:
-        _solve_core(&node_costs[0, 0], node_costs.strides[0] // 8, node_costs.strides[1] // 8, N, K, ep, E, cp, &partitionable[0], lp,
+        _solve_core(&node_costs[0, 0], s0, s1, N, K, ep, E, cp, &partitionable[0], lp,
                     precluster_threshold, precluster_max_size, improve, max_improve_rounds,
                     &labels[0], &segments[0], cutp, &st)
     return {

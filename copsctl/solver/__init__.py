@@ -120,7 +120,8 @@ def _as_edges(edges, num_nodes: int) -> np.ndarray:
     if arr.shape[0]:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= num_nodes:
-            raise InputError(f"`edges` must index nodes in [0, {num_nodes}), got range [{lo}, {hi}]")
+            raise InputError(f"`edges` must index nodes in [0, {num_nodes}), "
+                             f"got range [{lo}, {hi}]")
         loops = np.flatnonzero(arr[:, 0] == arr[:, 1])
         if loops.size:
             raise InputError(f"`edges` must not contain self-loops, edge {int(loops[0])} is "
@@ -209,9 +210,9 @@ def check_feasible(edges, partitionable, labels, segments, edge_cut=None) -> Non
         cut = np.asarray(edge_cut).astype(bool)
         bad = np.flatnonzero(cut != seg_cut)
         if bad.size:
+            where = "in different" if seg_cut[bad[0]] else "in the same"
             raise InputError(f"edge {int(bad[0])} has edge_cut={int(cut[bad[0]])} but its "
-                             "endpoints are " + ("in different" if seg_cut[bad[0]] else "in the same")
-                             + " segments")
+                             f"endpoints are {where} segments")
     nseg = int(segments.max()) + 1 if segments.size else 0
     first = np.full(nseg, -1, dtype=np.int64)
     first[segments[::-1]] = labels[::-1]
@@ -316,7 +317,8 @@ def solve_many(problems: Sequence, workers: int | None = None,
     """Solve many problems concurrently in threads (the compiled kernel releases the GIL).
 
     ``problems`` holds tuples ``(node_costs, edges, edge_costs, partitionable)``, optionally
-    with ``local_edges`` as a fifth item; the results come back in the same order. ``workers`` defaults to the number of CPUs.
+    with ``local_edges`` as a fifth item; the results come back in the same order.
+    ``workers`` defaults to the number of CPUs this process may use.
     """
     opts = options or SolverOptions()
     validated = []
@@ -329,7 +331,8 @@ def solve_many(problems: Sequence, workers: int | None = None,
         except InputError as exc:
             raise InputError(f"`problems[{i}]`: {exc}") from None
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count())
     workers = max(1, min(int(workers), len(validated) or 1))
     if workers == 1:
         return [_solve_validated(*v, opts) for v in validated]

@@ -77,7 +77,7 @@ def maps_to_edge_values(maps: np.ndarray, distances: Sequence[int]) -> np.ndarra
 
 def edge_values_to_maps(values: np.ndarray, height: int, width: int, distances: Sequence[int],
                         fill=0) -> np.ndarray:
-    """(E,) values in the layout's edge order -> (2 m, H, W) maps; no-edge positions get ``fill``."""
+    """(E,) values in the layout's edge order -> (2 m, H, W) maps; ``fill`` where no edge is."""
     values = np.asarray(values)
     mask = grid_edge_mask(height, width, distances)
     n = int(mask.sum())
