@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
-from .panoptic import VOID, Category, Segment
+from .panoptic import Category, Segment
 
 DEFAULT_THING_AREA = 200
 DEFAULT_STUFF_AREA = 2048

@@ -44,7 +44,6 @@ def _register() -> None:
     from . import dump_costs  # noqa: F401  (dump-costs)
     from . import finetune  # noqa: F401  (finetune)
     from . import visualize  # noqa: F401  (visualize image | run | pipeline)
-    pass
 
 
 _register()

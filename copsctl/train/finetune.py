@@ -42,7 +42,6 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -54,7 +53,7 @@ from .checkpoint import (CHECKPOINT_NAME, checkpoint_class_table, load_checkpoin
                          rng_state, save_checkpoint, set_rng_state)
 from .distributed import setup
 from .logging import MetricsLogger
-from .loop import LoopResult, TrainEvent, TrainLoop
+from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
 from .pretrain import RECIPE_NAME, check_run_dir, resolve_run_recipe, seed_everything
 from .schedule import WarmupPolySchedule
 
@@ -62,34 +61,11 @@ if TYPE_CHECKING:
     from ..config import Recipe
     from ..panoptic import Category
 
-__all__ = ["FinetuneResult", "finetune", "drop_costs", "batch_exact_pq", "iteration_seed",
+__all__ = ["finetune", "drop_costs", "batch_exact_pq", "iteration_seed",
            "STRIDE"]
 
 STRIDE = 4
 """The network's output stride: costs are at 1/4 of the input resolution."""
-
-
-@dataclass
-class FinetuneResult:
-    """What :func:`finetune` returns (on every rank)."""
-
-    run_dir: Path
-    iteration: int
-    iterations: int
-    interrupted: bool
-    resumed_from: int | None
-    seconds: float
-    train_metrics: dict
-    val_metrics: dict | None
-    is_main: bool = True
-
-    def to_json(self) -> dict:
-        """The result as plain JSON (``--json`` of the command; the demo's run record)."""
-        return {"run_dir": str(self.run_dir), "iteration": self.iteration,
-                "iterations": self.iterations, "interrupted": self.interrupted,
-                "resumed_from": self.resumed_from, "seconds": self.seconds,
-                "train": dict(self.train_metrics or {}),
-                "val": dict(self.val_metrics) if self.val_metrics is not None else None}
 
 
 def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
@@ -188,7 +164,7 @@ def _initial_model(cfg: "Recipe", weights: str | Path | None, num_classes: int, 
 def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None = None,
              overrides: Sequence[str] = (), resume: bool = False,
              progress: Callable[[TrainEvent], None] | None = None,
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+             log: Callable[[str], None] | None = None) -> RunResult:
     """Fine-tune a pre-trained network through the solver (module notes).
 
     Parameters
@@ -211,7 +187,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
 
     Returns
     -------
-    FinetuneResult
+    RunResult
     """
     from ..config import save_recipe
     from ..metrics.surrogate import class_area_thresholds
@@ -380,11 +356,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
         finally:
             if logger is not None:
                 logger.close()
-        return FinetuneResult(run_dir=out, iteration=result.iteration,
-                              iterations=cfg.train.iterations, interrupted=result.interrupted,
-                              resumed_from=start if ckpt is not None else None,
-                              seconds=time.perf_counter() - t_start,
-                              train_metrics=result.train_metrics, val_metrics=result.val_metrics,
-                              is_main=ctx.is_main)
+        return RunResult.from_loop(out, result, iterations=cfg.train.iterations,
+                                   resumed_from=start if ckpt is not None else None,
+                                   seconds=time.perf_counter() - t_start, is_main=ctx.is_main)
     finally:
         ctx.close()

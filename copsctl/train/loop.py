@@ -49,7 +49,7 @@ from .distributed import DistContext
 from .logging import MetricsLogger
 from .schedule import WarmupPolySchedule
 
-__all__ = ["TrainEvent", "LoopResult", "TrainLoop", "StepFn"]
+__all__ = ["TrainEvent", "LoopResult", "RunResult", "TrainLoop", "StepFn"]
 
 StepFn = Callable[[Any, int], "tuple[torch.Tensor, dict[str, Any]]"]
 
@@ -75,6 +75,37 @@ class LoopResult:
     interrupted: bool
     train_metrics: dict[str, float]
     val_metrics: dict[str, float] | None
+
+
+@dataclass
+class RunResult:
+    """What a training command (``pretrain``, ``finetune``) returns, on every rank."""
+
+    run_dir: Any
+    iteration: int
+    iterations: int
+    interrupted: bool
+    resumed_from: int | None
+    seconds: float
+    train_metrics: dict
+    val_metrics: dict | None
+    is_main: bool = True
+
+    @classmethod
+    def from_loop(cls, run_dir, result: LoopResult, *, iterations: int,
+                  resumed_from: int | None, seconds: float, is_main: bool) -> "RunResult":
+        return cls(run_dir=run_dir, iteration=result.iteration, iterations=iterations,
+                   interrupted=result.interrupted, resumed_from=resumed_from, seconds=seconds,
+                   train_metrics=result.train_metrics, val_metrics=result.val_metrics,
+                   is_main=is_main)
+
+    def to_json(self) -> dict:
+        """The result as plain JSON (``--json`` of the command; the demo's run record)."""
+        return {"run_dir": str(self.run_dir), "iteration": self.iteration,
+                "iterations": self.iterations, "interrupted": self.interrupted,
+                "resumed_from": self.resumed_from, "seconds": self.seconds,
+                "train": dict(self.train_metrics or {}),
+                "val": dict(self.val_metrics) if self.val_metrics is not None else None}
 
 
 class _StopFlag:

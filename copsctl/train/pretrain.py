@@ -31,7 +31,6 @@ import os
 import random
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -42,13 +41,13 @@ from ..errors import InputError
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import setup
 from .logging import METRICS_NAME, TENSORBOARD_DIR, MetricsLogger
-from .loop import LoopResult, TrainEvent, TrainLoop
+from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
 from .schedule import WarmupPolySchedule
 
 if TYPE_CHECKING:
     from ..config import Recipe
 
-__all__ = ["RECIPE_NAME", "RESUMABLE_KEYS", "PretrainResult", "pretrain", "resolve_run_recipe",
+__all__ = ["RECIPE_NAME", "RESUMABLE_KEYS", "pretrain", "resolve_run_recipe",
            "check_run_dir", "seed_everything"]
 
 RECIPE_NAME = "recipe.yaml"
@@ -61,29 +60,6 @@ RESUMABLE_KEYS = frozenset({
 })
 """Keys that ``--resume`` may change: where and how often things happen, never what is
 computed (changing anything else would make the resumed run a different run)."""
-
-
-@dataclass
-class PretrainResult:
-    """What :func:`pretrain` returns (on every rank)."""
-
-    run_dir: Path
-    iteration: int
-    iterations: int
-    interrupted: bool
-    resumed_from: int | None
-    seconds: float
-    train_metrics: dict
-    val_metrics: dict | None
-    is_main: bool = True
-
-    def to_json(self) -> dict:
-        """The result as plain JSON (``--json`` of the command; the demo's run record)."""
-        return {"run_dir": str(self.run_dir), "iteration": self.iteration,
-                "iterations": self.iterations, "interrupted": self.interrupted,
-                "resumed_from": self.resumed_from, "seconds": self.seconds,
-                "train": dict(self.train_metrics or {}),
-                "val": dict(self.val_metrics) if self.val_metrics is not None else None}
 
 
 def seed_everything(seed: int) -> None:
@@ -150,7 +126,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = (),
              resume: bool = False, progress: Callable[[TrainEvent], None] | None = None,
-             log: Callable[[str], None] | None = None) -> PretrainResult:
+             log: Callable[[str], None] | None = None) -> RunResult:
     """Pre-train the COPS network; see the module notes for the run folder.
 
     Parameters
@@ -170,7 +146,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
 
     Returns
     -------
-    PretrainResult
+    RunResult
 
     Raises
     ------
@@ -314,11 +290,8 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         finally:
             if logger is not None:
                 logger.close()
-        return PretrainResult(run_dir=out, iteration=result.iteration,
-                              iterations=cfg.train.iterations, interrupted=result.interrupted,
-                              resumed_from=start if ckpt is not None else None,
-                              seconds=time.perf_counter() - t_start,
-                              train_metrics=result.train_metrics, val_metrics=result.val_metrics,
-                              is_main=ctx.is_main)
+        return RunResult.from_loop(out, result, iterations=cfg.train.iterations,
+                                   resumed_from=start if ckpt is not None else None,
+                                   seconds=time.perf_counter() - t_start, is_main=ctx.is_main)
     finally:
         ctx.close()
