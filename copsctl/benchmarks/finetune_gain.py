@@ -5,7 +5,7 @@ Run as::
     PYTHONPATH=. .venv/bin/python -m copsctl.benchmarks.finetune_gain
         --weights PRETRAIN_RUN/checkpoint.pt --data SYNTHETIC_DIR --out DIR
         [--recipe synthetic_finetune] [--seeds 0 1 2] [--iterations N] [--threads 1]
-        [--set key=value ...] [--control-set key=value ...]
+        [--set key=value ...] [--control-set key=value ...] [--kinds control finetuned]
 
 From one pre-trained checkpoint (``copsctl pretrain --recipe synthetic_pretrain``) and for
 every seed (``train.seed``: data order, ``λ`` draws, dropout):
@@ -118,6 +118,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--control-set", dest="control_overrides", action="append", default=[])
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                    help="run only these arms (e.g. one per process on two cores); a final call "
+                    "with all arms then only reads the finished runs and writes the table")
     args = ap.parse_args(argv)
 
     from ..atomic import write_json, write_text
@@ -146,7 +149,7 @@ def main(argv=None) -> None:
         print(f"baseline: PQ {results['baseline']['PQ']:.1f} ({time.perf_counter() - t:.0f} s)",
               flush=True)
     for seed in args.seeds:
-        for kind in KINDS:
+        for kind in args.kinds:
             run = out / f"{kind}_seed{seed}"
             overrides = common + [f"train.seed={seed}", f"finetune.loss={_LOSS[kind]}"]
             if kind == "control":
