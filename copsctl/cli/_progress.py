@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+import typer
+
 from ._util import console as default_console
-from ._util import is_terminal
+from ._util import err_console, is_terminal, write_json_option
 
 # Log-record entries shown beside the bar, with their short labels, when present.
 _SHOWN = (("loss", "loss"), ("loss_semantic", "sem"), ("loss_affinity", "aff"),
@@ -74,3 +76,28 @@ class TrainProgress:
         elif event.kind == "validation":
             self._progress.console.print(f"iteration {event.iteration}: validation "
                                          f"{format_val_metrics(event.metrics)}")
+
+
+def report_run(result, command: str, out, out_json) -> None:
+    """Print a training command's outcome and write its ``--json``; Ctrl-C exits with 130.
+
+    ``result`` is a :class:`copsctl.train.loop.RunResult`; only the main process reports.
+    """
+    if not result.is_main:
+        return
+    write_json_option(out_json, result.to_json())
+    if result.interrupted:
+        err_console.print(f"interrupted at iteration {result.iteration} of {result.iterations}; "
+                          f"checkpoint saved. Continue with: copsctl {command} --out {out} "
+                          "--resume")
+        raise typer.Exit(code=130)
+    if result.resumed_from == result.iterations:
+        default_console.print(f"{out}: the run had already finished "
+                              f"({result.iterations} iterations)")
+        return
+    default_console.print(f"finished {result.iterations} iterations in {result.seconds:.0f} s "
+                          f"-> {out}")
+    if result.train_metrics:
+        default_console.print(f"last log: {format_train_metrics(result.train_metrics)}")
+    if result.val_metrics:
+        default_console.print(f"validation: {format_val_metrics(result.val_metrics)}")

@@ -8,8 +8,8 @@ from typing import List, Optional
 import typer
 
 from . import app
-from ._progress import TrainProgress, format_train_metrics, format_val_metrics
-from ._util import check_json_outside, cli_errors, console, err_console, write_json_option
+from ._progress import TrainProgress, report_run
+from ._util import check_json_outside, cli_errors
 
 _HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
 
@@ -40,18 +40,4 @@ def pretrain_command(
     with TrainProgress("pretrain") as bar:
         result = pretrain(recipe, out, overrides=overrides, resume=resume, progress=bar,
                           log=lambda msg: bar.console.print(msg))
-    if not result.is_main:
-        return
-    write_json_option(out_json, result.to_json())
-    if result.interrupted:
-        err_console.print(f"interrupted at iteration {result.iteration} of {result.iterations}; "
-                          f"checkpoint saved. Continue with: copsctl pretrain --out {out} --resume")
-        raise typer.Exit(code=130)
-    if result.resumed_from == result.iterations:
-        console.print(f"{out}: the run had already finished ({result.iterations} iterations)")
-        return
-    console.print(f"finished {result.iterations} iterations in {result.seconds:.0f} s -> {out}")
-    if result.train_metrics:
-        console.print(f"last log: {format_train_metrics(result.train_metrics)}")
-    if result.val_metrics:
-        console.print(f"validation: {format_val_metrics(result.val_metrics)}")
+    report_run(result, "pretrain", out, out_json)
