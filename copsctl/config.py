@@ -238,6 +238,14 @@ class FinetuneConfig:
     cost_dropout: float = _key(0.0,
         "dropout probability on the costs during fine-tuning",
         check=lambda v: None if 0 <= v < 1 else "lie in [0, 1)")
+    backward_reference: str = _key("forward",
+        "what perturbed solutions are compared with: forward (Algorithm 1 as printed) or "
+        "lifted (the lifted problem solved unperturbed, one more solve per image)",
+        choices=("forward", "lifted"))
+    cost_norm: float = _key(0.0,
+        "rescale each image's costs to this root mean square before the solver (0: off); "
+        "stops the interpolation's pull towards ever smaller costs",
+        check=_non_negative)
 
 
 @dataclass(frozen=True)

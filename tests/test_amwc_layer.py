@@ -11,7 +11,7 @@ import torch
 from copsctl.errors import InputError
 from copsctl.metrics.surrogate import pq_surrogate_mask_grads
 from copsctl.solver import solve_amwc, solve_mwc
-from copsctl.solver.grid import grid_edge_distance, grid_edges, maps_to_edge_values
+from copsctl.solver.grid import grid_edge_distance, grid_edge_mask, grid_edges, maps_to_edge_values
 from copsctl.train.amwc_layer import (AMWCLayer, BackwardProblem, GroundTruth, algorithm1,
                                       lifted_pq_surrogate, panoptic_segments)
 
@@ -122,6 +122,49 @@ def test_average_over_lambdas_and_descent_direction():
     singles = [algorithm1([problem], lams[:, i:i + 1], workers=1)[0][0] for i in range(3)]
     np.testing.assert_allclose(gv, np.mean([s[0] for s in singles], axis=0))
     np.testing.assert_allclose(ge, np.mean([s[1] for s in singles], axis=0))
+
+
+def test_lifted_reference_is_the_finite_difference_of_one_solver():
+    """reference="lifted" compares with the lifted problem solved unperturbed, so what the
+    forward solution says does not enter; "forward" carries a forward/backward mismatch
+    into the gradient with weight 1 / λ."""
+    rng = np.random.default_rng(7)
+    nc, edges, ec, label_class, g = _tiny(rng, h=3, w=3)
+    part = np.array([False, True, False])
+    x = solve_amwc(nc, edges, ec, part)
+    mwc = solve_mwc(nc[:, label_class], edges, ec)
+    x0 = label_class[mwc.labels]
+    # A forward solution that disagrees with the lifted one at λ = 0 (as a heuristic's may).
+    wrong = x.labels.copy()
+    wrong[0] = (wrong[0] + 1) % 3
+    lams = np.array([[0.5, 2.0]])
+    out = {}
+    for ref in ("forward", "lifted"):
+        for name, labels in (("right", x.labels), ("wrong", wrong)):
+            problem = BackwardProblem(nc, edges.astype(np.int32), ec, labels, x.edge_cut,
+                                      label_class, g)
+            out[ref, name] = algorithm1([problem], lams, workers=1, reference=ref)
+    (gv_l, ge_l), stats = out["lifted", "wrong"][0][0], out["lifted", "wrong"][1]
+    assert stats["solves"] == 3  # two perturbed, one unperturbed
+    assert stats["reference_changed"] == pytest.approx(np.mean(x0 != wrong))
+    np.testing.assert_array_equal(gv_l, out["lifted", "right"][0][0][0])
+    np.testing.assert_array_equal(ge_l, out["lifted", "right"][0][0][1])
+    # By hand: mean over λ of (W_lifted(c + λ g) - W_lifted(c)) / λ.
+    ref_v, ref_e = np.zeros_like(nc), np.zeros_like(ec)
+    for lam in lams[0]:
+        res = solve_mwc(nc[:, label_class] + lam * g.T, edges, ec)
+        ref_v += (np.eye(3)[label_class[res.labels]] - np.eye(3)[x0]) / (lam * 2)
+        ref_e += (res.edge_cut.astype(float) - mwc.edge_cut) / (lam * 2)
+    np.testing.assert_allclose(gv_l, ref_v, atol=1e-12)
+    np.testing.assert_allclose(ge_l, ref_e, atol=1e-12)
+    # "forward" with the wrong labels: node 0's mismatch enters with weight mean(1 / λ).
+    gv_f = out["forward", "wrong"][0][0][0]
+    gv_r = out["forward", "right"][0][0][0]
+    delta = (gv_f - gv_r)[0]
+    assert delta[wrong[0]] == pytest.approx(-np.mean(1 / lams))
+    assert delta[x.labels[0]] == pytest.approx(np.mean(1 / lams))
+    with pytest.raises(InputError, match="`reference` must be one of"):
+        algorithm1([problem], lams, reference="other")
 
 
 def test_more_perturbations_lower_the_variance():
@@ -404,3 +447,50 @@ def test_scale_component_is_removed_and_node_sums_stay_zero():
     ref_v, ref_e = remove_scale_component(*grads[0], c_v, c_e)
     np.testing.assert_allclose(grads[1][0], ref_v, atol=1e-6)
     np.testing.assert_allclose(grads[1][1], ref_e, atol=1e-6)
+
+
+def test_cost_normalisation_fixes_the_scale_and_keeps_the_segmentation():
+    from copsctl.train.amwc_layer import normalize_cost_scale
+    pan, gt = _scene()
+    node, edge = _costs(pan, CLS_OF)
+    node = torch.cat([node, 0.1 * node])  # two images at very different scales
+    edge = torch.cat([edge, 0.1 * edge])
+    n2, e2 = normalize_cost_scale(node, edge, 2.5, (1, 2))
+    mask = torch.from_numpy(grid_edge_mask(12, 16, (1, 2)))
+    for b in range(2):
+        centred = n2[b] - n2[b].mean(dim=0, keepdim=True)
+        values = torch.cat([centred.flatten(), e2[b][mask]])
+        assert float(values.pow(2).mean().sqrt()) == pytest.approx(2.5, rel=1e-5)
+    # One positive factor per image: both images become the same costs, and the solver's
+    # segmentation is that of the unscaled costs.
+    torch.testing.assert_close(n2[0], n2[1])
+    torch.testing.assert_close(e2[0], e2[1])
+    layer = AMWCLayer(distances=(1, 2), partitionable=PART, workers=1)
+    before = layer(node[:1], edge[:1], [gt]).solutions[0]
+    after = layer(n2[:1], e2[:1], [gt]).solutions[0]
+    np.testing.assert_array_equal(before.labels, after.labels)
+    np.testing.assert_array_equal(before.edge_cut, after.edge_cut)
+
+
+def test_cost_normalisation_removes_the_pull_towards_smaller_costs():
+    from copsctl.train.amwc_layer import normalize_cost_scale
+    pan, gt = _scene()
+    node, edge = _costs(pan, CLS_OF)
+    grads = {}
+    for norm in (False, True):
+        nv = node.clone().requires_grad_(True)
+        ev = edge.clone().requires_grad_(True)
+        n, e = normalize_cost_scale(nv, ev, 3.0, (1, 2)) if norm else (nv, ev)
+        layer = AMWCLayer(distances=(1, 2), partitionable=PART, lambda_min=500,
+                          lambda_max=2000, num_perturbations=3, workers=1)
+        lifted_pq_surrogate(layer(n, e, [gt], seed=1), THRESH, pixel_area=16.0).loss.backward()
+        mask = torch.from_numpy(grid_edge_mask(12, 16, (1, 2)))
+        grads[norm] = float((nv.grad * node).sum() + (ev.grad * edge * mask).sum())
+    # Plain interpolation: <grad, c> >= 0 (a descent step shrinks the costs) and here > 0;
+    # through the normalisation the component along the costs is gone.
+    assert grads[False] > 1e-6
+    assert grads[True] == pytest.approx(0.0, abs=1e-6 * grads[False] + 1e-9)
+    with pytest.raises(InputError, match="`target` must be positive"):
+        normalize_cost_scale(node, edge, 0.0, (1, 2))
+    with pytest.raises(InputError, match=r"`edge_costs` \(shape \(1, 2, 12, 16\)\) must have shape"):
+        normalize_cost_scale(node, edge[:, :2], 1.0, (1, 2))

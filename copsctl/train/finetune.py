@@ -39,7 +39,6 @@ them exactly.
 
 from __future__ import annotations
 
-import itertools
 import time
 import warnings
 from pathlib import Path
@@ -49,13 +48,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .checkpoint import (CHECKPOINT_NAME, checkpoint_class_table, load_checkpoint, load_model,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import CHECKPOINT_NAME, checkpoint_class_table, load_model
 from .distributed import setup
-from .logging import MetricsLogger
-from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
-from .pretrain import RECIPE_NAME, check_run_dir, resolve_run_recipe, seed_everything
-from .schedule import WarmupPolySchedule
+from .loop import RunResult, TrainEvent
+from .pretrain import check_run_dir, resolve_run_recipe, seed_everything
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -189,12 +185,12 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     -------
     RunResult
     """
-    from ..config import save_recipe
     from ..metrics.surrogate import class_area_thresholds
     from ..model import PanopticModel, PretrainLoss, freeze_for_finetuning, total_loss
-    from .amwc_layer import AMWCLayer, ground_truth_from_batch, lifted_pq_surrogate
-    from .data import make_dataset, open_split, train_loader
-    from .validate import validate_from_recipe
+    from .amwc_layer import (AMWCLayer, ground_truth_from_batch, lifted_pq_surrogate,
+                             normalize_cost_scale)
+    from .run import (check_batch_size, make_optimizer, open_run_data, run_checkpoint,
+                      run_loop, save_run_checkpoint, train_batches)
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -203,28 +199,10 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     ctx = setup(cfg.train.device)
     try:
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
-        B = cfg.train.batch_size
-        if B % ctx.world_size:
-            raise InputError(f"`train.batch_size` ({B}) must be divisible by the number of "
-                             f"processes ({ctx.world_size})")
-        per_rank = B // ctx.world_size
-
+        check_batch_size(cfg, ctx)
         # Everything that reads input comes before anything is written.
-        train_reader = open_split(cfg, cfg.data.train_split)
-        class_table = train_reader.class_table
-        val_dataset = None
-        if ctx.is_main:
-            val_dataset = make_dataset(cfg, open_split(cfg, cfg.data.val_split), train=False)
-            if val_dataset.reader.class_table != class_table:
-                raise InputError(f"{val_dataset.reader.json_path}: categories differ from those "
-                                 f"of {train_reader.json_path}")
-        train_dataset = make_dataset(cfg, train_reader, train=True)
-
-        ckpt = load_checkpoint(out / CHECKPOINT_NAME) if has_ckpt else None
-        if ckpt is not None and ckpt.get("kind") != "finetune":
-            raise InputError(f"{out / CHECKPOINT_NAME}: written by {ckpt.get('kind')!r}, not by "
-                             "finetune")
-        start = int(ckpt["iteration"]) if ckpt is not None else 0
+        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx)
+        ckpt, start = run_checkpoint(out, has_ckpt, "finetune")
         if ckpt is None:
             model = _initial_model(cfg, weights, class_table.num_classes, class_table)
             init_weights = str(weights)
@@ -237,13 +215,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
             init_weights = str(ckpt.get("init_weights", ""))
             if weights is not None and ctx.is_main:
                 say(f"resuming from {out / CHECKPOINT_NAME}; --weights is not used")
-
-        loader = train_loader(train_dataset, batch_size=per_rank, seed=cfg.train.seed,
-                              start=start * B, rank=ctx.rank, world_size=ctx.world_size,
-                              num_workers=cfg.data.num_workers,
-                              pin_memory=ctx.device.type == "cuda")
-        batches = iter(loader)
-        batches = itertools.chain([next(batches)], batches)
+        batches = train_batches(train_dataset, cfg, ctx, start)
 
         f = cfg.finetune
         trainable = freeze_for_finetuning(model, trainable=f.trainable,
@@ -257,22 +229,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
 
             net = DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        amp = cfg.train.amp and ctx.device.type == "cuda"
-        scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
         seed_everything(cfg.train.seed)
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if amp and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            rngs = ckpt.get("rng") or []
-            if len(rngs) == ctx.world_size:
-                set_rng_state(rngs[ctx.rank])
-            else:
-                seed_everything(cfg.train.seed + 1000 * start + ctx.rank)
-        elif ctx.rank:
-            torch.manual_seed(cfg.train.seed + ctx.rank)
+        params, optimizer, scaler, amp = make_optimizer(model, cfg, ctx, ckpt, start, say)
 
         categories = class_table.to_categories()
         thresholds = class_area_thresholds(class_table.thing_mask, cfg.data.thing_area_threshold,
@@ -296,6 +254,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
                 gen = torch.Generator(device=node.device)
                 gen.manual_seed(seed)
                 node, edge = drop_costs(node, edge, f.cost_dropout, gen)
+            if f.cost_norm > 0:
+                node, edge = normalize_cost_scale(node, edge, f.cost_norm, cfg.model.distances)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             metrics: dict = {"time_network": time.perf_counter() - t0}
@@ -317,47 +277,17 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
             return result.loss, metrics
 
         def save_fn(iteration: int, loop_state: dict) -> None:
-            rngs = ctx.gather(rng_state())
-            if ctx.is_main:
-                save_checkpoint(out / CHECKPOINT_NAME, {
-                    "kind": "finetune", "iteration": iteration, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": rngs, "loop": loop_state, "recipe": cfg.dump(),
-                    "categories": class_table.to_json(), "world_size": ctx.world_size,
-                    "init_weights": init_weights, "trainable": trainable})
+            save_run_checkpoint(out, "finetune", ctx, iteration=iteration, loop_state=loop_state,
+                                model=model, optimizer=optimizer, scaler=scaler, cfg=cfg,
+                                class_table=class_table, init_weights=init_weights,
+                                trainable=trainable)
 
-        def validate_fn(iteration: int):
-            return validate_from_recipe(model, val_dataset, cfg, device=ctx.device,
-                                        batch_size=per_rank,
-                                        should_stop=lambda: loop.stop_requested)
-
-        logger = None
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_recipe(cfg, out / RECIPE_NAME)
-            logger = MetricsLogger(out, resume_iteration=start if resume else None)
-            if ckpt is not None:
-                say(f"resuming {out} at iteration {start} of {cfg.train.iterations}")
-            else:
-                say(f"fine-tuning {len(trainable)} parameter tensors "
-                    f"({sum(p.numel() for p in params)} weights) with loss {f.loss}")
-        ctx.barrier()
-        try:
-            loop = TrainLoop(model=net, optimizer=optimizer,
-                             schedule=WarmupPolySchedule.from_config(cfg.train), step_fn=step_fn,
-                             batches=batches, ctx=ctx, iterations=cfg.train.iterations,
-                             start_iteration=start, log_every=cfg.train.log_every,
-                             checkpoint_every=cfg.train.checkpoint_every,
-                             validate_every=cfg.train.validate_every, images_per_step=B,
-                             amp=amp, scaler=scaler, save_fn=save_fn, validate_fn=validate_fn,
-                             logger=logger, progress=progress,
-                             loop_state=ckpt.get("loop") if ckpt is not None else None)
-            result: LoopResult = loop.run()
-        finally:
-            if logger is not None:
-                logger.close()
-        return RunResult.from_loop(out, result, iterations=cfg.train.iterations,
-                                   resumed_from=start if ckpt is not None else None,
-                                   seconds=time.perf_counter() - t_start, is_main=ctx.is_main)
+        return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
+                        amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
+                        val_dataset=val_dataset, ckpt=ckpt, start=start, resume=resume,
+                        t_start=t_start, say=say, progress=progress,
+                        start_message=f"fine-tuning {len(trainable)} parameter tensors "
+                                      f"({sum(p.numel() for p in params)} weights) with loss "
+                                      f"{f.loss}")
     finally:
         ctx.close()

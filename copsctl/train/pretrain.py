@@ -26,7 +26,6 @@ bitwise deterministic, so weights agree only to rounding.
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import time
@@ -38,11 +37,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CHECKPOINT_NAME
 from .distributed import setup
-from .logging import METRICS_NAME, TENSORBOARD_DIR, MetricsLogger
-from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
-from .schedule import WarmupPolySchedule
+from .logging import METRICS_NAME, TENSORBOARD_DIR
+from .loop import RunResult, TrainEvent
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -154,10 +152,9 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         Bad recipe or override, a non-empty ``out`` without ``resume``, a resumed run
         whose recipe changed, missing or broken dataset files, a foreign checkpoint.
     """
-    from ..config import save_recipe
     from ..model import PanopticModel, PretrainLoss, total_loss
-    from .data import make_dataset, open_split, train_loader
-    from .validate import validate_from_recipe
+    from .run import (check_batch_size, make_optimizer, open_run_data, run_checkpoint,
+                      run_loop, save_run_checkpoint, train_batches)
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -173,38 +170,11 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         torch.backends.cudnn.benchmark = True
     try:
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
-        B = cfg.train.batch_size
-        if B % ctx.world_size:
-            raise InputError(f"`train.batch_size` ({B}) must be divisible by the number of "
-                             f"processes ({ctx.world_size})")
-        per_rank = B // ctx.world_size
-
+        check_batch_size(cfg, ctx)
         # Everything that reads input comes before anything is written.
-        train_reader = open_split(cfg, cfg.data.train_split)
-        val_dataset = None
-        if ctx.is_main:
-            val_dataset = make_dataset(cfg, open_split(cfg, cfg.data.val_split), train=False)
-            if val_dataset.reader.class_table != train_reader.class_table:
-                raise InputError(f"{val_dataset.reader.json_path}: categories differ from those "
-                                 f"of {train_reader.json_path}")
-        train_dataset = make_dataset(cfg, train_reader, train=True)
-        class_table = train_reader.class_table
-
-        ckpt = load_checkpoint(out / CHECKPOINT_NAME) if has_ckpt else None
-        if ckpt is not None and ckpt.get("kind") != "pretrain":
-            raise InputError(f"{out / CHECKPOINT_NAME}: written by {ckpt.get('kind')!r}, not by "
-                             "pretrain")
-        start = int(ckpt["iteration"]) if ckpt is not None else 0
-
-        loader = train_loader(train_dataset, batch_size=per_rank, seed=cfg.train.seed,
-                              start=start * B, rank=ctx.rank, world_size=ctx.world_size,
-                              num_workers=cfg.data.num_workers,
-                              pin_memory=ctx.device.type == "cuda")
-        # The loader has its own generator, so building it and reading the first batch
-        # (which fails early on a broken file, before anything is written) leave the
-        # global random state alone.
-        batches = iter(loader)
-        batches = itertools.chain([next(batches)], batches)
+        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx)
+        ckpt, start = run_checkpoint(out, has_ckpt, "pretrain")
+        batches = train_batches(train_dataset, cfg, ctx, start)
 
         seed_everything(cfg.train.seed)
         with warnings.catch_warnings():
@@ -223,27 +193,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
 
             net = DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        amp = cfg.train.amp and ctx.device.type == "cuda"
-        scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if amp and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            rngs = ckpt.get("rng") or []
-            if len(rngs) == ctx.world_size:
-                set_rng_state(rngs[ctx.rank])
-            else:
-                # Another number of processes: the data order still continues exactly, only
-                # dropout draws differ from an uninterrupted run.
-                seed_everything(cfg.train.seed + 1000 * start + ctx.rank)
-                if ctx.is_main:
-                    say(f"checkpoint was written by {len(rngs)} process(es), this run has "
-                        f"{ctx.world_size}: random state re-seeded")
-        elif ctx.rank:
-            torch.manual_seed(cfg.train.seed + ctx.rank)  # different dropout per process
-
+        _, optimizer, scaler, amp = make_optimizer(model, cfg, ctx, ckpt, start, say)
         loss_fn = PretrainLoss.from_config(cfg)
 
         def step_fn(batch: dict, iteration: int):
@@ -253,45 +203,13 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
             return total_loss(losses), {k: v.detach() for k, v in losses.items()}
 
         def save_fn(iteration: int, loop_state: dict) -> None:
-            rngs = ctx.gather(rng_state())
-            if ctx.is_main:
-                save_checkpoint(out / CHECKPOINT_NAME, {
-                    "kind": "pretrain", "iteration": iteration, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": rngs, "loop": loop_state, "recipe": cfg.dump(),
-                    "categories": class_table.to_json(), "world_size": ctx.world_size})
+            save_run_checkpoint(out, "pretrain", ctx, iteration=iteration, loop_state=loop_state,
+                                model=model, optimizer=optimizer, scaler=scaler, cfg=cfg,
+                                class_table=class_table)
 
-        def validate_fn(iteration: int):
-            # Ctrl-C during a long validation abandons it; the loop then saves and stops.
-            return validate_from_recipe(model, val_dataset, cfg, device=ctx.device,
-                                        batch_size=per_rank,
-                                        should_stop=lambda: loop.stop_requested)
-
-        logger = None
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_recipe(cfg, out / RECIPE_NAME)
-            logger = MetricsLogger(out, resume_iteration=start if resume else None)
-            if ckpt is not None:
-                say(f"resuming {out} at iteration {start} of {cfg.train.iterations}")
-        ctx.barrier()
-        try:
-            loop = TrainLoop(model=net, optimizer=optimizer,
-                             schedule=WarmupPolySchedule.from_config(cfg.train), step_fn=step_fn,
-                             batches=batches, ctx=ctx, iterations=cfg.train.iterations,
-                             start_iteration=start, log_every=cfg.train.log_every,
-                             checkpoint_every=cfg.train.checkpoint_every,
-                             validate_every=cfg.train.validate_every, images_per_step=B,
-                             amp=amp, scaler=scaler, save_fn=save_fn,
-                             validate_fn=validate_fn,
-                             logger=logger, progress=progress,
-                             loop_state=ckpt.get("loop") if ckpt is not None else None)
-            result: LoopResult = loop.run()
-        finally:
-            if logger is not None:
-                logger.close()
-        return RunResult.from_loop(out, result, iterations=cfg.train.iterations,
-                                   resumed_from=start if ckpt is not None else None,
-                                   seconds=time.perf_counter() - t_start, is_main=ctx.is_main)
+        return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
+                        amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
+                        val_dataset=val_dataset, ckpt=ckpt, start=start, resume=resume,
+                        t_start=t_start, say=say, progress=progress)
     finally:
         ctx.close()

@@ -1,0 +1,200 @@
+"""What every training command does around its step function.
+
+``copsctl pretrain`` and ``copsctl finetune`` differ in their model set-up and their step;
+the rest is shared and lives here, in the order a command uses it:
+
+1. :func:`open_run_data`: the train and val datasets, read (and checked) before anything
+   is written;
+2. :func:`run_checkpoint`: the run's own checkpoint when resuming, checked for its kind;
+3. :func:`train_batches`: the batch stream, continuing exactly where the checkpoint stopped;
+4. :func:`make_optimizer`: Adam over the trainable parameters, the AMP scaler and, when
+   resuming, their state and the random state of every process;
+5. :func:`run_loop`: the run folder, the logs, the :class:`~copsctl.train.loop.TrainLoop`
+   with atomic checkpoints (:func:`save_run_checkpoint`) and validation with exact PQ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+
+from ..errors import InputError
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .logging import MetricsLogger
+from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
+from .schedule import WarmupPolySchedule
+
+if TYPE_CHECKING:
+    from ..config import Recipe
+    from ..data.categories import ClassTable
+    from .distributed import DistContext
+
+__all__ = ["check_batch_size", "open_run_data", "run_checkpoint", "train_batches", "make_optimizer",
+           "save_run_checkpoint", "run_loop"]
+
+
+def check_batch_size(cfg: "Recipe", ctx: "DistContext") -> None:
+    """The batch must split evenly over the processes."""
+    B = cfg.train.batch_size
+    if B % ctx.world_size:
+        raise InputError(f"`train.batch_size` ({B}) must be divisible by the number of "
+                         f"processes ({ctx.world_size})")
+
+
+def open_run_data(cfg: "Recipe", ctx: "DistContext"):
+    """The recipe's train dataset, val dataset (main process only, else None) and class table.
+
+    Raises
+    ------
+    InputError
+        Missing or broken dataset files, or val categories that differ from train's.
+    """
+    from .data import make_dataset, open_split
+
+    train_reader = open_split(cfg, cfg.data.train_split)
+    val_dataset = None
+    if ctx.is_main:
+        val_dataset = make_dataset(cfg, open_split(cfg, cfg.data.val_split), train=False)
+        if val_dataset.reader.class_table != train_reader.class_table:
+            raise InputError(f"{val_dataset.reader.json_path}: categories differ from those "
+                             f"of {train_reader.json_path}")
+    return make_dataset(cfg, train_reader, train=True), val_dataset, train_reader.class_table
+
+
+def run_checkpoint(out: Path, has_checkpoint: bool, kind: str) -> tuple[dict | None, int]:
+    """The run's checkpoint (None for a new run) and the iteration it continues from."""
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME) if has_checkpoint else None
+    if ckpt is not None and ckpt.get("kind") != kind:
+        raise InputError(f"{out / CHECKPOINT_NAME}: written by {ckpt.get('kind')!r}, not by {kind}")
+    return ckpt, int(ckpt["iteration"]) if ckpt is not None else 0
+
+
+def train_batches(dataset, cfg: "Recipe", ctx: "DistContext", start: int) -> Iterator[dict]:
+    """This process's batches from iteration ``start`` on.
+
+    The loader has its own generator, so building it and reading the first batch (which
+    fails early on a broken file, before anything is written) leave the global random
+    state alone.
+    """
+    from .data import train_loader
+
+    B = cfg.train.batch_size
+    loader = train_loader(dataset, batch_size=B // ctx.world_size, seed=cfg.train.seed,
+                          start=start * B, rank=ctx.rank, world_size=ctx.world_size,
+                          num_workers=cfg.data.num_workers,
+                          pin_memory=ctx.device.type == "cuda")
+    batches = iter(loader)
+    return itertools.chain([next(batches)], batches)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: "Recipe", ctx: "DistContext", ckpt: dict | None,
+                   start: int, say: Callable[[str], None]):
+    """Adam over ``model``'s trainable parameters and the AMP scaler, restored when resuming.
+
+    When resuming, the random state of every process is restored too; a checkpoint
+    written by another number of processes re-seeds instead (the data order still
+    continues exactly, only dropout and other draws differ from an uninterrupted run).
+    A new run gives every process but the first its own torch seed.
+
+    Returns
+    -------
+    (params, optimizer, scaler, amp)
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    amp = cfg.train.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
+    if ckpt is not None:
+        from .pretrain import seed_everything
+
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if amp and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        rngs = ckpt.get("rng") or []
+        if len(rngs) == ctx.world_size:
+            set_rng_state(rngs[ctx.rank])
+        else:
+            seed_everything(cfg.train.seed + 1000 * start + ctx.rank)
+            if ctx.is_main:
+                say(f"checkpoint was written by {len(rngs)} process(es), this run has "
+                    f"{ctx.world_size}: random state re-seeded")
+    elif ctx.rank:
+        torch.manual_seed(cfg.train.seed + ctx.rank)  # different dropout per process
+    return params, optimizer, scaler, amp
+
+
+def save_run_checkpoint(out: Path, kind: str, ctx: "DistContext", *, iteration: int,
+                        loop_state: dict, model: torch.nn.Module, optimizer, scaler,
+                        cfg: "Recipe", class_table: "ClassTable", **extra: Any) -> None:
+    """Write the run's checkpoint atomically (main process); every process adds its random state."""
+    rngs = ctx.gather(rng_state())
+    if ctx.is_main:
+        save_checkpoint(out / CHECKPOINT_NAME, {
+            "kind": kind, "iteration": iteration, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "rng": rngs, "loop": loop_state, "recipe": cfg.dump(),
+            "categories": class_table.to_json(), "world_size": ctx.world_size, **extra})
+
+
+def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Module,
+             net: torch.nn.Module, optimizer, scaler, amp: bool,
+             step_fn: Callable, batches: Iterator[dict], save_fn: Callable[[int, dict], None],
+             val_dataset, ckpt: dict | None, start: int, resume: bool, t_start: float,
+             say: Callable[[str], None], start_message: str | None = None,
+             progress: Callable[[TrainEvent], None] | None = None) -> RunResult:
+    """Write the run folder's recipe and logs, run the loop and return its :class:`RunResult`.
+
+    Parameters
+    ----------
+    model, net : Module
+        The network and what the step calls (``net`` may wrap ``model`` for DDP);
+        validation runs ``model``.
+    step_fn, save_fn
+        As in :class:`~copsctl.train.loop.TrainLoop`.
+    val_dataset
+        The val split (main process), validated with exact PQ through the solver.
+    start_message : str, optional
+        Said when a new run starts (a resumed run says where it resumes).
+    """
+    from ..config import save_recipe
+    from .pretrain import RECIPE_NAME
+    from .validate import validate_from_recipe
+
+    def validate_fn(iteration: int):
+        # Ctrl-C during a long validation abandons it; the loop then saves and stops.
+        return validate_from_recipe(model, val_dataset, cfg, device=ctx.device,
+                                    batch_size=cfg.train.batch_size // ctx.world_size,
+                                    should_stop=lambda: loop.stop_requested)
+
+    logger = None
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_recipe(cfg, out / RECIPE_NAME)
+        logger = MetricsLogger(out, resume_iteration=start if resume else None)
+        if ckpt is not None:
+            say(f"resuming {out} at iteration {start} of {cfg.train.iterations}")
+        elif start_message:
+            say(start_message)
+    ctx.barrier()
+    try:
+        loop = TrainLoop(model=net, optimizer=optimizer,
+                         schedule=WarmupPolySchedule.from_config(cfg.train), step_fn=step_fn,
+                         batches=batches, ctx=ctx, iterations=cfg.train.iterations,
+                         start_iteration=start, log_every=cfg.train.log_every,
+                         checkpoint_every=cfg.train.checkpoint_every,
+                         validate_every=cfg.train.validate_every,
+                         images_per_step=cfg.train.batch_size, amp=amp, scaler=scaler,
+                         save_fn=save_fn, validate_fn=validate_fn, logger=logger,
+                         progress=progress,
+                         loop_state=ckpt.get("loop") if ckpt is not None else None)
+        result: LoopResult = loop.run()
+    finally:
+        if logger is not None:
+            logger.close()
+    return RunResult.from_loop(out, result, iterations=cfg.train.iterations,
+                               resumed_from=start if ckpt is not None else None,
+                               seconds=time.perf_counter() - t_start, is_main=ctx.is_main)
