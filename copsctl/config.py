@@ -238,6 +238,10 @@ class FinetuneConfig:
     cost_dropout: float = _key(0.0,
         "dropout probability on the costs during fine-tuning",
         check=lambda v: None if 0 <= v < 1 else "lie in [0, 1)")
+    surrogate_gate: str = _key("area",
+        "area gate of a matched segment in the PQ surrogate: area (eq. 6) or intersection "
+        "(only pixels inside its ground truth help it pass the small-segment threshold)",
+        choices=("area", "intersection"))
     backward_reference: str = _key("forward",
         "what perturbed solutions are compared with: forward (Algorithm 1 as printed) or "
         "lifted (the lifted problem solved unperturbed, one more solve per image)",

@@ -142,6 +142,41 @@ def test_growing_a_matched_prediction_lowers_the_loss():
     assert res.matchings[0].pred.tolist() == [0, 1] and res.matchings[0].gt.tolist() == [0, 1]
 
 
+def test_intersection_gate_never_rewards_wrong_pixels():
+    """A matched car of 20 mask px (320 px at 1/4 resolution) against a threshold of 330: with
+    the area gate (eq. (6)) adding
+    *any* pixel helps it pass the threshold, so the gradient is negative far outside its
+    ground truth too (what drove fine-tuning to paint stuff with thing classes); with the
+    intersection gate only pixels inside its ground truth help."""
+    gt = np.full((30, 30), 1, np.int64); gt[5:10, 5:10] = 2      # a 25 px car
+    pr = np.full((30, 30), 1, np.int64); pr[5:9, 5:10] = 2       # predicted: 20 px of it
+    pm, pc = _masks(pr, {1: 0, 2: 1})
+    gm, gc = _masks(gt, {1: 0, 2: 1})
+    thresholds = np.array([80.0, 330.0, 330.0])
+    car = int(np.flatnonzero(pc == 1)[0])
+    grads = {}
+    for gate in ("area", "intersection"):
+        res, (g,) = pq_surrogate_mask_grads([pm], [pc], [gm], [gc], thresholds, gate=gate,
+                                            pixel_area=16.0)
+        grads[gate] = g[car]
+        assert g[car, 9, 7] < 0  # the uncovered gt row: growing there helps either way
+    assert grads["area"][25, 25] < 0          # the pathology
+    assert grads["intersection"][25, 25] > 0  # outside: only the IoU speaks
+    # Inside its gt the intersection is the area: same loss for a prediction within its gt.
+    same = [float(pq_surrogate([pm], [pc], [gm], [gc], thresholds, gate=gate,
+                               pixel_area=16.0).loss)
+            for gate in ("area", "intersection")]
+    assert same[0] == pytest.approx(same[1], abs=1e-12)
+    # The empty slot of a missed gt: growing it outside the gt does not help either.
+    res, _, (slot,) = pq_surrogate_mask_grads([pm[:1]], [pc[:1]], [gm], [gc], thresholds,
+                                              gate="intersection", pixel_area=16.0,
+                                              unmatched_gt_grads=True)
+    assert res.matchings[0].unmatched_gt.tolist() == [1]
+    assert float(slot[1][25, 25]) >= 0
+    with pytest.raises(InputError, match="`gate` must be one of"):
+        pq_surrogate([pm], [pc], [gm], [gc], thresholds, gate="other")
+
+
 def test_small_spurious_segment_costs_less_than_a_large_one():
     gt = np.full((60, 60), 1, np.int64); gt[5:25, 5:25] = 2
     t = np.array([50.0, 200.0, 200.0])

@@ -65,6 +65,7 @@ __all__ = ["soft_tp", "area_gate", "class_area_thresholds", "Matching", "Surroga
            "match_segments", "pq_surrogate", "pq_surrogate_mask_grads"]
 
 _FORMULATIONS = ("complete", "paper")
+_GATES = ("area", "intersection")
 _SLOPE = 0.1  # of the area gate, per pixel of the threshold's resolution (paper, eq. 6)
 
 
@@ -269,7 +270,8 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
                  area_thresholds, *, pixel_weights: Sequence[torch.Tensor] | None = None,
                  pixel_area: float = 1.0, formulation: str = "complete",
                  matchings: Sequence[Matching] | None = None,
-                 gt_slots: Sequence[torch.Tensor] | None = None) -> SurrogateResult:
+                 gt_slots: Sequence[torch.Tensor] | None = None,
+                 gate: str = "area") -> SurrogateResult:
     """PQ surrogate loss of a batch, pooled per class over its images.
 
     Parameters
@@ -306,11 +308,19 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         with the gate taken relative to an empty mask (module docstring); slots of
         matched or ignored segments are unused. An all-zero slot leaves the loss value
         unchanged.
+    gate : {"area", "intersection"}
+        What the area gate ``σ`` of a *matched* prediction (and of a ground-truth slot)
+        measures. ``"area"`` (eq. (6)): its whole area. ``"intersection"``: its
+        intersection with its ground-truth segment, so that only correct pixels help
+        it survive the rejection (module docstring, "The area gate"). Unmatched
+        predictions are gated by their area either way.
 
     Returns
     -------
     SurrogateResult
     """
+    if gate not in _GATES:
+        raise InputError(f"`gate` must be one of {list(_GATES)}, got {gate!r}")
     if formulation not in _FORMULATIONS:
         raise InputError(f"`formulation` must be one of {list(_FORMULATIONS)}, got {formulation!r}")
     B = len(pred_masks)
@@ -344,6 +354,7 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     pred_count = np.zeros(K, np.int64)
     found = []
     complete = formulation == "complete"
+    by_intersection = gate == "intersection"
     for b in range(B):
         pm = _check_masks(pred_masks[b], "pred_masks", b)
         hw = tuple(pm.shape[1:])
@@ -384,7 +395,10 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         dev = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
         if mp.size:
             u = iou[dev(mp), dev(mg)]
-            sp = gate[dev(mp)]
+            if by_intersection:
+                sp = area_gate(pixel_area * inter[dev(mp), dev(mg)], thresholds[dev(pc[mp])])
+            else:
+                sp = gate[dev(mp)]
             hs = soft_tp(u) * sp
             cls = dev(pc[mp])
             tp = tp.index_add(0, cls, hs)
@@ -404,7 +418,8 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
             inter_q = (qw * g[dev(un_g)]).sum(1)
             u = inter_q / (area_q + area_g[dev(un_g)] - inter_q)  # union >= area of g > 0
             t = thresholds[dev(gc[un_g])]
-            sq = area_gate(pixel_area * area_q, t) - area_gate(torch.zeros_like(t), t)
+            sq = (area_gate(pixel_area * (inter_q if by_intersection else area_q), t)
+                  - area_gate(torch.zeros_like(t), t))
             hs = soft_tp(u) * sq
             cls = dev(gc[un_g])
             tp = tp.index_add(0, cls, hs)

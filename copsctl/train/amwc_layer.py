@@ -694,7 +694,7 @@ class AMWCLayer:
 
 
 def lifted_pq_surrogate(batch: AMWCBatch, area_thresholds, *, pixel_area: float = 1.0,
-                        formulation: str = "complete") -> SurrogateResult:
+                        formulation: str = "complete", gate: str = "area") -> SurrogateResult:
     """The PQ surrogate (6) of the layer's segmentation, differentiable through the layer.
 
     The predicted-segment labels enter as predicted masks, the unmatched ground-truth
@@ -710,6 +710,8 @@ def lifted_pq_surrogate(batch: AMWCBatch, area_thresholds, *, pixel_area: float 
     pixel_area : float
         Input pixels per cost pixel (16 for 1/4 resolution).
     formulation : {"complete", "paper"}
+    gate : {"area", "intersection"}
+        As in :func:`~copsctl.metrics.surrogate.pq_surrogate`.
     """
     masks = batch.label_masks
     B, _, h, w = masks.shape
@@ -729,4 +731,5 @@ def lifted_pq_surrogate(batch: AMWCBatch, area_thresholds, *, pixel_area: float 
         slots.append(slot)
     return pq_surrogate(pred, pred_cls, gt_masks, gt_cls, area_thresholds, pixel_weights=weights,
                         pixel_area=pixel_area, formulation=formulation,
-                        matchings=[lab.matching for lab in batch.lifted], gt_slots=slots)
+                        matchings=[lab.matching for lab in batch.lifted], gt_slots=slots,
+                        gate=gate)

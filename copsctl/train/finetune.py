@@ -265,7 +265,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
             t1 = time.perf_counter()
             # Areas and IoUs need float32 at least: no autocast for the loss.
             with torch.autocast(device_type=ctx.device.type, enabled=False):
-                result = lifted_pq_surrogate(solved, thresholds, pixel_area=float(STRIDE ** 2))
+                result = lifted_pq_surrogate(solved, thresholds, pixel_area=float(STRIDE ** 2),
+                                         gate=cfg.finetune.surrogate_gate)
             pq = batch_exact_pq(solved.solutions, batch, categories,
                                 thing_area=cfg.data.thing_area_threshold,
                                 stuff_area=cfg.data.stuff_area_threshold)
