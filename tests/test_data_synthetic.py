@@ -90,11 +90,11 @@ def test_generation_is_fast():
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = []
 
-    def boom(rng, *, height, width):
+    def boom(rng, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("disk full")
-        return render_scene(rng, height=height, width=width)
+        return render_scene(rng, **kwargs)
 
     monkeypatch.setattr(synthetic, "render_scene", boom)
     with pytest.raises(RuntimeError):
@@ -114,6 +114,27 @@ def test_bad_arguments(tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     make_synthetic(tmp_path / "full", train=1, val=1, size=(32, 32), overwrite=True)
     assert not (tmp_path / "full" / "keep.txt").exists()
+    with pytest.raises(InputError, match=r"`small_fraction` must lie in \[0, 1\], got 1.5"):
+        make_synthetic(tmp_path / "y", small_fraction=1.5)
+    assert not (tmp_path / "y").exists()
+
+
+def test_small_fraction_sets_the_share_of_small_things_and_keeps_the_layout():
+    def things(fraction, index):
+        rng = np.random.default_rng([5, 0, index])
+        _, pan, segments = render_scene(rng, height=128, width=128, small_fraction=fraction)
+        return pan, [s.area for s in segments if s.id % 1000 and not s.iscrowd]
+
+    small, large = [], []
+    for i in range(6):
+        pan_s, a_s = things(1.0, i)
+        pan_l, a_l = things(0.0, i)
+        small += a_s
+        large += a_l
+        # The same draws: the stuff layout under the things is the same scene.
+        both_stuff = (pan_s % 1000 == 0) & (pan_l % 1000 == 0) & (pan_s > 0) & (pan_l > 0)
+        assert both_stuff.any() and np.array_equal(pan_s[both_stuff], pan_l[both_stuff])
+    assert np.median(large) > 4 * np.median(small)
 
 
 def test_cli_writes_the_dataset_and_reports_bad_input_in_one_line(tmp_path):
@@ -124,6 +145,7 @@ def test_cli_writes_the_dataset_and_reports_bad_input_in_one_line(tmp_path):
     assert "wrote 2 train and 1 val images" in res.output
     assert len(list((tmp_path / "d" / "train2017").glob("*.png"))) == 2
     assert json.loads((tmp_path / "d" / "synthetic.json").read_text())["seed"] == 3
+    assert json.loads((tmp_path / "d" / "synthetic.json").read_text())["small_fraction"] == 0.4
     for args, msg in ((["--size", "32by48"], "`--size` must be HxW"),
                       (["--size", "8x8"], "`size` must be at least 16x16"),
                       ([], "output folder is not empty")):

@@ -30,6 +30,9 @@ def make_synthetic_command(
     val: int = typer.Option(50, "--val", help="Number of validation images."),
     size: str = typer.Option("128x128", "--size", help="Image size HxW in pixels."),
     seed: int = typer.Option(0, "--seed", help="Seed; the dataset is a function of it."),
+    small_fraction: float = typer.Option(
+        0.4, "--small-fraction", help="Share of small thing instances (radius 3-7 px at "
+        "128x128) among the things, in [0, 1]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
     out_json: Optional[Path] = typer.Option(None, "--json",
                                             help="Also write the summary as JSON here."),
@@ -38,7 +41,7 @@ def make_synthetic_command(
     from ..data.synthetic import make_synthetic
 
     summary = make_synthetic(out, train=train, val=val, size=_parse_size(size), seed=seed,
-                             overwrite=overwrite)
+                             small_fraction=small_fraction, overwrite=overwrite)
     console.print(f"wrote {summary['train']} train and {summary['val']} val images "
                   f"({summary['size'][0]}x{summary['size'][1]}, seed {summary['seed']}) "
                   f"to {summary['out']}")

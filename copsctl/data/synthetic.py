@@ -218,8 +218,8 @@ def _paint(img, pan, inst, seg_id, rng, yy, xx) -> None:
     pan[y0:y1, x0:x1][m] = seg_id
 
 
-def render_scene(rng: np.random.Generator, *, height: int, width: int
-                 ) -> tuple[np.ndarray, np.ndarray, list]:
+def render_scene(rng: np.random.Generator, *, height: int, width: int,
+                 small_fraction: float = 0.4) -> tuple[np.ndarray, np.ndarray, list]:
     """Draw one synthetic scene.
 
     Parameters
@@ -228,6 +228,10 @@ def render_scene(rng: np.random.Generator, *, height: int, width: int
         The only source of randomness.
     height, width : int
         Image size in pixels (at least 16 each).
+    small_fraction : float
+        Probability that a thing instance is small (radius 3-7 px at 128x128) rather
+        than large (10-28 px). The random draws do not depend on it, so scenes with
+        another fraction keep their layout.
 
     Returns
     -------
@@ -253,7 +257,7 @@ def render_scene(rng: np.random.Generator, *, height: int, width: int
     n = int(round(rng.integers(3, 10) * max(1.0, H * W / 128.0**2) ** 0.75))
     insts = []
     for _ in range(n):
-        small = rng.random() < 0.4
+        small = rng.random() < small_fraction
         r = _radius(rng, s, small)
         if insts and rng.random() < 0.5:
             nb = insts[int(rng.integers(len(insts)))]
@@ -311,7 +315,7 @@ def render_scene(rng: np.random.Generator, *, height: int, width: int
 
 def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
                    size: tuple[int, int] = (128, 128), seed: int = 0,
-                   overwrite: bool = False) -> dict:
+                   small_fraction: float = 0.4, overwrite: bool = False) -> dict:
     """Write a synthetic panoptic dataset with a train and a val split (COCO layout).
 
     Layout::
@@ -333,6 +337,8 @@ def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
         Image size (H, W), each at least 16.
     seed : int
         Image ``i`` of a split is drawn from ``default_rng([seed, split, i])``.
+    small_fraction : float
+        Share of small thing instances, in [0, 1] (:func:`render_scene`).
     overwrite : bool
         Replace an existing non-empty ``out``.
 
@@ -348,6 +354,8 @@ def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
     h, w = (int(v) for v in size)
     if h < 16 or w < 16:
         raise InputError(f"`size` must be at least 16x16, got {h}x{w}")
+    if not 0.0 <= float(small_fraction) <= 1.0:
+        raise InputError(f"`small_fraction` must lie in [0, 1], got {small_fraction}")
     if train < 0 or val < 0 or train + val == 0:
         raise InputError(f"`train` and `val` must be >= 0 and not both 0, got {train}, {val}")
     if out.exists() and not out.is_dir():
@@ -364,7 +372,8 @@ def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
             images, annotations = [], []
             for i in range(n):
                 rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], i])
-                image, pan, segments = render_scene(rng, height=h, width=w)
+                image, pan, segments = render_scene(rng, height=h, width=w,
+                                                    small_fraction=float(small_fraction))
                 image_id = (1_000_000 if split == "val" else 0) + i + 1
                 name = f"{image_id:012d}.png"
                 Image.fromarray(image).save(image_dir / name)
@@ -377,7 +386,8 @@ def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
                 json.dump(pset.to_json(), f)
             counts[split] = sum(len(a.segments) for a in annotations)
         summary = {"out": str(out), "train": int(train), "val": int(val), "size": [h, w],
-                   "seed": int(seed), "segments": counts}
+                   "seed": int(seed), "small_fraction": float(small_fraction),
+                   "segments": counts}
         with open(tmp / "synthetic.json", "w") as f:
             json.dump({k: v for k, v in summary.items() if k != "out"}, f, indent=2)
     return summary
