@@ -84,29 +84,6 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _figure(run: Path, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..train.logging import read_metrics
-
-    rec = [r for r in read_metrics(run / "metrics.jsonl", "train") if "pq_surrogate" in r]
-    if not rec:
-        return
-    it = [r["iteration"] for r in rec]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(it, [r["pq_surrogate"] for r in rec], label="surrogate PQ (batch)", lw=1)
-    ax.plot(it, [r["pq_exact"] for r in rec], label="exact PQ (batch)", lw=1)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("PQ")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True)
@@ -167,7 +144,11 @@ def main(argv=None) -> None:
             write_json(saved, results)
     md = table(results)
     write_text(out / "results.md", md + "\n")
-    _figure(out / f"finetuned_seed{args.seeds[0]}", out / "figure5.png")
+    first = out / f"finetuned_seed{args.seeds[0]}"
+    if "finetuned" in args.kinds and first.is_dir():
+        from ..visualize.curves import run_figure
+
+        run_figure(first, out / "figure5.png", title=f"fine-tuned, seed {args.seeds[0]}")
     print(md)
 
 
