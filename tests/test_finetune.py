@@ -16,6 +16,7 @@ from copsctl.config import load_recipe
 from copsctl.data.synthetic import make_synthetic
 from copsctl.errors import InputError
 from copsctl.metrics.surrogate import class_area_thresholds
+from copsctl.solver.grid import grid_edge_mask
 from copsctl.model import PanopticModel, freeze_for_finetuning
 from copsctl.train.amwc_layer import (AMWCLayer, ImageSolution, ground_truth_from_batch,
                                       lifted_pq_surrogate, panoptic_segments)
@@ -197,6 +198,49 @@ def test_control_run_uses_the_pretraining_losses(setup, tmp_path):
     pre = load_checkpoint(root / "pre.pt")["model"]
     changed = {k for k, v in ckpt["model"].items() if not torch.equal(v, pre[k])}
     assert changed and all(k in ckpt["trainable"] for k in changed)
+
+
+def test_gate_reference_and_cost_norm_reach_the_step(setup, tmp_path, monkeypatch):
+    """finetune.surrogate_gate / backward_reference / cost_norm: recorded in the run's recipe
+    and used by the step (the lifted reference adds one solve per image; the normalised
+    costs have the requested root mean square)."""
+    import copsctl.train.amwc_layer as amwc
+
+    root, overrides, _, _ = setup
+    seen = {"rms": [], "gate": []}
+    real_norm, real_loss = amwc.normalize_cost_scale, amwc.lifted_pq_surrogate
+
+    def norm(node, edge, target, distances):
+        n, e = real_norm(node, edge, target, distances)
+        mask = torch.from_numpy(grid_edge_mask(n.shape[2], n.shape[3], distances))
+        centred = n[0] - n[0].mean(dim=0, keepdim=True)
+        vals = torch.cat([centred.flatten(), e[0][mask]])
+        seen["rms"].append(float(vals.detach().pow(2).mean().sqrt()))
+        return n, e
+
+    def loss(*args, gate="area", **kwargs):
+        seen["gate"].append(gate)
+        return real_loss(*args, gate=gate, **kwargs)
+
+    monkeypatch.setattr(amwc, "normalize_cost_scale", norm)
+    monkeypatch.setattr(amwc, "lifted_pq_surrogate", loss)
+    out = tmp_path / "opts"
+    res = runner.invoke(app, _args(root, overrides, out, "train.iterations=2",
+                                   "finetune.surrogate_gate=intersection",
+                                   "finetune.backward_reference=lifted",
+                                   "finetune.cost_norm=1.5", "finetune.num_perturbations=2")
+                        + ["--weights", str(root / "pre.pt")])
+    assert res.exit_code == 0, res.output
+    assert seen["gate"] == ["intersection"] * 2
+    assert seen["rms"] and all(r == pytest.approx(1.5, rel=1e-4) for r in seen["rms"])
+    recipe = (out / "recipe.yaml").read_text()
+    for line in ("surrogate_gate: intersection", "backward_reference: lifted", "cost_norm: 1.5"):
+        assert line in recipe
+    train = read_metrics(out / "metrics.jsonl", "train")
+    # N = 2 perturbed solves and one unperturbed lifted solve per image with a gradient.
+    assert all(r["backward_solves"] % 3 == 0 and 0 <= r["reference_changed"] <= 1
+               for r in train)
+    assert any(r["backward_solves"] > 0 for r in train)
 
 
 def test_bad_inputs_exit_2_with_one_line(setup, tmp_path):

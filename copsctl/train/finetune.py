@@ -273,8 +273,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
             metrics.update(pq_surrogate=result.pq, pq_exact=pq.all.pq, pq_exact_th=pq.things.pq,
                            pq_exact_st=pq.stuff.pq, time_loss=time.perf_counter() - t1)
             if f.learn_cost_scale:
-                metrics.update(node_scale=float(ct.log_node_scale.exp()),
-                               edge_scale=float(ct.log_edge_scale.exp()))
+                metrics.update(node_scale=float(ct.log_node_scale.detach().exp()),
+                               edge_scale=float(ct.log_edge_scale.detach().exp()))
             return result.loss, metrics
 
         def save_fn(iteration: int, loop_state: dict) -> None:
