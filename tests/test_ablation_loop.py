@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from copsctl.cli import app
@@ -31,14 +30,8 @@ BIN = Path(sys.executable).parent
 def weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
     make_synthetic(root / "data", train=4, val=2, size=(64, 64), seed=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = CliRunner().invoke(app, ["pretrain", "--recipe", "synthetic_tiny", "--out",
-                                       str(root / "pre"), "--set",
-                                       f"data.root={root / 'data'}"])
-    finally:
-        torch.set_num_threads(threads)
+    res = CliRunner().invoke(app, ["pretrain", "--recipe", "synthetic_tiny", "--out",
+                                   str(root / "pre"), "--set", f"data.root={root / 'data'}"])
     assert res.exit_code == 0, res.output
     return root, root / "pre" / "checkpoint.pt"
 

@@ -29,16 +29,6 @@ from copsctl.train.validate import validate_pq
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Bit-identical resumes need a fixed reduction order; one thread also keeps the
-    # shared test machine responsive.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn") / "data"

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -36,10 +35,6 @@ def test_size(monkeypatch):
     monkeypatch.setattr(demo, "PRETRAIN_RECIPE", "synthetic_tiny")
     monkeypatch.setattr(demo, "FINETUNE_RECIPE", "synthetic_tiny")
     monkeypatch.setitem(demo.DEMO_SIZES, "quick", TEST_SIZE)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _demo(out, *args):

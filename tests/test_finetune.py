@@ -27,15 +27,6 @@ from copsctl.train.logging import read_metrics
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared machine: one thread is many times faster than several.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny synthetic dataset and a 'pre-trained' checkpoint of the tiny recipe's model."""

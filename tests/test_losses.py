@@ -12,7 +12,6 @@ from copsctl.errors import InputError
 from copsctl.model.losses import (PretrainLoss, pretrain_losses, topk_binary_cross_entropy,
                                   topk_cross_entropy, total_loss)
 
-torch.set_num_threads(1)
 IGNORE = 255
 
 

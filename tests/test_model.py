@@ -18,7 +18,6 @@ from copsctl.model.backbone import ResNetBackbone, _dilate_stage
 from copsctl.model.heads import EdgePredictor, endpoint_difference
 from copsctl.solver.grid import grid_edge_mask, grid_edges, maps_to_edge_values
 
-torch.set_num_threads(1)
 
 K = 5
 DISTANCES = (1, 2, 4)
