@@ -412,43 +412,6 @@ def test_bad_inputs():
         layer(nc, ec, [small])
 
 
-def test_scale_component_is_removed_and_node_sums_stay_zero():
-    from copsctl.train.amwc_layer import remove_scale_component
-    rng = np.random.default_rng(4)
-    nc, edges, ec, label_class, g = _tiny(rng, h=3, w=3)
-    x = solve_amwc(nc, edges, ec, np.array([False, True, False]))
-    problem = BackwardProblem(nc, edges.astype(np.int32), ec, x.labels, x.edge_cut, label_class,
-                              g * 50)
-    [(gv, ge)], _ = algorithm1([problem], np.array([[1.0, 3.0]]), workers=1)
-    assert np.abs(gv).sum() > 0
-    pv, pe = remove_scale_component(gv, ge, nc, ec)
-    d_v = nc - nc.mean(axis=1, keepdims=True)
-    # Orthogonal to the invariant direction (scaling all costs), node sums still zero.
-    assert float((pv * d_v).sum() + pe @ ec) == pytest.approx(0.0, abs=1e-12)
-    np.testing.assert_allclose(pv.sum(axis=1), 0.0, atol=1e-12)
-    # Only that one direction is removed: what was orthogonal to it is kept.
-    r_v, r_e = gv - pv, ge - pe
-    assert float((r_v * (gv - r_v)).sum() + r_e @ (ge - r_e)) == pytest.approx(0.0, abs=1e-12)
-    # The layer applies it on request.
-    pan, gt = _scene()
-    grads = []
-    for flag in (False, True):
-        node, edge = _costs(pan, CLS_OF)
-        node.requires_grad_(True)
-        edge.requires_grad_(True)
-        layer = AMWCLayer(distances=(1, 2), partitionable=PART, lambda_min=500, lambda_max=2000,
-                          num_perturbations=2, workers=1, scale_invariant=flag)
-        out = layer(node, edge, [gt], seed=0)
-        lifted_pq_surrogate(out, THRESH, pixel_area=16.0).loss.backward()
-        grads.append((node.grad[0].numpy().reshape(3, -1).T.astype(np.float64),
-                      maps_to_edge_values(edge.grad[0].numpy(), (1, 2)).astype(np.float64)))
-    c_v = node.detach()[0].numpy().reshape(3, -1).T.astype(np.float64)
-    c_e = maps_to_edge_values(edge.detach()[0].numpy(), (1, 2)).astype(np.float64)
-    ref_v, ref_e = remove_scale_component(*grads[0], c_v, c_e)
-    np.testing.assert_allclose(grads[1][0], ref_v, atol=1e-6)
-    np.testing.assert_allclose(grads[1][1], ref_e, atol=1e-6)
-
-
 def test_cost_normalisation_fixes_the_scale_and_keeps_the_segmentation():
     from copsctl.train.amwc_layer import normalize_cost_scale
     pan, gt = _scene()

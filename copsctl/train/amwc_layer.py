@@ -385,37 +385,6 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
     return grads, stats
 
 
-def remove_scale_component(node_grad: np.ndarray, edge_grad: np.ndarray, node_costs: np.ndarray,
-                           edge_costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project the gradient of one image onto the directions that can change the solution.
-
-    The AMWC solution does not change when all costs are scaled by ``s > 0`` or when a
-    node's costs are shifted by a constant, so the loss of the solver's output is flat
-    along ``d = (c_V - mean_k c_V, c_E)``: its true gradient is orthogonal to ``d``. The
-    interpolation (3) is not: ``f_λ(s c) = f_{λ/s}(c)`` and ``f_λ`` falls as ``λ`` grows
-    (``OPT`` is concave), so its gradient always has a component that shrinks every cost
-    -- making the network less confident until the perturbation dominates. This removes
-    that component: ``grad - (<grad, d> / <d, d>) d``. Per-node sums stay zero.
-
-    Parameters
-    ----------
-    node_grad, node_costs : (N, K) ndarray
-    edge_grad, edge_costs : (E,) ndarray
-
-    Returns
-    -------
-    (node_grad (N, K), edge_grad (E,)) float64 ndarray
-    """
-    dv = np.asarray(node_costs, np.float64)
-    dv = dv - dv.mean(axis=1, keepdims=True)
-    de = np.asarray(edge_costs, np.float64)
-    norm = float((dv * dv).sum() + (de * de).sum())
-    if norm == 0.0:
-        return node_grad, edge_grad
-    alpha = (float((node_grad * dv).sum()) + float(edge_grad @ de)) / norm
-    return node_grad - alpha * dv, edge_grad - alpha * de
-
-
 def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor, target: float,
                          distances: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rescale every image's costs so that their root mean square is ``target``.
@@ -590,9 +559,6 @@ class _AMWCFunction(torch.autograd.Function):
                                             sol.edge_cut, lab.label_class, g, ctx.local))
         grads, stats = algorithm1(problems, lambdas, workers=layer.workers, options=layer.options,
                                   reference=layer.reference)
-        if layer.scale_invariant:
-            grads = [remove_scale_component(gv, ge, ctx.nc[b].T, ctx.ec[b])
-                     for b, (gv, ge) in enumerate(grads)]
         ctx.metrics.update(time_backward_solve=stats["seconds"], backward_solves=stats["solves"],
                            changed_nodes=stats["changed_nodes"],
                            reference_changed=stats["reference_changed"])
@@ -619,9 +585,6 @@ class AMWCLayer:
     workers : int, optional
         Solver threads for the forward and backward solves (default: all cores).
     options : SolverOptions, optional
-    scale_invariant : bool
-        Remove the gradient component along the costs themselves
-        (:func:`remove_scale_component`), which only makes the costs smaller.
     reference : {"forward", "lifted"}
         The solution the perturbed ones are compared with (see :func:`algorithm1`).
 
@@ -637,7 +600,7 @@ class AMWCLayer:
     def __init__(self, *, distances: Sequence[int], partitionable, lambda_min: float = 1.0,
                  lambda_max: float = 5000.0, num_perturbations: int = 5,
                  workers: int | None = None, options: SolverOptions | None = None,
-                 scale_invariant: bool = False, reference: str = "forward"):
+                 reference: str = "forward"):
         self.distances = tuple(int(d) for d in distances)
         self.partitionable = np.asarray(partitionable, dtype=bool)
         if not (0 < lambda_min <= lambda_max):
@@ -649,7 +612,6 @@ class AMWCLayer:
         self.num_perturbations = int(num_perturbations)
         self.workers = workers
         self.options = options or SolverOptions()
-        self.scale_invariant = bool(scale_invariant)
         if reference not in REFERENCES:
             raise InputError(f"`reference` must be one of {REFERENCES}, got {reference!r}")
         self.reference = reference
