@@ -41,23 +41,19 @@ import torch
 
 
 def _step_timed(model, layer, optimizer, batch, thresholds, categories, cfg, seed):
-    from ..train.amwc_layer import ground_truth_from_batch, lifted_pq_surrogate, normalize_cost_scale
-    from ..train.finetune import STRIDE, batch_exact_pq
+    from ..train.amwc_layer import ground_truth_from_batch
+    from ..train.finetune import batch_exact_pq, layer_costs, step_surrogate
 
     t = {}
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    costs = model.costs(model(batch["image"]))
-    node, edge = costs["node_costs"], costs["edge_costs"]
-    if cfg.finetune.cost_norm > 0:
-        node, edge = normalize_cost_scale(node, edge, cfg.finetune.cost_norm, cfg.model.distances)
+    node, edge = layer_costs(model.costs(model(batch["image"])), cfg, seed)
     t["network"] = time.perf_counter() - t0
     metrics: dict = {}
     solved = layer(node, edge, ground_truth_from_batch(batch), seed=seed, metrics=metrics)
     t["fwd solve"] = metrics["time_forward_solve"]
     t1 = time.perf_counter()
-    res = lifted_pq_surrogate(solved, thresholds, pixel_area=float(STRIDE ** 2),
-                              gate=cfg.finetune.surrogate_gate)
+    res = step_surrogate(solved, thresholds, cfg)
     batch_exact_pq(solved.solutions, batch, categories, thing_area=cfg.data.thing_area_threshold,
                    stuff_area=cfg.data.stuff_area_threshold)
     t["loss"] = time.perf_counter() - t1

@@ -57,8 +57,8 @@ if TYPE_CHECKING:
     from ..config import Recipe
     from ..panoptic import Category
 
-__all__ = ["finetune", "drop_costs", "batch_exact_pq", "iteration_seed",
-           "STRIDE"]
+__all__ = ["finetune", "drop_costs", "layer_costs", "step_surrogate", "batch_exact_pq",
+           "iteration_seed", "STRIDE"]
 
 STRIDE = 4
 """The network's output stride: costs are at 1/4 of the input resolution."""
@@ -97,6 +97,32 @@ def drop_costs(node_costs: torch.Tensor, edge_costs: torch.Tensor, p: float,
     keep_node = torch.rand((B, 1, h, w), generator=generator, device=dev) >= p
     keep_edge = torch.rand(tuple(edge_costs.shape), generator=generator, device=dev) >= p
     return node_costs * keep_node, edge_costs * keep_edge
+
+
+def layer_costs(costs: dict, cfg: "Recipe", seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the AMWC layer gets in a fine-tuning step: the network's node and edge costs
+    (:meth:`~copsctl.model.PanopticModel.costs`) after the recipe's cost dropout (masks
+    drawn from ``seed``) and cost normalisation (``finetune.cost_norm``)."""
+    from .amwc_layer import normalize_cost_scale
+
+    f = cfg.finetune
+    node, edge = costs["node_costs"], costs["edge_costs"]
+    if f.cost_dropout > 0:
+        gen = torch.Generator(device=node.device)
+        gen.manual_seed(seed)
+        node, edge = drop_costs(node, edge, f.cost_dropout, gen)
+    if f.cost_norm > 0:
+        node, edge = normalize_cost_scale(node, edge, f.cost_norm, cfg.model.distances)
+    return node, edge
+
+
+def step_surrogate(solved, thresholds, cfg: "Recipe"):
+    """The PQ surrogate of a fine-tuning step: the layer's segmentation at cost resolution
+    (``1 / STRIDE``) with the recipe's gate (``finetune.surrogate_gate``)."""
+    from .amwc_layer import lifted_pq_surrogate
+
+    return lifted_pq_surrogate(solved, thresholds, pixel_area=float(STRIDE ** 2),
+                               gate=cfg.finetune.surrogate_gate)
 
 
 def batch_exact_pq(solutions, batch: dict, categories: Sequence["Category"], *,
@@ -187,8 +213,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     """
     from ..metrics.surrogate import class_area_thresholds
     from ..model import PanopticModel, PretrainLoss, freeze_for_finetuning, total_loss
-    from .amwc_layer import (AMWCLayer, ground_truth_from_batch, lifted_pq_surrogate,
-                             normalize_cost_scale)
+    from .amwc_layer import AMWCLayer, ground_truth_from_batch
     from .run import (check_batch_size, make_optimizer, open_run_data, run_checkpoint,
                       run_loop, save_run_checkpoint, train_batches)
 
@@ -247,15 +272,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
             if not surrogate:
                 losses = ce_loss(outputs, targets)
                 return total_loss(losses), {k: v.detach() for k, v in losses.items()}
-            costs = model.costs(outputs)
-            node, edge = costs["node_costs"], costs["edge_costs"]
             seed = iteration_seed(cfg.train.seed, iteration, ctx.rank)
-            if f.cost_dropout > 0:
-                gen = torch.Generator(device=node.device)
-                gen.manual_seed(seed)
-                node, edge = drop_costs(node, edge, f.cost_dropout, gen)
-            if f.cost_norm > 0:
-                node, edge = normalize_cost_scale(node, edge, f.cost_norm, cfg.model.distances)
+            node, edge = layer_costs(model.costs(outputs), cfg, seed)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             metrics: dict = {"time_network": time.perf_counter() - t0}
@@ -265,8 +283,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
             t1 = time.perf_counter()
             # Areas and IoUs need float32 at least: no autocast for the loss.
             with torch.autocast(device_type=ctx.device.type, enabled=False):
-                result = lifted_pq_surrogate(solved, thresholds, pixel_area=float(STRIDE ** 2),
-                                         gate=cfg.finetune.surrogate_gate)
+                result = step_surrogate(solved, thresholds, cfg)
             pq = batch_exact_pq(solved.solutions, batch, categories,
                                 thing_area=cfg.data.thing_area_threshold,
                                 stuff_area=cfg.data.stuff_area_threshold)
