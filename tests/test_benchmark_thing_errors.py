@@ -83,3 +83,23 @@ def test_small_and_crowd_things_and_stuff_are_not_counted():
     segs = [_seg(1, CAR), _seg(2, CAR, crowd=True), _seg(3, ROAD), _seg(4, CAR)]
     counts = classify_things(gt, segs, gt, segs, gt, segs, {CAR}, 8)
     _only(counts, "matched", 1)
+
+
+def test_the_command_follows_every_large_thing_of_a_trained_model(tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from copsctl.benchmarks.thing_errors import main
+    from copsctl.cli import app
+    from copsctl.data.synthetic import make_synthetic
+
+    data = tmp_path / "data"
+    make_synthetic(data, train=2, val=2, size=(96, 128), seed=2)
+    res = CliRunner().invoke(app, ["pretrain", "--recipe", "synthetic_tiny", "--out",
+                                   str(tmp_path / "pre"), "--set", f"data.root={data}"])
+    assert res.exit_code == 0, res.output
+    main(["--data", str(data), "--recipe", "synthetic_tiny",
+          "--weights", str(tmp_path / "pre" / "checkpoint.pt")])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")[1:-1]
+    things = int(row[1])
+    counts = [int(cell.split()[0]) for cell in row[2:]]
+    assert len(counts) == len(OUTCOMES) and things > 0 and sum(counts) == things
