@@ -71,3 +71,16 @@ def test_rejection_alone_costs_exactly_the_small_thing_segments(data):
     rq = [2 * kept.get(c, 0) / (2 * kept.get(c, 0) + small.get(c, 0)) for c in kept | small]
     assert full["SQ_th"] == pytest.approx(100.0)
     assert full["RQ_th"] == pytest.approx(100.0 * np.mean(rq))
+
+
+def test_bad_input_ends_a_benchmark_with_one_line_and_exit_code_2(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing"
+    proc = subprocess.run([sys.executable, "-m", "copsctl.benchmarks.pq_ceiling", "--data",
+                           str(missing)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {missing}: dataset root folder does not exist"]
+    assert proc.stdout == ""

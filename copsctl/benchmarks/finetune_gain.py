@@ -153,4 +153,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from . import run
+
+    run(main)
