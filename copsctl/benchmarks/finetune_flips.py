@@ -63,8 +63,8 @@ def main(argv=None) -> None:
     from ..config import load_recipe
     from ..data.loader import collate_panoptic
     from ..metrics.surrogate import class_area_thresholds
-    from ..train.amwc_layer import (AMWCLayer, BackwardProblem, _grid, algorithm1,
-                                    ground_truth_from_batch, lifted_pq_surrogate)
+    from ..train.amwc_layer import (AMWCLayer, algorithm1, backward_problems,
+                                    ground_truth_from_batch, lifted_pq_surrogate, solver_inputs)
     from ..train.checkpoint import load_model
     from ..train.data import make_dataset, open_split
     from ..train.finetune import STRIDE
@@ -88,24 +88,20 @@ def main(argv=None) -> None:
             costs = model.costs(model(batch["image"]))
         node, edge = costs["node_costs"], costs["edge_costs"]
         B, K, h, w = node.shape
-        edges, local, mask = _grid(h, w, tuple(cfg.model.distances))
-        nc = node.double().numpy().reshape(B, K, -1)
-        ec = [np.ascontiguousarray(edge[b].double().numpy()[mask]) for b in range(B)]
+        edges, local, nc, ec = solver_inputs(node, edge, cfg.model.distances)
         gt = torch.nn.functional.interpolate(batch["semantic"][:, None].float(), size=(h, w),
                                              mode="nearest")[:, 0].long().numpy().reshape(B, -1)
+        # The forward solutions do not depend on the gate: solve once, differentiate per gate.
+        solved = layer(node, edge, ground_truth_from_batch(batch))
+        label_masks = solved.label_masks.detach()
         for gate in args.gates:
-            solved = layer(node, edge, ground_truth_from_batch(batch))
-            masks = solved.label_masks.detach().clone().requires_grad_(True)
+            masks = label_masks.clone().requires_grad_(True)
             solved.label_masks = masks
             lifted_pq_surrogate(solved, thresholds, pixel_area=float(STRIDE ** 2),
                                 gate=gate).loss.backward()
-            label_grads = masks.grad.double().numpy().reshape(B, masks.shape[1], -1)
-            problems = []
-            for b, (sol, lab) in enumerate(zip(solved.solutions, solved.lifted)):
-                g = label_grads[b, :lab.num_labels].copy()
-                g[lab.num_pred + lab.unmatched_gt.shape[0]:] = 0.0
-                problems.append(BackwardProblem(nc[b].T, edges, ec[b], sol.labels, sol.edge_cut,
-                                                lab.label_class, g, local))
+            problems = backward_problems(solved.solutions, solved.lifted,
+                                         masks.grad.double().numpy().reshape(B, masks.shape[1], -1),
+                                         nc, edges, ec, local)
             for ref in args.references:
                 for lam in args.lambdas:
                     grads, _ = algorithm1(problems, np.full((B, 1), float(lam)),

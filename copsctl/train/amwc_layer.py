@@ -74,7 +74,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GroundTruth", "ImageSolution", "LiftedLabels", "BackwardProblem", "AMWCBatch",
            "AMWCLayer", "ground_truth_from_batch", "panoptic_segments", "lift_labels",
-           "algorithm1", "lifted_pq_surrogate", "normalize_cost_scale"]
+           "solver_inputs", "backward_problems", "algorithm1", "lifted_pq_surrogate",
+           "normalize_cost_scale"]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -283,6 +284,45 @@ class BackwardProblem:
     label_class: np.ndarray
     label_grads: np.ndarray
     local_edges: np.ndarray | None = None
+
+
+def solver_inputs(node_costs: torch.Tensor, edge_costs: torch.Tensor, distances: Sequence[int]):
+    """The layer's cost maps as the solver's arrays, for a batch.
+
+    Returns
+    -------
+    edges : (E, 2) int32 ndarray
+        The grid's edges (:mod:`copsctl.solver.grid`), shared by all images.
+    local : (E,) bool ndarray
+        The distance-1 edges (pre-clustering).
+    nc : (B, K, N) float64 ndarray
+        Node costs, class-major.
+    ec : list of B (E,) float64 ndarrays
+        Edge costs of the grid's edges.
+    """
+    B, K, h, w = node_costs.shape
+    edges, local, mask = _grid(h, w, tuple(int(d) for d in distances))
+    nc = node_costs.detach().to("cpu", torch.float64).numpy().reshape(B, K, h * w)
+    ec_maps = edge_costs.detach().to("cpu", torch.float64).numpy()
+    ec = [np.ascontiguousarray(ec_maps[b][mask]) for b in range(B)]
+    return edges, local, nc, ec
+
+
+def backward_problems(solutions: Sequence["ImageSolution"], lifted: Sequence["LiftedLabels"],
+                      label_grads: np.ndarray, nc: np.ndarray, edges: np.ndarray,
+                      ec: Sequence[np.ndarray], local: np.ndarray | None
+                      ) -> list[BackwardProblem]:
+    """One :class:`BackwardProblem` per image from the forward solutions, their lifted
+    label sets and ``∂L/∂z`` of the labels (``label_grads``, (B, >= J, N)); ``nc``,
+    ``edges``, ``ec``, ``local`` as :func:`solver_inputs` returns them."""
+    problems = []
+    for b, (sol, lab) in enumerate(zip(solutions, lifted)):
+        g = np.array(label_grads[b, :lab.num_labels], np.float64)
+        # Labels of classes with neither prediction nor unmatched gt carry no gradient.
+        g[lab.num_pred + lab.unmatched_gt.shape[0]:] = 0.0
+        problems.append(BackwardProblem(nc[b].T, edges, ec[b], sol.labels, sol.edge_cut,
+                                        lab.label_class, g, local))
+    return problems
 
 
 REFERENCES = ("forward", "lifted")
@@ -506,10 +546,7 @@ class _AMWCFunction(torch.autograd.Function):
         t0 = time.perf_counter()
         B, K, h, w = node_costs.shape
         N = h * w
-        edges, local, mask = _grid(h, w, layer.distances)
-        nc = node_costs.detach().to("cpu", torch.float64).numpy().reshape(B, K, N)
-        ec_maps = edge_costs.detach().to("cpu", torch.float64).numpy()
-        ec = [np.ascontiguousarray(ec_maps[b][mask]) for b in range(B)]
+        edges, local, nc, ec = solver_inputs(node_costs, edge_costs, layer.distances)
         # (K, N) rows transposed: the solver reads (N, K) with strides, no copy.
         problems = [(nc[b].T, edges, ec[b], layer.partitionable, local) for b in range(B)]
         results = solve_many(problems, workers=layer.workers, options=layer.options)
@@ -550,13 +587,8 @@ class _AMWCFunction(torch.autograd.Function):
         if grad_masks is None:
             grad_masks = torch.zeros((B, 1, h, w))
         gm = grad_masks.detach().to("cpu", torch.float64).numpy().reshape(B, -1, N)
-        problems = []
-        for b, (sol, lab) in enumerate(zip(ctx.solutions, ctx.lifted)):
-            g = np.array(gm[b, :lab.num_labels])
-            # Labels of classes with neither prediction nor unmatched gt carry no gradient.
-            g[lab.num_pred + lab.unmatched_gt.shape[0]:] = 0.0
-            problems.append(BackwardProblem(ctx.nc[b].T, ctx.edges, ctx.ec[b], sol.labels,
-                                            sol.edge_cut, lab.label_class, g, ctx.local))
+        problems = backward_problems(ctx.solutions, ctx.lifted, gm, ctx.nc, ctx.edges, ctx.ec,
+                                     ctx.local)
         grads, stats = algorithm1(problems, lambdas, workers=layer.workers, options=layer.options,
                                   reference=layer.reference)
         ctx.metrics.update(time_backward_solve=stats["seconds"], backward_solves=stats["solves"],
