@@ -124,11 +124,10 @@ def main(argv=None) -> None:
         print("| solver threads | " + " | ".join(f"{c} s" for c in cols) + " | solver share |")
         print("|" + "---|" * (len(cols) + 2))
         for workers in args.workers:
-            layer = AMWCLayer(distances=cfg.model.distances, partitionable=table.thing_mask,
-                              lambda_min=cfg.finetune.lambda_min,
-                              lambda_max=cfg.finetune.lambda_max,
-                              num_perturbations=args.perturbations, workers=workers,
-                              options=cfg.solver.options())
+            # The recipe's layer (λ range, N, backward reference, solver options), with
+            # this row's solver threads.
+            layer = AMWCLayer.from_config(cfg, table.thing_mask)
+            layer.workers = workers
             rows = [_step_timed(model, layer, optimizer, batch, thresholds, categories, cfg, s)
                     for s in range(args.iterations + 1)][1:]
             mean = {c: float(np.mean([r[c] for r in rows])) for c in cols}
