@@ -57,16 +57,15 @@ def _cost_grid_segments(gt_ids: np.ndarray, seg_ids: np.ndarray, cost_size: tupl
 def ceiling_rows(cfg, split: str, thing_areas=()) -> list[tuple[str, dict[str, float]]]:
     """``(oracle name, pq_metrics)`` of each oracle (module docstring) on ``split`` of the
     recipe ``cfg``'s dataset; ``thing_areas`` adds rows with other thing thresholds."""
+    from ..data.transforms import eval_placement
     from ..metrics.pq import PanopticPair, PQCounts, PQResult, image_counts
-    from ..panoptic import Segment, read_id_png
     from ..postprocess import panoptic_from_segments
     from ..train.data import make_dataset, open_split
-    from ..train.validate import pq_metrics
+    from ..train.validate import ground_truth, pq_metrics
 
     reader = open_split(cfg, split)
     dataset = make_dataset(cfg, reader, train=False)
-    table = reader.class_table
-    categories = table.to_categories()
+    categories = reader.class_table.to_categories()
     index_of = {c.id: i for i, c in enumerate(categories)}
     thing_t, stuff_t = cfg.data.thing_area_threshold, cfg.data.stuff_area_threshold
     oracles = [("ground truth at full resolution, rejection", "full", thing_t, stuff_t),
@@ -76,16 +75,15 @@ def ceiling_rows(cfg, split: str, thing_areas=()) -> list[tuple[str, dict[str, f
                 for t in thing_areas]
     totals = [PQCounts.zeros([c.id for c in categories]) for _ in oracles]
     for i in range(len(dataset)):
-        gt_ids = read_id_png(reader.label_path(i))
-        seg_ids, classes, crowd = reader.segments_of(i)
-        cats = table.category_ids_of(classes)
-        gt_segments = [Segment(int(s), int(c), 0, (0, 0, 0, 0), bool(k))
-                       for s, c, k in zip(seg_ids, cats, crowd)]
+        gt_ids, gt_segments = ground_truth(dataset, i)
         # Crowd regions are ignored by PQ; the oracle leaves them void.
-        own = np.asarray([int(s) for s, k in zip(seg_ids, crowd) if not k], np.int64)
-        own_class = np.asarray([index_of[int(c)] for c, k in zip(cats, crowd) if not k], np.int64)
-        _, y1, _, x1 = dataset[i]["meta"]["valid_box"]
-        cost_size = (-(-y1 // dataset.stride), -(-x1 // dataset.stride))
+        own = np.asarray([s.id for s in gt_segments if not s.iscrowd], np.int64)
+        own_class = np.asarray([index_of[s.category_id] for s in gt_segments if not s.iscrowd],
+                               np.int64)
+        # The evaluation transform's image size, as network_costs sees it (no image read).
+        sh, sw = eval_placement(image_size=gt_ids.shape, longer_side=dataset.eval_longer_side,
+                                pad_multiple=dataset.eval_pad_multiple).scaled_size
+        cost_size = (-(-sh // dataset.stride), -(-sw // dataset.stride))
         maps = {"full": _cost_grid_segments(gt_ids, own, gt_ids.shape),
                 "grid": _cost_grid_segments(gt_ids, own, cost_size)}
         for k, (_, grid, t_thing, t_stuff) in enumerate(oracles):

@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     from ..solver import solve_many
     from ..train.checkpoint import load_model
     from ..train.data import make_dataset, open_split
-    from ..train.validate import _ground_truth
+    from ..train.validate import ground_truth
 
     cfg = load_recipe(args.recipe, [f"data.root={os.path.abspath(args.data)}"] + args.overrides)
     split = {"val": cfg.data.val_split, "train": cfg.data.train_split}.get(args.split, args.split)
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
                                             categories, meta["image_size"], thing_area=t,
                                             stuff_area=s)
                      for t, s in ((thing_t, stuff_t), (0, 0))]
-            gt_ids, gt_segments = _ground_truth(dataset, meta["index"])
+            gt_ids, gt_segments = ground_truth(dataset, meta["index"])
             counts = classify_things(gt_ids, gt_segments, preds[0].ids, preds[0].segments,
                                      preds[1].ids, preds[1].segments, things, thing_t)
             total = {k: total[k] + counts[k] for k in OUTCOMES}

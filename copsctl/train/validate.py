@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from ..config import Recipe
     from ..data.loader import PanopticDataset
 
-__all__ = ["validate_pq", "validate_from_recipe", "pq_metrics"]
+__all__ = ["validate_pq", "validate_from_recipe", "pq_metrics", "ground_truth"]
 
 
-def _ground_truth(dataset: "PanopticDataset", index: int) -> tuple[np.ndarray, list[Segment]]:
+def ground_truth(dataset: "PanopticDataset", index: int) -> tuple[np.ndarray, list[Segment]]:
     """Original-resolution id map and segment table of image ``index`` (the image is not read)."""
     reader = dataset.reader
     ids = read_id_png(reader.label_path(index))
@@ -107,7 +107,7 @@ def validate_pq(model: torch.nn.Module, dataset: "PanopticDataset", *,
             pred = panoptic_from_solution(res.labels, res.segments, meta["cost_size"],
                                           categories, meta["image_size"],
                                           thing_area=thing_area, stuff_area=stuff_area)
-            gt_ids, gt_segments = _ground_truth(dataset, meta["index"])
+            gt_ids, gt_segments = ground_truth(dataset, meta["index"])
             total = total + image_counts(PanopticPair(meta["image_id"], gt_ids, gt_segments,
                                                       pred.ids, pred.segments), categories)
             done += 1
