@@ -118,10 +118,7 @@ def main(argv=None) -> None:
     things = {c.id for c in categories if c.isthing}
     partitionable = dataset.thing_classes.astype(bool)
     thing_t, stuff_t = cfg.data.thing_area_threshold, cfg.data.stuff_area_threshold
-    print(f"recipe {args.recipe}, data {args.data}, split {split}: ground-truth things of at "
-          f"least {thing_t:g} px\n")
-    print("| weights | things | " + " | ".join(OUTCOMES) + " |")
-    print("|---|---|" + "---|" * len(OUTCOMES))
+    rows = []  # printed at the end: a bad checkpoint leaves no half table
     for path in args.weights:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -141,8 +138,13 @@ def main(argv=None) -> None:
                                      preds[1].ids, preds[1].segments, things, thing_t)
             total = {k: total[k] + counts[k] for k in OUTCOMES}
         n = sum(total.values())
-        print(f"| {path} | {n} | " + " | ".join(f"{total[k]} ({100 * total[k] / max(n, 1):.0f} %)"
-                                                for k in OUTCOMES) + " |")
+        rows.append(f"| {path} | {n} | " + " | ".join(
+            f"{total[k]} ({100 * total[k] / max(n, 1):.0f} %)" for k in OUTCOMES) + " |")
+    print(f"recipe {args.recipe}, data {args.data}, split {split}: ground-truth things of at "
+          f"least {thing_t:g} px\n")
+    print("| weights | things | " + " | ".join(OUTCOMES) + " |")
+    print("|---|---|" + "---|" * len(OUTCOMES))
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
