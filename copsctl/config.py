@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import importlib.resources
 import json
+import math
 import os
 import re
 import typing
@@ -37,7 +38,8 @@ from .errors import InputError
 from .solver import SolverOptions
 
 __all__ = [
-    "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "TrainConfig", "FinetuneConfig",
+    "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "CalibrationConfig", "TrainConfig",
+    "FinetuneConfig",
     "Recipe", "FINETUNE_PARTS", "load_recipe", "recipe_from_dict", "parse_override",
     "save_recipe", "recipe_names", "describe_keys",
 ]
@@ -71,6 +73,14 @@ def _fraction(v) -> str | None:
 
 def _positive_items(v) -> str | None:
     return None if all(x > 0 for x in v) else "hold positive values only"
+
+
+def _finite_items(v) -> str | None:
+    return None if all(math.isfinite(x) for x in v) else "hold finite numbers"
+
+
+def _lr_factors(v) -> str | None:
+    return None if all(math.isfinite(x) and x > 0 for x in v) else "hold positive finite numbers"
 
 
 def _crop(v) -> str | None:
@@ -194,6 +204,24 @@ class SolverConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """Affine calibration of the network's costs before the solver (``copsctl calibrate``).
+
+    Applied after the network's (learned) cost transform, on every path from the network
+    to the solver (validation, ``dump-costs``, fine-tuning): ``node' = node_scale * node``
+    and, for the edges of distance ``d_i``, ``edge' = edge_scale[i] * edge + edge_offset[i]``.
+    """
+
+    node_scale: float = _key(1.0, "factor on every node cost", check=_positive)
+    edge_scale: tuple[float, ...] = _key((),
+        "factor on the edge costs, one per model.distances entry (empty: 1 for all)",
+        check=_positive_items)
+    edge_offset: tuple[float, ...] = _key((),
+        "added to the edge costs, one per model.distances entry (empty: 0); positive attracts",
+        check=_finite_items)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation of a run (pre-training and fine-tuning alike): Adam, warm-up, poly decay."""
 
@@ -232,16 +260,38 @@ class FinetuneConfig:
     trainable: tuple[str, ...] = _key(
         ("semantic_head", "affinity_head", "semantic_decoder_last", "affinity_decoder_last"),
         "model parts trained; all others and every batch-norm layer are frozen", check=_parts)
-    learn_cost_scale: bool = _key(False, "learn a positive scale of the node costs and one of the edge costs")
+    lr_factors: tuple[float, ...] = _key((),
+        "learning-rate factor of each `trainable` part, in its order (empty: 1 each); one Adam "
+        "parameter group per part", check=_lr_factors)
+    learn_cost_scale: bool = _key(False,
+        "learn a positive scale of the node costs and one of the edge costs per distance")
     learn_cost_offset: bool = _key(False,
         "learn per-class node cost offsets and per-channel edge cost offsets")
+    cost_lr_factor: float = _key(1.0,
+        "learning-rate factor of the learned cost scales and offsets", check=_positive)
+    loss_weight: float = _key(1.0,
+        "factor on the surrogate loss, so on dL/dz inside the perturbation (authors: 10 on "
+        "Cityscapes, 100 on COCO)", check=_positive)
     cost_dropout: float = _key(0.0,
         "dropout probability on the costs during fine-tuning",
         check=lambda v: None if 0 <= v < 1 else "lie in [0, 1)")
     surrogate_gate: str = _key("area",
-        "area gate of a matched segment in the PQ surrogate: area (eq. 6) or intersection "
-        "(only pixels inside its ground truth help it pass the small-segment threshold)",
-        choices=("area", "intersection"))
+        "area gate of the PQ surrogate: area (eq. 6 as printed: slope 0.1 per input pixel), "
+        "official (the authors' code: slope 0.1 per cost pixel, centred at t/4 for things and "
+        "t/16 for stuff) or intersection (a matched segment gated by its overlap only)",
+        choices=("area", "official", "intersection"))
+    surrogate_form: str = _key("complete",
+        "counts of a matched pair: complete (a soft non-TP is FP and FN), paper (eq. 6: "
+        "neither) or official (the authors' code: FN 1 - h, no FP)",
+        choices=("complete", "paper", "official"))
+    surrogate_eps: float = _key(0.0,
+        "per-class smoothing (IoU sum + eps) / (denominator + eps) of the surrogate (authors: 0.1)",
+        check=_non_negative)
+    min_instance_size: int = _key(0,
+        "predicted segments smaller than this (cost pixels) are left out of the loss (authors: 3)",
+        check=_non_negative)
+    keep_best: bool = _key(True,
+        "keep best.pt beside checkpoint.pt: the model of the validation with the highest exact PQ")
     backward_reference: str = _key("forward",
         "what perturbed solutions are compared with: forward (Algorithm 1 as printed) or "
         "lifted (the lifted problem solved unperturbed, one more solve per image)",
@@ -260,6 +310,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -471,6 +522,15 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
     if recipe.train.warmup_iters > recipe.train.iterations:
         raise InputError(f"{source}: `train.warmup_iters` ({recipe.train.warmup_iters}) must not "
                          f"exceed `train.iterations` ({recipe.train.iterations})")
+    f, cal, m = recipe.finetune, recipe.calibration, len(recipe.model.distances)
+    if f.lr_factors and len(f.lr_factors) != len(f.trainable):
+        raise InputError(f"{source}: `finetune.lr_factors` must have one factor per "
+                         f"`finetune.trainable` part ({len(f.trainable)}), got {len(f.lr_factors)}")
+    for name in ("edge_scale", "edge_offset"):
+        n = len(getattr(cal, name))
+        if n and n != m:
+            raise InputError(f"{source}: `calibration.{name}` must have one entry per "
+                             f"`model.distances` entry ({m}) or none, got {n}")
     if len(set(recipe.finetune.trainable)) != len(recipe.finetune.trainable):
         raise InputError(f"{source}: `finetune.trainable` must not repeat a part, "
                          f"got {list(recipe.finetune.trainable)}")

@@ -82,11 +82,11 @@ def main(argv=None) -> None:
     from ..config import load_recipe
     from ..data.loader import collate_panoptic
     from ..data.synthetic import make_synthetic
-    from ..metrics.surrogate import class_area_thresholds
     from ..model import PanopticModel, freeze_for_finetuning
     from ..train.amwc_layer import AMWCLayer
     from ..train.checkpoint import load_model
     from ..train.data import make_dataset, open_split
+    from ..train.finetune import surrogate_thresholds
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,8 +110,7 @@ def main(argv=None) -> None:
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         ds = make_dataset(cfg, open_split(cfg, cfg.data.train_split), train=True)
         batch = collate_panoptic([ds[i % len(ds)] for i in range(args.batch)])
-        thresholds = class_area_thresholds(table.thing_mask, cfg.data.thing_area_threshold,
-                                           cfg.data.stuff_area_threshold)
+        thresholds = surrogate_thresholds(table.thing_mask, cfg)
         categories = table.to_categories()
         h, w = batch["panoptic"].shape[1:]
         print(f"recipe {args.recipe}: batch {args.batch}, n = {args.perturbations}, "

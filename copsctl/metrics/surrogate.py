@@ -52,6 +52,7 @@ paper's formulation. It is largest where the area thresholds are small in mask p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -64,7 +65,7 @@ from ..errors import InputError
 __all__ = ["soft_tp", "area_gate", "class_area_thresholds", "Matching", "SurrogateResult",
            "match_segments", "pq_surrogate", "pq_surrogate_mask_grads"]
 
-_FORMULATIONS = ("complete", "paper")
+_FORMULATIONS = ("complete", "paper", "official")
 _GATES = ("area", "intersection")
 _SLOPE = 0.1  # of the area gate, per pixel of the threshold's resolution (paper, eq. 6)
 
@@ -271,7 +272,7 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
                  pixel_area: float = 1.0, formulation: str = "complete",
                  matchings: Sequence[Matching] | None = None,
                  gt_slots: Sequence[torch.Tensor] | None = None,
-                 gate: str = "area") -> SurrogateResult:
+                 gate: str = "area", eps: float = 0.0) -> SurrogateResult:
     """PQ surrogate loss of a batch, pooled per class over its images.
 
     Parameters
@@ -293,10 +294,12 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         Area of one mask pixel in threshold pixels: ``s²`` when the masks are the
         full-resolution image downsampled by ``s`` in each direction. The area gate uses
         ``pixel_area * Σ weight * mask``.
-    formulation : {"complete", "paper"}
+    formulation : {"complete", "paper", "official"}
         ``"paper"``: equation (6) as printed. ``"complete"`` (default): a matched pair
         that is not a soft true positive also counts as false positive and false
-        negative (see the module docstring).
+        negative (see the module docstring). ``"official"``: the authors' released code:
+        a matched pair adds the false negative ``1 - h(u)`` (not gated) and no false
+        positive, and every class present (ground truth or prediction) weighs 1.
     matchings : sequence of Matching, optional
         One per image, used instead of computing the matching (e.g. the one
         :func:`match_segments` found for the lifted label set, so that both agree
@@ -314,6 +317,9 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         intersection with its ground-truth segment, so that only correct pixels help
         it survive the rejection (module docstring, "The area gate"). Unmatched
         predictions are gated by their area either way.
+    eps : float
+        Per-class smoothing: ``PQ_l = (IoU_l + eps) / (denominator_l + eps)`` for the
+        classes with ground truth (the authors: 0.1; default 0, the printed form).
 
     Returns
     -------
@@ -353,7 +359,10 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     gt_count = np.zeros(K, np.int64)
     pred_count = np.zeros(K, np.int64)
     found = []
+    if not (math.isfinite(eps) and eps >= 0):
+        raise InputError(f"`eps` must be a finite number >= 0, got {eps}")
     complete = formulation == "complete"
+    official = formulation == "official"
     by_intersection = gate == "intersection"
     for b in range(B):
         pm = _check_masks(pred_masks[b], "pred_masks", b)
@@ -406,6 +415,8 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
             if complete:
                 fp = fp.index_add(0, cls, sp - hs)
                 fn = fn.index_add(0, cls, 1 - hs)
+            elif official:
+                fn = fn.index_add(0, cls, 1 - soft_tp(u))
         if un_p.size:
             fp = fp.index_add(0, dev(pc[un_p]), gate[dev(un_p)])
         if un_g.size and gt_slots is not None:
@@ -426,7 +437,7 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
             iou_sum = iou_sum.index_add(0, cls, hs * u)
             if complete:
                 fp = fp.index_add(0, cls, sq - hs)
-            fn = fn.index_add(0, cls, 1 - hs)
+            fn = fn.index_add(0, cls, 1 - (soft_tp(u) if official else hs))
         elif un_g.size:
             fn = fn.index_add(0, dev(gc[un_g]), torch.ones(len(un_g), dtype=dtype, device=device))
         if S:
@@ -440,8 +451,14 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     present = np.flatnonzero((gt_count > 0) | (pred_count > 0))
     denom = tp + 0.5 * fp + 0.5 * fn
     safe = torch.where(has_gt, denom.clamp_min(torch.finfo(dtype).tiny), torch.ones_like(denom))
-    pq_class = torch.where(has_gt, iou_sum / safe, torch.zeros_like(denom))
-    weight = torch.where(has_gt, torch.ones_like(denom), -torch.expm1(log_absent))
+    if official:
+        # Every present class counts, smoothed: a class with predictions only scores
+        # eps / (FP / 2 + eps).
+        pq_class = (iou_sum + eps) / (denom + eps).clamp_min(torch.finfo(dtype).tiny)
+        weight = torch.as_tensor((gt_count > 0) | (pred_count > 0), dtype=dtype, device=device)
+    else:
+        pq_class = torch.where(has_gt, (iou_sum + eps) / (safe + eps), torch.zeros_like(denom))
+        weight = torch.where(has_gt, torch.ones_like(denom), -torch.expm1(log_absent))
     total_weight = weight.sum()
     if present.size == 0 or float(total_weight.detach()) <= 0:
         # Nothing to score (no ground truth, no prediction that can survive): zero loss,

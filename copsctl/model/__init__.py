@@ -4,8 +4,8 @@ convention."""
 
 from .losses import PretrainLoss, pretrain_losses, topk_binary_cross_entropy, topk_cross_entropy, total_loss
 from .panoptic_model import (CostTransform, PanopticModel, edge_costs_from_logits, freeze_for_finetuning,
-                             node_costs_from_logits, part_modules, trainable_parameter_names)
+                             finetuning_groups, node_costs_from_logits, part_modules, trainable_parameter_names)
 
 __all__ = ["PanopticModel", "CostTransform", "node_costs_from_logits", "edge_costs_from_logits",
-           "freeze_for_finetuning", "part_modules", "trainable_parameter_names",
+           "freeze_for_finetuning", "finetuning_groups", "part_modules", "trainable_parameter_names",
            "PretrainLoss", "pretrain_losses", "topk_cross_entropy", "topk_binary_cross_entropy", "total_loss"]

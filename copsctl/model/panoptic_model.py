@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from ..config import Recipe
 
 __all__ = ["PanopticModel", "CostTransform", "node_costs_from_logits", "edge_costs_from_logits",
-           "freeze_for_finetuning", "part_modules", "trainable_parameter_names"]
+           "freeze_for_finetuning", "finetuning_groups", "part_modules",
+           "trainable_parameter_names"]
 
 def node_costs_from_logits(semantic_logits: torch.Tensor) -> torch.Tensor:
     """(B, K, h, w) class logits -> (B, K, h, w) node costs ``-log_softmax`` (float32)."""
@@ -54,27 +55,63 @@ def edge_costs_from_logits(affinity_logits: torch.Tensor) -> torch.Tensor:
 
 
 class CostTransform(nn.Module):
-    """Affine map of the costs: ``node' = s_V * node + b_V[k]``, ``edge' = s_E * edge + b_E[c]``.
+    """Affine maps of the costs: the learned one, then the recipe's calibration.
 
-    The scales are stored as logarithms so they stay positive (a negative scale would
-    swap attraction and repulsion). A common offset of all classes would not change the
-    AMWC solution, hence one node offset per class ``k``; edge offsets are per grid
-    channel ``c`` (distance and direction). Identity at initialisation.
+    Learned (fine-tuning, when the recipe asks): ``node' = s_V * node + b_V[k]`` and, for
+    grid channel ``c`` of distance ``d(c)``, ``edge' = s_E[d(c)] * edge + b_E[c]``. The
+    scales are stored as logarithms so they stay positive (a negative scale would swap
+    attraction and repulsion). A common offset of all classes would not change the AMWC
+    solution, hence one node offset per class ``k``; edge scales are per distance (as in
+    the authors' code), edge offsets per channel (distance and direction). Identity at
+    initialisation; frozen except in fine-tuning.
+
+    Calibration (:class:`~copsctl.config.CalibrationConfig`, fitted by ``copsctl
+    calibrate``), applied after the learned map: ``node'' = a * node'`` and ``edge'' =
+    e[d] * edge' + o[d]``. It is a fixed buffer set from the recipe
+    (:meth:`set_calibration`), not part of the state dict: the recipe that travels with a
+    checkpoint, a cost file or an export says which calibration applies.
     """
 
     def __init__(self, *, num_classes: int, num_edge_channels: int):
         super().__init__()
+        m = num_edge_channels // 2
         self.log_node_scale = nn.Parameter(torch.zeros(()))
         self.node_offset = nn.Parameter(torch.zeros(num_classes))
-        self.log_edge_scale = nn.Parameter(torch.zeros(()))
+        self.log_edge_scale = nn.Parameter(torch.zeros(m))
         self.edge_offset = nn.Parameter(torch.zeros(num_edge_channels))
+        self.register_buffer("calib_node_scale", torch.ones(()), persistent=False)
+        self.register_buffer("calib_edge_scale", torch.ones(m), persistent=False)
+        self.register_buffer("calib_edge_offset", torch.zeros(m), persistent=False)
         # Trained only in fine-tuning, and only when the recipe asks (freeze_for_finetuning).
         for p in self.parameters():
             p.requires_grad_(False)
 
+    def set_calibration(self, node_scale: float = 1.0, edge_scale: Sequence[float] = (),
+                        edge_offset: Sequence[float] = ()) -> None:
+        """Set the calibration (empty ``edge_scale`` / ``edge_offset``: 1 / 0 for all distances)."""
+        m = self.calib_edge_scale.numel()
+        for name, v in (("edge_scale", edge_scale), ("edge_offset", edge_offset)):
+            if len(v) not in (0, m):
+                raise InputError(f"`{name}` must have one entry per distance ({m}) or none, "
+                                 f"got {len(v)}")
+        with torch.no_grad():
+            self.calib_node_scale.fill_(float(node_scale))
+            self.calib_edge_scale.copy_(torch.as_tensor(list(edge_scale) or [1.0] * m))
+            self.calib_edge_offset.copy_(torch.as_tensor(list(edge_offset) or [0.0] * m))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints before per-distance edge scales stored one scalar.
+        key = prefix + "log_edge_scale"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].expand(self.log_edge_scale.shape).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, node_costs: torch.Tensor, edge_costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        node = node_costs * self.log_node_scale.exp() + self.node_offset.view(1, -1, 1, 1)
-        edge = edge_costs * self.log_edge_scale.exp() + self.edge_offset.view(1, -1, 1, 1)
+        per_channel = lambda v: v.repeat_interleave(2).view(1, -1, 1, 1)  # noqa: E731
+        node = node_costs * (self.log_node_scale.exp() * self.calib_node_scale) \
+            + (self.node_offset * self.calib_node_scale).view(1, -1, 1, 1)
+        edge = edge_costs * per_channel(self.log_edge_scale.exp()) + self.edge_offset.view(1, -1, 1, 1)
+        edge = edge * per_channel(self.calib_edge_scale) + per_channel(self.calib_edge_offset)
         return node, edge
 
 
@@ -131,16 +168,18 @@ class PanopticModel(nn.Module):
         ``from_checkpoint=True`` skips ``model.pretrained`` (no download, no warning)
         because the caller loads a whole-model state dict right after.
         """
-        m = cfg.model
-        return cls(num_classes=num_classes, distances=m.distances, depth=m.depth,
-                   pretrained=None if from_checkpoint else m.pretrained,
-                   output_stride=m.output_stride, aspp_rates=m.aspp_rates, aspp_channels=m.aspp_channels,
-                   aspp_dropout=m.aspp_dropout, project_channels=m.project_channels,
-                   semantic_decoder_channels=m.semantic_decoder_channels,
-                   semantic_head_channels=m.semantic_head_channels,
-                   affinity_decoder_channels=m.affinity_decoder_channels,
-                   affinity_feature_channels=m.affinity_feature_channels,
-                   affinity_predictor_channels=m.affinity_predictor_channels)
+        m, cal = cfg.model, cfg.calibration
+        model = cls(num_classes=num_classes, distances=m.distances, depth=m.depth,
+                    pretrained=None if from_checkpoint else m.pretrained,
+                    output_stride=m.output_stride, aspp_rates=m.aspp_rates, aspp_channels=m.aspp_channels,
+                    aspp_dropout=m.aspp_dropout, project_channels=m.project_channels,
+                    semantic_decoder_channels=m.semantic_decoder_channels,
+                    semantic_head_channels=m.semantic_head_channels,
+                    affinity_decoder_channels=m.affinity_decoder_channels,
+                    affinity_feature_channels=m.affinity_feature_channels,
+                    affinity_predictor_channels=m.affinity_predictor_channels)
+        model.cost_transform.set_calibration(cal.node_scale, cal.edge_scale, cal.edge_offset)
+        return model
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -239,6 +278,39 @@ def freeze_for_finetuning(model: PanopticModel, *, trainable: Sequence[str] = (
                     p.requires_grad_(False)
         model.train(model.training)
     return trainable_parameter_names(model)
+
+
+def finetuning_groups(model: PanopticModel, trainable: Sequence[str],
+                      lr_factors: Sequence[float] = (), cost_lr_factor: float = 1.0
+                      ) -> list[tuple[list[nn.Parameter], float]] | None:
+    """Optimizer groups of fine-tuning: one per ``trainable`` part at its learning-rate
+    factor, then the learned cost transform at ``cost_lr_factor``; only parameters left
+    trainable by :func:`freeze_for_finetuning`, each in the first group that names it.
+
+    Returns None when every factor is 1 (one group of all trainable parameters).
+    """
+    if not lr_factors and cost_lr_factor == 1.0:
+        return None
+    factors = list(lr_factors) or [1.0] * len(trainable)
+    if len(factors) != len(trainable):
+        raise InputError(f"`lr_factors` (length {len(factors)}) must have one factor per "
+                         f"`trainable` part ({len(trainable)})")
+    parts = part_modules(model)
+    seen: set[int] = set()
+    groups = []
+
+    def claim(params) -> list[nn.Parameter]:
+        out = [p for p in params if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in out)
+        return out
+
+    for name, f in zip(trainable, factors):
+        groups.append((claim(parts[name].parameters()), float(f)))
+    groups.append((claim(model.cost_transform.parameters()), float(cost_lr_factor)))
+    rest = claim(model.parameters())
+    if rest:
+        groups.append((rest, 1.0))
+    return groups
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:

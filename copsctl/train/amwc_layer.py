@@ -688,7 +688,8 @@ class AMWCLayer:
 
 
 def lifted_pq_surrogate(batch: AMWCBatch, area_thresholds, *, pixel_area: float = 1.0,
-                        formulation: str = "complete", gate: str = "area") -> SurrogateResult:
+                        formulation: str = "complete", gate: str = "area", eps: float = 0.0,
+                        min_size: int = 0) -> SurrogateResult:
     """The PQ surrogate (6) of the layer's segmentation, differentiable through the layer.
 
     The predicted-segment labels enter as predicted masks, the unmatched ground-truth
@@ -702,18 +703,27 @@ def lifted_pq_surrogate(batch: AMWCBatch, area_thresholds, *, pixel_area: float 
     area_thresholds : (K,) array-like
         As in :func:`~copsctl.metrics.surrogate.pq_surrogate` (use ``pixel_area``).
     pixel_area : float
-        Input pixels per cost pixel (16 for 1/4 resolution).
-    formulation : {"complete", "paper"}
+        Area of one cost pixel in the thresholds' unit (16 input pixels at 1/4 resolution).
+    formulation : {"complete", "paper", "official"}
     gate : {"area", "intersection"}
+    eps : float
         As in :func:`~copsctl.metrics.surrogate.pq_surrogate`.
+    min_size : int
+        Predicted segments of fewer cost pixels are left out of the loss (no gradient,
+        no false positive); a ground-truth segment matched to one counts as unmatched.
     """
     masks = batch.label_masks
     B, _, h, w = masks.shape
-    pred, pred_cls, gt_masks, gt_cls, weights, slots = [], [], [], [], [], []
+    pred, pred_cls, gt_masks, gt_cls, weights, slots, matchings = [], [], [], [], [], [], []
     for b, (lab, gt) in enumerate(zip(batch.lifted, batch.ground_truth)):
         S, U = lab.num_pred, lab.unmatched_gt.shape[0]
-        pred.append(masks[b, :S])
-        pred_cls.append(lab.label_class[:S])
+        keep = np.ones(S, bool)
+        if min_size > 0 and S:
+            keep = masks[b, :S].detach().reshape(S, -1).sum(1).cpu().numpy() >= min_size
+        pred.append(masks[b, :S][torch.from_numpy(keep).to(masks.device)] if not keep.all()
+                    else masks[b, :S])
+        pred_cls.append(lab.label_class[:S][keep])
+        matchings.append(_drop_predictions(lab.matching, keep))
         gm = torch.from_numpy(gt.masks).to(masks.device)
         gt_masks.append(gm)
         gt_cls.append(gt.classes)
@@ -724,6 +734,20 @@ def lifted_pq_surrogate(batch: AMWCBatch, area_thresholds, *, pixel_area: float 
                                    masks[b, S:S + U])
         slots.append(slot)
     return pq_surrogate(pred, pred_cls, gt_masks, gt_cls, area_thresholds, pixel_weights=weights,
-                        pixel_area=pixel_area, formulation=formulation,
-                        matchings=[lab.matching for lab in batch.lifted], gt_slots=slots,
-                        gate=gate)
+                        pixel_area=pixel_area, formulation=formulation, matchings=matchings,
+                        gt_slots=slots, gate=gate, eps=eps)
+
+
+def _drop_predictions(matching: Matching, keep: np.ndarray) -> Matching:
+    """``matching`` without the predictions where ``keep`` is False, re-indexed; their
+    ground-truth partners become unmatched (their slots stay empty)."""
+    if keep.all():
+        return matching
+    new_index = np.cumsum(keep) - 1
+    pair_kept = keep[matching.pred]
+    return Matching(pred=new_index[matching.pred[pair_kept]], gt=matching.gt[pair_kept],
+                    iou=matching.iou[pair_kept],
+                    unmatched_pred=new_index[matching.unmatched_pred[keep[matching.unmatched_pred]]],
+                    unmatched_gt=np.sort(np.concatenate([matching.unmatched_gt,
+                                                         matching.gt[~pair_kept]])),
+                    ignored_gt=matching.ignored_gt)

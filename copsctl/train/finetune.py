@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from ..config import Recipe
     from ..panoptic import Category
 
-__all__ = ["finetune", "drop_costs", "layer_costs", "step_surrogate", "batch_exact_pq",
+__all__ = ["finetune", "drop_costs", "layer_costs", "surrogate_thresholds", "step_surrogate",
+           "batch_exact_pq",
            "iteration_seed", "STRIDE"]
 
 STRIDE = 4
@@ -116,13 +117,38 @@ def layer_costs(costs: dict, cfg: "Recipe", seed: int) -> tuple[torch.Tensor, to
     return node, edge
 
 
+def surrogate_thresholds(isthing, cfg: "Recipe") -> tuple[np.ndarray, float]:
+    """(K,) area thresholds of the surrogate's gate and the area of one cost pixel in
+    their unit, for the recipe's ``finetune.surrogate_gate``.
+
+    ``area`` and ``intersection`` state them in input pixels (``data.*_area_threshold``;
+    one cost pixel is ``STRIDE²`` of them). ``official`` is the authors' training gate:
+    thresholds in cost pixels, ``t / STRIDE`` for things and ``t / STRIDE²`` for stuff
+    (the authors lower the stuff threshold on training crops), slope 0.1 per cost pixel.
+    """
+    from ..metrics.surrogate import class_area_thresholds
+
+    d = cfg.data
+    if cfg.finetune.surrogate_gate == "official":
+        return class_area_thresholds(isthing, d.thing_area_threshold / STRIDE,
+                                     d.stuff_area_threshold / STRIDE ** 2), 1.0
+    return class_area_thresholds(isthing, d.thing_area_threshold, d.stuff_area_threshold), \
+        float(STRIDE ** 2)
+
+
 def step_surrogate(solved, thresholds, cfg: "Recipe"):
     """The PQ surrogate of a fine-tuning step: the layer's segmentation at cost resolution
-    (``1 / STRIDE``) with the recipe's gate (``finetune.surrogate_gate``)."""
+    (``1 / STRIDE``) with the recipe's gate, counts, smoothing and minimum segment size
+    (``finetune.surrogate_*``, ``min_instance_size``); ``thresholds`` from
+    :func:`surrogate_thresholds`."""
     from .amwc_layer import lifted_pq_surrogate
 
-    return lifted_pq_surrogate(solved, thresholds, pixel_area=float(STRIDE ** 2),
-                               gate=cfg.finetune.surrogate_gate)
+    f = cfg.finetune
+    values, pixel_area = thresholds
+    return lifted_pq_surrogate(solved, values, pixel_area=pixel_area,
+                               formulation=f.surrogate_form,
+                               gate="area" if f.surrogate_gate == "official" else f.surrogate_gate,
+                               eps=f.surrogate_eps, min_size=f.min_instance_size)
 
 
 def batch_exact_pq(solutions, batch: dict, categories: Sequence["Category"], *,
@@ -211,8 +237,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     -------
     RunResult
     """
-    from ..metrics.surrogate import class_area_thresholds
-    from ..model import PanopticModel, PretrainLoss, freeze_for_finetuning, total_loss
+    from ..model import (PanopticModel, PretrainLoss, finetuning_groups, freeze_for_finetuning,
+                         total_loss)
     from .amwc_layer import AMWCLayer, ground_truth_from_batch
     from .run import (check_batch_size, make_optimizer, open_run_data, run_checkpoint,
                       run_loop, save_run_checkpoint, train_batches)
@@ -255,11 +281,12 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
             net = DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         seed_everything(cfg.train.seed)
-        params, optimizer, scaler, amp = make_optimizer(model, cfg, ctx, ckpt, start, say)
+        groups = finetuning_groups(model, f.trainable, f.lr_factors, f.cost_lr_factor)
+        params, optimizer, scaler, amp = make_optimizer(model, cfg, ctx, ckpt, start, say,
+                                                        groups=groups)
 
         categories = class_table.to_categories()
-        thresholds = class_area_thresholds(class_table.thing_mask, cfg.data.thing_area_threshold,
-                                           cfg.data.stuff_area_threshold)
+        thresholds = surrogate_thresholds(class_table.thing_mask, cfg)
         layer = AMWCLayer.from_config(cfg, class_table.thing_mask)
         ce_loss = PretrainLoss.from_config(cfg)
         surrogate = f.loss == "pq_surrogate"
@@ -291,8 +318,10 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
                            pq_exact_st=pq.stuff.pq, time_loss=time.perf_counter() - t1)
             if f.learn_cost_scale:
                 metrics.update(node_scale=float(ct.log_node_scale.detach().exp()),
-                               edge_scale=float(ct.log_edge_scale.detach().exp()))
-            return result.loss, metrics
+                               edge_scale=float(ct.log_edge_scale.detach().exp().mean()))
+            # The weight scales dL/dz, hence the perturbation of Algorithm 1 (Adam's step
+            # does not depend on it).
+            return f.loss_weight * result.loss, metrics
 
         def save_fn(iteration: int, loop_state: dict) -> None:
             save_run_checkpoint(out, "finetune", ctx, iteration=iteration, loop_state=loop_state,

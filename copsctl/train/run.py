@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -92,8 +92,13 @@ def train_batches(dataset, cfg: "Recipe", ctx: "DistContext", start: int) -> Ite
 
 
 def make_optimizer(model: torch.nn.Module, cfg: "Recipe", ctx: "DistContext", ckpt: dict | None,
-                   start: int, say: Callable[[str], None]):
+                   start: int, say: Callable[[str], None],
+                   groups: Sequence[tuple[Sequence[torch.nn.Parameter], float]] | None = None):
     """Adam over ``model``'s trainable parameters and the AMP scaler, restored when resuming.
+
+    ``groups``: optional ``(parameters, learning-rate factor)`` pairs, one Adam parameter
+    group each (the schedule multiplies its rate by the group's ``lr_scale``); default one
+    group of every trainable parameter at factor 1.
 
     When resuming, the random state of every process is restored too; a checkpoint
     written by another number of processes re-seeds instead (the data order still
@@ -105,7 +110,14 @@ def make_optimizer(model: torch.nn.Module, cfg: "Recipe", ctx: "DistContext", ck
     (params, optimizer, scaler, amp)
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if groups is None:
+        optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    else:
+        param_groups = [{"params": list(ps), "lr": cfg.train.lr * f, "lr_scale": float(f)}
+                        for ps, f in groups if len(ps)]
+        optimizer = torch.optim.Adam(param_groups, lr=cfg.train.lr,
+                                     weight_decay=cfg.train.weight_decay)
+        params = [p for g in param_groups for p in g["params"]]
     amp = cfg.train.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
     if ckpt is not None:
