@@ -40,7 +40,7 @@ from .solver import SolverOptions
 __all__ = [
     "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "CalibrationConfig", "TrainConfig",
     "FinetuneConfig",
-    "Recipe", "FINETUNE_PARTS", "load_recipe", "recipe_from_dict", "parse_override",
+    "Recipe", "RECIPE_SECTIONS", "FINETUNE_PARTS", "load_recipe", "recipe_from_dict", "parse_override",
     "save_recipe", "recipe_names", "describe_keys",
 ]
 
@@ -365,6 +365,8 @@ class Recipe:
 
 
 _SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}  # type: ignore[misc]
+RECIPE_SECTIONS = tuple(_SECTIONS)
+"""The section names of a recipe, in declaration order."""
 
 
 # ---------------------------------------------------------------------------------------

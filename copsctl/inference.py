@@ -113,6 +113,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                overrides: Sequence[str] = (), split: str | None = None,
                batch_size: int = 4, device: str = "auto", limit: int = 0,
                num_workers: int | None = None, dtype: str = "float32", amp: bool = True,
+               calibration: "str | os.PathLike | bool | None" = None,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the cost cache of a trained network over one split.
 
@@ -141,6 +142,10 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         Storage type in the cost file.
     amp : bool
         float16 autocast on CUDA.
+    calibration : path-like or bool, optional
+        A calibration file (``copsctl calibrate``) to apply; None: the one beside the
+        checkpoint (``calibration.yaml`` in the run folder) if there is one; False: none
+        but the recipe's.
     progress : callable, optional
         ``progress(done, total)`` after each image.
 
@@ -152,6 +157,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         ``seconds_per_image`` (reading, the network and writing, per image, without the
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
+    from .calibration import calibration_for, load_calibration
     from .config import load_recipe
     from .train.checkpoint import CHECKPOINT_NAME, load_model
     from .train.data import make_dataset, open_split
@@ -172,6 +178,9 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
             recipe = str(run / "recipe.yaml")
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
+    cal_path = calibration_for(weights, calibration)
+    if cal_path is not None:
+        overrides = list(overrides) + load_calibration(cal_path).to_overrides()
     cfg = load_recipe(recipe, overrides) if recipe is not None else None
     if cfg is None and overrides:
         from .train.checkpoint import checkpoint_recipe, load_checkpoint
@@ -206,4 +215,4 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
             "iteration": ckpt.get("iteration"), "seconds": seconds,
             "images_per_s": n / seconds if seconds > 0 else 0.0,
             "seconds_per_image": loop_seconds / n if n else 0.0, "device": str(dev),
-            "recipe_hash": cfg.hash()}
+            "recipe_hash": cfg.hash(), "calibration": str(cal_path) if cal_path else None}

@@ -32,7 +32,8 @@ import numpy as np
 import yaml
 
 from .atomic import atomic_path, write_json
-from .costs import CostFile
+from .calibration import Calibration
+from .costs import CostFile, solver_problem
 from .errors import InputError
 from .panoptic import Annotation, PanopticSet, write_id_png
 from .postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution
@@ -134,11 +135,17 @@ def _png_names(file_names: list[str]) -> list[str]:
     return names
 
 
+def _calibrated_problem(cf: CostFile, i: int, calibration: Calibration):
+    """:meth:`CostFile.problem` with ``calibration`` applied to the cached costs."""
+    node, edge, meta = cf.read(i)
+    return solver_problem(*calibration.apply(node, edge), cf.distances, cf.partitionable), meta
+
+
 def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: int | None = None,
                 thing_area: float | None = None, stuff_area: float | None = None,
                 options: SolverOptions | None = None, batch_size: int | None = None,
                 summary_json: str | os.PathLike | None = None,
-                overrides: Sequence[str] = (),
+                overrides: Sequence[str] = (), calibration: Calibration | None = None,
                 progress: Callable[[int, int], None] | None = None) -> dict:
     """Solve all images of a cost file; write panoptic predictions to ``out``.
 
@@ -162,6 +169,11 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     overrides : sequence of str
         ``section.key=value`` changes of the stored recipe's solver keys
         (:func:`apply_solve_overrides`); explicit arguments still win over them.
+    calibration : Calibration, optional
+        The cost calibration to solve with (:mod:`copsctl.calibration`), stated for the
+        network's costs: the costs in the file are already calibrated by their recipe's
+        ``calibration`` section, so only the difference is applied; the prediction
+        folder's recipe records the new one.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch.
 
@@ -200,6 +212,12 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         n = len(cf)
         if n == 0:
             raise InputError(f"{costs}: cost file holds no images")
+        relative = None
+        if calibration is not None:
+            m = len(cf.distances)
+            base = Calibration.from_section((recipe or {}).get("calibration"), m)
+            relative = calibration.check(m, "--calibration").relative_to(base)
+            recipe = {**(recipe or {}), "calibration": calibration.to_section()}
         if workers is None:
             # The recipe's solver.workers (0 = all cores) when --workers is not given.
             workers = _recipe_number(recipe, "solver", "workers", costs) or None
@@ -220,7 +238,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
             png_dir.mkdir(parents=True)
             for start in range(0, n, batch):
                 idx = list(range(start, min(start + batch, n)))
-                loaded = [cf.problem(i) for i in idx]
+                loaded = [cf.problem(i) if relative is None else _calibrated_problem(cf, i, relative)
+                          for i in idx]
                 t0 = time.perf_counter()
                 try:
                     results = solve_many([p for p, _ in loaded], workers=workers,

@@ -132,8 +132,10 @@ def test_finetune_end_to_end_and_exact_resume(setup, tmp_path):
     res = runner.invoke(app, _args(root, overrides, full, "finetune.cost_dropout=0.2") +
                         ["--weights", str(root / "pre.pt")])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in full.iterdir()) == ["checkpoint.pt", "metrics.jsonl",
+    assert sorted(p.name for p in full.iterdir()) == ["best.pt", "checkpoint.pt", "metrics.jsonl",
                                                       "recipe.yaml", "tensorboard"]
+    best = load_checkpoint(full / "best.pt")
+    assert best["kind"] == "best" and "optimizer" not in best and best["iteration"] in (0, 4)
     train = read_metrics(full / "metrics.jsonl", "train")
     assert [r["iteration"] for r in train] == [1, 2, 3, 4]
     for key in ("pq_surrogate", "pq_exact", "pq_exact_th", "pq_exact_st", "time_network",

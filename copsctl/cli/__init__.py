@@ -43,6 +43,7 @@ def _register() -> None:
     from . import pretrain  # noqa: F401  (pretrain)
     from . import dump_costs  # noqa: F401  (dump-costs)
     from . import finetune  # noqa: F401  (finetune)
+    from . import calibrate  # noqa: F401  (calibrate)
     from . import visualize  # noqa: F401  (visualize image | run | pipeline)
 
 

@@ -34,6 +34,11 @@ def dump_costs_command(
     num_workers: Optional[int] = typer.Option(
         None, "--num-workers", help="DataLoader workers (default: the recipe's data.num_workers)."),
     float16: bool = typer.Option(False, "--float16", help="Store costs as float16 (half the size)."),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Calibration file to apply (default: calibration.yaml "
+        "beside the checkpoint, if any)."),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Ignore calibration.yaml beside the checkpoint."),
     out_json: Optional[Path] = typer.Option(
         None, "--json", help="Also write the summary (images, seconds per image, recipe hash) "
         "as JSON here."),
@@ -52,6 +57,7 @@ def dump_costs_command(
         summary = dump_costs(out, run=run, weights=weights, recipe=recipe, overrides=overrides,
                              split=split, batch_size=batch_size, device=device, limit=limit,
                              num_workers=num_workers, dtype="float16" if float16 else "float32",
+                             calibration=False if no_calibration else calibration,
                              progress=progress)
     console.print(f"wrote costs of {summary['images']} {summary['split']} images to "
                   f"{summary['out']} ({summary['images_per_s']:.1f} images/s on "

@@ -28,6 +28,11 @@ def finetune_command(
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out exactly where it stopped."),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Start from this cost calibration (default: "
+        "calibration.yaml beside --weights, if any)."),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Ignore calibration.yaml beside --weights."),
     out_json: Optional[Path] = typer.Option(
         None, "--json", help="Also write the result (iterations, seconds, last train and "
         "validation metrics) as JSON here."),
@@ -42,5 +47,5 @@ def finetune_command(
     check_json_outside(out_json, out, "--out")
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
-                          progress=bar, log=lambda msg: bar.console.print(msg))
+                          calibration=False if no_calibration else calibration, progress=bar, log=lambda msg: bar.console.print(msg))
     report_run(result, "finetune", out, out_json)

@@ -34,10 +34,13 @@ def solve_command(
     thing_area: Optional[float] = typer.Option(None, "--thing-area", help=_HELP_THING),
     stuff_area: Optional[float] = typer.Option(None, "--stuff-area", help=_HELP_STUFF),
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Calibration file (copsctl calibrate) to solve with."),
     summary_json: Optional[Path] = typer.Option(None, "--json",
                                                 help="Also write the summary here."),
 ) -> None:
     """Solve the AMWC problem of every image in COSTS and write panoptic predictions to --out."""
+    from ..calibration import load_calibration
     from ..predict import solve_costs
 
     with Progress(TextColumn("solving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -49,7 +52,8 @@ def solve_command(
 
         summary = solve_costs(costs, out, workers=workers, thing_area=thing_area,
                               stuff_area=stuff_area, summary_json=summary_json,
-                              overrides=overrides, progress=progress)
+                              overrides=overrides, progress=progress,
+                              calibration=load_calibration(calibration) if calibration else None)
     table = Table(title=f"copsctl solve: {summary['images']} images -> {summary['out']}")
     # Short headers: the table must fit an 80-column terminal.
     for col in ("images", "workers", "solve s/img", "total s/img", "seg/img", "rej/img",

@@ -44,6 +44,10 @@ __all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "rng_state", "set_rng_state",
 FORMAT = "copsctl-checkpoint"
 VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
+"""The model of the run's best validation (exact PQ), beside the last checkpoint: kind
+``"best"``, ``iteration``, ``model``, ``recipe``, ``categories`` and ``val`` (the
+validation metrics), no optimizer state."""
 """File name of a run's latest checkpoint inside its run folder."""
 
 

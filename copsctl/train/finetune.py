@@ -211,6 +211,7 @@ def _initial_model(cfg: "Recipe", weights: str | Path | None, num_classes: int, 
 
 def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None = None,
              overrides: Sequence[str] = (), resume: bool = False,
+             calibration: "str | Path | bool | None" = None,
              progress: Callable[[TrainEvent], None] | None = None,
              log: Callable[[str], None] | None = None) -> RunResult:
     """Fine-tune a pre-trained network through the solver (module notes).
@@ -230,6 +231,10 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
         ``section.key=value`` strings applied to the recipe.
     resume : bool
         Continue the run in ``out`` from its checkpoint.
+    calibration : path-like or bool, optional
+        Start from this cost calibration (a ``copsctl calibrate`` file, put into the run's
+        recipe); None: ``calibration.yaml`` beside ``weights`` if there is one; False: the
+        recipe's. Not used when resuming (the run's recipe has it).
     progress, log : callable, optional
         As in :func:`copsctl.train.pretrain.pretrain`.
 
@@ -246,6 +251,13 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     t_start = time.perf_counter()
     out = Path(out)
     say = log or (lambda msg: None)
+    if weights is not None and not resume:
+        from ..calibration import calibration_for, load_calibration
+
+        cal_path = calibration_for(weights, calibration)
+        if cal_path is not None:
+            overrides = load_calibration(cal_path).to_overrides() + list(overrides)
+            say(f"starting from the cost calibration in {cal_path}")
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     ctx = setup(cfg.train.device)
     try:
@@ -331,7 +343,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
 
         return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
                         amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
-                        val_dataset=val_dataset, ckpt=ckpt, start=start, resume=resume,
+                        val_dataset=val_dataset, class_table=class_table, keep_best=f.keep_best,
+                        ckpt=ckpt, start=start, resume=resume,
                         t_start=t_start, say=say, progress=progress,
                         start_message=f"fine-tuning {len(trainable)} parameter tensors "
                                       f"({sum(p.numel() for p in params)} weights) with loss "

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import BEST_NAME, CHECKPOINT_NAME
 from .distributed import setup
 from .logging import METRICS_NAME, TENSORBOARD_DIR
 from .loop import RunResult, TrainEvent
@@ -49,7 +49,8 @@ __all__ = ["RECIPE_NAME", "RESUMABLE_KEYS", "pretrain", "resolve_run_recipe",
            "check_run_dir", "seed_everything"]
 
 RECIPE_NAME = "recipe.yaml"
-RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR)
+RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR, BEST_NAME,
+             "calibration.yaml")
 """What a run folder may hold; a folder with anything else is not a run."""
 
 RESUMABLE_KEYS = frozenset({
@@ -209,7 +210,8 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
 
         return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
                         amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
-                        val_dataset=val_dataset, ckpt=ckpt, start=start, resume=resume,
+                        val_dataset=val_dataset, class_table=class_table, ckpt=ckpt, start=start,
+                        resume=resume,
                         t_start=t_start, say=say, progress=progress)
     finally:
         ctx.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 
 from ..errors import InputError
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .logging import MetricsLogger
 from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
 from .schedule import WarmupPolySchedule
@@ -152,11 +152,20 @@ def save_run_checkpoint(out: Path, kind: str, ctx: "DistContext", *, iteration: 
             "categories": class_table.to_json(), "world_size": ctx.world_size, **extra})
 
 
+def _best_pq(out: Path) -> float | None:
+    """The exact val PQ stored in the run's ``best.pt``, if there is one."""
+    path = out / BEST_NAME
+    if not path.is_file():
+        return None
+    return float(load_checkpoint(path).get("val", {}).get("PQ", float("-inf")))
+
+
 def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Module,
              net: torch.nn.Module, optimizer, scaler, amp: bool,
              step_fn: Callable, batches: Iterator[dict], save_fn: Callable[[int, dict], None],
              val_dataset, ckpt: dict | None, start: int, resume: bool, t_start: float,
-             say: Callable[[str], None], start_message: str | None = None,
+             say: Callable[[str], None], class_table: "ClassTable", keep_best: bool = False,
+             start_message: str | None = None,
              progress: Callable[[TrainEvent], None] | None = None) -> RunResult:
     """Write the run folder's recipe and logs, run the loop and return its :class:`RunResult`.
 
@@ -169,18 +178,34 @@ def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Mo
         As in :class:`~copsctl.train.loop.TrainLoop`.
     val_dataset
         The val split (main process), validated with exact PQ through the solver.
+    class_table
+        The dataset's classes (stored in ``best.pt``).
     start_message : str, optional
         Said when a new run starts (a resumed run says where it resumes).
+
+    With ``keep_best`` (fine-tuning's ``finetune.keep_best``), every validation that beats the best exact PQ so far
+    (the model at iteration 0 included, for a new run) writes ``best.pt``
+    (:data:`~copsctl.train.checkpoint.BEST_NAME`).
     """
     from ..config import save_recipe
     from .pretrain import RECIPE_NAME
     from .validate import validate_from_recipe
 
+    keep_best = keep_best and ctx.is_main
+    best = {"pq": _best_pq(out) if keep_best and ckpt is not None else None}
+
     def validate_fn(iteration: int):
         # Ctrl-C during a long validation abandons it; the loop then saves and stops.
-        return validate_from_recipe(model, val_dataset, cfg, device=ctx.device,
-                                    batch_size=cfg.train.batch_size // ctx.world_size,
-                                    should_stop=lambda: loop.stop_requested)
+        stop = (lambda: loop.stop_requested) if iteration else (lambda: False)
+        metrics = validate_from_recipe(model, val_dataset, cfg, device=ctx.device,
+                                       batch_size=cfg.train.batch_size // ctx.world_size,
+                                       should_stop=stop)
+        if keep_best and metrics is not None and (best["pq"] is None or metrics["PQ"] > best["pq"]):
+            best["pq"] = metrics["PQ"]
+            save_checkpoint(out / BEST_NAME, {
+                "kind": "best", "iteration": iteration, "model": model.state_dict(),
+                "recipe": cfg.dump(), "categories": class_table.to_json(), "val": metrics})
+        return metrics
 
     logger = None
     if ctx.is_main:
@@ -191,6 +216,12 @@ def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Mo
             say(f"resuming {out} at iteration {start} of {cfg.train.iterations}")
         elif start_message:
             say(start_message)
+        if keep_best and ckpt is None and val_dataset is not None:
+            # The starting point competes too: a run that drifts keeps the model it began with.
+            first = validate_fn(0)
+            if first is not None:
+                say(f"iteration 0: validation PQ {first['PQ']:.1f} (things {first['PQ_th']:.1f}, "
+                    f"stuff {first['PQ_st']:.1f})")
     ctx.barrier()
     try:
         loop = TrainLoop(model=net, optimizer=optimizer,

@@ -66,9 +66,9 @@ class ImageView:
 
 def _stored_recipe(stored: dict | None, path: Path):
     """The cost file's recipe as a copsctl Recipe, or None when it is not one (make-costs)."""
-    from ..config import recipe_from_dict
+    from ..config import RECIPE_SECTIONS, recipe_from_dict
 
-    if not stored or not set(stored) <= {"data", "model", "loss", "solver", "train", "finetune"}:
+    if not stored or not set(stored) <= set(RECIPE_SECTIONS):
         return None
     return recipe_from_dict(stored, source=f"{path} (stored recipe)")
 

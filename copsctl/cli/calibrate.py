@@ -1,0 +1,78 @@
+"""``copsctl calibrate``: fit the cost calibration that maximises exact PQ, with the solver only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from ._util import cli_errors, console, write_json_option
+
+
+@app.command("calibrate")
+@cli_errors
+def calibrate_command(
+    costs: Optional[Path] = typer.Argument(
+        None, help="Cost file (from dump-costs) to fit on; or use --run."),
+    gt_json: Optional[Path] = typer.Option(
+        None, "--gt-json", help="Ground truth of COSTS: COCO panoptic JSON."),
+    gt_dir: Optional[Path] = typer.Option(
+        None, "--gt-dir", help="Ground-truth PNG folder (default: the JSON path without .json)."),
+    run: Optional[Path] = typer.Option(
+        None, "--run", help="Run folder: dump the costs of --split with its checkpoint, fit, "
+        "write RUN/calibration.yaml."),
+    split: str = typer.Option("train", "--split", help="With --run: the split to fit on."),
+    images: int = typer.Option(0, "--images", help="Fit on the first N images (0: all)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Calibration file to write (default with --run: RUN/calibration.yaml)."),
+    rounds: int = typer.Option(2, "--rounds", help="Rounds of the per-distance search."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Solver threads (default: all CPUs)."),
+    device: str = typer.Option("auto", "--device", help="With --run: auto, cpu or cuda."),
+    out_json: Optional[Path] = typer.Option(None, "--json", help="Also write the fit as JSON here."),
+) -> None:
+    """Fit node-cost scale and per-distance edge-cost offsets and scales that maximise exact PQ.
+
+    dump-costs, finetune and predict apply RUN/calibration.yaml by themselves; solve takes
+    --calibration FILE.
+    """
+    from ..calibration import Calibration, calibrate_run, fit_calibration
+    from ..costs import CostFile
+    from ..errors import InputError
+
+    if (costs is None) == (run is None):
+        raise InputError("pass either COSTS (with --gt-json) or --run RUN")
+    if run is not None:
+        if gt_json is not None or gt_dir is not None:
+            raise InputError("--run takes its ground truth from the run's dataset; drop --gt-json")
+        fit, full, path = calibrate_run(run, split=split, images=images, out=out, rounds=rounds,
+                                        workers=workers, device=device, log=console.print)
+    else:
+        if gt_json is None:
+            raise InputError("COSTS needs its ground truth: pass --gt-json (and --gt-dir)")
+        if out is None:
+            raise InputError("COSTS needs --out FILE: where to write the calibration")
+        if out.is_dir():
+            raise InputError(f"--out {out}: is a folder; name the calibration file to write")
+        with CostFile(costs) as cf:
+            stored = (cf.recipe or {}).get("calibration")
+            m = len(cf.distances)
+        fit = fit_calibration(costs, gt_json, gt_dir, images=images, rounds=rounds,
+                              workers=workers)
+        full = Calibration.from_section(stored, m).then(fit.calibration)
+        full.save(out, f"copsctl calibrate {costs}: {fit.images} images, exact PQ "
+                       f"{100 * fit.pq_before['pq']:.2f} -> {100 * fit.pq_after['pq']:.2f}")
+        path = out
+    table = Table(title=f"copsctl calibrate: {fit.images} images, {fit.candidates} solver passes")
+    for col in ("", "PQ", "PQ_th", "PQ_st"):
+        table.add_column(col, justify="right")
+    for name, r in (("before", fit.pq_before), ("after", fit.pq_after)):
+        table.add_row(name, f"{100 * r['pq']:.2f}", f"{100 * r['pq_th']:.2f}",
+                      f"{100 * r['pq_st']:.2f}")
+    console.print(table)
+    s = full.to_section()
+    console.print(f"node_scale {s['node_scale']}, edge_scale {s['edge_scale']}, edge_offset "
+                  f"{s['edge_offset']} -> {path}")
+    write_json_option(out_json, {**fit.to_json(), "calibration": s, "out": str(path)})
