@@ -283,3 +283,95 @@ def test_gain_table():
     assert md[2] == "| baseline (pre-trained) | 40.0 | 30.0 | 50.0 |"
     assert md[3] == "| control (2 seeds) | 42.0 ± 1.4 | 32.0 ± 1.4 | 52.0 ± 1.4 |"
     assert md[5] == "| gain over control | 3.0 ± 1.4 | 6.0 ± 0.0 | 0.0 ± 1.4 |"
+
+
+_AUTHORS = ["finetune.trainable=[semantic_head,affinity_head]", "finetune.lr_factors=[0.05,0.025]",
+            "finetune.learn_cost_scale=true", "finetune.learn_cost_offset=true",
+            "finetune.cost_lr_factor=2", "finetune.loss_weight=10",
+            "finetune.surrogate_gate=official", "finetune.surrogate_form=official",
+            "finetune.surrogate_eps=0.1", "finetune.cost_dropout=0.1",
+            "finetune.min_instance_size=3"]
+
+
+def test_parameter_groups_get_exactly_their_learning_rates(setup):
+    from copsctl.model import finetuning_groups, part_modules
+    from copsctl.train.checkpoint import load_model
+    from copsctl.train.schedule import WarmupPolySchedule
+
+    root, overrides, cfg, _ = setup
+    model, _, _ = load_model(root / "pre.pt", recipe=cfg)
+    freeze_for_finetuning(model, trainable=["semantic_head", "affinity_head"],
+                          learn_cost_scale=True, learn_cost_offset=True)
+    groups = finetuning_groups(model, ["semantic_head", "affinity_head"], [0.05, 0.025], 2.0)
+    parts = part_modules(model)
+    ids = [{id(p) for p in ps} for ps, _ in groups]
+    assert ids[0] == {id(p) for p in parts["semantic_head"].parameters() if p.requires_grad}
+    assert ids[1] == {id(p) for p in parts["affinity_head"].parameters() if p.requires_grad}
+    assert ids[2] == {id(p) for p in model.cost_transform.parameters()}
+    assert [f for _, f in groups] == [0.05, 0.025, 2.0]
+    opt = torch.optim.Adam([{"params": ps, "lr": 1.0, "lr_scale": f} for ps, f in groups])
+    sched = WarmupPolySchedule(base_lr=1e-3, iterations=10, warmup_iters=0, warmup_factor=1.0,
+                               poly_power=0.9)
+    lr = sched.apply(opt, 3)
+    assert [g["lr"] for g in opt.param_groups] == [lr * 0.05, lr * 0.025, lr * 2.0]
+    # All factors 1: one group, as before these keys existed.
+    assert finetuning_groups(model, ["semantic_head"], (), 1.0) is None
+    with pytest.raises(InputError, match="one factor per"):
+        finetuning_groups(model, ["semantic_head", "affinity_head"], [0.1], 1.0)
+
+
+def test_authors_settings_run_and_resume_exactly_with_a_calibration(setup, tmp_path):
+    """The authors' settings, a calibration beside the weights, learned cost scalars in
+    their own Adam group: the calibration lands in the run's recipe, best.pt is kept, the
+    optimizer groups carry their rates, and an interrupted run resumes bit-exactly."""
+    import shutil
+
+    from copsctl.calibration import Calibration
+
+    root, overrides, _, _ = setup
+    weights = tmp_path / "pre" / "checkpoint.pt"
+    weights.parent.mkdir()
+    shutil.copy(root / "pre.pt", weights)
+    Calibration(2.0, (1.0, 0.5, 1.0), (1.0, 0.5, 0.0)).save(weights.parent / "calibration.yaml")
+    sets = overrides + ["train.iterations=4", "train.checkpoint_every=2", "train.validate_every=2",
+                        "train.val_images=1", "train.warmup_iters=0"] + _AUTHORS
+    full = finetune("synthetic_tiny", tmp_path / "full", weights=weights, overrides=sets)
+    assert not full.interrupted
+    rec = load_recipe(tmp_path / "full" / "recipe.yaml")
+    assert rec.calibration.node_scale == 2.0 and rec.calibration.edge_offset == (1.0, 0.5, 0.0)
+    ckpt = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    scales = [g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]]
+    assert scales == [0.05, 0.025, 2.0]
+    assert (tmp_path / "full" / "best.pt").is_file()
+    assert not torch.equal(ckpt["model"]["cost_transform.edge_offset"],
+                           torch.zeros_like(ckpt["model"]["cost_transform.edge_offset"]))
+
+    def stop_at_3(event):
+        if event.kind == "step" and event.iteration == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = finetune("synthetic_tiny", tmp_path / "part", weights=weights, overrides=sets,
+                    progress=stop_at_3)
+    assert part.interrupted and part.iteration == 3
+    finetune(None, tmp_path / "part", resume=True)
+    resumed = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    a = [r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl", "train")]
+    b = [r["loss"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl", "train")]
+    assert a == b
+    best = load_checkpoint(tmp_path / "full" / "best.pt")
+    assert best["val"]["PQ"] >= max(r["PQ"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl", "val"))
+
+
+def test_small_predictions_leave_the_loss_and_free_their_ground_truth():
+    from copsctl.metrics.surrogate import Matching
+    from copsctl.train.amwc_layer import _drop_predictions
+
+    m = Matching(pred=np.array([0, 2]), gt=np.array([1, 0]), iou=np.array([0.9, 0.4]),
+                 unmatched_pred=np.array([1, 3]), unmatched_gt=np.array([2]),
+                 ignored_gt=np.array([], np.int64))
+    d = _drop_predictions(m, np.array([True, False, False, True]))
+    # Prediction 2 (matched to gt 0) and 1 are dropped; 3 becomes 1.
+    assert d.pred.tolist() == [0] and d.gt.tolist() == [1] and d.iou.tolist() == [0.9]
+    assert d.unmatched_pred.tolist() == [1] and d.unmatched_gt.tolist() == [0, 2]

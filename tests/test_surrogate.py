@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -369,3 +371,60 @@ def test_empty_slots_of_unmatched_ground_truth(formulation):
         assert not gt_grads[0].any()
     else:
         assert float(gt_grads[0][missed].min()) > 0  # a not-yet-true positive costs a little
+
+
+def _one_pair():
+    """A 4x4 image: ground truth rows 0-1 (8 px), prediction rows 0-1 cols 0-2 (6 px), IoU 0.75."""
+    gt = torch.zeros(1, 4, 4)
+    gt[0, :2] = 1
+    pred = torch.zeros(1, 4, 4)
+    pred[0, :2, :3] = 1
+    return pred, gt
+
+
+@pytest.mark.parametrize("formulation,eps", [("official", 0.1), ("paper", 0.1), ("complete", 0.0),
+                                             ("official", 0.0)])
+def test_formulations_and_eps_against_hand_computed_values(formulation, eps):
+    pred, gt = _one_pair()
+    u = 0.75
+    h = u ** 4 / (u ** 4 + (1 - u) ** 4)
+    s = 1 / (1 + math.exp(-0.1 * (6 - 4)))  # gate: area 6, threshold 4, slope 0.1
+    num = h * s * u
+    den = {"official": h * s + 0.5 * (1 - h),
+           "paper": h * s,
+           "complete": h * s + 0.5 * (s - h * s) + 0.5 * (1 - h * s)}[formulation]
+    r = pq_surrogate([pred], [[0]], [gt], [[0]], [4.0, 4.0], formulation=formulation, eps=eps)
+    assert r.pq == pytest.approx((num + eps) / (den + eps), rel=1e-6)
+
+
+def test_official_form_scores_a_prediction_only_class_with_eps():
+    """The authors' code averages over every class present; a class with predictions only
+    scores eps / (FP / 2 + eps)."""
+    pred, gt = _one_pair()
+    extra = torch.zeros(1, 4, 4)
+    extra[0, 3] = 1  # 4 px of class 1, no ground truth of class 1
+    u, eps = 0.75, 0.1
+    h = u ** 4 / (u ** 4 + (1 - u) ** 4)
+    s0 = 1 / (1 + math.exp(-0.1 * (6 - 4)))
+    s1 = 1 / (1 + math.exp(-0.1 * (4 - 4)))
+    pq0 = (h * s0 * u + eps) / (h * s0 + 0.5 * (1 - h) + eps)
+    pq1 = eps / (0.5 * s1 + eps)
+    r = pq_surrogate([torch.cat([pred, extra])], [[0, 1]], [gt], [[0]], [4.0, 4.0],
+                     formulation="official", eps=eps)
+    assert r.pq == pytest.approx((pq0 + pq1) / 2, rel=1e-6)
+    with pytest.raises(InputError, match="eps"):
+        pq_surrogate([pred], [[0]], [gt], [[0]], [4.0, 4.0], eps=float("nan"))
+
+
+def test_official_gate_thresholds_are_in_cost_pixels():
+    """finetune.surrogate_gate=official: things t / 4, stuff t / 16, one cost pixel = 1."""
+    from copsctl.config import load_recipe
+    from copsctl.train.finetune import surrogate_thresholds
+
+    cfg = load_recipe("synthetic_tiny", ["finetune.surrogate_gate=official"])
+    values, area = surrogate_thresholds([True, False], cfg)
+    assert area == 1.0
+    assert values.tolist() == [cfg.data.thing_area_threshold / 4, cfg.data.stuff_area_threshold / 16]
+    values, area = surrogate_thresholds([True, False], load_recipe("synthetic_tiny"))
+    assert area == 16.0 and values.tolist() == [cfg.data.thing_area_threshold,
+                                                 cfg.data.stuff_area_threshold]

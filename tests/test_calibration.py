@@ -1,0 +1,127 @@
+"""Cost calibration: the affine algebra, the fit, and the calibration's way through cost
+files, predictions, checkpoints and fine-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from copsctl.calibration import Calibration, fit_calibration, load_calibration
+from copsctl.cli import app
+from copsctl.costs import CostFile, CostWriter
+from copsctl.errors import InputError
+from copsctl.model import CostTransform
+from copsctl.synthetic_costs import write_synthetic_costs
+
+runner = CliRunner()
+
+
+def test_then_and_relative_to_are_inverse():
+    a = Calibration(2.0, (1.5, 0.5), (1.0, -0.25))
+    b = Calibration(0.5, (2.0, 1.0), (0.5, 0.75))
+    node = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    edge = np.random.default_rng(1).normal(size=(4, 4, 5)).astype(np.float32)
+    both = a.then(b)
+    np.testing.assert_allclose(both.apply(node, edge)[1], b.apply(*a.apply(node, edge))[1], rtol=1e-6)
+    np.testing.assert_allclose(both.apply(node, edge)[0], b.apply(*a.apply(node, edge))[0], rtol=1e-6)
+    r = both.relative_to(a)
+    assert r.node_scale == pytest.approx(b.node_scale)
+    assert r.edge_scale == pytest.approx(b.edge_scale) and r.edge_offset == pytest.approx(b.edge_offset)
+    assert Calibration.identity(2).is_identity() and not a.is_identity()
+
+
+def test_model_applies_the_same_calibration_as_the_cost_files():
+    """CostTransform's calibration buffers (network side) == Calibration.apply (cached side)."""
+    cal = Calibration(1.7, (0.8, 1.3, 2.0), (0.5, -1.0, 0.25))
+    ct = CostTransform(num_classes=4, num_edge_channels=6)
+    ct.set_calibration(cal.node_scale, cal.edge_scale, cal.edge_offset)
+    node = torch.randn(2, 4, 5, 6)
+    edge = torch.randn(2, 6, 5, 6)
+    n1, e1 = ct(node, edge)
+    n2, e2 = cal.apply(node[1].numpy(), edge[1].numpy())
+    np.testing.assert_allclose(n1[1].numpy(), n2, rtol=1e-6)
+    np.testing.assert_allclose(e1[1].numpy(), e2, rtol=1e-6, atol=1e-6)
+    # Not in the state dict: the recipe says which calibration applies.
+    assert not any(k.startswith("calib_") for k in ct.state_dict())
+    with pytest.raises(InputError, match="one entry per distance"):
+        ct.set_calibration(1.0, (1.0,), ())
+
+
+def test_old_checkpoints_with_one_edge_scale_load():
+    ct = CostTransform(num_classes=3, num_edge_channels=4)
+    state = ct.state_dict()
+    state["log_edge_scale"] = torch.tensor(0.5)
+    ct.load_state_dict(state)
+    assert torch.equal(ct.log_edge_scale.detach(), torch.full((2,), 0.5))
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory):
+    """Synthetic costs whose edge costs are all lowered by 2: the solver over-splits them,
+    and the right calibration is an edge offset of about +2."""
+    root = tmp_path_factory.mktemp("cal")
+    info = write_synthetic_costs(root / "orig.h5", preset="tiny", num_images=6, seed=3)
+    with CostFile(root / "orig.h5") as cf, \
+            CostWriter(root / "shifted.h5", cf.categories, cf.distances,
+                       recipe=yaml.safe_dump(cf.recipe)) as w:
+        for i in range(len(cf)):
+            node, edge, meta = cf.read(i)
+            w.add(node, edge - 2.0, image_id=meta["image_id"], file_name=meta["file_name"],
+                  image_size=meta["image_size"])
+    return root, info
+
+
+def test_fit_finds_a_known_offset(shifted):
+    root, info = shifted
+    base = fit_calibration(root / "orig.h5", info["gt_json"], info["gt_dir"], rounds=0,
+                           workers=1)
+    fit = fit_calibration(root / "shifted.h5", info["gt_json"], info["gt_dir"], workers=1)
+    assert fit.pq_after["pq"] > fit.pq_before["pq"] + 0.05
+    # The offsets undo the shift (within the grid's resolution) and recover the PQ of the
+    # unshifted costs.
+    assert np.mean(fit.calibration.edge_offset) == pytest.approx(2.0, abs=0.75)
+    assert fit.pq_after["pq"] >= base.pq_before["pq"] - 0.02
+
+
+def test_calibrate_and_solve_round_trip_through_files(shifted, tmp_path):
+    root, info = shifted
+    cal_file = tmp_path / "cal.yaml"
+    res = runner.invoke(app, ["calibrate", str(root / "shifted.h5"), "--gt-json", info["gt_json"],
+                              "--gt-dir", info["gt_dir"], "--out", str(cal_file), "--workers", "1",
+                              "--json", str(tmp_path / "fit.json")])
+    assert res.exit_code == 0, res.output
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    cal = load_calibration(cal_file)
+    assert cal.to_section() == fit["calibration"]
+    res = runner.invoke(app, ["solve", str(root / "shifted.h5"), "--out", str(tmp_path / "pred"),
+                              "--workers", "1", "--calibration", str(cal_file)])
+    assert res.exit_code == 0, res.output
+    stored = yaml.safe_load((tmp_path / "pred" / "recipe.yaml").read_text())
+    assert stored["calibration"] == cal.to_section()
+    res = runner.invoke(app, ["evaluate", "--gt-json", info["gt_json"], "--gt-dir", info["gt_dir"],
+                              "--pred-dir", str(tmp_path / "pred"), "--json",
+                              str(tmp_path / "pq.json")])
+    assert res.exit_code == 0, res.output
+    pq = json.loads((tmp_path / "pq.json").read_text())["All"]["pq"]
+    assert pq == pytest.approx(fit["pq_after"]["pq"], abs=1e-12)
+
+
+def test_bad_calibration_files_are_one_line_errors(shifted, tmp_path):
+    root, _ = shifted
+    bad = tmp_path / "bad.yaml"
+    for text, rule in (("calibration: 3\n", "must hold a `calibration:` mapping"),
+                       ("calibration: {node_scale: x}\n", "must be a number"),
+                       ("calibration: {nosuch: 1}\n", "unknown key"),
+                       ("calibration: {edge_offset: [1, 2]}\n", "distances")):
+        bad.write_text(text)
+        res = runner.invoke(app, ["solve", str(root / "shifted.h5"), "--out",
+                                  str(tmp_path / "p"), "--calibration", str(bad)])
+        assert res.exit_code == 2 and rule in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "p").exists()
+    res = runner.invoke(app, ["calibrate", str(root / "shifted.h5"), "--out", str(tmp_path / "c.yaml")])
+    assert res.exit_code == 2 and "--gt-json" in res.output
