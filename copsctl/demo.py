@@ -52,12 +52,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .atomic import write_json
+from .calibration import CALIBRATION_NAME
 from .errors import InputError
 
 DEMO_SEED = 0
 PRETRAIN_RECIPE = "synthetic_pretrain"
 FINETUNE_RECIPE = "synthetic_finetune"
 TRAIN_STAGES = ("pretrain", "finetune")
+CALIBRATED = "calibrated"
+"""The row of the pre-trained network with the cost calibration fitted on train images."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class DemoSize:
     pretrain: tuple[str, ...]
     finetune: tuple[str, ...]
     pictures: int = 2
+    calibration_images: int = 64  # train images the calibration is fitted on
 
 
 # Pre-training dominates the time. The short schedules use a higher learning rate than
@@ -94,7 +98,7 @@ DEMO_SIZES = {
         finetune=("train.iterations=10", "train.batch_size=8", "train.lr=1e-4",
                   "train.warmup_iters=2", "train.log_every=1", "train.validate_every=0",
                   "train.val_images=8", "train.checkpoint_every=10"),
-        pictures=1),
+        pictures=1, calibration_images=16),
 }
 
 # The costs-only path (`--solver-only`): (synthetic_costs preset, images).
@@ -295,11 +299,17 @@ def run_demo(out: str | os.PathLike = "demo_out", *, quick: bool = False,
                                workers, log, progress)
         rows.append(row)
         weights = out / "runs" / stage / "checkpoint.pt"
-        for kind, path in (("run", out / "runs" / stage), ("costs", out / "costs" / f"{stage}.h5"),
-                           ("pred", out / "pred" / stage),
-                           ("metrics", out / "metrics" / f"{stage}.json"),
-                           ("pictures", out / "pictures")):
-            files[f"{stage}_{kind}"] = str(path)
+        names = [stage]
+        if stage == "pretrain":
+            rows.append(_calibrate_and_score(out, spec, data_dir, stages, workers, log))
+            names.append(CALIBRATED)
+        for name in names:
+            for kind, path in (("run", out / "runs" / stage),
+                               ("costs", out / "costs" / f"{name}.h5"),
+                               ("pred", out / "pred" / name),
+                               ("metrics", out / "metrics" / f"{name}.json"),
+                               ("pictures", out / "pictures")):
+                files[f"{name}_{kind}"] = str(path)
     result = DemoResult(out=out, size=size, images=spec.val_images, stages=rows, files=files,
                         reused=stages.reused, ran=stages.ran,
                         seconds=time.perf_counter() - t_start)
@@ -336,6 +346,13 @@ def _train(stage: str, recipe: tuple, run_dir: Path, weights: Path | None, resum
     from .config import load_recipe
 
     name, sets, resolved = recipe
+    calibration = weights.parent / CALIBRATION_NAME if weights is not None else None
+    if calibration is not None and calibration.is_file():
+        from .calibration import load_calibration
+
+        # Fine-tuning starts from the calibration beside the weights (its run recipe has it).
+        sets = load_calibration(calibration).to_overrides() + list(sets)
+        resolved = load_recipe(name, sets)
     if run_dir.exists():
         saved = run_dir / "recipe.yaml"
         same = False
@@ -359,7 +376,7 @@ def _train(stage: str, recipe: tuple, run_dir: Path, weights: Path | None, resum
             from .train.finetune import finetune
 
             result = finetune(name, run_dir, weights=weights, overrides=sets, resume=True,
-                              progress=events, log=log)
+                              calibration=False, progress=events, log=log)
     if result.interrupted:
         log(f"{stage}: interrupted at iteration {result.iteration}; run the demo again with "
             "the same --out to continue")
@@ -370,34 +387,67 @@ def _train(stage: str, recipe: tuple, run_dir: Path, weights: Path | None, resum
 def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Path,
                      weights: Path | None, stages: _Stages, workers, log,
                      progress) -> StageResult:
+    run_dir = out / "runs" / stage
+    run_json = out / "runs" / f"{stage}.json"
+    ckpt = run_dir / "checkpoint.pt"
+
+    key = {"recipe": _stage_hash(recipe[2], stage),
+           "data": _fingerprint(data_dir / "synthetic.json")}
+    if weights is not None:
+        key["weights"] = _fingerprint(weights)
+        calibration = weights.parent / CALIBRATION_NAME
+        if calibration.is_file():
+            key["calibration"] = _fingerprint(calibration)
+    stages.run(stage, key, [ckpt, run_json],
+               lambda: _train(stage, recipe, run_dir, weights, stages.resuming, log,
+                              progress))
+    return _score(out, stage, run_dir, spec, data_dir, stages, workers, calibration=False,
+                  iterations=int(_read_json(run_json)["iteration"]),
+                  train_seconds=_step_seconds(run_dir))
+
+
+def _calibrate_and_score(out: Path, spec: DemoSize, data_dir: Path, stages: _Stages, workers,
+                         log) -> StageResult:
+    """Fit the pre-trained network's cost calibration on train images, then score it."""
+    from .calibration import calibrate_run
+
+    run_dir = out / "runs" / "pretrain"
+    target = run_dir / CALIBRATION_NAME
+    stages.run("calibrate", {"checkpoint": _fingerprint(run_dir / "checkpoint.pt"),
+                             "images": spec.calibration_images},
+               [target], lambda: calibrate_run(run_dir, split="train",
+                                               images=spec.calibration_images,
+                                               workers=workers, log=log))
+    return _score(out, CALIBRATED, run_dir, spec, data_dir, stages, workers,
+                  calibration=target, iterations=0, train_seconds=0.0)
+
+
+def _score(out: Path, name: str, run_dir: Path, spec: DemoSize, data_dir: Path,
+           stages: _Stages, workers, *, calibration, iterations: int,
+           train_seconds: float) -> StageResult:
+    """The val split of a trained run through the pipeline: costs, solve, PQ, pictures."""
     from .inference import dump_costs
     from .metrics.pq import evaluate
     from .predict import solve_costs
     from .visualize.curves import run_figure
     from .visualize.image import visualize_image
 
-    run_dir = out / "runs" / stage
-    run_json = out / "runs" / f"{stage}.json"
     ckpt = run_dir / "checkpoint.pt"
-    costs, costs_json = out / "costs" / f"{stage}.h5", out / "costs" / f"{stage}.json"
-    pred, metrics = out / "pred" / stage, out / "metrics" / f"{stage}.json"
+    costs, costs_json = out / "costs" / f"{name}.h5", out / "costs" / f"{name}.json"
+    pred, metrics = out / "pred" / name, out / "metrics" / f"{name}.json"
     pictures = out / "pictures"
     gt_json = data_dir / "annotations" / "panoptic_val2017.json"
-
-    key = {"recipe": _stage_hash(recipe[2], stage),
-           "data": _fingerprint(data_dir / "synthetic.json")}
-    if weights is not None:
-        key["weights"] = _fingerprint(weights)
-    stages.run(stage, key, [ckpt, run_json],
-               lambda: _train(stage, recipe, run_dir, weights, stages.resuming, log,
-                              progress))
+    stage = name
 
     def dump() -> None:
         summary = dump_costs(costs, run=run_dir, overrides=[f"data.root={data_dir}"],
-                             batch_size=8)
+                             batch_size=8, calibration=calibration)
         write_json(costs_json, summary)
 
-    stages.run(f"{stage}-costs", {"checkpoint": _fingerprint(ckpt)}, [costs, costs_json], dump)
+    key = {"checkpoint": _fingerprint(ckpt)}
+    if calibration:
+        key["calibration"] = _fingerprint(calibration)
+    stages.run(f"{stage}-costs", key, [costs, costs_json], dump)
     stages.run(f"{stage}-solve", {"costs": _fingerprint(costs)}, [pred / "summary.json"],
                lambda: solve_costs(costs, pred, workers=workers))
 
@@ -409,13 +459,14 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
                [metrics], score)
 
     n_pictures = min(spec.pictures, spec.val_images)
-    drawn = [pictures / f"{stage}_curves.png"] + \
-        [pictures / f"{stage}_val{i}.png" for i in range(n_pictures)]
+    curves = [pictures / f"{stage}_curves.png"] if stage in TRAIN_STAGES else []
+    drawn = curves + [pictures / f"{stage}_val{i}.png" for i in range(n_pictures)]
 
     def draw() -> None:
-        run_figure(run_dir, drawn[0], title=f"demo: {stage}")
+        if curves:
+            run_figure(run_dir, curves[0], title=f"demo: {stage}")
         for i in range(n_pictures):
-            visualize_image(costs, drawn[1 + i], pred=pred, index=i,
+            visualize_image(costs, drawn[len(curves) + i], pred=pred, index=i,
                             overrides=[f"data.root={data_dir}"],
                             title=f"demo: {stage}, val image {i}")
 
@@ -424,12 +475,10 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
                                      "pred": _fingerprint(pred / "panoptic_pred.json")},
                drawn, draw)
 
-    trained = _read_json(run_json)
     dumped = _read_json(costs_json)
     solved = _read_json(pred / "summary.json")
     pq = _read_json(metrics)
-    return StageResult(name=stage, iterations=int(trained["iteration"]),
-                       train_seconds=_step_seconds(run_dir),
+    return StageResult(name=stage, iterations=iterations, train_seconds=train_seconds,
                        pq={k: pq[k] for k in ("All", "Things", "Stuff")},
                        seconds_per_image_network=float(dumped["seconds_per_image"]),
                        seconds_per_image_solver=float(solved["seconds_per_image_solve"]),

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import copsctl.demo as demo
 from copsctl.cli import app
+from copsctl.calibration import load_calibration
 from copsctl.config import load_recipe
 
 runner = CliRunner()
@@ -24,10 +25,11 @@ runner = CliRunner()
 TEST_SIZE = demo.DemoSize(train_images=4, val_images=2, image_size=(64, 64),
                           pretrain=("train.iterations=3",),
                           finetune=("train.iterations=2", "finetune.lambda_max=100"),
-                          pictures=2)
+                          pictures=2, calibration_images=4)
 STAGES = ["data", "pretrain", "pretrain-costs", "pretrain-solve", "pretrain-evaluate",
-          "pretrain-pictures", "finetune", "finetune-costs", "finetune-solve",
-          "finetune-evaluate", "finetune-pictures"]
+          "pretrain-pictures", "calibrate", "calibrated-costs", "calibrated-solve",
+          "calibrated-evaluate", "calibrated-pictures", "finetune", "finetune-costs",
+          "finetune-solve", "finetune-evaluate", "finetune-pictures"]
 
 
 @pytest.fixture(autouse=True)
@@ -62,22 +64,31 @@ def test_demo_quick_writes_every_artifact_and_reuses_stages(tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["stages"] == summary["stages"] and report["ran"] == STAGES
-    assert list(summary["stages"]) == ["pretrain", "finetune"]
+    assert list(summary["stages"]) == ["pretrain", "calibrated", "finetune"]
+    # The calibrated row: the pre-trained run with the calibration fitted on train images,
+    # which fine-tuning starts from.
+    cal = load_calibration(out / "runs" / "pretrain" / "calibration.yaml")
+    assert json.loads((out / "costs" / "calibrated.json").read_text())["calibration"] == \
+        str(out / "runs" / "pretrain" / "calibration.yaml")
+    assert json.loads((out / "costs" / "pretrain.json").read_text())["calibration"] is None
+    assert load_recipe(out / "runs" / "finetune" / "recipe.yaml").calibration == \
+        load_recipe("synthetic_tiny", cal.to_overrides()).calibration
     for name, row in summary["stages"].items():
         pq = json.loads((out / "metrics" / f"{name}.json").read_text())
         assert row["pq"] == {k: pq[k] for k in ("All", "Things", "Stuff")}
         assert all(0.0 <= pq[k]["pq"] <= 1.0 for k in ("All", "Things", "Stuff"))
-        assert row["iterations"] == {"pretrain": 3, "finetune": 2}[name]
+        assert row["iterations"] == {"pretrain": 3, "calibrated": 0, "finetune": 2}[name]
         assert row["seconds_per_image_network"] > 0 and row["seconds_per_image_solver"] > 0
         assert f"{100 * pq['All']['pq']:.1f}" in res.output
 
         # the run folder and its resolved recipe (the demo's overrides applied)
-        run = out / "runs" / name
+        run = out / "runs" / ("pretrain" if name == "calibrated" else name)
         assert {"recipe.yaml", "checkpoint.pt", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
         recipe = load_recipe(run / "recipe.yaml")
         assert recipe.data.root == str((out / "data").resolve())
-        assert json.loads((out / "runs" / f"{name}.json").read_text())["iteration"] == \
-            recipe.train.iterations
+        if name != "calibrated":
+            assert json.loads((out / "runs" / f"{name}.json").read_text())["iteration"] == \
+                recipe.train.iterations
 
         # the cost file and predictions: evaluable by `copsctl evaluate`
         assert json.loads((out / "costs" / f"{name}.json").read_text())["images"] == 2
@@ -88,7 +99,7 @@ def test_demo_quick_writes_every_artifact_and_reuses_stages(tmp_path):
         assert json.loads((tmp_path / f"{name}.json").read_text()) == pq
 
         # the pictures: decodable and not blank
-        for picture in ("curves", "val0", "val1"):
+        for picture in ("curves", "val0", "val1")[name == "calibrated":]:
             _check_png(out / "pictures" / f"{name}_{picture}.png")
     assert load_recipe(out / "runs" / "finetune" / "recipe.yaml").finetune.lambda_max == 100
 

@@ -51,7 +51,7 @@ from ..errors import InputError
 from .checkpoint import CHECKPOINT_NAME, checkpoint_class_table, load_model
 from .distributed import setup
 from .loop import RunResult, TrainEvent
-from .pretrain import check_run_dir, resolve_run_recipe, seed_everything
+from .pretrain import RECIPE_NAME, check_run_dir, resolve_run_recipe, seed_everything
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -251,7 +251,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     t_start = time.perf_counter()
     out = Path(out)
     say = log or (lambda msg: None)
-    if weights is not None and not resume:
+    if weights is not None and not (resume and (out / RECIPE_NAME).is_file()):
         from ..calibration import calibration_for, load_calibration
 
         cal_path = calibration_for(weights, calibration)
