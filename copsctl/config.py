@@ -234,6 +234,9 @@ class TrainConfig:
     warmup_factor: float = _key(0.001, "learning-rate factor at the first warm-up iteration", check=_fraction)
     poly_power: float = _key(0.9,
         "exponent of the poly decay lr * (1 - it / iterations) ** power", check=_non_negative)
+    decay_iters: int = _key(0,
+        "the poly decay is planned over this many iterations (0: train.iterations); the authors' "
+        "fine-tuning plans 20000 and stops at 3000", check=_non_negative)
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)")
     device: str = _key("auto", "auto (CUDA when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
     seed: int = _key(0, "seed of initialisation, data order and augmentation", check=_non_negative)
@@ -518,6 +521,9 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
     if recipe.data.min_scale > recipe.data.max_scale:
         raise InputError(f"{source}: `data.min_scale` ({recipe.data.min_scale}) must not exceed "
                          f"`data.max_scale` ({recipe.data.max_scale})")
+    if recipe.train.decay_iters and recipe.train.decay_iters < recipe.train.iterations:
+        raise InputError(f"{source}: `train.decay_iters` ({recipe.train.decay_iters}) must be 0 "
+                         f"or at least `train.iterations` ({recipe.train.iterations})")
     if recipe.finetune.lambda_min > recipe.finetune.lambda_max:
         raise InputError(f"{source}: `finetune.lambda_min` ({recipe.finetune.lambda_min}) must not "
                          f"exceed `finetune.lambda_max` ({recipe.finetune.lambda_max})")

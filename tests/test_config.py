@@ -103,10 +103,17 @@ def test_shipped_recipes_carry_the_paper_settings():
     assert (cs.data.thing_area_threshold, cs.data.stuff_area_threshold) == (200, 2048)
     assert (coco.data.thing_area_threshold, coco.data.stuff_area_threshold) == (200, 4096)
     assert cs.train.lr == coco.train.lr == 1e-3
-    for name, iterations in (("cityscapes_finetune", 3000), ("coco_finetune", 10_000)):
+    # Fine-tuning: the paper's batch, iterations and N, and the authors' released settings.
+    for name, iterations, lr, weight, lam in (("cityscapes_finetune", 3000, 1e-3, 10, 1.0),
+                                              ("coco_finetune", 10_000, 1e-4, 100, 1000.0)):
         ft = load_recipe(name)
-        assert (ft.train.batch_size, ft.train.iterations, ft.finetune.num_perturbations) == (24, iterations, 5)
-        assert (ft.finetune.lambda_min, ft.finetune.lambda_max) == (1.0, 5000.0)
+        f = ft.finetune
+        assert (ft.train.batch_size, ft.train.iterations, f.num_perturbations) == (24, iterations, 5)
+        assert (f.lambda_min, f.lambda_max, f.loss_weight, ft.train.lr) == (lam, 5000.0, weight, lr)
+        assert (ft.train.warmup_iters, ft.train.decay_iters) == (500, 20_000)
+        assert f.trainable == ("semantic_head", "affinity_head") and f.learn_cost_scale and f.learn_cost_offset
+        assert (f.surrogate_gate, f.surrogate_form, f.surrogate_eps, f.cost_dropout,
+                f.min_instance_size) == ("official", "official", 0.1, 0.1, 3)
     syn = load_recipe("synthetic_pretrain")
     assert syn.model.depth == 18 and syn.model.pretrained == "none" and syn.data.crop_size == (128, 128)
 

@@ -228,3 +228,14 @@ def test_load_model_from_a_bare_state_dict_needs_a_fitting_recipe(tmp_path):
         load_model(tmp_path / "sd.pt")
     with pytest.raises(InputError, match="sd.pt: weights do not fit"):
         load_model(tmp_path / "sd.pt", recipe=cfg.replace(["model.distances=[1,2]"]))
+
+
+def test_poly_decay_planned_beyond_the_run():
+    """The authors' fine-tuning: decay planned over 20000 steps, stopped at 3000."""
+    from copsctl.train.schedule import WarmupPolySchedule
+
+    s = WarmupPolySchedule(base_lr=1e-3, iterations=3000, warmup_iters=500, decay_iters=20_000)
+    assert s.factor(3000) == pytest.approx((1 - 3000 / 20_000) ** 0.9)
+    assert WarmupPolySchedule(base_lr=1e-3, iterations=3000).factor(3000) == 0
+    with pytest.raises(InputError, match="decay_iters"):
+        WarmupPolySchedule(base_lr=1e-3, iterations=3000, decay_iters=100)

@@ -41,6 +41,9 @@ class WarmupPolySchedule:
         Factor at iteration 0 of the warm-up, in (0, 1].
     poly_power : float
         Exponent of the decay (0: constant after warm-up).
+    decay_iters : int
+        The decay is planned over this many steps (0: ``iterations``); the authors'
+        fine-tuning plans 20 000 and stops at 3 000, so the rate stays near the base rate.
     """
 
     base_lr: float
@@ -48,6 +51,7 @@ class WarmupPolySchedule:
     warmup_iters: int = 0
     warmup_factor: float = 0.001
     poly_power: float = 0.9
+    decay_iters: int = 0
 
     def __post_init__(self) -> None:
         if self.base_lr <= 0:
@@ -61,12 +65,16 @@ class WarmupPolySchedule:
             raise InputError(f"`warmup_factor` must lie in (0, 1], got {self.warmup_factor}")
         if self.poly_power < 0:
             raise InputError(f"`poly_power` must be >= 0, got {self.poly_power}")
+        if self.decay_iters and self.decay_iters < self.iterations:
+            raise InputError(f"`decay_iters` must be 0 or >= iterations={self.iterations}, "
+                             f"got {self.decay_iters}")
 
     @classmethod
     def from_config(cls, train: "TrainConfig") -> "WarmupPolySchedule":
         """The schedule of a recipe's ``train`` section."""
         return cls(base_lr=train.lr, iterations=train.iterations, warmup_iters=train.warmup_iters,
-                   warmup_factor=train.warmup_factor, poly_power=train.poly_power)
+                   warmup_factor=train.warmup_factor, poly_power=train.poly_power,
+                   decay_iters=train.decay_iters)
 
     def factor(self, iteration: int) -> float:
         """Multiplier of the base rate at step ``iteration`` (0-based)."""
@@ -75,7 +83,7 @@ class WarmupPolySchedule:
         if it < self.warmup_iters:
             alpha = it / self.warmup_iters
             f = self.warmup_factor * (1 - alpha) + alpha
-        return f * (1 - it / self.iterations) ** self.poly_power
+        return f * (1 - it / (self.decay_iters or self.iterations)) ** self.poly_power
 
     def lr(self, iteration: int) -> float:
         """Learning rate at step ``iteration``."""
