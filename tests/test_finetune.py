@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -275,14 +276,50 @@ def test_gain_table():
     from copsctl.benchmarks.finetune_gain import table
 
     res = {"baseline": {"PQ": 40.0, "PQ_th": 30.0, "PQ_st": 50.0},
+           "calibrated": {"PQ": 42.0, "PQ_th": 33.0, "PQ_st": 51.0},
            "control": {0: {"PQ": 41.0, "PQ_th": 31.0, "PQ_st": 51.0},
                        1: {"PQ": 43.0, "PQ_th": 33.0, "PQ_st": 53.0}},
            "finetuned": {0: {"PQ": 45.0, "PQ_th": 37.0, "PQ_st": 52.0},
-                         1: {"PQ": 45.0, "PQ_th": 39.0, "PQ_st": 52.0}}}
+                         1: {"PQ": 45.0, "PQ_th": 39.0, "PQ_st": 52.0}},
+           "ablations": {"no loss weight": {"PQ": 44.0, "PQ_th": 36.0, "PQ_st": 52.0}}}
     md = table(res).splitlines()
-    assert md[2] == "| baseline (pre-trained) | 40.0 | 30.0 | 50.0 |"
-    assert md[3] == "| control (2 seeds) | 42.0 ± 1.4 | 32.0 ± 1.4 | 52.0 ± 1.4 |"
-    assert md[5] == "| gain over control | 3.0 ± 1.4 | 6.0 ± 0.0 | 0.0 ± 1.4 |"
+    assert md[2] == "| baseline | 40.0 | 30.0 | 50.0 |"
+    assert md[3] == "| calibrated | 42.0 | 33.0 | 51.0 |"
+    assert md[4] == "| control (2 seeds) | 42.0 ± 1.4 | 32.0 ± 1.4 | 52.0 ± 1.4 |"
+    assert md[6] == "| fine-tuned, no loss weight (1 seed) | 44.0 | 36.0 | 52.0 |"
+    assert md[7] == "| gain over control | 3.0 ± 1.4 | 6.0 ± 0.0 | 0.0 ± 1.4 |"
+    assert md[8] == "| gain over calibrated | 3.0 ± 0.0 | 5.0 ± 1.4 | 1.0 ± 0.0 |"
+
+
+def test_gain_benchmark_end_to_end(setup, tmp_path, capsys):
+    """Baseline, calibrated (fitted first), control, fine-tuned and one ablation, scored on
+    a held-out dataset; a second call only reads the finished runs."""
+    import shutil
+
+    from copsctl.benchmarks.finetune_gain import main
+
+    root, overrides, _, _ = setup
+    weights = tmp_path / "pre" / "checkpoint.pt"
+    weights.parent.mkdir()
+    shutil.copy(root / "pre.pt", weights)
+    from copsctl.config import save_recipe
+
+    save_recipe(load_recipe("synthetic_tiny", overrides), weights.parent / "recipe.yaml")
+    make_synthetic(tmp_path / "test", train=1, val=2, size=(64, 64), seed=5)
+    args = ["--recipe", "synthetic_tiny", "--weights", str(weights), "--data", str(root / "syn"),
+            "--test", str(tmp_path / "test"), "--out", str(tmp_path / "gain"), "--seeds", "0",
+            "--iterations", "1", "--ablate", "no dropout:finetune.cost_dropout=0"]
+    main(args)
+    assert (weights.parent / "calibration.yaml").is_file()
+    res = json.loads((tmp_path / "gain" / "results.json").read_text())
+    assert set(res) >= {"baseline", "calibrated", "control", "finetuned", "ablations"}
+    assert list(res["ablations"]) == ["no dropout"]
+    assert load_recipe(tmp_path / "gain" / "ablate_0" / "recipe.yaml").finetune.cost_dropout == 0
+    md = (tmp_path / "gain" / "results.md").read_text()
+    assert "| fine-tuned, no dropout (1 seed) |" in md and "| gain over calibrated |" in md
+    stamp = (tmp_path / "gain" / "finetuned_seed0" / "checkpoint.pt").stat().st_mtime_ns
+    main(args)
+    assert (tmp_path / "gain" / "finetuned_seed0" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
 _AUTHORS = ["finetune.trainable=[semantic_head,affinity_head]", "finetune.lr_factors=[0.05,0.025]",

@@ -234,7 +234,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     calibration : path-like or bool, optional
         Start from this cost calibration (a ``copsctl calibrate`` file, put into the run's
         recipe); None: ``calibration.yaml`` beside ``weights`` if there is one; False: the
-        recipe's. Not used when resuming (the run's recipe has it).
+        recipe's. A resumed run checks it against the calibration it started from.
     progress, log : callable, optional
         As in :func:`copsctl.train.pretrain.pretrain`.
 
@@ -251,13 +251,15 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     t_start = time.perf_counter()
     out = Path(out)
     say = log or (lambda msg: None)
-    if weights is not None and not (resume and (out / RECIPE_NAME).is_file()):
+    if weights is not None:
+        # On resume too: the run's recipe holds the calibration it started from.
         from ..calibration import calibration_for, load_calibration
 
         cal_path = calibration_for(weights, calibration)
         if cal_path is not None:
             overrides = load_calibration(cal_path).to_overrides() + list(overrides)
-            say(f"starting from the cost calibration in {cal_path}")
+            if not (resume and (out / RECIPE_NAME).is_file()):
+                say(f"starting from the cost calibration in {cal_path}")
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     ctx = setup(cfg.train.device)
     try:
