@@ -308,13 +308,14 @@ def test_gain_benchmark_end_to_end(setup, tmp_path, capsys):
     make_synthetic(tmp_path / "test", train=1, val=2, size=(64, 64), seed=5)
     args = ["--recipe", "synthetic_tiny", "--weights", str(weights), "--data", str(root / "syn"),
             "--test", str(tmp_path / "test"), "--out", str(tmp_path / "gain"), "--seeds", "0",
-            "--iterations", "1", "--ablate", "no dropout:finetune.cost_dropout=0"]
+            "--iterations", "1", "--ablate", "no dropout:finetune.cost_dropout=0,finetune.lr_factors=[1,1,1,1]"]
     main(args)
     assert (weights.parent / "calibration.yaml").is_file()
     res = json.loads((tmp_path / "gain" / "results.json").read_text())
     assert set(res) >= {"baseline", "calibrated", "control", "finetuned", "ablations"}
     assert list(res["ablations"]) == ["no dropout"]
-    assert load_recipe(tmp_path / "gain" / "ablate_0" / "recipe.yaml").finetune.cost_dropout == 0
+    ablated = load_recipe(tmp_path / "gain" / "ablate_0" / "recipe.yaml").finetune
+    assert ablated.cost_dropout == 0 and ablated.lr_factors == (1.0,) * 4
     md = (tmp_path / "gain" / "results.md").read_text()
     assert "| fine-tuned, no dropout (1 seed) |" in md and "| gain over calibrated |" in md
     stamp = (tmp_path / "gain" / "finetuned_seed0" / "checkpoint.pt").stat().st_mtime_ns

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -130,7 +131,8 @@ def main(argv=None) -> None:
         name, sep, sets = spec.partition(":")
         if not sep or not name or not sets:
             raise InputError(f"--ablate {spec!r}: must have the form 'name:key=value,key=value'")
-        ablations.append((name, sets.split(",")))
+        # Commas inside [...] belong to a list value.
+        ablations.append((name, re.split(r",(?![^\[]*\])", sets)))
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
