@@ -16,6 +16,7 @@ from copsctl.cli import app
 from copsctl.costs import CostFile, CostWriter
 from copsctl.errors import InputError
 from copsctl.model import CostTransform
+from copsctl.solver.grid import grid_edge_mask
 from copsctl.synthetic_costs import write_synthetic_costs
 
 runner = CliRunner()
@@ -125,3 +126,45 @@ def test_bad_calibration_files_are_one_line_errors(shifted, tmp_path):
         assert not (tmp_path / "p").exists()
     res = runner.invoke(app, ["calibrate", str(root / "shifted.h5"), "--out", str(tmp_path / "c.yaml")])
     assert res.exit_code == 2 and "--gt-json" in res.output
+
+
+def test_dump_costs_applies_the_calibration_beside_the_checkpoint(tmp_path):
+    """A run's calibration.yaml reaches the cost file: the costs are the uncalibrated ones
+    through Calibration.apply, and the file's recipe records it (so solve can compose)."""
+    import warnings
+
+    from copsctl.config import load_recipe, save_recipe
+    from copsctl.data.synthetic import make_synthetic
+    from copsctl.inference import dump_costs
+    from copsctl.model import PanopticModel
+    from copsctl.train.checkpoint import save_checkpoint
+    from copsctl.train.data import open_split
+
+    make_synthetic(tmp_path / "syn", train=1, val=2, size=(64, 64), seed=0)
+    cfg = load_recipe("synthetic_tiny", [f"data.root={tmp_path / 'syn'}", "train.device=cpu"])
+    table = open_split(cfg, "val").class_table
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PanopticModel.from_config(cfg, table.num_classes)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_recipe(cfg, run / "recipe.yaml")
+    save_checkpoint(run / "checkpoint.pt", {"kind": "pretrain", "iteration": 0,
+                                            "model": model.state_dict(), "recipe": cfg.dump(),
+                                            "categories": table.to_json()})
+    dump_costs(tmp_path / "plain.h5", run=run, device="cpu")
+    cal = Calibration(1.5, (1.0, 2.0, 0.5), (0.5, -0.5, 1.0))
+    cal.save(run / "calibration.yaml")
+    summary = dump_costs(tmp_path / "cal.h5", run=run, device="cpu")
+    assert summary["calibration"] == str(run / "calibration.yaml")
+    with CostFile(tmp_path / "plain.h5") as plain, CostFile(tmp_path / "cal.h5") as calibrated:
+        assert calibrated.recipe["calibration"] == cal.to_section()
+        for i in range(len(plain)):
+            node, edge, _ = plain.read(i)
+            want = cal.apply(node, edge)
+            got = calibrated.read(i)
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+            # Only where the layout has an edge (the rest of the maps is padding).
+            mask = grid_edge_mask(*node.shape[1:], plain.distances)
+            np.testing.assert_allclose(got[1][mask], want[1][mask], rtol=1e-5, atol=1e-5)
