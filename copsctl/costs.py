@@ -87,7 +87,7 @@ def solver_problem(node_costs: np.ndarray, edge_maps: np.ndarray, distances: Seq
     Returns
     -------
     tuple
-        ``(node_costs (N, K) float64, edges (E, 2) int64, edge_costs (E,) float64,
+        ``(node_costs (N, K) float64, edges (E, 2) int32, edge_costs (E,) float64,
         partitionable (K,) bool, local_edges (E,) bool)`` with ``N = h * w`` nodes numbered
         row-major; ``node_costs`` is a transposed view of the class-major maps (the solver
         reads any layout), ``edges`` and ``local_edges`` are shared read-only arrays.

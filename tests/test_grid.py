@@ -110,3 +110,27 @@ def test_maps_of_the_wrong_shape():
 def test_values_of_the_wrong_length():
     with pytest.raises(InputError, match="`values`"):
         edge_values_to_maps(np.zeros(3), H, W, DISTANCES)
+
+
+def test_training_validation_and_solve_build_the_same_problem_without_distance_1():
+    """One grid adapter: the fine-tuning layer (solver_inputs), validation and `solve`
+    (costs.solver_problem) agree on edges, pre-clustering edges and edge costs, also for
+    a distance set without 1 (the local edges are those of the smallest distance)."""
+    import torch
+
+    from copsctl.costs import solver_problem
+    from copsctl.train.amwc_layer import solver_inputs
+
+    distances = (2, 4, 8)
+    rng = np.random.default_rng(0)
+    node = rng.normal(size=(1, 3, 9, 11)).astype(np.float32)
+    edge = rng.normal(size=(1, 6, 9, 11)).astype(np.float32)
+    edges, local, nc, ec = solver_inputs(torch.from_numpy(node), torch.from_numpy(edge), distances)
+    p_nc, p_edges, p_ec, _, p_local = solver_problem(node[0], edge[0], distances,
+                                                     np.array([True, False, True]))
+    assert np.array_equal(edges, p_edges) and np.array_equal(local, p_local)
+    assert edges.dtype == np.int32 and local.any()
+    d = np.abs(edges[:, 1] - edges[:, 0])
+    assert set(np.unique(np.where(d >= 9, d // 11, d)[local])) == {2}  # only distance-2 edges
+    np.testing.assert_array_equal(ec[0], p_ec)
+    np.testing.assert_array_equal(nc[0].T, p_nc)

@@ -92,21 +92,29 @@ def edge_values_to_maps(values: np.ndarray, height: int, width: int, distances: 
 class GridGraph(NamedTuple):
     """The edges of a grid and the short edges the solver may pre-cluster on.
 
-    edges : (E, 2) int64 ndarray, read-only, as :func:`grid_edges`.
+    edges : (E, 2) int32 ndarray, read-only, as :func:`grid_edges` (the solver's index
+        type, so that solving does not convert them).
     local_edges : (E,) bool ndarray, read-only: edges of the smallest distance.
+    edge_mask : (2 m, H, W) bool ndarray, read-only: :func:`grid_edge_mask`, where the
+        maps hold an edge.
+
+    The one grid adapter: cost files, validation, ``solve`` and the fine-tuning layer all
+    build their solver problems from it.
     """
 
     edges: np.ndarray
     local_edges: np.ndarray
+    edge_mask: np.ndarray
 
 
 @functools.lru_cache(maxsize=8)
 def _grid_graph(height: int, width: int, distances: tuple[int, ...]) -> GridGraph:
-    edges = grid_edges(height, width, distances)
+    edges = np.ascontiguousarray(grid_edges(height, width, distances), dtype=np.int32)
     local = grid_edge_distance(height, width, distances) == min(distances)
-    edges.flags.writeable = False
-    local.flags.writeable = False
-    return GridGraph(edges, local)
+    mask = grid_edge_mask(height, width, distances)
+    for a in (edges, local, mask):
+        a.flags.writeable = False  # shared between calls
+    return GridGraph(edges, local, mask)
 
 
 def grid_graph(height: int, width: int, distances: Sequence[int]) -> GridGraph:

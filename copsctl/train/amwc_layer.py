@@ -55,7 +55,6 @@ reproduces ``(x, y)`` whenever the solver is exact.
 
 from __future__ import annotations
 
-import functools
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ import torch
 from ..errors import InputError
 from ..metrics.surrogate import Matching, SurrogateResult, match_segments, pq_surrogate
 from ..solver import SolverOptions, solve_many
-from ..solver.grid import edge_values_to_maps, grid_edge_distance, grid_edge_mask, grid_edges
+from ..solver.grid import edge_values_to_maps, grid_graph
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -294,14 +293,14 @@ def solver_inputs(node_costs: torch.Tensor, edge_costs: torch.Tensor, distances:
     edges : (E, 2) int32 ndarray
         The grid's edges (:mod:`copsctl.solver.grid`), shared by all images.
     local : (E,) bool ndarray
-        The distance-1 edges (pre-clustering).
+        The edges of the smallest distance (pre-clustering), as ``solve`` has them.
     nc : (B, K, N) float64 ndarray
         Node costs, class-major.
     ec : list of B (E,) float64 ndarrays
         Edge costs of the grid's edges.
     """
     B, K, h, w = node_costs.shape
-    edges, local, mask = _grid(h, w, tuple(int(d) for d in distances))
+    edges, local, mask = grid_graph(h, w, distances)
     nc = node_costs.detach().to("cpu", torch.float64).numpy().reshape(B, K, h * w)
     ec_maps = edge_costs.detach().to("cpu", torch.float64).numpy()
     ec = [np.ascontiguousarray(ec_maps[b][mask]) for b in range(B)]
@@ -462,7 +461,7 @@ def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor, tar
     if not target > 0:
         raise InputError(f"`target` must be positive, got {target}")
     B, K, h, w = node_costs.shape
-    _, _, mask = _grid(h, w, tuple(int(d) for d in distances))
+    mask = grid_graph(h, w, distances).edge_mask
     if tuple(edge_costs.shape) != (B,) + mask.shape:
         raise InputError(f"`edge_costs` (shape {tuple(edge_costs.shape)}) must have shape "
                          f"{(B,) + mask.shape}")
@@ -476,16 +475,6 @@ def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor, tar
 
 
 # ----------------------------------------------------------------------------- the layer
-
-
-@functools.lru_cache(maxsize=8)
-def _grid(h: int, w: int, distances: tuple[int, ...]):
-    edges = np.ascontiguousarray(grid_edges(h, w, distances), dtype=np.int32)
-    local = grid_edge_distance(h, w, distances) == 1
-    mask = grid_edge_mask(h, w, distances)
-    for a in (edges, local, mask):
-        a.flags.writeable = False  # shared between calls
-    return edges, local, mask
 
 
 @dataclass
