@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
@@ -28,13 +27,41 @@ from .errors import InputError
 if TYPE_CHECKING:
     from .data.loader import PanopticDataset
 
-__all__ = ["network_costs", "dump_costs"]
+__all__ = ["network_costs", "dump_costs", "batch_costs"]
 
 
 def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def batch_costs(model: torch.nn.Module, images: torch.Tensor, *, device: torch.device,
+                amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass of a model in eval mode: a batch of images -> its solver costs.
+
+    Parameters
+    ----------
+    model : PanopticModel (or a DDP wrapper of one)
+    images : (B, 3, H, W) float tensor
+        Normalised images (:func:`copsctl.data.transforms.normalize_image`), on any device.
+    device : torch.device
+        Where the model lives.
+    amp : bool
+        float16 autocast on CUDA.
+
+    Returns
+    -------
+    node_costs : (B, K, H/4, W/4) float32 ndarray
+    edge_costs : (B, 2m, H/4, W/4) float32 ndarray
+        Through the model's cost transform (:meth:`PanopticModel.costs`). Call under
+        ``torch.inference_mode``.
+    """
+    images = images.to(device, non_blocking=True)
+    with _autocast(device, amp):
+        out = model(images)
+    costs = getattr(model, "module", model).costs(out)
+    return costs["node_costs"].float().cpu().numpy(), costs["edge_costs"].float().cpu().numpy()
 
 
 def network_costs(model: torch.nn.Module, dataset: "PanopticDataset", *,
@@ -80,16 +107,10 @@ def network_costs(model: torch.nn.Module, dataset: "PanopticDataset", *,
     stride = dataset.stride
     was_training = model.training
     model.eval()
-    unwrapped = getattr(model, "module", model)
     try:
         with torch.inference_mode():
             for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
-                with _autocast(device, amp):
-                    out = model(images)
-                costs = unwrapped.costs(out)
-                node = costs["node_costs"].float().cpu().numpy()
-                edge = costs["edge_costs"].float().cpu().numpy()
+                node, edge = batch_costs(model, batch["image"], device=device, amp=amp)
                 for b, meta in enumerate(batch["meta"]):
                     y0, y1, x0, x1 = meta["valid_box"]
                     if y0 or x0:
@@ -153,23 +174,14 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
     from .config import load_recipe
-    from .train.checkpoint import CHECKPOINT_NAME, load_model
+    from .train.checkpoint import load_model, run_weights
     from .train.data import make_dataset, open_split
     from .train.distributed import resolve_device
 
     t0 = time.perf_counter()
-    if (run is None) == (weights is None):
-        raise InputError("pass either --run RUN_DIR or --weights CHECKPOINT")
-    if run is not None:
-        run = Path(run)
-        if not run.is_dir():
-            raise InputError(f"--run {run}: run folder does not exist")
-        weights = run / CHECKPOINT_NAME
-        if not weights.is_file():
-            raise InputError(f"--run {run}: holds no {CHECKPOINT_NAME} (has the run written a "
-                             "checkpoint yet?)")
-        if recipe is None:
-            recipe = str(run / "recipe.yaml")
+    weights, run_recipe = run_weights(run, weights)
+    if recipe is None and run_recipe is not None:
+        recipe = str(run_recipe)
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
     cfg = load_recipe(recipe, overrides) if recipe is not None else None

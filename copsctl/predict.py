@@ -37,10 +37,10 @@ import yaml
 from .atomic import atomic_path, write_json
 from .costs import CostFile
 from .errors import InputError
-from .panoptic import Annotation, PanopticSet, write_id_png
-from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution,
-                          segment_scores)
-from .solver import SolverOptions, solve_many
+from .panoptic import Annotation, Category, PanopticSet, write_id_png
+from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, PanopticPrediction,
+                          panoptic_from_solution, segment_scores)
+from .solver import AMWCResult, SolverOptions, solve_many
 
 PRED_JSON = "panoptic_pred.json"
 PRED_DIR = "panoptic_pred"
@@ -116,6 +116,36 @@ def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict
             merged[section] = {}
         merged[section][key] = list(value) if isinstance(value, tuple) else value
     return merged
+
+
+def scored_prediction(result: AMWCResult, node_costs: np.ndarray,
+                      categories: Sequence[Category], image_size: tuple[int, int], *,
+                      thing_area: float, stuff_area: float) -> PanopticPrediction:
+    """One image's solver result -> its panoptic prediction with a score per segment.
+
+    Parameters
+    ----------
+    result : AMWCResult
+        The solution on the ``h x w`` cost grid.
+    node_costs : (K, h, w) float ndarray
+        The node costs it was solved with (class-major maps; a view is fine).
+    categories, image_size, thing_area, stuff_area
+        As in :func:`copsctl.postprocess.panoptic_from_solution`.
+
+    Returns
+    -------
+    PanopticPrediction
+        Every segment's ``score`` set by :func:`copsctl.postprocess.segment_scores`.
+    """
+    K, h, w = node_costs.shape
+    pred = panoptic_from_solution(result.labels, result.segments, (h, w), categories,
+                                  image_size, thing_area=thing_area, stuff_area=stuff_area)
+    class_index = {c.id: k for k, c in enumerate(categories)}
+    scores = segment_scores(pred.cost_ids, {s.id: class_index[s.category_id]
+                                            for s in pred.segments}, node_costs)
+    for s in pred.segments:
+        s.score = scores[s.id]
+    return pred
 
 
 def _check_out_dir(out: Path) -> None:
@@ -214,7 +244,6 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         batch = int(batch_size) if batch_size is not None else 2 * workers
         png_names = _png_names(cf.file_names)
         categories = cf.categories
-        class_index = {c.id: k for k, c in enumerate(categories)}
 
         solve_seconds = 0.0
         n_segments = n_solver_segments = n_rejected = 0
@@ -239,16 +268,11 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                     raise InputError(f"{costs}: {msg}") from None
                 solve_seconds += time.perf_counter() - t0
                 for (prob, meta), res in zip(loaded, results):
-                    pred = panoptic_from_solution(res.labels, res.segments, meta["cost_size"],
-                                                  categories, meta["image_size"],
-                                                  thing_area=thing_area, stuff_area=stuff_area)
                     h, w = meta["cost_size"]
                     # The solver input holds the node costs as a transposed (N, K) view.
                     node_costs = prob[0].T.reshape(len(categories), h, w)
-                    scores = segment_scores(pred.cost_ids, {s.id: class_index[s.category_id]
-                                                            for s in pred.segments}, node_costs)
-                    for s in pred.segments:
-                        s.score = scores[s.id]
+                    pred = scored_prediction(res, node_costs, categories, meta["image_size"],
+                                             thing_area=thing_area, stuff_area=stuff_area)
                     name = png_names[meta["index"]]
                     write_id_png(png_dir / name, pred.ids)
                     H, W = meta["image_size"]
