@@ -44,6 +44,8 @@ def _register() -> None:
     from . import dump_costs  # noqa: F401  (dump-costs)
     from . import finetune  # noqa: F401  (finetune)
     from . import visualize  # noqa: F401  (visualize image | run | pipeline)
+    from . import predict  # noqa: F401  (predict)
+    from . import export  # noqa: F401  (export)
 
 
 _register()
