@@ -133,7 +133,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                weights: str | os.PathLike | None = None, recipe: str | None = None,
                overrides: Sequence[str] = (), split: str | None = None,
                batch_size: int = 4, device: str = "auto", limit: int = 0,
-               num_workers: int | None = None, dtype: str = "float32", amp: bool = True,
+               num_workers: int | None = None, dtype: str = "quantized", amp: bool = True,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the cost cache of a trained network over one split.
 
@@ -158,8 +158,8 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         auto (CUDA when available), cpu or cuda.
     limit : int
         Only the first ``limit`` images (0: all).
-    dtype : {"float32", "float16"}
-        Storage type in the cost file.
+    dtype : {"quantized", "float16", "float32"}
+        Storage of the costs in the cost file (:mod:`copsctl.costs`); float32 is exact.
     amp : bool
         float16 autocast on CUDA.
     progress : callable, optional

@@ -130,7 +130,7 @@ def test_predict_on_dataset_images_equals_dump_costs_then_solve(run, data, tmp_p
     pred = tmp_path / "pred"
     _ok(_invoke("predict", "--run", run, data / "val2017", "--out", pred, "--size", 64))
     costs = tmp_path / "costs.h5"
-    _ok(_invoke("dump-costs", "--run", run, "--out", costs))
+    _ok(_invoke("dump-costs", "--run", run, "--out", costs, "--storage", "float32"))
     solved = tmp_path / "solved"
     _ok(_invoke("solve", costs, "--out", solved))
     with CostFile(costs) as cf:
