@@ -173,27 +173,16 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         ``seconds_per_image`` (reading, the network and writing, per image, without the
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
-    from .config import load_recipe
-    from .train.checkpoint import load_model, run_weights
+    from .train.checkpoint import resolve_model
     from .train.data import make_dataset, open_split
     from .train.distributed import resolve_device
 
     t0 = time.perf_counter()
-    weights, run_recipe = run_weights(run, weights)
-    if recipe is None and run_recipe is not None:
-        recipe = str(run_recipe)
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
-    cfg = load_recipe(recipe, overrides) if recipe is not None else None
-    if cfg is None and overrides:
-        from .train.checkpoint import checkpoint_recipe, load_checkpoint
-
-        stored = checkpoint_recipe(load_checkpoint(weights), str(weights))
-        if stored is None:
-            raise InputError(f"{weights}: holds no recipe; pass --recipe")
-        cfg = stored.replace(list(overrides))
     dev = resolve_device(device)
-    model, ckpt, cfg = load_model(weights, recipe=cfg, device=dev)
+    model, ckpt, cfg, weights = resolve_model(run, weights, recipe=recipe, overrides=overrides,
+                                              device=dev)
     split = split or cfg.data.val_split
     reader = open_split(cfg, split)
     dataset = make_dataset(cfg, reader, train=False)

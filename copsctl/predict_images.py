@@ -388,9 +388,8 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """
     import torch
 
-    from .config import load_recipe
     from .inference import batch_costs
-    from .train.checkpoint import checkpoint_class_table, load_model, run_weights
+    from .train.checkpoint import checkpoint_class_table, resolve_model
     from .train.distributed import resolve_device
 
     t_start = time.perf_counter()
@@ -402,10 +401,8 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     if size is not None and size < 32:
         raise InputError(f"--size must be at least 32 pixels, got {size}")
     images = collect_inputs(inputs)
-    path, recipe_path = run_weights(run, weights)
     dev = resolve_device(device)
-    cfg = load_recipe(str(recipe_path)) if recipe_path is not None else None
-    model, ckpt, cfg = load_model(path, recipe=cfg, device=dev)
+    model, ckpt, cfg, path = resolve_model(run, weights, device=dev)
     table = checkpoint_class_table(ckpt)
     if table is None:
         raise InputError(f"{path}: holds no class table (a bare state dict); predict needs the "

@@ -46,7 +46,8 @@ from ..errors import InputError
 
 __all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "rng_state", "set_rng_state",
            "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_recipe",
-           "checkpoint_class_table", "run_weights", "export_model", "MODEL_KIND"]
+           "checkpoint_class_table", "run_weights", "resolve_model", "export_model",
+           "MODEL_KIND"]
 
 FORMAT = "copsctl-checkpoint"
 VERSION = 1
@@ -249,6 +250,34 @@ def run_weights(run: str | os.PathLike | None, weights: str | os.PathLike | None
     return path, run / "recipe.yaml"
 
 
+def resolve_model(run: str | os.PathLike | None = None,
+                  weights: str | os.PathLike | None = None, *, recipe: str | None = None,
+                  overrides=(), device: str | torch.device = "cpu"):
+    """The model of ``--run RUN | --weights FILE`` with ``--recipe`` and ``--set``.
+
+    The one translation of those options, shared by ``dump-costs``, ``predict`` and
+    ``export``. The recipe is ``recipe`` if given, else the run's ``recipe.yaml``, else
+    the one stored in the file; ``overrides`` apply to it.
+
+    Returns
+    -------
+    (model in eval mode on ``device``, checkpoint dict, resolved Recipe, weights path)
+    """
+    from ..config import load_recipe
+
+    path, run_recipe = run_weights(run, weights)
+    if recipe is None and run_recipe is not None:
+        recipe = str(run_recipe)
+    cfg = load_recipe(recipe, overrides) if recipe is not None else None
+    if cfg is None and overrides:
+        stored = checkpoint_recipe(load_checkpoint(path), str(path))
+        if stored is None:
+            raise InputError(f"{path}: holds no recipe; pass --recipe")
+        cfg = stored.replace(list(overrides))
+    model, ckpt, cfg = load_model(path, recipe=cfg, device=device)
+    return model, ckpt, cfg, path
+
+
 def export_model(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                  weights: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write a model file: weights, class table and resolved recipe of a checkpoint.
@@ -266,12 +295,8 @@ def export_model(out: str | os.PathLike, *, run: str | os.PathLike | None = None
         ``out``, ``source``, ``kind`` (of the source), ``iteration``, ``bytes`` (of the
         model file), ``source_bytes``, ``parameters`` (tensor elements), ``classes``.
     """
-    from ..config import load_recipe
-
-    path, recipe_path = run_weights(run, weights)
-    cfg = load_recipe(str(recipe_path)) if recipe_path is not None else None
-    # load_model checks that the weights fit the recipe and that a class table exists.
-    model, ckpt, cfg = load_model(path, recipe=cfg)
+    # load_model checks that the weights fit the recipe.
+    _, ckpt, cfg, path = resolve_model(run, weights)
     table = checkpoint_class_table(ckpt)
     if table is None:
         raise InputError(f"{path}: holds no class table (a bare state dict); export a "
