@@ -244,6 +244,16 @@ def test_export_then_predict_is_identical(run, images, tmp_path, predicted):
         assert len(cf) == 1
 
 
+def test_finetune_starts_from_a_model_file(run, data, tmp_path):
+    model = tmp_path / "model.pt"
+    _ok(_invoke("export", "--weights", run / "checkpoint.pt", "--out", model))
+    tiny = ["--recipe", "synthetic_tiny", "--set", f"data.root={data}", "--set",
+            "train.iterations=1", "--set", "train.warmup_iters=1", "--set", "train.val_images=1"]
+    _ok(_invoke("finetune", *tiny, "--weights", model, "--out", tmp_path / "ft", "--json",
+                tmp_path / "ft.json"))
+    assert json.loads((tmp_path / "ft.json").read_text())["iteration"] == 1
+
+
 def test_bad_arguments_fail_in_one_line(run, images, tmp_path):
     folder, _ = images
     out = tmp_path / "out"
