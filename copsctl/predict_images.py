@@ -306,7 +306,7 @@ def _solve_one(image: InputImage, node: np.ndarray, edge: np.ndarray, rgb: np.nd
 
         picture = overlay_image(rgb, pred.ids, pred.segments, categories)
         _write_png(out / OVERLAY_DIR / name,
-                   lambda p: Image.fromarray(picture).save(p, format="PNG"))
+                   lambda p: Image.fromarray(picture).save(p, format="PNG", compress_level=1))
     H, W = image_size
     return _Solved(stem=image.stem,
                    image_entry={"id": image.image_id, "file_name": image.path.name,

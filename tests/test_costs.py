@@ -366,7 +366,8 @@ def test_quantized_storage_error_bounds_and_clip(tmp_path):
     with h5py.File(path, "r") as f:
         g = f["images/000000"]
         assert g["node_costs"].dtype == np.uint8 and g["edge_costs"].dtype == np.int16
-        assert g["node_offset"].dtype == np.int32 and g["node_costs"].compression == "gzip"
+        assert g["node_offset"].dtype == np.int32 and g["node_costs"].compression == "lzf"
+        assert g["edge_costs"].compression == "gzip" and g["edge_costs"].shuffle
         assert g["node_costs"].attrs["step"] == step and g["edge_costs"].attrs["step"] == edge_step
         assert int(f.attrs["version"]) == 2
 
