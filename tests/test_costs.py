@@ -366,7 +366,8 @@ def test_quantized_storage_error_bounds_and_clip(tmp_path):
     with h5py.File(path, "r") as f:
         g = f["images/000000"]
         assert g["node_costs"].dtype == np.uint8 and g["edge_costs"].dtype == np.int16
-        assert g["node_offset"].dtype == np.int32 and g["node_costs"].compression == "lzf"
+        # Deflate for the node costs of few classes (K = 3 here); lzf above 32 classes.
+        assert g["node_offset"].dtype == np.int32 and g["node_costs"].compression == "gzip"
         assert g["edge_costs"].compression == "gzip" and g["edge_costs"].shuffle
         assert g["node_costs"].attrs["step"] == step and g["edge_costs"].attrs["step"] == edge_step
         assert int(f.attrs["version"]) == 2
@@ -391,3 +392,16 @@ def test_quantized_file_with_a_missing_offset_fails_in_one_line(tmp_path, three_
         with pytest.raises(InputError, match=r"image 'frankfurt_000001': dataset "
                                              r"'images/000001/node_offset' is missing"):
             cf.read(1)
+
+
+def test_quantized_node_costs_of_many_classes_use_lzf(tmp_path):
+    cats = [Category(i + 1, f"c{i}", i % 2 == 0) for i in range(40)]
+    rng = np.random.default_rng(2)
+    nc = rng.uniform(0, 3, (40, 3, 5)).astype(np.float32)
+    em = np.zeros((M2, 3, 5), np.float32)
+    with CostWriter(tmp_path / "c.h5", cats, DISTANCES, dtype="quantized") as w:
+        w.add(nc, em, image_id=1)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert f["images/000000/node_costs"].compression == "lzf"
+    with CostFile(tmp_path / "c.h5") as cf:
+        assert np.abs(cf.read(0)[0] - nc).max() <= QUANTIZED["node_step"] / 2 + 1e-6
