@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -249,12 +250,16 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         n_segments = n_solver_segments = n_rejected = 0
         objectives = []
         images, annotations = [], []
-        with atomic_path(out) as tmp:
+        with atomic_path(out) as tmp, ThreadPoolExecutor(max_workers=1) as reader:
             png_dir = tmp / PRED_DIR
             png_dir.mkdir(parents=True)
+            # One batch is read (and decoded) while the one before it is solved.
+            ahead = reader.submit(lambda: [cf.problem(i) for i in range(min(batch, n))])
             for start in range(0, n, batch):
                 idx = list(range(start, min(start + batch, n)))
-                loaded = [cf.problem(i) for i in idx]
+                loaded = ahead.result()
+                later = range(idx[-1] + 1, min(idx[-1] + 1 + batch, n))
+                ahead = reader.submit(lambda later=later: [cf.problem(i) for i in later])
                 t0 = time.perf_counter()
                 try:
                     results = solve_many([p for p, _ in loaded], workers=workers,
