@@ -1,11 +1,12 @@
 """The cost cache: one HDF5 file holding the AMWC costs of many images.
 
 Written by ``copsctl dump-costs`` (the network) and ``copsctl make-costs`` (synthetic
-problems), read by ``copsctl solve``. Schema, version 1 (the only one)::
+problems), read by ``copsctl solve``. Schema, version 2 (version 1 files, which are
+version 2 files with float storage only, are read as well)::
 
     /                          attributes
         format      = "copsctl-costs"            identifies the file
-        version     = 1                          this schema
+        version     = 2                          this schema
         distances   = (m,) int64                 grid-edge distances d_1 .. d_m
         recipe      = str                        YAML (or JSON) text of the recipe that
                                                  produced the costs; "" when unknown
@@ -19,26 +20,43 @@ problems), read by ``copsctl solve``. Schema, version 1 (the only one)::
     /index/file_name      (n,)   utf-8 str       file name of the original image
     /index/image_size     (n, 2) int64           original image (H, W)
     /index/cost_size      (n, 2) int64           cost grid (h, w)
-    /images/<i:06d>/node_costs  (K, h, w)  float32 (or float16)   cost of class k at node (y, x)
-    /images/<i:06d>/edge_costs  (2m, h, w) float32 (or float16)   grid layout of
-                                                 :mod:`copsctl.solver.grid`: channel 2j is the
-                                                 edge (y, x)-(y, x + d_j), channel 2j+1 the
-                                                 edge (y, x)-(y + d_j, x); 0 where no edge
+    /images/<i:06d>/node_costs  (K, h, w)        cost of class k at node (y, x)
+    /images/<i:06d>/edge_costs  (2m, h, w)       grid layout of :mod:`copsctl.solver.grid`:
+                                                 channel 2j is the edge (y, x)-(y, x + d_j),
+                                                 channel 2j+1 the edge (y, x)-(y + d_j, x);
+                                                 0 where no edge
+    /images/<i:06d>/node_offset (h, w) int32     only with quantized storage (below)
 
 Costs follow the solver's sign convention (node cost paid for the class chosen, edge
 cost paid when the edge is cut, positive = attractive). Readers always return float32.
+
+Storage (the writer's ``dtype``; every image of a file uses the same one):
+
+- ``float32``, ``float16``: the cost maps as they are, contiguous (unchunked).
+- ``quantized`` (what ``copsctl dump-costs`` writes by default): integers on a fixed
+  grid, compressed with filters built into every HDF5 (byte shuffle + deflate level 1;
+  lzf for the node costs of more than 32 classes), one chunk per channel. Node costs:
+  ``q = rint(c / node_step)``, the per-node minimum ``node_offset = min_k q`` (int32)
+  and ``node_costs = min(q - node_offset, node_clip / node_step)`` (uint8): costs more
+  than ``node_clip`` above the node's cheapest class are stored as exactly ``node_clip``
+  above it. Edge costs: ``edge_costs = rint(e / edge_step)`` (int16). The steps and the
+  clip are attributes of the datasets (``step``, ``clip``); defaults :data:`QUANTIZED`
+  (node step 1/32, clip 6 nats, i.e. a probability ratio of 1/400 to the best class,
+  edge step 1/16). A value within the clip is off by at most half its step. Sizes,
+  speeds and the effect on the solver and on PQ are measured by
+  :mod:`copsctl.benchmarks.cost_cache` (docs/predict.md): under 3 MB per image at
+  Cityscapes and COCO size, while the solver's objective moves by up to 1e-3 relative
+  on the hard synthetic families, where float16 is the storage to use.
 
 Design choices, measured on this project's machine (2 shared cores, h5py 3.16) with
 synthetic Cityscapes-size problems (19 x 256 x 512 node costs + 12 x 256 x 512 edge
 costs, 16.3 MB per image in float32):
 
-- One group per image with contiguous (unchunked) datasets: reading image ``i`` touches
-  only its two datasets; the small ``/index`` table is read once on open.
-- No compression: network costs are noisy floats and barely compress (lzf: -4% size at
-  10x the write time, 25 ms instead of 7 ms to read an image; gzip-1 with shuffle: -24%
-  size at 8x the read time). float16 (``dtype="float16"`` in the writer) halves the
-  size at about 1e-3 relative precision; float32 is the default because the solver's
-  greedy order depends on small cost differences.
+- One group per image: reading image ``i`` touches only its datasets; the small
+  ``/index`` table is read once on open.
+- Float storage is not compressed: network costs are noisy floats and barely compress
+  (lzf: -4% size at 10x the write time; gzip-1 with shuffle: -24% size at 8x the read
+  time). Compression pays only after quantization, which removes the noise bits.
 - The writer writes to a temporary name beside the target and renames it on a clean
   close, so a crash never leaves a half-written cost file under the final name.
 """
@@ -59,8 +77,26 @@ from .errors import InputError
 from .panoptic import Category
 
 FORMAT = "copsctl-costs"
-VERSION = 1
-_STORAGE_DTYPES = ("float32", "float16")
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+STORAGES = ("float32", "float16", "quantized")
+"""Storage types of the cost maps (the module docstring)."""
+QUANTIZED = {"node_step": 1 / 32, "node_clip": 6.0, "edge_step": 1 / 16}
+"""Grid steps and node clip of ``quantized`` storage."""
+# Filters of quantized storage: deflate level 1, after a byte shuffle where the bytes of a
+# value differ in entropy (int16, int32). The uint8 node costs of many classes (COCO's
+# K = 133) dominate the reading time and get lzf instead: about twice as fast to read and
+# 20 % larger there (46 instead of 80 ms and 2.0 instead of 1.7 MB per image); with few
+# classes (Cityscapes' K = 19) lzf would save less time and cost the 3 MB budget.
+_DEFLATE = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+_LZF_NODE_CLASSES = 32
+
+
+def _compression(dataset: str, num_classes: int) -> dict:
+    if dataset == "node_costs":
+        return {"compression": "lzf"} if num_classes > _LZF_NODE_CLASSES else \
+            {"compression": "gzip", "compression_opts": 1}
+    return _DEFLATE
 
 
 def _encode_id(image_id) -> str:
@@ -121,6 +157,27 @@ def _check_categories(categories: Sequence[Category]) -> list[Category]:
     return cats
 
 
+def _quantize(nc: np.ndarray, em: np.ndarray, image_id) -> dict:
+    """One image's cost maps in ``quantized`` storage: {dataset name: (array, attributes)}."""
+    node_step, clip, edge_step = (QUANTIZED[k] for k in ("node_step", "node_clip", "edge_step"))
+    # Readers decode in float32, exact for integers below 2**24.
+    limit = 2 ** 23 * node_step
+    if np.abs(nc).max() > limit:
+        raise InputError(f"image {image_id!r}: node costs beyond +-{limit:.3g} do not fit "
+                         "quantized storage; use float32")
+    q = np.rint(nc.astype(np.float64) / node_step).astype(np.int64)
+    offset = q.min(axis=0)
+    rel = np.minimum(q - offset, int(round(clip / node_step))).astype(np.uint8)
+    edge_limit = np.iinfo(np.int16).max * edge_step
+    if em.size and np.abs(em).max() > edge_limit:
+        raise InputError(f"image {image_id!r}: edge costs beyond +-{edge_limit:g} do not fit "
+                         "quantized storage; use float32")
+    qe = np.rint(em.astype(np.float64) / edge_step).astype(np.int16)
+    return {"node_costs": (rel, {"step": node_step, "clip": clip}),
+            "node_offset": offset.astype(np.int32),
+            "edge_costs": (qe, {"step": edge_step})}
+
+
 class CostWriter:
     """Write a cost file image by image; the file appears under its name only on close.
 
@@ -134,8 +191,8 @@ class CostWriter:
         Grid-edge distances of the edge-cost maps.
     recipe : str or dict, optional
         The recipe that produced the costs (a dict is stored as YAML).
-    dtype : {"float32", "float16"}
-        Storage type of the cost maps.
+    dtype : {"float32", "float16", "quantized"}
+        Storage of the cost maps (module docstring).
 
     Examples
     --------
@@ -159,9 +216,9 @@ class CostWriter:
         elif not isinstance(recipe, str):
             raise InputError(f"`recipe` must be a str, a dict or None, got {type(recipe).__name__}")
         self.recipe = recipe
-        if str(dtype) not in _STORAGE_DTYPES:
-            raise InputError(f"`dtype` must be one of {list(_STORAGE_DTYPES)}, got {dtype!r}")
-        self.dtype = np.dtype(str(dtype))
+        if str(dtype) not in STORAGES:
+            raise InputError(f"`dtype` must be one of {list(STORAGES)}, got {dtype!r}")
+        self.storage = str(dtype)
         self._atomic = None
         self._file: h5py.File | None = None
         self._ids: list[str] = []
@@ -256,11 +313,24 @@ class CostWriter:
         if H < 1 or W < 1:
             raise InputError(f"image {image_id!r}: `image_size` must be positive, got {H}x{W}")
         name = str(image_id) + ".png" if file_name is None else str(file_name)
-        em = np.where(mask, em, 0).astype(self.dtype)
+        em = np.where(mask, em, 0)
         index = len(self._ids)
+        if self.storage == "quantized":
+            arrays = _quantize(nc, em, image_id)
+        else:
+            arrays = {"node_costs": nc.astype(self.storage, copy=False),
+                      "edge_costs": em.astype(self.storage, copy=False)}
         g = self._file["images"].create_group(f"{index:06d}")
-        g.create_dataset("node_costs", data=nc.astype(self.dtype, copy=False))
-        g.create_dataset("edge_costs", data=em)
+        for dataset, (data, attrs) in ((k, v if isinstance(v, tuple) else (v, {}))
+                                       for k, v in arrays.items()):
+            if self.storage == "quantized":
+                chunks = (1,) + data.shape[1:] if data.ndim == 3 else data.shape
+                ds = g.create_dataset(dataset, data=data, chunks=chunks,
+                                      **_compression(dataset, K))
+            else:
+                ds = g.create_dataset(dataset, data=data)
+            for name, value in attrs.items():
+                ds.attrs[name] = value
         self._ids.append(key)
         self._seen.add(key)
         self._names.append(name)
@@ -343,9 +413,9 @@ class CostFile:
             version = int(version)
         except (TypeError, ValueError):
             self._fail(f"cost file has no valid 'version' attribute (got {version!r})")
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
             self._fail(f"cost file schema version {version} is not supported (this copsctl "
-                       f"reads version {VERSION})")
+                       f"reads versions {', '.join(map(str, READABLE_VERSIONS))})")
         try:
             from .solver.grid import _check_distances
 
@@ -441,11 +511,17 @@ class CostFile:
             if key not in self._file:
                 raise InputError(f"{where}: dataset '{key}' is missing")
             ds = self._file[key]
-            if ds.shape != (first, h, w) or ds.dtype.kind != "f":
+            if ds.shape != (first, h, w) or ds.dtype.kind not in "fiu":
                 raise InputError(f"{where}: '{key}' (shape {ds.shape}, dtype {ds.dtype}) must be "
-                                 f"a float array of shape ({first}, {h}, {w})")
+                                 f"a numeric array of shape ({first}, {h}, {w})")
             try:
-                arr = ds[()].astype(np.float32, copy=False)
+                raw = ds[()]
+                if raw.dtype.kind == "f":
+                    arr = raw.astype(np.float32, copy=False)
+                elif name == "node_costs":
+                    arr = self._dequantize_nodes(raw, ds, f"images/{i:06d}/node_offset", where)
+                else:
+                    arr = raw.astype(np.float32) * np.float32(self._step(ds, key, where))
             except OSError as exc:
                 raise InputError(f"{where}: cannot read '{key}' (truncated or corrupt?): "
                                  f"{str(exc).splitlines()[0]}") from None
@@ -455,6 +531,28 @@ class CostFile:
         meta = {"index": i, "image_id": image_id, "file_name": self.file_names[i],
                 "image_size": tuple(int(v) for v in self.image_sizes[i]), "cost_size": (h, w)}
         return arrays[0], arrays[1], meta
+
+    @staticmethod
+    def _step(ds, key: str, where: str) -> float:
+        step = ds.attrs.get("step")
+        if step is None or not np.isfinite(step) or step <= 0:
+            raise InputError(f"{where}: quantized '{key}' has no valid 'step' attribute "
+                             f"(got {step!r})")
+        return float(step)
+
+    def _dequantize_nodes(self, raw: np.ndarray, ds, offset_key: str, where: str) -> np.ndarray:
+        if offset_key not in self._file:
+            raise InputError(f"{where}: dataset '{offset_key}' is missing (quantized node costs)")
+        offset = self._file[offset_key][()]
+        if offset.shape != raw.shape[1:] or offset.dtype.kind not in "iu":
+            raise InputError(f"{where}: '{offset_key}' (shape {offset.shape}, dtype "
+                             f"{offset.dtype}) must be an integer array of shape {raw.shape[1:]}")
+        step = self._step(ds, ds.name.lstrip("/"), where)
+        # float32 throughout: exact, as the writer keeps every integer below 2**24.
+        arr = raw.astype(np.float32)
+        arr += offset.astype(np.float32)
+        arr *= np.float32(step)
+        return arr
 
     def problem(self, i: int):
         """Image ``i`` as solver input: ``((node_costs, edges, edge_costs, partitionable),

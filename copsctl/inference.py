@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
@@ -28,13 +27,41 @@ from .errors import InputError
 if TYPE_CHECKING:
     from .data.loader import PanopticDataset
 
-__all__ = ["network_costs", "dump_costs"]
+__all__ = ["network_costs", "dump_costs", "batch_costs"]
 
 
 def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def batch_costs(model: torch.nn.Module, images: torch.Tensor, *, device: torch.device,
+                amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass of a model in eval mode: a batch of images -> its solver costs.
+
+    Parameters
+    ----------
+    model : PanopticModel (or a DDP wrapper of one)
+    images : (B, 3, H, W) float tensor
+        Normalised images (:func:`copsctl.data.transforms.normalize_image`), on any device.
+    device : torch.device
+        Where the model lives.
+    amp : bool
+        float16 autocast on CUDA.
+
+    Returns
+    -------
+    node_costs : (B, K, H/4, W/4) float32 ndarray
+    edge_costs : (B, 2m, H/4, W/4) float32 ndarray
+        Through the model's cost transform (:meth:`PanopticModel.costs`). Call under
+        ``torch.inference_mode``.
+    """
+    images = images.to(device, non_blocking=True)
+    with _autocast(device, amp):
+        out = model(images)
+    costs = getattr(model, "module", model).costs(out)
+    return costs["node_costs"].float().cpu().numpy(), costs["edge_costs"].float().cpu().numpy()
 
 
 def network_costs(model: torch.nn.Module, dataset: "PanopticDataset", *,
@@ -80,16 +107,10 @@ def network_costs(model: torch.nn.Module, dataset: "PanopticDataset", *,
     stride = dataset.stride
     was_training = model.training
     model.eval()
-    unwrapped = getattr(model, "module", model)
     try:
         with torch.inference_mode():
             for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
-                with _autocast(device, amp):
-                    out = model(images)
-                costs = unwrapped.costs(out)
-                node = costs["node_costs"].float().cpu().numpy()
-                edge = costs["edge_costs"].float().cpu().numpy()
+                node, edge = batch_costs(model, batch["image"], device=device, amp=amp)
                 for b, meta in enumerate(batch["meta"]):
                     y0, y1, x0, x1 = meta["valid_box"]
                     if y0 or x0:
@@ -112,7 +133,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                weights: str | os.PathLike | None = None, recipe: str | None = None,
                overrides: Sequence[str] = (), split: str | None = None,
                batch_size: int = 4, device: str = "auto", limit: int = 0,
-               num_workers: int | None = None, dtype: str = "float32", amp: bool = True,
+               num_workers: int | None = None, dtype: str = "quantized", amp: bool = True,
                calibration: "str | os.PathLike | bool | None" = None,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the cost cache of a trained network over one split.
@@ -138,8 +159,8 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         auto (CUDA when available), cpu or cuda.
     limit : int
         Only the first ``limit`` images (0: all).
-    dtype : {"float32", "float16"}
-        Storage type in the cost file.
+    dtype : {"quantized", "float16", "float32"}
+        Storage of the costs in the cost file (:mod:`copsctl.costs`); float32 is exact.
     amp : bool
         float16 autocast on CUDA.
     calibration : path-like or bool, optional
@@ -157,40 +178,18 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         ``seconds_per_image`` (reading, the network and writing, per image, without the
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
-    from .calibration import calibration_for, load_calibration
-    from .config import load_recipe
-    from .train.checkpoint import CHECKPOINT_NAME, load_model
+    from .calibration import calibration_for
+    from .train.checkpoint import resolve_model
     from .train.data import make_dataset, open_split
     from .train.distributed import resolve_device
 
     t0 = time.perf_counter()
-    if (run is None) == (weights is None):
-        raise InputError("pass either --run RUN_DIR or --weights CHECKPOINT")
-    if run is not None:
-        run = Path(run)
-        if not run.is_dir():
-            raise InputError(f"--run {run}: run folder does not exist")
-        weights = run / CHECKPOINT_NAME
-        if not weights.is_file():
-            raise InputError(f"--run {run}: holds no {CHECKPOINT_NAME} (has the run written a "
-                             "checkpoint yet?)")
-        if recipe is None:
-            recipe = str(run / "recipe.yaml")
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
-    cal_path = calibration_for(weights, calibration)
-    if cal_path is not None:
-        overrides = list(overrides) + load_calibration(cal_path).to_overrides()
-    cfg = load_recipe(recipe, overrides) if recipe is not None else None
-    if cfg is None and overrides:
-        from .train.checkpoint import checkpoint_recipe, load_checkpoint
-
-        stored = checkpoint_recipe(load_checkpoint(weights), str(weights))
-        if stored is None:
-            raise InputError(f"{weights}: holds no recipe; pass --recipe")
-        cfg = stored.replace(list(overrides))
     dev = resolve_device(device)
-    model, ckpt, cfg = load_model(weights, recipe=cfg, device=dev)
+    model, ckpt, cfg, weights = resolve_model(run, weights, recipe=recipe, overrides=overrides,
+                                              device=dev, calibration=calibration)
+    cal_path = calibration_for(weights, calibration)
     split = split or cfg.data.val_split
     reader = open_split(cfg, split)
     dataset = make_dataset(cfg, reader, train=False)

@@ -7,6 +7,9 @@ of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
     OUT/panoptic_pred/*.png    RGB-encoded segment ids at the original image size
     OUT/summary.json           settings used and timings (as returned by solve_costs)
 
+Every ``segments_info`` entry carries a ``score``, the segment's confidence
+(:func:`copsctl.postprocess.segment_scores`), by which instance AP ranks predictions.
+
 The folder is assembled under a temporary name beside ``OUT`` and renamed at the end,
 so a failure leaves no partial ``OUT``. An existing ``OUT`` is replaced only when it is
 a previous prediction folder (it holds ``panoptic_pred.json``) or empty.
@@ -25,6 +28,7 @@ import dataclasses
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,9 +39,10 @@ from .atomic import atomic_path, write_json
 from .calibration import Calibration
 from .costs import CostFile, solver_problem
 from .errors import InputError
-from .panoptic import Annotation, PanopticSet, write_id_png
-from .postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution
-from .solver import SolverOptions, solve_many
+from .panoptic import Annotation, Category, PanopticSet, write_id_png
+from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, PanopticPrediction,
+                          panoptic_from_solution, segment_scores)
+from .solver import AMWCResult, SolverOptions, solve_many
 
 PRED_JSON = "panoptic_pred.json"
 PRED_DIR = "panoptic_pred"
@@ -113,6 +118,36 @@ def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict
             merged[section] = {}
         merged[section][key] = list(value) if isinstance(value, tuple) else value
     return merged
+
+
+def scored_prediction(result: AMWCResult, node_costs: np.ndarray,
+                      categories: Sequence[Category], image_size: tuple[int, int], *,
+                      thing_area: float, stuff_area: float) -> PanopticPrediction:
+    """One image's solver result -> its panoptic prediction with a score per segment.
+
+    Parameters
+    ----------
+    result : AMWCResult
+        The solution on the ``h x w`` cost grid.
+    node_costs : (K, h, w) float ndarray
+        The node costs it was solved with (class-major maps; a view is fine).
+    categories, image_size, thing_area, stuff_area
+        As in :func:`copsctl.postprocess.panoptic_from_solution`.
+
+    Returns
+    -------
+    PanopticPrediction
+        Every segment's ``score`` set by :func:`copsctl.postprocess.segment_scores`.
+    """
+    K, h, w = node_costs.shape
+    pred = panoptic_from_solution(result.labels, result.segments, (h, w), categories,
+                                  image_size, thing_area=thing_area, stuff_area=stuff_area)
+    class_index = {c.id: k for k, c in enumerate(categories)}
+    scores = segment_scores(pred.cost_ids, {s.id: class_index[s.category_id]
+                                            for s in pred.segments}, node_costs)
+    for s in pred.segments:
+        s.score = scores[s.id]
+    return pred
 
 
 def _check_out_dir(out: Path) -> None:
@@ -233,13 +268,19 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         n_segments = n_solver_segments = n_rejected = 0
         objectives = []
         images, annotations = [], []
-        with atomic_path(out) as tmp:
+        with atomic_path(out) as tmp, ThreadPoolExecutor(max_workers=1) as reader:
             png_dir = tmp / PRED_DIR
             png_dir.mkdir(parents=True)
+            # One batch is read (and decoded) while the one before it is solved.
+            def read(indices) -> list:
+                return [cf.problem(i) if relative is None else _calibrated_problem(cf, i, relative)
+                        for i in indices]
+
+            ahead = reader.submit(read, range(min(batch, n)))
             for start in range(0, n, batch):
                 idx = list(range(start, min(start + batch, n)))
-                loaded = [cf.problem(i) if relative is None else _calibrated_problem(cf, i, relative)
-                          for i in idx]
+                loaded = ahead.result()
+                ahead = reader.submit(read, range(idx[-1] + 1, min(idx[-1] + 1 + batch, n)))
                 t0 = time.perf_counter()
                 try:
                     results = solve_many([p for p, _ in loaded], workers=workers,
@@ -253,9 +294,11 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                     raise InputError(f"{costs}: {msg}") from None
                 solve_seconds += time.perf_counter() - t0
                 for (prob, meta), res in zip(loaded, results):
-                    pred = panoptic_from_solution(res.labels, res.segments, meta["cost_size"],
-                                                  categories, meta["image_size"],
-                                                  thing_area=thing_area, stuff_area=stuff_area)
+                    h, w = meta["cost_size"]
+                    # The solver input holds the node costs as a transposed (N, K) view.
+                    node_costs = prob[0].T.reshape(len(categories), h, w)
+                    pred = scored_prediction(res, node_costs, categories, meta["image_size"],
+                                             thing_area=thing_area, stuff_area=stuff_area)
                     name = png_names[meta["index"]]
                     write_id_png(png_dir / name, pred.ids)
                     H, W = meta["image_size"]

@@ -153,10 +153,10 @@ def test_dump_costs_applies_the_calibration_beside_the_checkpoint(tmp_path):
     save_checkpoint(run / "checkpoint.pt", {"kind": "pretrain", "iteration": 0,
                                             "model": model.state_dict(), "recipe": cfg.dump(),
                                             "categories": table.to_json()})
-    dump_costs(tmp_path / "plain.h5", run=run, device="cpu")
+    dump_costs(tmp_path / "plain.h5", run=run, device="cpu", dtype="float32")
     cal = Calibration(1.5, (1.0, 2.0, 0.5), (0.5, -0.5, 1.0))
     cal.save(run / "calibration.yaml")
-    summary = dump_costs(tmp_path / "cal.h5", run=run, device="cpu")
+    summary = dump_costs(tmp_path / "cal.h5", run=run, device="cpu", dtype="float32")
     assert summary["calibration"] == str(run / "calibration.yaml")
     with CostFile(tmp_path / "plain.h5") as plain, CostFile(tmp_path / "cal.h5") as calibrated:
         assert calibrated.recipe["calibration"] == cal.to_section()

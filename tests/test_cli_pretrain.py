@@ -139,7 +139,7 @@ def test_interrupted_run_resumed_equals_uninterrupted_run(data, tmp_path, monkey
 def test_dump_costs_solve_evaluate_give_the_validation_pq(run, data, tmp_path):
     costs = tmp_path / "costs.h5"
     res = runner.invoke(app, ["dump-costs", "--run", str(run), "--out", str(costs),
-                              "--batch-size", "2", "--device", "cpu"])
+                              "--batch-size", "2", "--device", "cpu", "--storage", "float32"])
     assert res.exit_code == 0, res.output
     cfg = load_recipe(run / "recipe.yaml")
     reader = open_split(cfg, "val")
@@ -179,7 +179,7 @@ def test_dump_costs_solve_evaluate_give_the_validation_pq(run, data, tmp_path):
     # --weights with --recipe: the same costs (up to float rounding: another batch shape)
     res = runner.invoke(app, ["dump-costs", "--weights", str(run / "checkpoint.pt"), "--recipe",
                               str(run / "recipe.yaml"), "--out", str(tmp_path / "w.h5"),
-                              "--limit", "1", "--device", "cpu"])
+                              "--limit", "1", "--device", "cpu", "--storage", "float32"])
     assert res.exit_code == 0, res.output
     with CostFile(costs) as a, CostFile(tmp_path / "w.h5") as b:
         assert len(b) == 1

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from copsctl.costs import FORMAT, VERSION, CostFile, CostWriter, solver_problem
+from copsctl.costs import FORMAT, QUANTIZED, VERSION, CostFile, CostWriter, solver_problem
 from copsctl.errors import InputError
 from copsctl.panoptic import Category
 from copsctl.solver.grid import grid_edge_mask, grid_edges
@@ -69,7 +69,7 @@ def test_schema_attributes(tmp_path, three_images):
     path = tmp_path / "costs.h5"
     _write(path, three_images, recipe="a: 1\n")
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == FORMAT and int(f.attrs["version"]) == VERSION == 1
+        assert f.attrs["format"] == FORMAT and int(f.attrs["version"]) == VERSION == 2
         assert f.attrs["distances"].tolist() == list(DISTANCES)
         assert f.attrs["recipe"] == "a: 1\n"
         assert f["classes/category_id"][()].tolist() == [7, 23, 26]
@@ -253,9 +253,9 @@ def test_wrong_version(tmp_path, three_images):
     path = tmp_path / "costs.h5"
     _write(path, three_images)
     with h5py.File(path, "a") as f:
-        f.attrs["version"] = 2
-    with pytest.raises(InputError, match=r"costs\.h5: cost file schema version 2 is not "
-                                         r"supported \(this copsctl reads version 1\)"):
+        f.attrs["version"] = 3
+    with pytest.raises(InputError, match=r"costs\.h5: cost file schema version 3 is not "
+                                         r"supported \(this copsctl reads versions 1, 2\)"):
         CostFile(path)
     with h5py.File(path, "a") as f:
         del f.attrs["version"]
@@ -323,3 +323,85 @@ def test_solver_problem_layout():
     assert np.array_equal(local, dist == min(DISTANCES))
     with pytest.raises(InputError, match="`edge_maps`"):
         solver_problem(nc, em[:, :2], DISTANCES, part)
+
+
+def test_version_1_files_stay_readable(tmp_path, three_images):
+    """A version 1 file is a version 2 file with float storage; only the number differs."""
+    path = tmp_path / "costs.h5"
+    _write(path, three_images, dtype="float16")
+    with h5py.File(path, "a") as f:
+        f.attrs["version"] = 1
+    with CostFile(path) as cf:
+        for i, (nc, em, *_rest) in enumerate(three_images):
+            rnc, rem, _ = cf.read(i)
+            assert np.array_equal(rnc, nc.astype(np.float16).astype(np.float32))
+            assert np.array_equal(rem, em.astype(np.float16).astype(np.float32))
+
+
+def test_quantized_storage_error_bounds_and_clip(tmp_path):
+    rng = np.random.default_rng(4)
+    h, w = 6, 9
+    # -log softmax of random logits: costs from ~0 to well above the clip.
+    logits = 4 * rng.standard_normal((K, h, w))
+    nc = (np.log(np.exp(logits).sum(0)) - logits).astype(np.float32)
+    em = (5 * rng.standard_normal((M2, h, w))).astype(np.float32)
+    em[~grid_edge_mask(h, w, DISTANCES)] = 0.0
+    path = tmp_path / "costs.h5"
+    _write(path, [(nc, em, 1, "a.jpg", (24, 36))], dtype="quantized")
+    step, clip, edge_step = QUANTIZED["node_step"], QUANTIZED["node_clip"], QUANTIZED["edge_step"]
+    with CostFile(path) as cf:
+        rnc, rem, meta = cf.read(0)
+        assert rnc.dtype == np.float32 and rem.dtype == np.float32 and meta["cost_size"] == (h, w)
+    best = nc.min(axis=0)
+    near = nc - best <= clip - step
+    assert near.mean() < 1 and (~near).any()  # the test exercises both cases
+    # Within the clip every cost is off by at most half a step (plus float32 rounding) ...
+    assert np.abs(rnc - nc)[near].max() <= step / 2 + 1e-5
+    # ... beyond it a cost reads as `clip` above the (quantized) cheapest class.
+    np.testing.assert_allclose(rnc[~near] - rnc.min(axis=0)[np.nonzero(~near)[1:]], clip,
+                               atol=step)
+    assert (np.argmin(rnc, axis=0) == np.argmin(nc, axis=0)).mean() > 0.95
+    assert np.abs(rem - em).max() <= edge_step / 2 + 1e-6
+    assert np.all(rem[~grid_edge_mask(h, w, DISTANCES)] == 0)
+    with h5py.File(path, "r") as f:
+        g = f["images/000000"]
+        assert g["node_costs"].dtype == np.uint8 and g["edge_costs"].dtype == np.int16
+        # Deflate for the node costs of few classes (K = 3 here); lzf above 32 classes.
+        assert g["node_offset"].dtype == np.int32 and g["node_costs"].compression == "gzip"
+        assert g["edge_costs"].compression == "gzip" and g["edge_costs"].shuffle
+        assert g["node_costs"].attrs["step"] == step and g["edge_costs"].attrs["step"] == edge_step
+        assert int(f.attrs["version"]) == 2
+
+
+def test_quantized_storage_rejects_what_does_not_fit(tmp_path):
+    nc = np.zeros((K, 2, 3), np.float32)
+    em = np.zeros((M2, 2, 3), np.float32)
+    em[0, 0, 0] = 1e5
+    with pytest.raises(InputError, match=r"image 5: edge costs beyond .* quantized storage"):
+        _write(tmp_path / "c.h5", [(nc, em, 5, "a.jpg", (2, 3))], dtype="quantized")
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_quantized_file_with_a_missing_offset_fails_in_one_line(tmp_path, three_images):
+    path = tmp_path / "costs.h5"
+    _write(path, three_images, dtype="quantized")
+    with h5py.File(path, "a") as f:
+        del f["images/000001/node_offset"]
+    with CostFile(path) as cf:
+        cf.read(0)
+        with pytest.raises(InputError, match=r"image 'frankfurt_000001': dataset "
+                                             r"'images/000001/node_offset' is missing"):
+            cf.read(1)
+
+
+def test_quantized_node_costs_of_many_classes_use_lzf(tmp_path):
+    cats = [Category(i + 1, f"c{i}", i % 2 == 0) for i in range(40)]
+    rng = np.random.default_rng(2)
+    nc = rng.uniform(0, 3, (40, 3, 5)).astype(np.float32)
+    em = np.zeros((M2, 3, 5), np.float32)
+    with CostWriter(tmp_path / "c.h5", cats, DISTANCES, dtype="quantized") as w:
+        w.add(nc, em, image_id=1)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert f["images/000000/node_costs"].compression == "lzf"
+    with CostFile(tmp_path / "c.h5") as cf:
+        assert np.abs(cf.read(0)[0] - nc).max() <= QUANTIZED["node_step"] / 2 + 1e-6

@@ -45,6 +45,8 @@ def _register() -> None:
     from . import finetune  # noqa: F401  (finetune)
     from . import calibrate  # noqa: F401  (calibrate)
     from . import visualize  # noqa: F401  (visualize image | run | pipeline)
+    from . import predict  # noqa: F401  (predict)
+    from . import export  # noqa: F401  (export)
 
 
 _register()

@@ -33,7 +33,9 @@ def dump_costs_command(
     limit: int = typer.Option(0, "--limit", help="Only the first N images (0: all)."),
     num_workers: Optional[int] = typer.Option(
         None, "--num-workers", help="DataLoader workers (default: the recipe's data.num_workers)."),
-    float16: bool = typer.Option(False, "--float16", help="Store costs as float16 (half the size)."),
+    storage: str = typer.Option(
+        "quantized", "--storage", help="How costs are stored: quantized (about 3 MB per "
+        "Cityscapes-size image, see docs/predict.md), float16 or float32 (exact, 16 MB)."),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", help="Calibration file to apply (default: calibration.yaml "
         "beside the checkpoint, if any)."),
@@ -56,7 +58,7 @@ def dump_costs_command(
 
         summary = dump_costs(out, run=run, weights=weights, recipe=recipe, overrides=overrides,
                              split=split, batch_size=batch_size, device=device, limit=limit,
-                             num_workers=num_workers, dtype="float16" if float16 else "float32",
+                             num_workers=num_workers, dtype=storage,
                              calibration=False if no_calibration else calibration,
                              progress=progress)
     console.print(f"wrote costs of {summary['images']} {summary['split']} images to "

@@ -20,6 +20,13 @@ intact). It holds only tensors and plain Python values, so it loads with
 ``world_size``      number of processes that trained
 ==================  ===========================================================
 
+:func:`export_model` writes a *model file* with the same format: ``kind`` ``"model"``,
+``iteration``, ``model``, ``recipe``, ``categories`` and ``exported_from`` only (no
+optimizer, scaler, RNG or loop state), so whatever reads a checkpoint's weights
+(``predict``, ``dump-costs``, ``finetune --weights``) reads a model file too. Anything
+the model keeps in its state dict (such as the cost calibration of
+:class:`~copsctl.model.CostTransform`) travels with the weights.
+
 :func:`load_model` builds a :class:`~copsctl.model.PanopticModel` from such a file (or
 from a bare ``state_dict`` file plus a recipe) for cost dumps and fine-tuning.
 """
@@ -39,7 +46,8 @@ from ..errors import InputError
 
 __all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "rng_state", "set_rng_state",
            "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_recipe",
-           "checkpoint_class_table"]
+           "checkpoint_class_table", "run_weights", "resolve_model", "export_model",
+           "MODEL_KIND"]
 
 FORMAT = "copsctl-checkpoint"
 VERSION = 1
@@ -49,6 +57,8 @@ BEST_NAME = "best.pt"
 ``"best"``, ``iteration``, ``model``, ``recipe``, ``categories`` and ``val`` (the
 validation metrics), no optimizer state."""
 """File name of a run's latest checkpoint inside its run folder."""
+MODEL_KIND = "model"
+"""``kind`` of a model file written by :func:`export_model`."""
 
 
 # ---------------------------------------------------------------------------- RNG state
@@ -218,3 +228,98 @@ def load_model(path: str | os.PathLike, *, recipe=None, num_classes: int | None 
         raise InputError(f"{path}: weights do not fit the recipe's model ({what}; "
                          f"{len(missing)} missing, {len(unexpected)} unexpected keys)")
     return model.to(device).eval(), ckpt, recipe
+
+
+def run_weights(run: str | os.PathLike | None, weights: str | os.PathLike | None
+                ) -> tuple[Path, Path | None]:
+    """The weights file of ``--run RUN | --weights FILE`` and the run's recipe file.
+
+    Returns
+    -------
+    (weights path, recipe path or None)
+        For a run folder its ``checkpoint.pt`` and ``recipe.yaml``; for ``weights`` the
+        file itself and None (the recipe stored in the file applies).
+    """
+    if (run is None) == (weights is None):
+        raise InputError("pass either --run RUN_DIR or --weights CHECKPOINT")
+    if weights is not None:
+        return Path(weights), None
+    run = Path(run)
+    if not run.is_dir():
+        raise InputError(f"--run {run}: run folder does not exist")
+    path = run / CHECKPOINT_NAME
+    if not path.is_file():
+        raise InputError(f"--run {run}: holds no {CHECKPOINT_NAME} (has the run written a "
+                         "checkpoint yet?)")
+    return path, run / "recipe.yaml"
+
+
+def resolve_model(run: str | os.PathLike | None = None,
+                  weights: str | os.PathLike | None = None, *, recipe: str | None = None,
+                  overrides=(), device: str | torch.device = "cpu", calibration=None):
+    """The model of ``--run RUN | --weights FILE`` with ``--recipe`` and ``--set``.
+
+    The one translation of those options, shared by ``dump-costs``, ``predict`` and
+    ``export``. The recipe is ``recipe`` if given, else the run's ``recipe.yaml``, else
+    the one stored in the file; ``overrides`` apply to it, then the cost calibration
+    (``calibration``: a ``copsctl calibrate`` file; None: ``calibration.yaml`` beside the
+    checkpoint if there is one; False: only the recipe's).
+
+    Returns
+    -------
+    (model in eval mode on ``device``, checkpoint dict, resolved Recipe, weights path)
+    """
+    from ..config import load_recipe
+
+    from ..calibration import calibration_for, load_calibration
+
+    path, run_recipe = run_weights(run, weights)
+    cal_path = calibration_for(path, calibration)
+    if cal_path is not None:
+        overrides = list(overrides) + load_calibration(cal_path).to_overrides()
+    if recipe is None and run_recipe is not None:
+        recipe = str(run_recipe)
+    cfg = load_recipe(recipe, overrides) if recipe is not None else None
+    if cfg is None and overrides:
+        stored = checkpoint_recipe(load_checkpoint(path), str(path))
+        if stored is None:
+            raise InputError(f"{path}: holds no recipe; pass --recipe")
+        cfg = stored.replace(list(overrides))
+    model, ckpt, cfg = load_model(path, recipe=cfg, device=device)
+    return model, ckpt, cfg, path
+
+
+def export_model(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
+                 weights: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write a model file: weights, class table and resolved recipe of a checkpoint.
+
+    Parameters
+    ----------
+    out : path-like
+        The model file (written atomically; conventionally ``.pt``).
+    run, weights : path-like
+        A run folder (its checkpoint and ``recipe.yaml``) or a checkpoint or model file.
+
+    Returns
+    -------
+    dict
+        ``out``, ``source``, ``kind`` (of the source), ``iteration``, ``bytes`` (of the
+        model file), ``source_bytes``, ``parameters`` (tensor elements), ``classes``.
+    """
+    # load_model checks that the weights fit the recipe.
+    _, ckpt, cfg, path = resolve_model(run, weights)
+    table = checkpoint_class_table(ckpt)
+    if table is None:
+        raise InputError(f"{path}: holds no class table (a bare state dict); export a "
+                         "checkpoint of copsctl pretrain or finetune")
+    out = Path(out)
+    if out.exists() and out.resolve() == path.resolve():
+        raise InputError(f"--out {out}: is the source checkpoint itself")
+    save_checkpoint(out, {"kind": MODEL_KIND, "iteration": ckpt.get("iteration"),
+                          "model": ckpt["model"], "recipe": cfg.dump(),
+                          "categories": table.to_json(), "exported_from": str(path)})
+    return {"out": str(out), "source": str(path), "kind": ckpt.get("kind"),
+            "iteration": ckpt.get("iteration"), "bytes": out.stat().st_size,
+            "source_bytes": path.stat().st_size,
+            "parameters": int(sum(v.numel() for v in ckpt["model"].values())),
+            "classes": table.num_classes}
