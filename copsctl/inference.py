@@ -172,6 +172,11 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
             recipe = str(run / "recipe.yaml")
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
+    from .atomic import check_output
+
+    check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
+                                       "--recipe": recipe if recipe and Path(recipe).is_file()
+                                       else None})
     cfg = load_recipe(recipe, overrides) if recipe is not None else None
     if cfg is None and overrides:
         from .train.checkpoint import checkpoint_recipe, load_checkpoint

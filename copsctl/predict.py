@@ -8,8 +8,9 @@ of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
     OUT/summary.json           settings used and timings (as returned by solve_costs)
 
 The folder is assembled under a temporary name beside ``OUT`` and renamed at the end,
-so a failure leaves no partial ``OUT``. An existing ``OUT`` is replaced only when it is
-a previous prediction folder (it holds ``panoptic_pred.json``) or empty.
+so a failure leaves no partial ``OUT`` (:mod:`copsctl.atomic`). An existing ``OUT`` is
+replaced only when it is empty or an earlier output of ``copsctl solve`` holding nothing
+else (its manifest lists every file), unless ``overwrite``.
 
 Settings not given explicitly come from the recipe stored in the cost file: the
 small-segment thresholds from ``data.thing_area_threshold`` and
@@ -31,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import yaml
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, check_output, check_output_folder, write_json, write_manifest
 from .costs import CostFile
 from .errors import InputError
 from .panoptic import Annotation, PanopticSet, write_id_png
@@ -114,14 +115,6 @@ def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict
     return merged
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / PRED_JSON).is_file():
-        raise InputError(f"--out {out}: folder is not empty and holds no {PRED_JSON}; "
-                         "refusing to replace it")
-
-
 def _png_names(file_names: list[str]) -> list[str]:
     """One distinct PNG name per image: the image's file name with a .png suffix."""
     names, seen = [], set()
@@ -138,7 +131,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                 thing_area: float | None = None, stuff_area: float | None = None,
                 options: SolverOptions | None = None, batch_size: int | None = None,
                 summary_json: str | os.PathLike | None = None,
-                overrides: Sequence[str] = (),
+                overrides: Sequence[str] = (), overwrite: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> dict:
     """Solve all images of a cost file; write panoptic predictions to ``out``.
 
@@ -162,6 +155,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     overrides : sequence of str
         ``section.key=value`` changes of the stored recipe's solver keys
         (:func:`apply_solve_overrides`); explicit arguments still win over them.
+    overwrite : bool
+        Replace ``out`` even when it holds files ``copsctl solve`` did not write.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch.
 
@@ -182,7 +177,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     for name, v in (("--thing-area", thing_area), ("--stuff-area", stuff_area)):
         if v is not None and (not np.isfinite(v) or v < 0):
             raise InputError(f"{name} must be a non-negative number, got {v}")
-    _check_out_dir(out)
+    check_output_folder(out, "--out", "solve", overwrite=overwrite, inputs={"COSTS": costs})
+    check_output(summary_json, "--json", inputs={"COSTS": costs})
     if summary_json is not None and Path(summary_json).resolve().is_relative_to(out.resolve()):
         raise InputError(f"--json {summary_json}: must not lie inside --out {out}, which is "
                          "replaced as a whole")
@@ -276,6 +272,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
             with open(tmp / SUMMARY_JSON, "w") as f:
                 json.dump(summary, f, indent=2)
                 f.write("\n")
+            write_manifest(tmp, "solve")
     if summary_json is not None:
         write_json(summary_json, summary)
     return summary

@@ -46,10 +46,22 @@ def write_json_option(path, obj) -> None:
     console.print(f"wrote {path}")
 
 
-def check_json_outside(path, folder, folder_option: str) -> None:
+def check_json_option(path, **inputs) -> None:
+    """Check ``--json PATH`` before any work (:func:`copsctl.atomic.check_output`).
+
+    ``inputs`` maps option names (``--out``; underscores for dashes) to the command's
+    inputs and other outputs, which ``--json`` must not overwrite.
+    """
+    from ..atomic import check_output
+
+    check_output(path, "--json", inputs={"--" + k.replace("_", "-"): v for k, v in inputs.items()})
+
+
+def check_json_outside(path, folder, folder_option: str, **inputs) -> None:
     """Refuse ``--json`` inside a folder that must hold only the command's own files."""
     from pathlib import Path
 
     if path is not None and Path(path).resolve().is_relative_to(Path(folder).resolve()):
         raise InputError(f"--json {path}: must not lie inside {folder_option} {folder} "
                          "(a run folder holds only its own files)")
+    check_json_option(path, **inputs)

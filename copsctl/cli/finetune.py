@@ -39,7 +39,7 @@ def finetune_command(
     """
     from ..train.finetune import finetune
 
-    check_json_outside(out_json, out, "--out")
+    check_json_outside(out_json, out, "--out", recipe=recipe, weights=weights)
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
                           progress=bar, log=lambda msg: bar.console.print(msg))

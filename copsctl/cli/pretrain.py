@@ -36,7 +36,7 @@ def pretrain_command(
     """
     from ..train.pretrain import pretrain
 
-    check_json_outside(out_json, out, "--out")
+    check_json_outside(out_json, out, "--out", recipe=recipe)
     with TrainProgress("pretrain") as bar:
         result = pretrain(recipe, out, overrides=overrides, resume=resume, progress=bar,
                           log=lambda msg: bar.console.print(msg))

@@ -29,6 +29,10 @@ def recipe_command(
         for key, default, type_name, comment in describe_keys():
             typer.echo(f"{key} = {default!r}  ({type_name}) {comment}")
         return
+    from ..atomic import check_output
+
+    check_output(out, "--out", inputs={"RECIPE": recipe if recipe and Path(recipe).is_file()
+                                       else None})
     resolved = load_recipe(recipe, overrides)
     if out is not None:
         save_recipe(resolved, out)

@@ -36,6 +36,8 @@ def solve_command(
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     summary_json: Optional[Path] = typer.Option(None, "--json",
                                                 help="Also write the summary here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it "
+                                   "holds files copsctl solve did not write."),
 ) -> None:
     """Solve the AMWC problem of every image in COSTS and write panoptic predictions to --out."""
     from ..predict import solve_costs
@@ -49,7 +51,7 @@ def solve_command(
 
         summary = solve_costs(costs, out, workers=workers, thing_area=thing_area,
                               stuff_area=stuff_area, summary_json=summary_json,
-                              overrides=overrides, progress=progress)
+                              overrides=overrides, overwrite=overwrite, progress=progress)
     table = Table(title=f"copsctl solve: {summary['images']} images -> {summary['out']}")
     # Short headers: the table must fit an 80-column terminal.
     for col in ("images", "workers", "solve s/img", "total s/img", "seg/img", "rej/img",

@@ -98,10 +98,19 @@ def resolve_run_recipe(recipe: str | None, overrides: Sequence[str], run_dir: Pa
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check the run folder for a new or resumed run; return whether a checkpoint exists."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"--out {run_dir}: exists and is not a folder")
-    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    """Check the run folder for a new or resumed run; return whether a checkpoint exists.
+
+    When resuming, the temporaries of a write the interrupted run did not finish (a
+    checkpoint being saved when it was killed) are removed (:func:`copsctl.atomic.recover`):
+    the previous checkpoint next to them is intact.
+    """
+    from ..atomic import check_output, is_leftover, remove_leftovers
+
+    check_output(run_dir, "--out", folder=True)
+    if resume:
+        remove_leftovers(run_dir)
+    entries = sorted(p.name for p in run_dir.iterdir() if not is_leftover(p.name)) \
+        if run_dir.is_dir() else []
     if not resume:
         if entries:
             raise InputError(f"--out {run_dir}: folder is not empty; pass --resume to continue "
