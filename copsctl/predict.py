@@ -6,6 +6,7 @@ of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
     OUT/panoptic_pred.json     images, annotations (segments_info), categories
     OUT/panoptic_pred/*.png    RGB-encoded segment ids at the original image size
     OUT/summary.json           settings used and timings (as returned by solve_costs)
+    OUT/.copsctl-output.json   the manifest: every file above (copsctl.atomic)
 
 The folder is assembled under a temporary name beside ``OUT`` and renamed at the end,
 so a failure leaves no partial ``OUT`` (:mod:`copsctl.atomic`). An existing ``OUT`` is

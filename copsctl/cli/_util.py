@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import InputError
 
@@ -23,7 +24,8 @@ def cli_errors(func):
             return func(*args, **kwargs)
         except InputError as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            err_console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+            # escaped: a message may quote input such as "[1]", which is not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
