@@ -226,7 +226,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
         check_batch_size(cfg, ctx)
         # Everything that reads input comes before anything is written.
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx)
+        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
+                                                                 say=say)
         ckpt, start = run_checkpoint(out, has_ckpt, "finetune")
         if ckpt is None:
             model = _initial_model(cfg, weights, class_table.num_classes, class_table)

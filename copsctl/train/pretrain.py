@@ -181,7 +181,8 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
         check_batch_size(cfg, ctx)
         # Everything that reads input comes before anything is written.
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx)
+        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
+                                                                 say=say)
         ckpt, start = run_checkpoint(out, has_ckpt, "pretrain")
         batches = train_batches(train_dataset, cfg, ctx, start)
 
