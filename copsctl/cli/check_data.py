@@ -47,5 +47,5 @@ def check_data_command(
                                                                        total=total))
     per_split = ", ".join(f"{n} {s}" for s, n in result["images"].items())
     console.print(f"{cfg.data.root}: all {result['total']} images and labels read ({per_split}) "
-                  f"in {result['seconds']:.1f} s")
+                  f"in {result['seconds']:.1f} s", soft_wrap=True)
     write_json_option(out_json, {"root": cfg.data.root, **result})
