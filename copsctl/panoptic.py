@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_paths
 from .errors import InputError
 
 VOID = 0
@@ -289,8 +289,9 @@ def write_panoptic_set(json_path: str | os.PathLike, png_dir: str | os.PathLike,
     Parameters
     ----------
     json_path, png_dir
-        Destinations; both are written atomically (the folder is built under a
-        temporary name and renamed), so a failure leaves neither half-written.
+        Destinations; both are built under temporary names and published together
+        once complete (:func:`copsctl.atomic.atomic_paths`), so a failure leaves
+        neither half-written.
     annotations : list of Annotation
         One per image; ``file_name`` names its PNG inside ``png_dir``.
     id_maps : list of (H, W) integer ndarray
@@ -307,10 +308,11 @@ def write_panoptic_set(json_path: str | os.PathLike, png_dir: str | os.PathLike,
         images = [{"id": a.image_id, "file_name": a.file_name,
                    "height": int(np.shape(m)[0]), "width": int(np.shape(m)[1])}
                   for a, m in zip(annotations, id_maps)]
-    with atomic_path(png_dir) as tmp_dir:
+    with atomic_paths([png_dir, json_path]) as (tmp_dir, tmp_json):
         tmp_dir.mkdir()
         for ann, ids in zip(annotations, id_maps):
             write_id_png(tmp_dir / ann.file_name, ids)
-    write_json(json_path, {"images": images,
-                           "annotations": [a.to_json() for a in annotations],
-                           "categories": [c.to_json() for c in categories]})
+        with open(tmp_json, "w") as f:
+            json.dump({"images": images, "annotations": [a.to_json() for a in annotations],
+                       "categories": [c.to_json() for c in categories]}, f, indent=2)
+            f.write("\n")

@@ -154,10 +154,6 @@ def test_3_resume_removes_a_stale_checkpoint_temporary(data, tmp_path):
              run / f".metrics.jsonl.{dead}-0a1b2c3d.tmp"]
     for p in stale:
         p.write_bytes(b"half a checkpoint")
-    # also a leftover of a write that is still running (this process) is left alone
-    mine = run / f".recipe.yaml.{os.getpid()}-0a1b2c3d.tmp"
-    mine.write_text("x")
-    mine.unlink()  # (a live writer's file would make the folder foreign: remove it again)
     res = _run("pretrain", "--out", run, "--resume", "--set", "train.iterations=2")
     _fails(res, "train.iterations")  # the recipe of a run cannot change on resume ...
     res = _run("pretrain", "--out", run, "--resume")
@@ -427,6 +423,30 @@ def test_12_weights_naming_a_run_folder_suggests_run(run_dir, data, tmp_path):
            "is a folder", f"--run {run_dir}", "checkpoint.pt")
     _fails(_run("finetune", *_tiny(data), "--weights", run_dir, "--out", tmp_path / "ft"),
            "is a folder", "checkpoint.pt")
+
+
+def test_recover_leaves_a_running_writers_temporary_alone(tmp_path):
+    out = tmp_path / "out.json"
+    out.write_text("{}")
+    live = tmp_path / f".out.json.{os.getpid()}-0a1b2c3d.tmp"
+    live.write_text("being written")
+    dead = tmp_path / ".out.json.x1y2z3w4.tmp"
+    dead.write_text("left by a killed process")
+    recover(out)
+    assert live.exists() and not dead.exists() and out.read_text() == "{}"
+    # a folder renamed aside by a killed swap (no renameat2) is put back
+    out2 = tmp_path / "folder"
+    aside = tmp_path / ".folder.x1y2z3w4.old"
+    aside.mkdir()
+    (aside / "a.txt").write_text("old")
+    recover(out2)
+    assert (out2 / "a.txt").read_text() == "old" and not aside.exists()
+
+
+def test_make_costs_refuses_a_cost_file_inside_its_ground_truth_folder(tmp_path):
+    _fails(_run("make-costs", "--out", tmp_path / "gt" / "c.h5", "--gt-out", tmp_path / "gt"),
+           "--gt-out", "holds --out")
+    assert not (tmp_path / "gt").exists()
 
 
 def test_check_output_unit(tmp_path):

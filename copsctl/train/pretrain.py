@@ -180,9 +180,11 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
     try:
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
         check_batch_size(cfg, ctx)
-        # Everything that reads input comes before anything is written.
+        # Everything that reads input comes before anything is written (and the
+        # input check's report is said only once every check has passed).
+        checked: list[str] = []
         train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
-                                                                 say=say)
+                                                                 say=checked.append)
         ckpt, start = run_checkpoint(out, has_ckpt, "pretrain")
         batches = train_batches(train_dataset, cfg, ctx, start)
 
@@ -217,6 +219,8 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
                                 model=model, optimizer=optimizer, scaler=scaler, cfg=cfg,
                                 class_table=class_table)
 
+        for msg in checked:
+            say(msg)
         return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
                         amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
                         val_dataset=val_dataset, ckpt=ckpt, start=start, resume=resume,

@@ -52,7 +52,7 @@ def open_run_data(cfg: "Recipe", ctx: "DistContext", *,
 
     Every image and label of both splits is read once first (:mod:`copsctl.data.check`,
     on the main process), so a broken file stops the run before anything is written;
-    ``progress`` receives ``check`` events and ``say`` the seconds it took.
+    ``progress`` receives ``check`` events and ``say`` a line with the seconds it took.
 
     Raises
     ------
