@@ -3,8 +3,10 @@
 Every key is declared below, in code, with its default, its type and a one-line
 comment. A recipe file (YAML) only overrides keys and may inherit from another file
 with ``_BASE_: other.yaml`` (a path relative to the file that names it). Command-line
-overrides are dotted ``key=value`` strings whose value is read as YAML
-(``train.lr=5e-4``, ``data.crop_size=[128,128]``, ``model.pretrained=none``).
+overrides are dotted ``key=value`` strings whose value is read by the key's declared
+type: a string key takes the text as it is (``data.root=/x/syn #2``, ``data.root=123``),
+other keys read it as YAML (``train.lr=5e-4``, ``data.crop_size=[128,128]``). A
+``_BASE_`` name not found beside the file is looked up among the packaged recipes.
 
 Resolution order, later wins: code defaults -> the base chain, outermost base first ->
 the recipe file -> ``--set`` overrides. An unknown key or a value of the wrong type is an
@@ -615,7 +617,7 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: Sequence[str
         A YAML file path, or the name of a packaged recipe (``"synthetic_pretrain"``,
         with or without ``.yaml``); None gives the code defaults.
     overrides
-        ``"section.key=value"`` strings, applied last; values are read as YAML.
+        ``"section.key=value"`` strings, applied last (:func:`parse_override`).
 
     Raises
     ------

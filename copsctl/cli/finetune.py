@@ -11,7 +11,8 @@ from . import app
 from ._progress import TrainProgress, report_run
 from ._util import check_json_outside, cli_errors
 
-_HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
+_HELP_SET = ("Override a recipe key: section.key=value (string keys take the text as it is, "
+             "others read it as YAML); repeatable.")
 
 
 @app.command("finetune")
