@@ -152,6 +152,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         ``seconds_per_image`` (reading, the network and writing, per image, without the
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
+    from .atomic import check_output
     from .config import load_recipe
     from .train.checkpoint import CHECKPOINT_NAME, load_model
     from .train.data import make_dataset, open_split
@@ -172,11 +173,6 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
             recipe = str(run / "recipe.yaml")
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
-    from .atomic import check_output
-
-    check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
-                                       "--recipe": recipe if recipe and Path(recipe).is_file()
-                                       else None})
     cfg = load_recipe(recipe, overrides) if recipe is not None else None
     if cfg is None and overrides:
         from .train.checkpoint import checkpoint_recipe, load_checkpoint
@@ -185,6 +181,9 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         if stored is None:
             raise InputError(f"{weights}: holds no recipe; pass --recipe")
         cfg = stored.replace(list(overrides))
+    check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
+                                       "--recipe": recipe if recipe and Path(recipe).is_file()
+                                       else None})
     dev = resolve_device(device)
     model, ckpt, cfg = load_model(weights, recipe=cfg, device=dev)
     split = split or cfg.data.val_split

@@ -128,11 +128,12 @@ def _png_names(file_names: list[str]) -> list[str]:
     return names
 
 
-def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: int | None = None,
+def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                workers: int | None = None,
                 thing_area: float | None = None, stuff_area: float | None = None,
                 options: SolverOptions | None = None, batch_size: int | None = None,
                 summary_json: str | os.PathLike | None = None,
-                overrides: Sequence[str] = (), overwrite: bool = False,
+                overrides: Sequence[str] = (),
                 progress: Callable[[int, int], None] | None = None) -> dict:
     """Solve all images of a cost file; write panoptic predictions to ``out``.
 
@@ -142,6 +143,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         Cost file (:mod:`copsctl.costs`).
     out : path-like
         Prediction folder (see the module docstring), written atomically.
+    overwrite : bool
+        Replace ``out`` even when it holds files ``copsctl solve`` did not write.
     workers : int, optional
         Threads solving concurrently (default: the recipe's ``solver.workers`` when it is
         positive, else all CPUs).
@@ -156,8 +159,6 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     overrides : sequence of str
         ``section.key=value`` changes of the stored recipe's solver keys
         (:func:`apply_solve_overrides`); explicit arguments still win over them.
-    overwrite : bool
-        Replace ``out`` even when it holds files ``copsctl solve`` did not write.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch.
 

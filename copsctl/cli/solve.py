@@ -31,13 +31,13 @@ def solve_command(
     workers: Optional[int] = typer.Option(
         None, "--workers", help="Solver threads (default: the recipe's solver.workers if > 0, "
         "else all CPUs)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it "
+                                   "holds files copsctl solve did not write."),
     thing_area: Optional[float] = typer.Option(None, "--thing-area", help=_HELP_THING),
     stuff_area: Optional[float] = typer.Option(None, "--stuff-area", help=_HELP_STUFF),
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     summary_json: Optional[Path] = typer.Option(None, "--json",
                                                 help="Also write the summary here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it "
-                                   "holds files copsctl solve did not write."),
 ) -> None:
     """Solve the AMWC problem of every image in COSTS and write panoptic predictions to --out."""
     from ..predict import solve_costs
@@ -49,9 +49,10 @@ def solve_command(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = solve_costs(costs, out, workers=workers, thing_area=thing_area,
+        summary = solve_costs(costs, out, overwrite=overwrite, workers=workers,
+                              thing_area=thing_area,
                               stuff_area=stuff_area, summary_json=summary_json,
-                              overrides=overrides, overwrite=overwrite, progress=progress)
+                              overrides=overrides, progress=progress)
     table = Table(title=f"copsctl solve: {summary['images']} images -> {summary['out']}")
     # Short headers: the table must fit an 80-column terminal.
     for col in ("images", "workers", "solve s/img", "total s/img", "seg/img", "rej/img",
