@@ -152,7 +152,6 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         ``seconds_per_image`` (reading, the network and writing, per image, without the
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
-    from .atomic import check_output
     from .config import load_recipe
     from .train.checkpoint import CHECKPOINT_NAME, load_model
     from .train.data import make_dataset, open_split
@@ -181,6 +180,8 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         if stored is None:
             raise InputError(f"{weights}: holds no recipe; pass --recipe")
         cfg = stored.replace(list(overrides))
+    from .atomic import check_output
+
     check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
                                        "--recipe": recipe if recipe and Path(recipe).is_file()
                                        else None})

@@ -33,9 +33,10 @@ from typing import Callable, Sequence
 import numpy as np
 import yaml
 
-from .atomic import atomic_path, check_output, check_output_folder, write_json, write_manifest
+from .atomic import atomic_path, write_json
 from .costs import CostFile
 from .errors import InputError
+from .atomic import check_output, check_output_folder, write_manifest  # noqa: I001
 from .panoptic import Annotation, PanopticSet, write_id_png
 from .postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution
 from .solver import SolverOptions, solve_many
@@ -128,9 +129,9 @@ def _png_names(file_names: list[str]) -> list[str]:
     return names
 
 
-def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                workers: int | None = None,
+def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: int | None = None,
                 thing_area: float | None = None, stuff_area: float | None = None,
+                overwrite: bool = False,
                 options: SolverOptions | None = None, batch_size: int | None = None,
                 summary_json: str | os.PathLike | None = None,
                 overrides: Sequence[str] = (),
