@@ -36,7 +36,7 @@ import yaml
 from .atomic import atomic_path, write_json
 from .costs import CostFile
 from .errors import InputError
-from .atomic import check_output, check_output_folder, write_manifest  # noqa: I001
+from .atomic import check_output, check_output_folder, write_manifest
 from .panoptic import Annotation, PanopticSet, write_id_png
 from .postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution
 from .solver import SolverOptions, solve_many
