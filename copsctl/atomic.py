@@ -1,7 +1,8 @@
 """Outputs that are never half-written, never lost, and never written over an input.
 
-Every file and folder copsctl writes goes through :func:`atomic_paths` (or its
-one-output form :func:`atomic_path`):
+Every result file and folder copsctl writes goes through :func:`atomic_paths` (or its
+one-output form :func:`atomic_path`); only a run's logs are appended to in place
+(:mod:`copsctl.train.logging`, which drops what a resumed run writes again):
 
 1. The output is built under a temporary name beside its final path,
    ``.NAME.<pid>-<random>.tmp`` (the caller writes a file or a folder there).
