@@ -180,14 +180,14 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         if stored is None:
             raise InputError(f"{weights}: holds no recipe; pass --recipe")
         cfg = stored.replace(list(overrides))
-    from .atomic import check_output
-
-    check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
-                                       "--recipe": recipe if recipe and Path(recipe).is_file()
-                                       else None})
     dev = resolve_device(device)
     model, ckpt, cfg = load_model(weights, recipe=cfg, device=dev)
     split = split or cfg.data.val_split
+    from .atomic import check_output
+
+    check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
+                                       "--recipe": recipe if recipe and os.path.isfile(recipe)
+                                       else None})
     reader = open_split(cfg, split)
     dataset = make_dataset(cfg, reader, train=False)
     if dataset.thing_classes.shape[0] != model.num_classes:
