@@ -3,8 +3,10 @@
 Every key is declared below, in code, with its default, its type and a one-line
 comment. A recipe file (YAML) only overrides keys and may inherit from another file
 with ``_BASE_: other.yaml`` (a path relative to the file that names it). Command-line
-overrides are dotted ``key=value`` strings whose value is read as YAML
-(``train.lr=5e-4``, ``data.crop_size=[128,128]``, ``model.pretrained=none``).
+overrides are dotted ``key=value`` strings whose value is read by the key's declared
+type: a string key takes the text as it is (``data.root=/x/syn #2``, ``data.root=123``),
+other keys read it as YAML (``train.lr=5e-4``, ``data.crop_size=[128,128]``). A
+``_BASE_`` name not found beside the file is looked up among the packaged recipes.
 
 Resolution order, later wins: code defaults -> the base chain, outermost base first ->
 the recipe file -> ``--set`` overrides. An unknown key or a value of the wrong type is an
@@ -445,9 +447,9 @@ def _type_name(tp) -> str:
 
 def _coerce(value, tp, dotted: str, source: str):
     """``value`` as type ``tp``, or InputError naming the key and where it came from."""
-    def wrong():
+    def wrong(rule: str | None = None):
         shown = repr(value) if not isinstance(value, str) else f"'{value}'"
-        return InputError(f"{source}: `{dotted}` must be {_type_name(tp)}, got {shown} "
+        return InputError(f"{source}: `{dotted}` must be {rule or _type_name(tp)}, got {shown} "
                           f"({type(value).__name__})")
 
     origin = typing.get_origin(tp)
@@ -471,6 +473,9 @@ def _coerce_scalar(value, tp, wrong):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # inf passes range rules such as "> 0"; no recipe number means inf or NaN.
+            if not math.isfinite(value):
+                raise wrong("a finite number")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -573,12 +578,26 @@ def _nest(pairs, source: str) -> dict[str, dict[str, Any]]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"section.key=value"`` -> ``("section.key", value)`` with the value read as YAML."""
+    """``"section.key=value"`` -> ``("section.key", value)``, the value read by the key's type.
+
+    A string key takes the text as it is (``data.root=/x/syn #2``, ``data.root=123`` and
+    ``data.root=null`` are those strings; one pair of enclosing quotes is removed). Other
+    keys read it as YAML (numbers, bools, ``[128, 128]``), where a ``#`` is refused
+    rather than silently cutting the value short as a YAML comment.
+    """
     if not isinstance(text, str) or "=" not in text:
         raise InputError(f"--set: override {text!r} must have the form section.key=value")
     dotted, raw = text.split("=", 1)
     dotted = dotted.strip()
-    _split_key(dotted, "--set")
+    section, name = _split_key(dotted, "--set")
+    if _hints(section)[name] is str:
+        value = raw.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return dotted, value
+    if "#" in raw:
+        raise InputError(f"--set {dotted}: value {raw.strip()!r} must not contain '#' (YAML would "
+                         "read the rest as a comment)")
     value = _yaml_load(raw, f"--set {dotted}") if raw.strip() else ""
     return dotted, value
 
@@ -636,8 +655,15 @@ def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict
         if not isinstance(base, str) or not base:
             raise InputError(f"{path}: `_BASE_` must be a file name, got {base!r}")
         base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file() and "/" not in base and os.sep not in base:
+            # A bare name not beside the file: a packaged recipe (a user's recipe may
+            # inherit from synthetic_tiny.yaml without copying it).
+            packaged = _packaged_recipes() / base
+            if packaged.is_file():
+                base_path = Path(str(packaged))
         if not base_path.is_file():
-            raise InputError(f"{path}: `_BASE_` file {base!r} not found (looked at {base_path})")
+            raise InputError(f"{path}: `_BASE_` file {base!r} not found (looked at {base_path} "
+                             "and among the packaged recipes)")
         layers.extend(_read_chain(base_path, seen + (resolved,)))
     layers.append((str(path), _validate_layer(raw, str(path))))
     return layers
@@ -658,7 +684,7 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: Sequence[str
         A YAML file path, or the name of a packaged recipe (``"synthetic_pretrain"``,
         with or without ``.yaml``); None gives the code defaults.
     overrides
-        ``"section.key=value"`` strings, applied last; values are read as YAML.
+        ``"section.key=value"`` strings, applied last (:func:`parse_override`).
 
     Raises
     ------

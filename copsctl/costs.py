@@ -457,6 +457,26 @@ class CostFile:
                        f"{self.cost_sizes.shape}")
         if "images" not in self._file:
             self._fail("incomplete cost file: group 'images' is missing")
+        self._check_index()
+
+    def _check_index(self) -> None:
+        """Per-image rules of the index: what the writer guarantees, checked on reading."""
+        seen: set = set()
+        for i, image_id in enumerate(self.image_ids):
+            if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+                self._fail(f"index/image_id[{i}] must be an int or a string, got {image_id!r}")
+            if image_id in seen:
+                self._fail(f"image id {image_id!r} appears more than once in index/image_id "
+                           "(ids must be unique)")
+            seen.add(image_id)
+            if not self.file_names[i].strip():
+                self._fail(f"image {image_id!r}: index/file_name is empty (every image needs "
+                           "its file name)")
+            for what, sizes in (("image_size", self.image_sizes), ("cost_size", self.cost_sizes)):
+                H, W = (int(v) for v in sizes[i])
+                if H < 1 or W < 1:
+                    self._fail(f"image {image_id!r} ({self.file_names[i]}): index/{what} "
+                               f"{H}x{W} must be positive")
 
     # -- access ---------------------------------------------------------------------------
 

@@ -191,6 +191,11 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                                               device=dev, calibration=calibration)
     cal_path = calibration_for(weights, calibration)
     split = split or cfg.data.val_split
+    from .atomic import check_output
+
+    check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
+                                       "--recipe": recipe if recipe and os.path.isfile(recipe)
+                                       else None})
     reader = open_split(cfg, split)
     dataset = make_dataset(cfg, reader, train=False)
     if dataset.thing_classes.shape[0] != model.num_classes:

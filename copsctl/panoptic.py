@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_paths
 from .errors import InputError
 
 VOID = 0
@@ -118,6 +118,63 @@ def _require(cond: bool, msg: str) -> None:
         raise InputError(msg)
 
 
+_INT_LIMIT = 2 ** 63  # ids and counts are int64 everywhere downstream
+
+
+def _json_int(value, where: str, field: str, low: int = 0, high: int = _INT_LIMIT) -> int:
+    """A JSON integer field (an integral float such as ``3.0`` too) in ``[low, high)``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where}: '{field}' must be an integer, got {value!r}")
+    if not low <= value < high:
+        raise InputError(f"{where}: '{field}' must lie in [{low}, {high}), got {value}")
+    return value
+
+
+def _json_image_id(value, where: str, field: str = "image_id"):
+    """An image id: a string or an integer (hashable, fits int64)."""
+    if isinstance(value, str):
+        return value
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool),
+             f"{where}: '{field}' must be a string or an integer, got {value!r}")
+    return _json_int(value, where, field, -_INT_LIMIT)
+
+
+def _json_segment(s, where: str) -> Segment:
+    _require(isinstance(s, dict) and "id" in s and "category_id" in s,
+             f"{where}: every segment needs 'id' and 'category_id'")
+    sid = _json_int(s["id"], where, "id", 1, 256 ** 3)
+    where = f"{where}: segment {sid}"
+    bbox = s.get("bbox", (0, 0, 0, 0))
+    _require(isinstance(bbox, (list, tuple)) and len(bbox) == 4,
+             f"{where}: 'bbox' must be a list of 4 numbers (x, y, w, h), got {bbox!r}")
+    _require(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox),
+             f"{where}: 'bbox' must be a list of 4 numbers (x, y, w, h), got {bbox!r}")
+    iscrowd = s.get("iscrowd", 0)
+    _require(iscrowd in (0, 1) and not isinstance(iscrowd, float) or iscrowd in (True, False),
+             f"{where}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
+    return Segment(sid, _json_int(s["category_id"], where, "category_id", -_INT_LIMIT),
+                   _json_int(s.get("area", 0), where, "area"), tuple(bbox), bool(iscrowd))
+
+
+def _json_category(c, where: str) -> Category:
+    _require(isinstance(c, dict) and "id" in c, f"{where}: every category needs an 'id'")
+    cid = _json_int(c["id"], where, "category id", -_INT_LIMIT)
+    where = f"{where}: category {cid}"
+    color = c.get("color", (128, 128, 128))
+    _require(isinstance(color, (list, tuple)) and len(color) == 3 and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color),
+        f"{where}: 'color' must be a list of 3 integers in [0, 255], got {color!r}")
+    name = c.get("name", cid)
+    _require(isinstance(name, (str, int)) and not isinstance(name, bool),
+             f"{where}: 'name' must be a string, got {name!r}")
+    isthing = c.get("isthing", 0)
+    _require(isthing in (0, 1) and not isinstance(isthing, float) or isthing in (True, False),
+             f"{where}: 'isthing' must be 0 or 1, got {isthing!r}")
+    return Category(cid, str(name), bool(isthing), tuple(color))
+
+
 def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike | None = None,
                        categories_required: bool = True) -> PanopticSet:
     """Read and check a COCO panoptic JSON file.
@@ -142,25 +199,24 @@ def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike 
         raw_cats = []
     _require(isinstance(raw_cats, list), f"{json_path}: 'categories' must be a list")
     for c in raw_cats:
-        _require(isinstance(c, dict) and "id" in c, f"{json_path}: every category needs an 'id'")
-        color = tuple(int(v) for v in c.get("color", (128, 128, 128)))
-        cats.append(Category(int(c["id"]), str(c.get("name", c["id"])), bool(c.get("isthing", 0)),
-                             color))
+        cats.append(_json_category(c, str(json_path)))
     anns = []
     for a in data["annotations"]:
         _require(isinstance(a, dict) and "image_id" in a and "file_name" in a
                  and isinstance(a.get("segments_info"), list),
                  f"{json_path}: every annotation needs 'image_id', 'file_name' and 'segments_info'")
-        segs = []
-        for s in a["segments_info"]:
-            _require(isinstance(s, dict) and "id" in s and "category_id" in s,
-                     f"{json_path}: image {a['image_id']!r}: every segment needs 'id' and "
-                     "'category_id'")
-            segs.append(Segment(int(s["id"]), int(s["category_id"]), int(s.get("area", 0)),
-                                tuple(s.get("bbox", (0, 0, 0, 0))), bool(s.get("iscrowd", 0))))
-        anns.append(Annotation(a["image_id"], str(a["file_name"]), segs))
+        image_id = _json_image_id(a["image_id"], f"{json_path}: annotation")
+        where = f"{json_path}: image {image_id!r}"
+        _require(isinstance(a["file_name"], str) and a["file_name"].strip() != "",
+                 f"{where}: 'file_name' must be a non-empty string, got {a['file_name']!r}")
+        segs = [_json_segment(s, where) for s in a["segments_info"]]
+        anns.append(Annotation(image_id, a["file_name"], segs))
     images = data.get("images", [])
     _require(isinstance(images, list), f"{json_path}: 'images' must be a list")
+    for im in images:
+        _require(isinstance(im, dict) and "id" in im,
+                 f"{json_path}: every entry of 'images' needs an 'id'")
+        _json_image_id(im["id"], f"{json_path}: 'images' entry", "id")
     if png_dir is None:
         png_dir = json_path.with_suffix("")
     return PanopticSet(images=images, annotations=anns, categories=cats, png_dir=Path(png_dir))
@@ -237,8 +293,9 @@ def write_panoptic_set(json_path: str | os.PathLike, png_dir: str | os.PathLike,
     Parameters
     ----------
     json_path, png_dir
-        Destinations; both are written atomically (the folder is built under a
-        temporary name and renamed), so a failure leaves neither half-written.
+        Destinations; both are built under temporary names and published together
+        once complete (:func:`copsctl.atomic.atomic_paths`), so a failure leaves
+        neither half-written.
     annotations : list of Annotation
         One per image; ``file_name`` names its PNG inside ``png_dir``.
     id_maps : list of (H, W) integer ndarray
@@ -255,10 +312,11 @@ def write_panoptic_set(json_path: str | os.PathLike, png_dir: str | os.PathLike,
         images = [{"id": a.image_id, "file_name": a.file_name,
                    "height": int(np.shape(m)[0]), "width": int(np.shape(m)[1])}
                   for a, m in zip(annotations, id_maps)]
-    with atomic_path(png_dir) as tmp_dir:
+    with atomic_paths([png_dir, json_path]) as (tmp_dir, tmp_json):
         tmp_dir.mkdir()
         for ann, ids in zip(annotations, id_maps):
             write_id_png(tmp_dir / ann.file_name, ids)
-    write_json(json_path, {"images": images,
-                           "annotations": [a.to_json() for a in annotations],
-                           "categories": [c.to_json() for c in categories]})
+        with open(tmp_json, "w") as f:
+            json.dump({"images": images, "annotations": [a.to_json() for a in annotations],
+                       "categories": [c.to_json() for c in categories]}, f, indent=2)
+            f.write("\n")

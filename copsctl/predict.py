@@ -6,13 +6,15 @@ of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
     OUT/panoptic_pred.json     images, annotations (segments_info), categories
     OUT/panoptic_pred/*.png    RGB-encoded segment ids at the original image size
     OUT/summary.json           settings used and timings (as returned by solve_costs)
+    OUT/.copsctl-output.json   the manifest: every file above (copsctl.atomic)
 
 Every ``segments_info`` entry carries a ``score``, the segment's confidence
 (:func:`copsctl.postprocess.segment_scores`), by which instance AP ranks predictions.
 
 The folder is assembled under a temporary name beside ``OUT`` and renamed at the end,
-so a failure leaves no partial ``OUT``. An existing ``OUT`` is replaced only when it is
-a previous prediction folder (it holds ``panoptic_pred.json``) or empty.
+so a failure leaves no partial ``OUT`` (:mod:`copsctl.atomic`). An existing ``OUT`` is
+replaced only when it is empty or an earlier output of ``copsctl solve`` holding nothing
+else (its manifest lists every file), unless ``overwrite``.
 
 Settings not given explicitly come from the recipe stored in the cost file: the
 small-segment thresholds from ``data.thing_area_threshold`` and
@@ -39,6 +41,7 @@ from .atomic import atomic_path, write_json
 from .calibration import Calibration
 from .costs import CostFile, solver_problem
 from .errors import InputError
+from .atomic import check_output, check_output_folder, write_manifest
 from .panoptic import Annotation, Category, PanopticSet, write_id_png
 from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, PanopticPrediction,
                           panoptic_from_solution, segment_scores)
@@ -150,14 +153,6 @@ def scored_prediction(result: AMWCResult, node_costs: np.ndarray,
     return pred
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / PRED_JSON).is_file():
-        raise InputError(f"--out {out}: folder is not empty and holds no {PRED_JSON}; "
-                         "refusing to replace it")
-
-
 def _png_names(file_names: list[str]) -> list[str]:
     """One distinct PNG name per image: the image's file name with a .png suffix."""
     names, seen = [], set()
@@ -178,6 +173,7 @@ def _calibrated_problem(cf: CostFile, i: int, calibration: Calibration):
 
 def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: int | None = None,
                 thing_area: float | None = None, stuff_area: float | None = None,
+                overwrite: bool = False,
                 options: SolverOptions | None = None, batch_size: int | None = None,
                 summary_json: str | os.PathLike | None = None,
                 overrides: Sequence[str] = (), calibration: Calibration | None = None,
@@ -190,6 +186,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         Cost file (:mod:`copsctl.costs`).
     out : path-like
         Prediction folder (see the module docstring), written atomically.
+    overwrite : bool
+        Replace ``out`` even when it holds files ``copsctl solve`` did not write.
     workers : int, optional
         Threads solving concurrently (default: the recipe's ``solver.workers`` when it is
         positive, else all CPUs).
@@ -229,7 +227,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     for name, v in (("--thing-area", thing_area), ("--stuff-area", stuff_area)):
         if v is not None and (not np.isfinite(v) or v < 0):
             raise InputError(f"{name} must be a non-negative number, got {v}")
-    _check_out_dir(out)
+    check_output_folder(out, "--out", "solve", overwrite=overwrite, inputs={"COSTS": costs})
+    check_output(summary_json, "--json", inputs={"COSTS": costs})
     if summary_json is not None and Path(summary_json).resolve().is_relative_to(out.resolve()):
         raise InputError(f"--json {summary_json}: must not lie inside --out {out}, which is "
                          "replaced as a whole")
@@ -338,6 +337,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
             with open(tmp / SUMMARY_JSON, "w") as f:
                 json.dump(summary, f, indent=2)
                 f.write("\n")
+            write_manifest(tmp, "solve")
     if summary_json is not None:
         write_json(summary_json, summary)
     return summary

@@ -52,7 +52,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_path
+from .atomic import atomic_paths, check_output, check_output_folder, write_manifest
 from .costs import CostWriter, solver_problem
 from .errors import InputError
 from .panoptic import Annotation, Category, PanopticSet, write_id_png
@@ -522,9 +522,15 @@ def synthetic_recipe(preset: str | Preset, num_images: int, seed: int,
             "model": {"distances": list(p.distances)}}
 
 
+def default_gt_out(out: str | os.PathLike, gt_out: str | os.PathLike | None = None) -> Path:
+    """The ground-truth folder of cost file ``out``: ``gt_out``, else ``<out stem>_gt``."""
+    out = Path(out)
+    return Path(gt_out) if gt_out is not None else out.with_name(out.stem + "_gt")
+
+
 def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | None = None,
                           preset: str | Preset = "tiny", num_images: int = 4, seed: int = 0,
-                          difficulty: float = 0.0,
+                          difficulty: float = 0.0, overwrite: bool = False,
                           progress: Callable[[int, int], None] | None = None) -> dict:
     """Write a synthetic cost file and its ground truth in COCO panoptic format.
 
@@ -535,9 +541,13 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
     gt_out : path-like, optional
         Folder for the ground truth: ``panoptic_gt.json`` and the PNG folder
         ``panoptic_gt/`` at the original image size. Default: ``<out stem>_gt`` beside
-        ``out``. Written atomically, like the cost file.
+        ``out``. Both are written under temporary names and published only once
+        both are complete (:func:`copsctl.atomic.atomic_paths`). An existing non-empty
+        folder is replaced only when it is an earlier ``make-costs`` ground truth.
     preset, seed, difficulty
-        As in :func:`make_problem`; image ``i`` uses seed ``[seed, i]``.
+        As in :func:`make_problem`; image ``i`` uses seed ``[seed, i]`` (``seed >= 0``).
+    overwrite : bool
+        Replace ``gt_out`` even when it holds files that make-costs did not write.
     num_images : int
         Number of images (at least 1).
     progress : callable, optional
@@ -554,15 +564,20 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
         raise InputError(f"`num_images` must be at least 1, got {num_images}")
     if not 0.0 <= float(difficulty) <= 1.0:
         raise InputError(f"`difficulty` must lie in [0, 1], got {difficulty}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"`seed` (--seed) must be a non-negative integer, got {seed!r}")
     out = Path(out)
-    gt_out = Path(gt_out) if gt_out is not None else out.with_name(out.stem + "_gt")
+    gt_out = default_gt_out(out, gt_out)
     if gt_out.resolve() == out.resolve():
         raise InputError(f"`gt_out` ({gt_out}) must differ from the cost file path")
+    check_output(out, "--out", inputs={"--gt-out": gt_out})
+    check_output_folder(gt_out, "--gt-out", "make-costs", overwrite=overwrite,
+                        inputs={"--out": out})
     recipe = synthetic_recipe(p, num_images, seed, difficulty)
     t0 = time.perf_counter()
     images, annotations, acc, eacc = [], [], [], []
-    with atomic_path(gt_out) as gt_tmp, \
-            CostWriter(out, p.categories, p.distances, recipe=recipe) as writer:
+    with atomic_paths([out, gt_out]) as (cost_tmp, gt_tmp), \
+            CostWriter(cost_tmp, p.categories, p.distances, recipe=recipe) as writer:
         png_dir = gt_tmp / "panoptic_gt"
         png_dir.mkdir(parents=True)
         for i in range(int(num_images)):
@@ -585,6 +600,7 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
         with open(gt_tmp / "panoptic_gt.json", "w") as f:
             json.dump(gt_set.to_json(), f)
             f.write("\n")
+        write_manifest(gt_tmp, "make-costs")
     return {"costs": str(out), "gt_json": str(gt_out / "panoptic_gt.json"),
             "gt_dir": str(gt_out / "panoptic_gt"), "images": int(num_images),
             "pixel_accuracy": float(np.mean(acc)), "edge_accuracy": float(np.mean(eacc)),

@@ -61,8 +61,9 @@ def test_solve_end_to_end(costs, tmp_path):
                               "--json", str(tmp_path / "summary.json")])
     assert res.exit_code == 0, res.output
     assert "copsctl solve: 3 images" in res.output
-    assert sorted(p.name for p in out.iterdir()) == ["panoptic_pred", "panoptic_pred.json",
-                                                     "recipe.yaml", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".copsctl-output.json", "panoptic_pred",
+                                                     "panoptic_pred.json", "recipe.yaml",
+                                                     "summary.json"]
     with CostFile(costs) as cf:
         assert yaml.safe_load((out / "recipe.yaml").read_text()) == cf.recipe
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -217,7 +218,7 @@ def test_bad_options_exit_2_and_write_nothing(costs, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     res = runner.invoke(app, ["solve", str(costs), "--out", str(mine)])
-    _fails_in_one_line(res, "refusing to replace it")
+    _fails_in_one_line(res, "is not an earlier output of copsctl solve")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
     a_file = tmp_path / "file"

@@ -47,6 +47,7 @@ def _register() -> None:
     from . import visualize  # noqa: F401  (visualize image | run | pipeline)
     from . import predict  # noqa: F401  (predict)
     from . import export  # noqa: F401  (export)
+    from . import check_data  # noqa: F401  (check-data)
 
 
 _register()

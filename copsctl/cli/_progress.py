@@ -54,6 +54,7 @@ class TrainProgress:
                                   console=self.console, disable=not self.enabled,
                                   transient=False)
         self._task = None
+        self._check_task = None
 
     def __enter__(self) -> "TrainProgress":
         self._progress.__enter__()
@@ -63,7 +64,12 @@ class TrainProgress:
         self._progress.__exit__(*exc)
 
     def __call__(self, event) -> None:
-        if event.kind == "start":
+        if event.kind == "check":
+            if self._check_task is None:
+                self._check_task = self._progress.add_task("checking data", total=event.total,
+                                                           info="")
+            self._progress.update(self._check_task, completed=event.iteration)
+        elif event.kind == "start":
             self._task = self._progress.add_task(self.title, total=event.total,
                                                  completed=event.iteration, info="")
         elif self._task is None:

@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import InputError
 
@@ -23,7 +24,8 @@ def cli_errors(func):
             return func(*args, **kwargs)
         except InputError as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            err_console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+            # escaped: a message may quote input such as "[1]", which is not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
@@ -46,10 +48,22 @@ def write_json_option(path, obj) -> None:
     console.print(f"wrote {path}")
 
 
-def check_json_outside(path, folder, folder_option: str) -> None:
+def check_json_option(path, **inputs) -> None:
+    """Check ``--json PATH`` before any work (:func:`copsctl.atomic.check_output`).
+
+    ``inputs`` maps option names (``--out``; underscores for dashes) to the command's
+    inputs and other outputs, which ``--json`` must not overwrite.
+    """
+    from ..atomic import check_output
+
+    check_output(path, "--json", inputs={"--" + k.replace("_", "-"): v for k, v in inputs.items()})
+
+
+def check_json_outside(path, folder, folder_option: str, **inputs) -> None:
     """Refuse ``--json`` inside a folder that must hold only the command's own files."""
     from pathlib import Path
 
     if path is not None and Path(path).resolve().is_relative_to(Path(folder).resolve()):
         raise InputError(f"--json {path}: must not lie inside {folder_option} {folder} "
                          "(a run folder holds only its own files)")
+    check_json_option(path, **inputs)

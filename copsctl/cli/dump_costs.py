@@ -10,7 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 
 from . import app
-from ._util import cli_errors, console, is_terminal, write_json_option
+from ._util import check_json_option, cli_errors, console, is_terminal, write_json_option
 
 
 @app.command("dump-costs")
@@ -48,6 +48,7 @@ def dump_costs_command(
     """Write the network's node and edge costs for every image of a split (then: copsctl solve)."""
     from ..inference import dump_costs
 
+    check_json_option(out_json, out=out, run=run, weights=weights)
     with Progress(TextColumn("dumping costs"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=not is_terminal(),
                   transient=True) as bar:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from ._util import cli_errors, console, err_console
+from ._util import check_json_option, cli_errors, console, err_console
 
 
 @app.command("evaluate")
@@ -40,6 +40,8 @@ def evaluate_command(
     from ..atomic import write_json
     from ..metrics.pq import MissingPredictionWarning, evaluate
 
+    check_json_option(out_json, gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json,
+                      pred_dir=pred_dir)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingPredictionWarning)
         result = evaluate(gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json, pred_dir=pred_dir,

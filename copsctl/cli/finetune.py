@@ -11,7 +11,8 @@ from . import app
 from ._progress import TrainProgress, report_run
 from ._util import check_json_outside, cli_errors
 
-_HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
+_HELP_SET = ("Override a recipe key: section.key=value (string keys take the text as it is, "
+             "others read it as YAML); repeatable.")
 
 
 @app.command("finetune")
@@ -44,7 +45,7 @@ def finetune_command(
     """
     from ..train.finetune import finetune
 
-    check_json_outside(out_json, out, "--out")
+    check_json_outside(out_json, out, "--out", recipe=recipe, weights=weights)
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
                           calibration=False if no_calibration else calibration, progress=bar, log=lambda msg: bar.console.print(msg))

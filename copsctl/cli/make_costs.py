@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from . import app
-from ._util import cli_errors, console, write_json_option
+from ._util import check_json_option, cli_errors, console, write_json_option
 
 _HELP_DIFFICULTY = "0 = normal, 1 = the hard family (weaker, noisier edge costs)."
 _HELP_GT = "Ground-truth folder (panoptic_gt.json + panoptic_gt/); default: <out stem>_gt."
@@ -23,14 +23,17 @@ def make_costs_command(
     seed: int = typer.Option(0, "--seed", help="Seed; the file is a function of it."),
     difficulty: float = typer.Option(0.0, "--difficulty", help=_HELP_DIFFICULTY),
     gt_out: Optional[Path] = typer.Option(None, "--gt-out", help=_HELP_GT),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --gt-out even when it "
+                                   "holds files copsctl make-costs did not write."),
     out_json: Optional[Path] = typer.Option(None, "--json",
                                             help="Also write the summary as JSON here."),
 ) -> None:
     """Write synthetic AMWC costs (no network needed) plus their COCO panoptic ground truth."""
-    from ..synthetic_costs import write_synthetic_costs
+    from ..synthetic_costs import default_gt_out, write_synthetic_costs
 
+    check_json_option(out_json, out=out, gt_out=default_gt_out(out, gt_out))
     s = write_synthetic_costs(out, gt_out=gt_out, preset=preset, num_images=images, seed=seed,
-                              difficulty=difficulty)
+                              difficulty=difficulty, overwrite=overwrite)
     console.print(f"wrote {s['images']} {preset} images to {s['costs']} (pixel accuracy "
                   f"{s['pixel_accuracy']:.3f}, edge accuracy {s['edge_accuracy']:.3f}) and the "
                   f"ground truth to {s['gt_json']} + {s['gt_dir']}")

@@ -11,7 +11,8 @@ from . import app
 from ._progress import TrainProgress, report_run
 from ._util import check_json_outside, cli_errors
 
-_HELP_SET = "Override a recipe key: section.key=value (value read as YAML); repeatable."
+_HELP_SET = ("Override a recipe key: section.key=value (string keys take the text as it is, "
+             "others read it as YAML); repeatable.")
 
 
 @app.command("pretrain")
@@ -36,7 +37,7 @@ def pretrain_command(
     """
     from ..train.pretrain import pretrain
 
-    check_json_outside(out_json, out, "--out")
+    check_json_outside(out_json, out, "--out", recipe=recipe)
     with TrainProgress("pretrain") as bar:
         result = pretrain(recipe, out, overrides=overrides, resume=resume, progress=bar,
                           log=lambda msg: bar.console.print(msg))

@@ -13,7 +13,7 @@ from ._util import cli_errors
 @cli_errors
 def recipe_command(
     recipe: str = typer.Argument(None, help="Recipe YAML file or shipped recipe name; omitted: the code defaults."),
-    overrides: list[str] = typer.Option([], "--set", help="Override section.key=value (value read as YAML); repeatable."),
+    overrides: list[str] = typer.Option([], "--set", help="Override section.key=value (string keys take the text as it is, others read it as YAML); repeatable."),
     out: Path = typer.Option(None, "--out", help="Also write the resolved recipe to this file."),
     keys: bool = typer.Option(False, "--keys", help="List every declared key with its default and comment instead."),
     names: bool = typer.Option(False, "--list", help="List the shipped recipe names instead."),
@@ -29,6 +29,10 @@ def recipe_command(
         for key, default, type_name, comment in describe_keys():
             typer.echo(f"{key} = {default!r}  ({type_name}) {comment}")
         return
+    from ..atomic import check_output
+
+    check_output(out, "--out", inputs={"RECIPE": recipe if recipe and Path(recipe).is_file()
+                                       else None})
     resolved = load_recipe(recipe, overrides)
     if out is not None:
         save_recipe(resolved, out)

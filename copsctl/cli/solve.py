@@ -31,6 +31,8 @@ def solve_command(
     workers: Optional[int] = typer.Option(
         None, "--workers", help="Solver threads (default: the recipe's solver.workers if > 0, "
         "else all CPUs)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it "
+                                   "holds files copsctl solve did not write."),
     thing_area: Optional[float] = typer.Option(None, "--thing-area", help=_HELP_THING),
     stuff_area: Optional[float] = typer.Option(None, "--stuff-area", help=_HELP_STUFF),
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
@@ -50,7 +52,8 @@ def solve_command(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = solve_costs(costs, out, workers=workers, thing_area=thing_area,
+        summary = solve_costs(costs, out, overwrite=overwrite, workers=workers,
+                              thing_area=thing_area,
                               stuff_area=stuff_area, summary_json=summary_json,
                               overrides=overrides, progress=progress,
                               calibration=load_calibration(calibration) if calibration else None)

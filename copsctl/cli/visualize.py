@@ -44,8 +44,11 @@ def image_command(
     out_json: Optional[Path] = typer.Option(None, "--json", help=_HELP_JSON),
 ) -> None:
     """Input, ground truth and prediction overlays, semantic argmin and cut probabilities."""
+    from ..atomic import check_output
     from ..visualize.image import visualize_image
 
+    check_output(out, "--out", inputs={"COSTS": costs})
+    check_output(out_json, "--json", inputs={"COSTS": costs, "--out": out})
     r = visualize_image(costs, out, pred=pred, index=index, image_id=image_id, recipe=recipe,
                         overrides=overrides, split=split, gt_json=gt_json, gt_dir=gt_dir)
     pq = f", image PQ {r['pq']:.1f}" if r["pq"] is not None else ""
@@ -61,8 +64,11 @@ def run_command(
     out_json: Optional[Path] = typer.Option(None, "--json", help=_HELP_JSON),
 ) -> None:
     """Training curves from the run's metrics.jsonl (fine-tuning: surrogate vs exact PQ)."""
+    from ..atomic import check_output
     from ..visualize.curves import run_figure
 
+    check_output(out, "--out", inputs={"RUN_DIR": run_dir})
+    check_output(out_json, "--json", inputs={"--out": out})
     r = run_figure(run_dir, out)
     console.print(f"wrote {r['out']} ({r['train_records']} training and {r['val_records']} "
                   f"validation records, up to iteration {r['last_iteration']})")
@@ -75,7 +81,9 @@ def pipeline_command(
     out: Path = typer.Option(Path("docs/pipeline.png"), "--out", help="PNG file to write."),
 ) -> None:
     """The pipeline diagram: image -> network -> costs -> solver -> panoptic -> PQ, and back."""
+    from ..atomic import check_output
     from ..visualize.pipeline import pipeline_figure
 
+    check_output(out, "--out")
     r = pipeline_figure(out)
     console.print(f"wrote {r['out']} ({r['bytes'] / 1024:.0f} KB)")

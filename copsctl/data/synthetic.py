@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_output
 from ..errors import InputError
 from ..panoptic import (VOID, Annotation, Category, PanopticSet, segments_from_id_map,
                         write_id_png)
@@ -358,10 +358,13 @@ def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
         raise InputError(f"`small_fraction` must lie in [0, 1], got {small_fraction}")
     if train < 0 or val < 0 or train + val == 0:
         raise InputError(f"`train` and `val` must be >= 0 and not both 0, got {train}, {val}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"`seed` (--seed) must be a non-negative integer, got {seed!r}")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: output exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: output folder is not empty (`overwrite`, --overwrite, replaces it)")
+    check_output(out, "--out", folder=True)
     counts = {}
     with atomic_path(out) as tmp:
         for split, n in (("train", train), ("val", val)):

@@ -125,6 +125,10 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) 
         Missing, unreadable or foreign file, or a checkpoint of another schema version.
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f"{path / CHECKPOINT_NAME}" if (path / CHECKPOINT_NAME).is_file() else "a file"
+        raise InputError(f"{path}: is a folder, not a checkpoint file; for a run folder pass "
+                         f"--run {path} (dump-costs), or give its checkpoint, {hint}")
     if not path.is_file():
         raise InputError(f"{path}: checkpoint file does not exist")
     try:

@@ -265,8 +265,11 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     try:
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
         check_batch_size(cfg, ctx)
-        # Everything that reads input comes before anything is written.
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx)
+        # Everything that reads input comes before anything is written (and the
+        # input check's report is said only once every check has passed).
+        checked: list[str] = []
+        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
+                                                                 say=checked.append)
         ckpt, start = run_checkpoint(out, has_ckpt, "finetune")
         if ckpt is None:
             model = _initial_model(cfg, weights, class_table.num_classes, class_table)
@@ -343,6 +346,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
                                 class_table=class_table, init_weights=init_weights,
                                 trainable=trainable)
 
+        for msg in checked:
+            say(msg)
         return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
                         amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
                         val_dataset=val_dataset, class_table=class_table, keep_best=f.keep_best,

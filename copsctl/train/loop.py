@@ -60,7 +60,9 @@ class TrainEvent:
 
     ``kind`` is one of ``start``, ``step``, ``log``, ``checkpoint``, ``validation``,
     ``interrupted`` and ``end``; ``iteration`` the steps completed; ``total`` the run
-    length; ``metrics`` the numbers of a ``log`` or ``validation`` event.
+    length; ``metrics`` the numbers of a ``log`` or ``validation`` event. Before the loop,
+    ``check`` events count the samples read by the input check (``iteration`` of
+    ``total``; :func:`copsctl.train.run.open_run_data`).
     """
 
     kind: str

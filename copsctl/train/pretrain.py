@@ -99,10 +99,19 @@ def resolve_run_recipe(recipe: str | None, overrides: Sequence[str], run_dir: Pa
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check the run folder for a new or resumed run; return whether a checkpoint exists."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"--out {run_dir}: exists and is not a folder")
-    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    """Check the run folder for a new or resumed run; return whether a checkpoint exists.
+
+    When resuming, the temporaries of a write the interrupted run did not finish (a
+    checkpoint being saved when it was killed) are removed (:func:`copsctl.atomic.recover`):
+    the previous checkpoint next to them is intact.
+    """
+    from ..atomic import check_output, is_leftover, remove_leftovers
+
+    check_output(run_dir, "--out", folder=True)
+    if resume:
+        remove_leftovers(run_dir)
+    entries = sorted(p.name for p in run_dir.iterdir() if not is_leftover(p.name)) \
+        if run_dir.is_dir() else []
     if not resume:
         if entries:
             raise InputError(f"--out {run_dir}: folder is not empty; pass --resume to continue "
@@ -172,8 +181,11 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
     try:
         has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
         check_batch_size(cfg, ctx)
-        # Everything that reads input comes before anything is written.
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx)
+        # Everything that reads input comes before anything is written (and the
+        # input check's report is said only once every check has passed).
+        checked: list[str] = []
+        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
+                                                                 say=checked.append)
         ckpt, start = run_checkpoint(out, has_ckpt, "pretrain")
         batches = train_batches(train_dataset, cfg, ctx, start)
 
@@ -208,6 +220,8 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
                                 model=model, optimizer=optimizer, scaler=scaler, cfg=cfg,
                                 class_table=class_table)
 
+        for msg in checked:
+            say(msg)
         return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
                         amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
                         val_dataset=val_dataset, class_table=class_table, ckpt=ckpt, start=start,

@@ -45,14 +45,21 @@ def check_batch_size(cfg: "Recipe", ctx: "DistContext") -> None:
                          f"processes ({ctx.world_size})")
 
 
-def open_run_data(cfg: "Recipe", ctx: "DistContext"):
+def open_run_data(cfg: "Recipe", ctx: "DistContext", *,
+                  progress: Callable[[TrainEvent], None] | None = None,
+                  say: Callable[[str], None] | None = None):
     """The recipe's train dataset, val dataset (main process only, else None) and class table.
+
+    Every image and label of both splits is read once first (:mod:`copsctl.data.check`,
+    on the main process), so a broken file stops the run before anything is written;
+    ``progress`` receives ``check`` events and ``say`` a line with the seconds it took.
 
     Raises
     ------
     InputError
         Missing or broken dataset files, or val categories that differ from train's.
     """
+    from ..data.check import check_readers
     from .data import make_dataset, open_split
 
     train_reader = open_split(cfg, cfg.data.train_split)
@@ -62,6 +69,19 @@ def open_run_data(cfg: "Recipe", ctx: "DistContext"):
         if val_dataset.reader.class_table != train_reader.class_table:
             raise InputError(f"{val_dataset.reader.json_path}: categories differ from those "
                              f"of {train_reader.json_path}")
+
+    def check() -> None:
+        report = None if progress is None else \
+            (lambda done, total: progress(TrainEvent("check", done, total)))
+        readers = {cfg.data.train_split: train_reader}
+        readers.setdefault(cfg.data.val_split, val_dataset.reader)
+        r = check_readers(readers, progress=report)
+        if say is not None:
+            say(f"checked {r['total']} images and labels ("
+                + ", ".join(f"{n} {s}" for s, n in r["images"].items())
+                + f") in {r['seconds']:.1f} s")
+
+    ctx.run_on_main(check)
     return make_dataset(cfg, train_reader, train=True), val_dataset, train_reader.class_table
 
 
