@@ -69,10 +69,14 @@ class Segment:
     area: int = 0
     bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
     iscrowd: bool = False
+    score: float | None = None   # a prediction's confidence in [0, 1]; written when set
 
     def to_json(self) -> dict:
-        return {"id": int(self.id), "category_id": int(self.category_id), "area": int(self.area),
-                "bbox": [int(v) for v in self.bbox], "iscrowd": int(self.iscrowd)}
+        out = {"id": int(self.id), "category_id": int(self.category_id), "area": int(self.area),
+               "bbox": [int(v) for v in self.bbox], "iscrowd": int(self.iscrowd)}
+        if self.score is not None:
+            out["score"] = float(self.score)
+        return out
 
 
 @dataclass

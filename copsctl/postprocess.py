@@ -24,12 +24,16 @@ here so that ground truth and predictions go through the same code:
 Areas and bounding boxes are computed at cost resolution with each cost pixel weighted
 by the number of output pixels it covers, which is exact for nearest upsampling and
 avoids a pass over the full-resolution map.
+
+Each predicted segment also gets a confidence, :func:`segment_scores`: the mean
+probability of its class over its mask at cost resolution (COCO instance AP ranks
+predictions by it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -53,12 +57,16 @@ class PanopticPrediction:
         Segments removed by the small-segment rejection.
     rejected_area : int
         Pixels (original size) turned void by the rejection.
+    cost_ids : (h, w) int32 ndarray or None
+        The same segment ids at cost resolution (``ids`` is its nearest upsampling);
+        what :func:`segment_scores` reads.
     """
 
     ids: np.ndarray
     segments: list[Segment] = field(default_factory=list)
     num_rejected: int = 0
     rejected_area: int = 0
+    cost_ids: np.ndarray | None = None
 
 
 def nearest_index(src: int, dst: int) -> np.ndarray:
@@ -199,7 +207,8 @@ def panoptic_from_segments(segment_map: np.ndarray, segment_class: np.ndarray,
     rejected = present & ~keep
     return PanopticPrediction(ids=np.ascontiguousarray(ids), segments=segments,
                               num_rejected=int(rejected.sum()),
-                              rejected_area=int(area[rejected].sum()))
+                              rejected_area=int(area[rejected].sum()),
+                              cost_ids=ids_small)
 
 
 def panoptic_from_solution(labels: np.ndarray, segments: np.ndarray, cost_size: tuple[int, int],
@@ -239,3 +248,70 @@ def panoptic_from_solution(labels: np.ndarray, segments: np.ndarray, cost_size: 
     return panoptic_from_segments(segments.reshape(h, w), seg_cls, categories, image_size,
                                   thing_area=thing_area, stuff_area=stuff_area,
                                   merge_stuff=merge_stuff)
+
+
+def segment_scores(segment_map: np.ndarray, segment_class: Mapping[int, int],
+                   node_costs: np.ndarray) -> dict[int, float]:
+    """Confidence of each segment: the mean probability of its class over its mask.
+
+    Node costs are negative log class probabilities (``-log softmax`` of the semantic
+    logits), so ``exp(-node_costs[k])`` is the probability of class ``k`` at each node.
+    A segment's score is the mean of that probability for the segment's own class over
+    the segment's pixels *at cost resolution*, each cost pixel counting once. This is how
+    Panoptic-DeepLab scores its instances (the mean semantic probability of the class
+    over the instance mask); it needs nothing but the costs the solver already read, and
+    it lies in ``(0, 1]``: a negative cost (not a log probability) would give a value
+    above 1 and is clipped to 1.
+
+    Parameters
+    ----------
+    segment_map : (h, w) int ndarray
+        Segment id per cost pixel (e.g. :attr:`PanopticPrediction.cost_ids`); ids that
+        are not keys of ``segment_class`` (such as void) are ignored.
+    segment_class : mapping of int to int
+        Segment id -> contiguous class index ``0 .. K-1`` (indexing ``node_costs``).
+    node_costs : (K, h, w) float ndarray
+        Node costs of the image, on the grid of ``segment_map``.
+
+    Returns
+    -------
+    dict
+        ``{segment id: score}`` for every key of ``segment_class``, as Python floats.
+
+    Examples
+    --------
+    >>> costs = -np.log(np.array([[[0.5, 0.25]], [[0.5, 0.75]]]))   # K=2, 1x2 grid
+    >>> segment_scores(np.array([[1, 1]]), {1: 1}, costs)
+    {1: 0.625}
+    """
+    seg = np.asarray(segment_map)
+    nc = np.asarray(node_costs)
+    if seg.ndim != 2 or seg.dtype.kind not in "iu":
+        raise InputError(f"`segment_map` (shape {seg.shape}, dtype {seg.dtype}) must be an "
+                         "(h, w) integer array")
+    if nc.ndim != 3 or nc.shape[1:] != seg.shape or nc.dtype.kind != "f":
+        raise InputError(f"`node_costs` (shape {nc.shape}, dtype {nc.dtype}) must be a float "
+                         f"array of shape (K, {seg.shape[0]}, {seg.shape[1]})")
+    K = nc.shape[0]
+    if not segment_class:
+        return {}
+    ids = np.fromiter((int(k) for k in segment_class.keys()), np.int64, len(segment_class))
+    cls = np.fromiter((int(v) for v in segment_class.values()), np.int64, len(segment_class))
+    if cls.min() < 0 or cls.max() >= K:
+        raise InputError(f"`segment_class` must map to class indices in [0, {K}), got range "
+                         f"[{cls.min()}, {cls.max()}]")
+    order = np.argsort(ids, kind="stable")
+    ids, cls = ids[order], cls[order]
+    flat = seg.ravel().astype(np.int64, copy=False)
+    pos = np.minimum(np.searchsorted(ids, flat), ids.size - 1)
+    pixels = np.flatnonzero(ids[pos] == flat)
+    index = pos[pixels]
+    prob = np.exp(-nc.reshape(K, -1)[cls[index], pixels].astype(np.float64))
+    np.minimum(prob, 1.0, out=prob)
+    counts = np.bincount(index, minlength=ids.size)
+    if not counts.all():
+        missing = int(ids[np.flatnonzero(counts == 0)[0]])
+        raise InputError(f"`segment_class` lists segment {missing}, which has no pixel in "
+                         "`segment_map`")
+    means = np.bincount(index, weights=prob, minlength=ids.size) / counts
+    return dict(zip(ids.tolist(), means.tolist()))

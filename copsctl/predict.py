@@ -7,6 +7,9 @@ of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
     OUT/panoptic_pred/*.png    RGB-encoded segment ids at the original image size
     OUT/summary.json           settings used and timings (as returned by solve_costs)
 
+Every ``segments_info`` entry carries a ``score``, the segment's confidence
+(:func:`copsctl.postprocess.segment_scores`), by which instance AP ranks predictions.
+
 The folder is assembled under a temporary name beside ``OUT`` and renamed at the end,
 so a failure leaves no partial ``OUT``. An existing ``OUT`` is replaced only when it is
 a previous prediction folder (it holds ``panoptic_pred.json``) or empty.
@@ -35,7 +38,8 @@ from .atomic import atomic_path, write_json
 from .costs import CostFile
 from .errors import InputError
 from .panoptic import Annotation, PanopticSet, write_id_png
-from .postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution
+from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, panoptic_from_solution,
+                          segment_scores)
 from .solver import SolverOptions, solve_many
 
 PRED_JSON = "panoptic_pred.json"
@@ -210,6 +214,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         batch = int(batch_size) if batch_size is not None else 2 * workers
         png_names = _png_names(cf.file_names)
         categories = cf.categories
+        class_index = {c.id: k for k, c in enumerate(categories)}
 
         solve_seconds = 0.0
         n_segments = n_solver_segments = n_rejected = 0
@@ -237,6 +242,13 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                     pred = panoptic_from_solution(res.labels, res.segments, meta["cost_size"],
                                                   categories, meta["image_size"],
                                                   thing_area=thing_area, stuff_area=stuff_area)
+                    h, w = meta["cost_size"]
+                    # The solver input holds the node costs as a transposed (N, K) view.
+                    node_costs = prob[0].T.reshape(len(categories), h, w)
+                    scores = segment_scores(pred.cost_ids, {s.id: class_index[s.category_id]
+                                                            for s in pred.segments}, node_costs)
+                    for s in pred.segments:
+                        s.score = scores[s.id]
                     name = png_names[meta["index"]]
                     write_id_png(png_dir / name, pred.ids)
                     H, W = meta["image_size"]

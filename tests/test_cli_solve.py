@@ -14,6 +14,7 @@ from copsctl.cli import app
 from copsctl.costs import CostFile
 from copsctl.metrics.pq import evaluate_files
 from copsctl.panoptic import load_panoptic_json, read_id_png, segments_from_id_map
+from copsctl.postprocess import nearest_index, segment_scores
 
 runner = CliRunner()
 
@@ -88,6 +89,22 @@ def test_solve_end_to_end(costs, tmp_path):
             for s in ann.segments:
                 isthing = pred.category_map()[s.category_id].isthing
                 assert s.area >= (16 if isthing else 64)
+        # every segment's score is the mean class probability over its mask at cost
+        # resolution (the grid is upsampled, so the first output pixel of each cost pixel
+        # gives back the cost-resolution map)
+        class_index = {c.id: k for k, c in enumerate(cf.categories)}
+        for i, (im, ann) in enumerate(zip(raw["annotations"], pred.annotations)):
+            node_costs, _, meta = cf.read(i)
+            (h, w), (H, W) = meta["cost_size"], meta["image_size"]
+            ids = read_id_png(pred.png_dir / ann.file_name)
+            rows = np.searchsorted(nearest_index(h, H), np.arange(h))
+            cols = np.searchsorted(nearest_index(w, W), np.arange(w))
+            expected = segment_scores(ids[rows[:, None], cols[None, :]],
+                                      {s.id: class_index[s.category_id] for s in ann.segments},
+                                      node_costs)
+            scores = {s["id"]: s["score"] for s in im["segments_info"]}
+            assert scores == pytest.approx(expected, abs=1e-12)
+            assert all(0 < v <= 1 for v in scores.values())
 
     # the predictions are scored by the exact PQ against the generated ground truth
     gt = costs.with_name("c_gt")

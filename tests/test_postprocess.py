@@ -8,7 +8,7 @@ import pytest
 from copsctl.errors import InputError
 from copsctl.panoptic import Category, segments_from_id_map
 from copsctl.postprocess import (nearest_index, panoptic_from_segments, panoptic_from_solution,
-                                 upsample_nearest)
+                                 segment_scores, upsample_nearest)
 
 # Contiguous class index -> category: 0 road (stuff), 1 sky (stuff), 2 car (thing).
 CATS = [Category(7, "road", False), Category(23, "sky", False), Category(26, "car", True)]
@@ -147,3 +147,44 @@ def test_bad_input():
         panoptic_from_segments(np.zeros((2, 2), int), np.array([0]), CATS, (2, -1))
     with pytest.raises(InputError, match="`categories`"):
         panoptic_from_segments(np.zeros((2, 2), int), np.array([0]), [], (2, 2))
+
+
+def test_segment_scores_are_mean_class_probabilities_at_cost_resolution():
+    # 2x3 grid, K=3; segment 5 (class 2) covers three pixels, segment 9 (class 0) two,
+    # the last pixel is void (0, not listed).
+    seg = np.array([[5, 5, 9],
+                    [5, 9, 0]])
+    prob = np.array([[[0.1, 0.2, 0.6], [0.3, 0.8, 0.2]],
+                     [[0.1, 0.2, 0.2], [0.3, 0.1, 0.2]],
+                     [[0.8, 0.6, 0.2], [0.4, 0.1, 0.6]]])
+    costs = -np.log(prob)
+    before = costs.copy()
+    scores = segment_scores(seg, {9: 0, 5: 2}, costs.astype(np.float32))
+    assert scores == pytest.approx({5: (0.8 + 0.6 + 0.4) / 3, 9: (0.6 + 0.8) / 2}, rel=1e-6)
+    assert list(scores) == [5, 9] and all(isinstance(v, float) for v in scores.values())
+    assert np.array_equal(costs, before)
+    assert segment_scores(seg, {}, costs) == {}
+    # a negative cost (not a log probability) is clipped: scores stay in (0, 1]
+    assert segment_scores(seg, {9: 0}, costs - 5.0) == {9: 1.0}
+
+
+def test_prediction_keeps_the_ids_at_cost_resolution():
+    seg = np.array([[2, 2, 1, 3],
+                    [0, 0, 1, 3]])
+    pred = panoptic_from_segments(seg, np.array([0, 2, 1, 0]), CATS, (4, 8), thing_area=0,
+                                  stuff_area=0)
+    assert np.array_equal(pred.cost_ids, [[1, 1, 2, 3], [3, 3, 2, 3]])
+    assert np.array_equal(upsample_nearest(pred.cost_ids, (4, 8)), pred.ids)
+
+
+def test_segment_scores_bad_input():
+    seg = np.array([[1, 2]])
+    costs = np.zeros((2, 1, 2))
+    with pytest.raises(InputError, match="`node_costs`"):
+        segment_scores(seg, {1: 0}, np.zeros((2, 2, 2)))
+    with pytest.raises(InputError, match="`segment_map`"):
+        segment_scores(seg.astype(float), {1: 0}, costs)
+    with pytest.raises(InputError, match=r"class indices in \[0, 2\)"):
+        segment_scores(seg, {1: 2}, costs)
+    with pytest.raises(InputError, match="segment 7, which has no pixel"):
+        segment_scores(seg, {1: 0, 7: 1}, costs)
