@@ -118,6 +118,18 @@ def _require(cond: bool, msg: str) -> None:
         raise InputError(msg)
 
 
+def _score(segment: dict, json_path: Path, image_id) -> float | None:
+    """A segment's optional ``score``: a number in [0, 1] (a prediction's confidence)."""
+    if "score" not in segment:
+        return None
+    value = segment["score"]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    if not ok:  # also NaN, which fails both comparisons
+        raise InputError(f"{json_path}: image {image_id!r}: segment {segment['id']!r}: "
+                         f"`score` must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike | None = None,
                        categories_required: bool = True) -> PanopticSet:
     """Read and check a COCO panoptic JSON file.
@@ -157,7 +169,8 @@ def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike 
                      f"{json_path}: image {a['image_id']!r}: every segment needs 'id' and "
                      "'category_id'")
             segs.append(Segment(int(s["id"]), int(s["category_id"]), int(s.get("area", 0)),
-                                tuple(s.get("bbox", (0, 0, 0, 0))), bool(s.get("iscrowd", 0))))
+                                tuple(s.get("bbox", (0, 0, 0, 0))), bool(s.get("iscrowd", 0)),
+                                _score(s, json_path, a["image_id"])))
         anns.append(Annotation(a["image_id"], str(a["file_name"]), segs))
     images = data.get("images", [])
     _require(isinstance(images, list), f"{json_path}: 'images' must be a list")
