@@ -154,7 +154,7 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
         index, task = item
         gt_ids, pred_ids = _pq.read_pair(task)
         ov = _pq.file_overlaps(task, gt_ids, pred_ids)
-        out = {}
+        out = {"size": gt_ids.shape}
         if "pq" in metrics:
             out["pq"] = _pq.pq_counts(ov, task.gt, task.pred, C)
         if "semantic" in metrics:
@@ -181,8 +181,9 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
     try:
         total = PQCounts.zeros(cat_id.tolist())
         confusion = np.zeros((C, C + 1), np.int64)
-        gt_instances, detections = [], []
+        gt_instances, detections, sizes = [], [], []
         for image, out in enumerate(_pq._map(one, enumerate(tasks), workers), start=1):
+            sizes.append(out["size"])
             if "pq" in out:
                 tp, fp, fn, iou = out["pq"]
                 total.tp += tp
@@ -207,7 +208,7 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
         if coco:
             from .instances import coco_ap
 
-            result["instances"] = coco_ap(gt_instances, detections, len(tasks),
+            result["instances"] = coco_ap(gt_instances, detections, sizes,
                                           cat_id[thing].tolist())
         if cs_files is not None:
             result["cityscapes"] = cs_files.evaluate()

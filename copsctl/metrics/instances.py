@@ -119,7 +119,8 @@ def _defined(value) -> float | None:
     return None if value < 0 else value
 
 
-def coco_ap(gt: Sequence[dict], detections: Sequence[dict], num_images: int,
+def coco_ap(gt: Sequence[dict], detections: Sequence[dict],
+            image_sizes: Sequence[tuple[int, int]],
             category_ids: Sequence[int]) -> InstanceResult:
     """COCO mask AP with pycocotools' COCOeval.
 
@@ -127,11 +128,12 @@ def coco_ap(gt: Sequence[dict], detections: Sequence[dict], num_images: int,
     ----------
     gt : sequence of dict
         Ground-truth instances ``{image_id, category_id, segmentation, area, iscrowd}``
-        with ``image_id`` in ``1 .. num_images`` and ``segmentation`` a compressed RLE.
+        with ``image_id`` in ``1 .. len(image_sizes)`` and ``segmentation`` a compressed
+        RLE.
     detections : sequence of dict
         Predicted instances ``{image_id, category_id, segmentation, score}``.
-    num_images : int
-        Images of the set (images without instances count too).
+    image_sizes : sequence of (H, W)
+        Every image of the set, ``image_id`` 1 first (images without instances count too).
     category_ids : sequence of int
         The thing categories to evaluate.
 
@@ -142,7 +144,8 @@ def coco_ap(gt: Sequence[dict], detections: Sequence[dict], num_images: int,
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images = [{"id": i} for i in range(1, int(num_images) + 1)]
+    images = [{"id": i, "height": int(h), "width": int(w)}
+              for i, (h, w) in enumerate(image_sizes, start=1)]
     cats = [{"id": int(c)} for c in category_ids]
     quiet = contextlib.redirect_stdout(io.StringIO())  # pycocotools prints progress
     with quiet:
@@ -193,6 +196,16 @@ class CityscapesResult:
 def _finite(value) -> float | None:
     value = float(value)
     return value if np.isfinite(value) else None
+
+
+def _write_json_with_numpy(obj, path) -> None:
+    import json
+
+    def default(o):
+        return o.item() if isinstance(o, np.generic) else o.__dict__
+
+    with open(path, "w") as f:
+        json.dump(obj, f, default=default)
 
 
 class CityscapesInstanceFiles:
@@ -286,9 +299,18 @@ class CityscapesInstanceFiles:
                     "exportFile": str(self.folder.resolve() / "result.json"),
                     "JSONOutput": False, "quiet": True}
         saved = {k: getattr(cs.args, k) for k in settings}
+        shim = not hasattr(np, "in1d")
+        write_dict = cs.writeDict2JSON
         try:
             for k, v in settings.items():
                 setattr(cs.args, k, v)
+            # cityscapesscripts 2.3 predates NumPy 2.4: it calls np.in1d (removed; isin is
+            # its successor, in1d flattened), and its JSON dumps of intermediate results
+            # fail on NumPy integers, which count_nonzero now returns. Its evaluation
+            # itself is left as it is.
+            if shim:
+                np.in1d = lambda a, b, **kw: np.isin(a, b, **kw).ravel()
+            cs.writeDict2JSON = _write_json_with_numpy
             # It writes matches.json into the working directory.
             with contextlib.chdir(self.folder), contextlib.redirect_stdout(io.StringIO()):
                 res = cs.evaluateImgLists([str(self._pred_files[i].resolve()) for i in order],
@@ -300,6 +322,9 @@ class CityscapesInstanceFiles:
         finally:
             for k, v in saved.items():
                 setattr(cs.args, k, v)
+            if shim:
+                del np.in1d
+            cs.writeDict2JSON = write_dict
         avg = res["averages"]
         per_class = {}
         for name, r in avg["classes"].items():
