@@ -85,6 +85,8 @@ def rle_encode(ids: np.ndarray, seg_ids: Sequence[int]) -> list[dict]:
         counts[0:-1:2] = s - np.concatenate([[0], e[:-1]])  # background before each run
         counts[1::2] = e - s
         counts[-1] = n - e[-1]
+        if counts[-1] == 0:  # as pycocotools' encode: no empty run at the end
+            counts = counts[:-1]
         objs.append({"size": [H, W], "counts": counts.tolist()})
     return mask_utils.frPyObjects(objs, H, W)
 
