@@ -227,7 +227,11 @@ class CityscapesInstanceFiles:
     """
 
     def __init__(self, folder: str | os.PathLike, categories: Sequence[Category]):
-        from cityscapesscripts.helpers.labels import id2label
+        try:
+            from cityscapesscripts.helpers.labels import id2label
+        except ImportError:
+            raise InputError("--cityscapes-ap needs cityscapesscripts (pip install "
+                             "'copsctl[cityscapes]')") from None
 
         self.folder = Path(folder)
         self.categories = list(categories)
