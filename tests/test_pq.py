@@ -501,7 +501,10 @@ def test_png_round_trip_of_24_bit_ids(tmp_path):
 
 def test_benchmark_script_runs_and_agrees(capsys):
     from copsctl.benchmarks.pq import main
-    main(["--images", "2", "--height", "64", "--width", "96", "--repeat", "1", "--workers", "2"])
+    main(["--images", "2", "--height", "64", "--width", "96", "--repeat", "1", "--workers", "2",
+          "--runs", "1"])
     out = capsys.readouterr().out
     assert "all numbers agree to 1e-9: True" in out
     assert "cityscapesscripts evaluatePanoptic" in out and "in memory (workers=2)" in out
+    assert "random ids" in out and "whole commands, start-up included" in out
+    assert "copsctl evaluate --metrics pq" in out and "load average" in out

@@ -245,8 +245,10 @@ def _hash_table(keys: np.ndarray):
     return None
 
 
-def _rows(flat: np.ndarray, seg_ids: np.ndarray, image_id, name: str) -> np.ndarray:
-    """(n,) int32 ndarray: 0 for void pixels, ``r + 1`` for pixels of row ``r`` of the table.
+def _rows(flat: np.ndarray, seg_ids: np.ndarray, image_id, name: str,
+          scale: int = 1) -> np.ndarray:
+    """(n,) intp ndarray: 0 for void pixels, ``(r + 1) * scale`` for pixels of row ``r`` of
+    the table (the scale lets two maps' rows combine into one index by one addition).
 
     A multiply-shift hash sends the few dozen ids of a table to distinct buckets of a
     small table, so a pixel costs two lookups and one comparison whatever the size of the
@@ -262,16 +264,17 @@ def _rows(flat: np.ndarray, seg_ids: np.ndarray, image_id, name: str) -> np.ndar
     if table is not None:
         mult, shift, row, key = table
         ids = flat if flat.dtype == np.uint32 else flat.astype(np.uint32)
-        # In place where possible: fresh half-megabyte arrays cost page faults per image.
         bucket = ids * mult
         bucket >>= shift
-        rows = row.take(bucket)
+        # Scaled in the small table, and intp, which bincount takes without a copy.
+        rows = (row.astype(np.intp) * scale).take(bucket)
         known = np.array_equal(key.take(bucket, out=bucket), ids)
     else:
         order = np.argsort(keys, kind="stable")
         pos = np.minimum(np.searchsorted(keys[order], flat), keys.size - 1)
-        rows = order[pos].astype(np.int32)
+        rows = order[pos]
         known = np.array_equal(keys[rows], flat)
+        rows *= scale
     if not known:
         ids = np.unique(flat)
         unknown = ids[(ids != VOID) & ~np.isin(ids, seg_ids)]
@@ -329,12 +332,10 @@ def _overlaps(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pr
                          f"{gt_ids.shape[0]}x{gt_ids.shape[1]}")
     G, P = len(gt.ids), len(pred.ids)
     gflat, pflat = gt_ids.ravel(), pred_ids.ravel()
-    gi = _rows(gflat, gt.ids, image_id, gt_name)
-    pi = _rows(pflat, pred.ids, image_id, pred_name)
     stride = P + 1
     nbins = (G + 1) * stride
-    key = gi * (stride if nbins < 2 ** 31 else np.int64(stride))
-    key += pi
+    key = _rows(gflat, gt.ids, image_id, gt_name, scale=stride)
+    key += _rows(pflat, pred.ids, image_id, pred_name)
     if nbins <= _DENSE_FACTOR * max(gflat.size, 1024):
         hist = np.bincount(key, minlength=nbins)
         pair = np.flatnonzero(hist)
