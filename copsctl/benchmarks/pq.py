@@ -10,8 +10,8 @@ segment a random ``score``, writes both as COCO panoptic JSON + PNGs, then times
 same files:
 
 - **whole commands**, each a fresh process, start-up included: ``copsctl evaluate
-  --metrics pq`` and ``copsctl evaluate`` with all its metrics (PQ, semantic, instance
-  AP) against a one-process run of cityscapesscripts' ``evaluatePanoptic`` (its
+  --metrics pq``, ``--metrics pq,semantic`` and ``copsctl evaluate`` with all its metrics
+  (PQ, semantic, instance AP) against a one-process run of cityscapesscripts' ``evaluatePanoptic`` (its
   multi-core step replaced by a direct call of its own ``pq_compute_single_core``, the
   function each of its pool workers runs). The commands run in turn, A B A B ..., and
   the ratio to the reference is taken pair by pair; medians are printed;
@@ -326,6 +326,7 @@ def main(argv=None) -> None:
                                                        *files, str(root / "ref_cmd.json")]),
                 ("copsctl evaluate --metrics pq", [*cop, "--metrics", "pq", "--json",
                                                    str(pq_json)]),
+                ("copsctl evaluate --metrics pq,semantic", [*cop, "--metrics", "pq,semantic"]),
                 ("copsctl evaluate (pq, semantic, instances)", [*cop, "--json", str(all_json)]),
             ], args.runs, env)
             from_cmd = [json.loads(pq_json.read_text()), json.loads(all_json.read_text())]

@@ -82,23 +82,22 @@ class Evaluation:
 
 
 def _check_scores(tasks, thing: np.ndarray, pred_json) -> bool:
-    """True when every predicted thing segment has a score, False when none has."""
-    have = missing = 0
+    """True when predicted segments carry scores, every thing segment among them; False
+    when no predicted segment has one."""
+    scored = 0
     first_missing = None
     for t in tasks:
-        things = thing[t.pred.category]
-        scored = ~np.isnan(t.pred_scores)
-        have += int((things & scored).sum())
-        lacking = things & ~scored
-        missing += int(lacking.sum())
+        has = ~np.isnan(t.pred_scores)
+        scored += int(has.sum())
+        lacking = thing[t.pred.category] & ~has
         if first_missing is None and lacking.any():
             first_missing = (t.image_id, int(t.pred.ids[np.flatnonzero(lacking)[0]]))
-    if have and missing:
+    if scored and first_missing is not None:
         image_id, sid = first_missing
         raise InputError(f"{pred_json}: image {image_id!r}: thing segment {sid} has no `score` "
-                         f"while {have} other thing segments have one (instance AP ranks by "
+                         f"while {scored} other segments have one (instance AP ranks by "
                          "score: give every predicted thing segment one, or none)")
-    return have > 0
+    return scored > 0
 
 
 def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
