@@ -19,7 +19,8 @@ same files:
   (``workers=1``), :func:`copsctl.metrics.pq.evaluate_arrays` on id maps already in
   memory (what training uses; no PNG decoding), Pillow's decoding of all the PNGs alone
   (the floor of any file-based evaluation) and, with ``--workers N``, both copsctl paths
-  again with N threads; best of ``--repeat`` rounds, the rows in turn so that load from
+  again with N threads (this process keeps freed memory as the command does:
+  :func:`copsctl.metrics.evaluation.keep_freed_memory`); best of ``--repeat`` rounds, the rows in turn so that load from
   other processes affects them alike.
 
 It checks that all PQ numbers agree to 1e-9 and prints tables of seconds, images per
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..metrics.evaluation import keep_freed_memory
 from ..metrics.pq import PanopticPair, PQResult, evaluate_arrays, evaluate_files
 from ..panoptic import Annotation, Category, Segment, segments_from_id_map, write_panoptic_set
 
@@ -267,6 +269,7 @@ def main(argv=None) -> None:
                     help="also time the in-process copsctl paths with this many workers")
     ap.add_argument("--out", type=Path, default=None, help="keep the generated set here")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as `copsctl evaluate` does, for the in-process rows alike
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()

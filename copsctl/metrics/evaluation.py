@@ -35,9 +35,33 @@ if TYPE_CHECKING:  # imported when computed: `--metrics pq` loads neither
     from .instances import CityscapesResult, InstanceResult
     from .semantic import SemanticResult
 
-__all__ = ["METRICS", "Evaluation", "parse_metrics", "evaluate_files", "evaluate"]
+__all__ = ["METRICS", "Evaluation", "parse_metrics", "evaluate_files", "evaluate",
+           "keep_freed_memory"]
 
 METRICS = ("pq", "semantic", "instances")
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc reuse freed memory instead of handing it back to the kernel.
+
+    A process-wide setting, so the library never applies it on its own: ``copsctl
+    evaluate`` (a short process) calls it first, and so does the PQ benchmark.
+
+    Every image allocates a few id-sized arrays (half a megabyte at 256x512). Left to
+    glibc's defaults they are mapped and unmapped per image, and faulting their pages in
+    again cost about a fifth of the whole command on 150 such images (0.21 s of system
+    time, 92 000 page faults; with this, 0.01 s and 2 600). A no-op on other C libraries.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
 
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
