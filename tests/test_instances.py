@@ -260,3 +260,11 @@ def test_cityscapes_ap_needs_cityscapes_label_ids(tmp_path):
                                          "not a Cityscapes label id"):
         evaluate_files(paths[0], paths[2], paths[1], paths[3], metrics=["pq"],
                        cityscapes_ap=True)
+
+
+def test_workers_give_the_same_numbers_for_every_metric(tmp_path):
+    paths = _scored_set(tmp_path, seed=3, n=4)
+    one = evaluate_files(paths[0], paths[2], paths[1], paths[3])
+    two = evaluate_files(paths[0], paths[2], paths[1], paths[3], workers=2)
+    assert one.instances is not None and one.semantic is not None
+    assert one.to_json() == two.to_json()
