@@ -118,6 +118,17 @@ def _require(cond: bool, msg: str) -> None:
         raise InputError(msg)
 
 
+def _score(segment: dict, where: str) -> float | None:
+    """A segment's optional ``score``: a number in [0, 1] (a prediction's confidence)."""
+    if "score" not in segment:
+        return None
+    value = segment["score"]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    if not ok:  # also NaN, which fails both comparisons
+        raise InputError(f"{where}: `score` must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 _INT_LIMIT = 2 ** 63  # ids and counts are int64 everywhere downstream
 
 
@@ -155,7 +166,8 @@ def _json_segment(s, where: str) -> Segment:
     _require(iscrowd in (0, 1) and not isinstance(iscrowd, float) or iscrowd in (True, False),
              f"{where}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
     return Segment(sid, _json_int(s["category_id"], where, "category_id", -_INT_LIMIT),
-                   _json_int(s.get("area", 0), where, "area"), tuple(bbox), bool(iscrowd))
+                   _json_int(s.get("area", 0), where, "area"), tuple(bbox), bool(iscrowd),
+                   _score(s, where))
 
 
 def _json_category(c, where: str) -> Category:

@@ -63,8 +63,13 @@ def test_table_and_json(files, tmp_path):
     assert r.exit_code == 0, r.output
     for word in ("road", "sky", "person", "car", "All", "Things", "Stuff", "TP", "FP", "FN"):
         assert word in r.stdout
+    for word in ("mIoU", "fwIoU", "accuracy"):
+        assert word in r.stdout
+    # no score in the prediction: AP is left out, with a note
+    assert "note:" in r.stderr and "instance AP left out" in r.stderr
     data = json.loads(out.read_text())
-    assert set(data) == {"All", "Things", "Stuff", "per_class"}
+    assert set(data) == {"All", "Things", "Stuff", "per_class", "semantic", "instances", "notes"}
+    assert data["instances"] is None
     for g in ("All", "Things", "Stuff"):
         assert set(data[g]) == {"pq", "sq", "rq", "n"}
         assert all(0.0 <= data[g][k] <= 1.0 for k in ("pq", "sq", "rq"))
@@ -72,7 +77,12 @@ def test_table_and_json(files, tmp_path):
     for v in data["per_class"].values():
         assert set(v) == {"pq", "sq", "rq", "tp", "fp", "fn"}
     expected = evaluate_files(files[0], files[2], files[1], files[3]).to_json()
-    assert data == json.loads(json.dumps(expected))
+    assert {k: data[k] for k in expected} == json.loads(json.dumps(expected))
+    sem = data["semantic"]
+    assert set(sem) == {"miou", "fwiou", "pixel_accuracy", "mean_accuracy", "per_class"}
+    assert set(sem["per_class"]) == {"7", "23", "24", "26"}
+    assert all(0.0 <= sem[k] <= 1.0 for k in ("miou", "fwiou", "pixel_accuracy",
+                                               "mean_accuracy"))
     # person: the 6x6 prediction covers all 30 px of the 6x5 gt -> IoU 30/36 > 0.5 in each
     # image; the small spurious person is a FP.
     assert (data["per_class"]["24"]["tp"], data["per_class"]["24"]["fp"]) == (3, 3)
@@ -209,3 +219,73 @@ def test_bad_workers(files, tmp_path):
     r = _run(*_args(files, tmp_path / "o.json", "--workers", "0"))
     assert r.exit_code == 2 and "`workers` (0) must be at least 1" in r.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def _add_scores(pred_json, value=...):
+    d = json.loads(pred_json.read_text())
+    for i, a in enumerate(d["annotations"]):
+        for j, seg in enumerate(a["segments_info"]):
+            seg["score"] = 0.5 + 0.01 * (i + j) if value is ... else value
+    pred_json.write_text(json.dumps(d))
+
+
+def test_metrics_pick_and_instances_with_scores(files, tmp_path):
+    _add_scores(files[2])
+    out = tmp_path / "all.json"
+    r = _run(*_args(files, out))
+    assert r.exit_code == 0, r.output
+    assert "COCO mask AP" in r.stdout and "AP50" in r.stdout and "note:" not in r.stderr
+    data = json.loads(out.read_text())
+    ins = data["instances"]
+    assert set(ins) == {"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "per_class"}
+    assert set(ins["per_class"]) == {"24", "26"}
+    assert all(v is None or 0.0 <= v <= 1.0 for k, v in ins.items() if k != "per_class")
+    for metrics, keys in (("pq", {"All", "Things", "Stuff", "per_class"}),
+                          ("semantic", {"semantic"}), ("instances,pq", {"All", "Things", "Stuff",
+                                                                        "per_class", "instances"})):
+        out = tmp_path / f"{metrics}.json"
+        r = _run(*_args(files, out, "--metrics", metrics))
+        assert r.exit_code == 0, r.output
+        part = json.loads(out.read_text())
+        assert set(part) == keys, metrics
+        assert all(part[k] == data[k] for k in keys)
+    assert "mIoU" not in _run(*_args(files, None, "--metrics", "pq")).stdout
+
+
+@pytest.mark.parametrize("metrics", ["pq,ap", "", "semantic,,bogus"])
+def test_bad_metrics(files, tmp_path, metrics):
+    r = _run(*_args(files, tmp_path / "o.json", "--metrics", metrics))
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--metrics" in lines[0] and "pq, semantic, instances" in lines[0]
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("score", [float("nan"), -0.1, 1.5, "0.9", True, None])
+def test_bad_scores_exit_2_in_one_line(files, tmp_path, score):
+    _add_scores(files[2], score)
+    out = tmp_path / "o.json"
+    r = _run(*_args(files, out, "--metrics", "pq"))
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "pred.json: image 'im0': segment" in lines[0]
+    assert "`score` must be a number in [0, 1], got" in lines[0]
+    assert "Traceback" not in r.output and not out.exists()
+
+
+def test_evaluate_does_not_import_torch(files):
+    import subprocess
+    import sys
+
+    gt_json, gt_dir, pred_json, pred_dir = files
+    code = ("import sys\n"
+            "from copsctl.cli import app\n"
+            "try:\n"
+            f"    app(['evaluate', '--gt-json', {str(gt_json)!r}, '--pred-json', {str(pred_json)!r}])\n"
+            "except SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\n"
+            "assert 'torch' not in sys.modules\n"
+            "assert 'pycocotools' not in sys.modules  # no scores: AP is not computed\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

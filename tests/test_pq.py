@@ -324,6 +324,46 @@ def test_huge_in_memory_ids_use_the_search_path():
                                       pr2, [Segment(7, 3), Segment(2 ** 50, 24)])], cats)
 
 
+@pytest.mark.parametrize("side", ["gt", "pred"])
+@pytest.mark.parametrize("where", ["same-bucket", "below", "between", "above", "2**24-1"])
+def test_unlisted_ids_are_found_whatever_their_bucket(side, where):
+    from copsctl.metrics.pq import _hash_table
+
+    cats = [Category(3, "road", False), Category(24, "person", True)]
+    rng = np.random.default_rng(5)
+    ids = rng.choice(np.arange(1000, 2 ** 24 - 1), size=6, replace=False)
+    gt = np.repeat(ids[:3], 8).reshape(4, 6)
+    pr = np.repeat(ids[3:], 8).reshape(4, 6)
+    gsegs = [Segment(int(i), 3 if k else 24) for k, i in enumerate(ids[:3])]
+    psegs = [Segment(int(i), 3 if k else 24) for k, i in enumerate(ids[3:])]
+    target = gt if side == "gt" else pr
+    listed = np.sort(np.concatenate([[0], np.unique(target)])).astype(np.uint32)
+    if where == "same-bucket":  # an id the hash puts where a listed id sits
+        mult, shift, _, _ = _hash_table(listed)
+        bucket = (listed * mult) >> shift
+        cand = np.arange(1, 2 ** 20, dtype=np.uint32)
+        hit = cand[np.isin((cand * mult) >> shift, bucket[1:]) & ~np.isin(cand, listed)]
+        bad = int(hit[0])
+    else:
+        bad = {"below": int(listed[1]) - 1, "between": (int(listed[1]) + int(listed[2])) // 2,
+               "above": int(listed[-1]) + 1, "2**24-1": 2 ** 24 - 1}[where]
+    target[2, 3] = bad
+    name = "ground truth" if side == "gt" else "prediction"
+    with pytest.raises(InputError, match=rf"segment id {bad} is in the {name} PNG but not"):
+        evaluate_arrays([PanopticPair(0, gt, gsegs, pr, psegs)], cats)
+
+
+def test_hash_and_search_paths_agree(tmp_path, monkeypatch):
+    import copsctl.metrics.pq as pq_module
+
+    rng = np.random.default_rng(8)
+    paths = write_sets(tmp_path, [make_pair(rng, style="random") for _ in range(4)])
+    hashed = evaluate_files(paths[0], paths[2], paths[1], paths[3])
+    monkeypatch.setattr(pq_module, "_HASH_MULTIPLIERS", ())  # no hash: binary search
+    searched = evaluate_files(paths[0], paths[2], paths[1], paths[3])
+    assert hashed.to_json() == searched.to_json()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -461,7 +501,10 @@ def test_png_round_trip_of_24_bit_ids(tmp_path):
 
 def test_benchmark_script_runs_and_agrees(capsys):
     from copsctl.benchmarks.pq import main
-    main(["--images", "2", "--height", "64", "--width", "96", "--repeat", "1", "--workers", "2"])
+    main(["--images", "2", "--height", "64", "--width", "96", "--repeat", "1", "--workers", "2",
+          "--runs", "1"])
     out = capsys.readouterr().out
     assert "all numbers agree to 1e-9: True" in out
     assert "cityscapesscripts evaluatePanoptic" in out and "in memory (workers=2)" in out
+    assert "random ids" in out and "whole commands, start-up included" in out
+    assert "copsctl evaluate --metrics pq" in out and "load average" in out

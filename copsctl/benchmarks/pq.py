@@ -1,26 +1,30 @@
 """Exact PQ speed: cityscapesscripts' ``evaluatePanoptic`` against copsctl, one process each.
 
-Run as ``python -m copsctl.benchmarks.pq [--images 50 --height 512 --width 1024]``.
+Run as ``python -m copsctl.benchmarks.pq [--images 150 --height 256 --width 512]``.
 
 It generates a Cityscapes-like set (stuff regions with irregular boundaries, 20-40
 segments per image, void, crowd regions) and a prediction with moved boundaries, missed,
-split, merged and relabelled instances and spurious small segments, writes both as COCO
-panoptic JSON + PNGs, then times on the same files:
+split, merged and relabelled instances and spurious small segments, gives every segment
+a random 24-bit id as COCO's are (``--ids sequential``: 1, 2, 3, ...) and every predicted
+segment a random ``score``, writes both as COCO panoptic JSON + PNGs, then times on the
+same files:
 
-- ``cityscapesscripts``: ``evaluatePanoptic`` with its multi-core step replaced by a direct
-  call of its own ``pq_compute_single_core`` (the function each of its pool workers runs),
-  so it runs in this process on one core;
-- ``copsctl files``: :func:`copsctl.metrics.pq.evaluate_files` with ``workers=1``;
-- ``copsctl in-memory``: :func:`copsctl.metrics.pq.evaluate_arrays` on id maps already in
-  memory (what training and ``copsctl solve`` use; no PNG decoding);
-- Pillow's decoding of all the PNGs alone: the floor of any file-based evaluation;
-- optionally, with ``--workers N``, both copsctl paths again with N threads.
+- **whole commands**, each a fresh process, start-up included: ``copsctl evaluate
+  --metrics pq``, ``--metrics pq,semantic`` and ``copsctl evaluate`` with all its metrics
+  (PQ, semantic, instance AP) against a one-process run of cityscapesscripts' ``evaluatePanoptic`` (its
+  multi-core step replaced by a direct call of its own ``pq_compute_single_core``, the
+  function each of its pool workers runs). The commands run in turn, A B A B ..., and
+  the ratio to the reference is taken pair by pair; medians are printed;
+- **in process**: ``evaluatePanoptic`` as above, :func:`copsctl.metrics.pq.evaluate_files`
+  (``workers=1``), :func:`copsctl.metrics.pq.evaluate_arrays` on id maps already in
+  memory (what training uses; no PNG decoding), Pillow's decoding of all the PNGs alone
+  (the floor of any file-based evaluation) and, with ``--workers N``, both copsctl paths
+  again with N threads (this process keeps freed memory as the command does:
+  :func:`copsctl.metrics.evaluation.keep_freed_memory`); best of ``--repeat`` rounds, the rows in turn so that load from
+  other processes affects them alike.
 
-The rows run in turn, best of ``--repeat`` rounds each, so that load from other processes
-affects them alike.
-
-It checks that all numbers agree to 1e-9 and prints a table of seconds, images per second
-and speed-up over cityscapesscripts.
+It checks that all PQ numbers agree to 1e-9 and prints tables of seconds, images per
+second and speed relative to cityscapesscripts, and the machine load.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +44,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..metrics.evaluation import keep_freed_memory
 from ..metrics.pq import PanopticPair, PQResult, evaluate_arrays, evaluate_files
-from ..panoptic import Annotation, Category, segments_from_id_map, write_panoptic_set
+from ..panoptic import Annotation, Category, Segment, segments_from_id_map, write_panoptic_set
 
 CATEGORIES = [Category(i, f"stuff{i}", False) for i in (7, 8, 11, 17, 21, 23)] + \
              [Category(i, f"thing{i}", True) for i in (24, 25, 26, 27, 28, 33)]
@@ -134,6 +144,64 @@ def make_pair(rng: np.random.Generator, H: int = 512, W: int = 1024):
     return gt, segments_from_id_map(gt, gcat, gcrowd), pr, segments_from_id_map(pr, pcat)
 
 
+def random_ids(rng: np.random.Generator, ids: np.ndarray, segments) -> tuple:
+    """The id map and segment table with every segment id replaced by a distinct random
+    24-bit id (COCO's ids are such values, R + 256 G + 256² B of a colour)."""
+    new = rng.choice(np.arange(1, 256 ** 3), size=len(segments), replace=False)
+    old = np.array([s.id for s in segments], np.int64)
+    order = np.argsort(old)
+    lut_keys, lut_vals = old[order], new[order]
+    out = np.zeros_like(ids)
+    nz = ids != 0
+    out[nz] = lut_vals[np.searchsorted(lut_keys, ids[nz])]
+    mapping = dict(zip(old.tolist(), new.tolist()))
+    return out, [Segment(mapping[s.id], s.category_id, s.area, s.bbox, s.iscrowd, s.score)
+                 for s in segments]
+
+
+_REFERENCE_SCRIPT = """
+import sys
+from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as ref
+def single_core(matched, gt_folder, pred_folder, categories):
+    return ref.pq_compute_single_core(0, matched, gt_folder, pred_folder, categories)
+ref.pq_compute_multi_core = single_core
+ref.evaluatePanoptic(*sys.argv[1:6])
+"""
+
+
+def _run_timed(cmd, env) -> tuple[float, float]:
+    """(wall, cpu) seconds of one command, a fresh process; output discarded."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed: {proc.stderr.strip()[-500:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def time_commands(commands, runs: int, env=None):
+    """Median wall and cpu seconds of each ``(name, argv)``, and the median pair-by-pair
+    ratio of wall and cpu to the first command (the reference). The commands run in
+    turn, once each per round, after one untimed round."""
+    env = dict(os.environ if env is None else env)
+    rows = {name: [] for name, _ in commands}
+    for r in range(runs + 1):
+        for name, cmd in commands:
+            t = _run_timed(cmd, env)
+            if r:
+                rows[name].append(t)
+    ref = np.array(rows[commands[0][0]])
+    out = []
+    for name, _ in commands:
+        t = np.array(rows[name])
+        out.append((name, float(np.median(t[:, 0])), float(np.median(t[:, 1])),
+                    float(np.median(t[:, 0] / ref[:, 0])), float(np.median(t[:, 1] / ref[:, 1]))))
+    return out
+
+
 def _reference(paths, results_file):
     from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as ref
 
@@ -188,19 +256,31 @@ def _time_rows(rows, repeat):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=50)
-    ap.add_argument("--height", type=int, default=512)
-    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--images", type=int, default=150)
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--ids", choices=("random", "sequential"), default="random",
+                    help="segment ids: random 24-bit (default, as COCO's) or 1, 2, 3, ...")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3, help="best of this many rounds per row")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many in-process rounds")
+    ap.add_argument("--runs", type=int, default=5,
+                    help="whole-command runs of each command (0: skip them)")
     ap.add_argument("--workers", type=int, default=0,
-                    help="also time the copsctl paths with this many workers")
+                    help="also time the in-process copsctl paths with this many workers")
     ap.add_argument("--out", type=Path, default=None, help="keep the generated set here")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as `copsctl evaluate` does, for the in-process rows alike
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    pairs = [make_pair(rng, args.height, args.width) for _ in range(args.images)]
+    pairs = []
+    for _ in range(args.images):
+        g, gs, p, ps = make_pair(rng, args.height, args.width)
+        ps = [Segment(s.id, s.category_id, s.area, s.bbox, s.iscrowd,
+                      score=float(rng.uniform(0.05, 1.0))) for s in ps]
+        if args.ids == "random":
+            (g, gs), (p, ps) = random_ids(rng, g, gs), random_ids(rng, p, ps)
+        pairs.append((g, gs, p, ps))
     nseg = np.mean([len(p[1]) for p in pairs]), np.mean([len(p[3]) for p in pairs])
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
@@ -211,9 +291,9 @@ def main(argv=None) -> None:
         paths = (root / "gt.json", root / "gt", root / "pred.json", root / "pred")
         write_panoptic_set(paths[0], paths[1], gt_anns, [p[0] for p in pairs], CATEGORIES)
         write_panoptic_set(paths[2], paths[3], pr_anns, [p[2] for p in pairs], CATEGORIES)
-        print(f"{args.images} images {args.height}x{args.width}, {nseg[0]:.1f} ground-truth and "
-              f"{nseg[1]:.1f} predicted segments per image (generated and written in "
-              f"{time.perf_counter() - t0:.1f} s)")
+        print(f"{args.images} images {args.height}x{args.width}, {args.ids} ids, "
+              f"{nseg[0]:.1f} ground-truth and {nseg[1]:.1f} predicted segments per image "
+              f"(generated and written in {time.perf_counter() - t0:.1f} s)")
         mem = [PanopticPair(i, g, gs, p, ps) for i, (g, gs, p, ps) in enumerate(pairs)]
 
         ref_name = "cityscapesscripts evaluatePanoptic (1 process)"
@@ -231,13 +311,52 @@ def main(argv=None) -> None:
                      (f"copsctl evaluate_arrays, in memory (workers={w})",
                       lambda: evaluate_arrays(mem, CATEGORIES, workers=w))]
         timed = _time_rows(rows, args.repeat)
+
+        commands = []
+        if args.runs > 0:
+            import copsctl
+
+            env = dict(os.environ)
+            src = str(Path(copsctl.__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in
+                                                         [env.get("PYTHONPATH")] if p])
+            files = [str(paths[0]), str(paths[1]), str(paths[2]), str(paths[3])]
+            cop = [sys.executable, "-m", "copsctl", "evaluate", "--gt-json", files[0],
+                   "--gt-dir", files[1], "--pred-json", files[2], "--pred-dir", files[3]]
+            pq_json, all_json = root / "copsctl_pq.json", root / "copsctl_all.json"
+            commands = time_commands([
+                ("cityscapesscripts evaluatePanoptic", [sys.executable, "-c", _REFERENCE_SCRIPT,
+                                                       *files, str(root / "ref_cmd.json")]),
+                ("copsctl evaluate --metrics pq", [*cop, "--metrics", "pq", "--json",
+                                                   str(pq_json)]),
+                ("copsctl evaluate --metrics pq,semantic", [*cop, "--metrics", "pq,semantic"]),
+                ("copsctl evaluate (pq, semantic, instances)", [*cop, "--json", str(all_json)]),
+            ], args.runs, env)
+            from_cmd = [json.loads(pq_json.read_text()), json.loads(all_json.read_text())]
     ref = timed[0][2]
     t_ref = timed[0][1]
     rows = [(name, t, None if res is None else 0.0 if name == ref_name
              else _max_difference(res, ref)) for name, t, res in timed]
 
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}")
+    if commands:
+        print(f"\nwhole commands, start-up included (median of {args.runs} runs)")
+        print(f"{'command':<46} {'wall s':>7} {'cpu s':>7} {'wall/ref':>9} {'cpu/ref':>8}")
+        for name, wall, cpu, rw, rc in commands:
+            print(f"{name:<46} {wall:7.2f} {cpu:7.2f} {rw:9.2f} {rc:8.2f}")
+        for data in from_cmd:
+            diff = max(abs(data[g][m] - ref[g][m]) for g in ("All", "Things", "Stuff")
+                       for m in ("pq", "sq", "rq"))
+            diff = max(diff, *(abs(data["per_class"][str(c)][m] - ref["per_class"][c][m])
+                               for c in ref["per_class"] for m in ("pq", "sq", "rq")))
+            rows.append(("copsctl evaluate (command) --json", 0.0, diff))
+    print(f"\nin process (best of {args.repeat})")
     print(f"{'path':<50} {'seconds':>8} {'images/s':>9} {'speed-up':>9} {'max |diff|':>11}")
     for name, t, diff in rows:
+        if name.startswith("copsctl evaluate (command)"):
+            continue
         shown = "-" if diff is None else f"{diff:.1e}"
         print(f"{name:<50} {t:8.2f} {args.images / t:9.1f} {t_ref / t:8.1f}x {shown:>11}")
     worst = max(d for _, _, d in rows if d is not None)

@@ -24,8 +24,9 @@ its pixel count, ...) this module raises :class:`~copsctl.errors.InputError`, so
 it returns is always the reference's number.
 
 Counting is vectorised per image: the segment ids of each map are turned into dense
-indices by a lookup table, one ``bincount`` over the combined index gives every non-empty
-(ground truth, prediction) intersection, and matching, false positives and false
+indices by a small hash table of the ids its table lists (any id size costs the same),
+one ``bincount`` over the combined index gives every non-empty (ground truth,
+prediction) intersection (:class:`Overlaps`), and matching, false positives and false
 negatives are array operations over those pairs.
 
 This module never imports torch.
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -47,13 +47,11 @@ from ..panoptic import VOID, Category, Segment, load_panoptic_json, read_id_png
 
 __all__ = [
     "PanopticPair", "PQCounts", "GroupPQ", "ClassPQ", "PQResult", "MissingPredictionWarning",
-    "image_counts", "evaluate_arrays", "evaluate_files", "evaluate", "set_paths",
-    "ground_truth_from_recipe",
+    "Overlaps", "image_counts", "pq_counts", "evaluate_arrays", "evaluate_files", "evaluate",
+    "set_paths", "resolve_paths", "ground_truth_from_recipe", "file_tasks", "read_pair",
+    "file_overlaps",
 ]
 
-# Ids read from PNGs are below 256**3; up to this bound the id -> index lookup table is a
-# plain array (allocated lazily by the OS, only the touched pages cost anything).
-_LUT_LIMIT = 256 ** 3
 # Above this many (gt, pred) index combinations per pixel a dense bincount would waste
 # memory; the pairs are then found by sorting instead (only in pathological images).
 _DENSE_FACTOR = 4
@@ -223,28 +221,66 @@ def _table(segments: Iterable[Segment], cat_index: dict[int, int], image_id, sid
                   np.asarray(crowd, bool))
 
 
-def _dense_index(flat_ids: np.ndarray, seg_ids: np.ndarray, scale: int = 1) -> np.ndarray:
-    """Map every pixel id to ``scale`` times 0 (unknown id), 1 (void) or 2 + its row.
+# Odd 32-bit multipliers for the multiply-shift hash of :func:`_rows` (Knuth's golden
+# ratio first); the first that spreads an image's ids over distinct buckets is used.
+_HASH_MULTIPLIERS = (2654435761, 2246822519, 3266489917, 668265263, 374761393, 2870177451,
+                     1103515245, 3432918353)
+_HASH_MAX_BITS = 16
 
-    The scale lets the ground-truth and prediction indices be combined by one addition.
+
+def _hash_table(keys: np.ndarray):
+    """``(multiplier, shift, row_of_bucket, key_of_bucket)`` placing every key in its own
+    bucket, or None when no multiplier does (then :func:`_rows` searches instead)."""
+    bits = min(max(2 * int(keys.size - 1).bit_length(), 4), _HASH_MAX_BITS)
+    for m in _HASH_MULTIPLIERS:
+        mult, shift = np.uint32(m), np.uint32(32 - bits)
+        bucket = np.sort((keys * mult) >> shift)  # (np.unique would load numpy.ma: 20 ms)
+        if (bucket[1:] != bucket[:-1]).all():
+            bucket = (keys * mult) >> shift
+            row = np.zeros(1 << bits, np.int32)
+            row[bucket] = np.arange(keys.size, dtype=np.int32)
+            key = np.zeros(1 << bits, np.uint32)
+            key[bucket] = keys
+            return mult, shift, row, key
+    return None
+
+
+def _rows(flat: np.ndarray, seg_ids: np.ndarray, image_id, name: str,
+          scale: int = 1) -> np.ndarray:
+    """(n,) intp ndarray: 0 for void pixels, ``(r + 1) * scale`` for pixels of row ``r`` of
+    the table (the scale lets two maps' rows combine into one index by one addition).
+
+    A multiply-shift hash sends the few dozen ids of a table to distinct buckets of a
+    small table, so a pixel costs two lookups and one comparison whatever the size of the
+    ids (the lookup table indexed by id that this replaced was as long as the largest id,
+    up to 2**24 entries per image). Ids that are not in the table raise InputError.
     """
-    top = int(flat_ids.max()) if flat_ids.size else 0
-    if seg_ids.size:
-        top = max(top, int(seg_ids.max()))
-    dtype = np.int32 if (len(seg_ids) + 2) * scale < 2 ** 31 else np.int64
-    if top < _LUT_LIMIT:
-        lut = np.zeros(top + 1, dtype)
-        lut[VOID] = scale
-        lut[seg_ids] = np.arange(2, len(seg_ids) + 2, dtype=dtype) * scale
-        return lut[flat_ids]
-    # Huge ids (only possible in memory): binary search in the sorted id list instead.
-    keys = np.concatenate([[VOID], seg_ids])
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    pos = np.minimum(np.searchsorted(sorted_keys, flat_ids), len(keys) - 1)
-    out = ((order[pos] + 1) * scale).astype(dtype)
-    out[sorted_keys[pos] != flat_ids] = 0
-    return out
+    keys = np.concatenate([np.zeros(1, np.int64), seg_ids.astype(np.int64, copy=False)])
+    top = int(flat.max()) if flat.size else 0
+    table = None
+    if max(top, int(keys.max())) < 2 ** 32:
+        keys32 = keys.astype(np.uint32)
+        table = _hash_table(keys32)
+    if table is not None:
+        mult, shift, row, key = table
+        ids = flat if flat.dtype == np.uint32 else flat.astype(np.uint32)
+        bucket = ids * mult
+        bucket >>= shift
+        # Scaled in the small table, and intp, which bincount takes without a copy.
+        rows = (row.astype(np.intp) * scale).take(bucket)
+        known = np.array_equal(key.take(bucket, out=bucket), ids)
+    else:
+        order = np.argsort(keys, kind="stable")
+        pos = np.minimum(np.searchsorted(keys[order], flat), keys.size - 1)
+        rows = order[pos]
+        known = np.array_equal(keys[rows], flat)
+        rows *= scale
+    if not known:
+        ids = np.unique(flat)
+        unknown = ids[(ids != VOID) & ~np.isin(ids, seg_ids)]
+        raise InputError(f"image {image_id!r}: segment id {int(unknown[0])} is in the {name} "
+                         f"PNG but not in its JSON" + _more(unknown))
+    return rows
 
 
 def _check_id_map(ids, name: str, image_id) -> np.ndarray:
@@ -258,10 +294,34 @@ def _check_id_map(ids, name: str, image_id) -> np.ndarray:
     return arr
 
 
-def _count(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pred: _Table,
-           num_categories: int, gt_json_area: np.ndarray | None = None,
-           gt_name: str = "ground truth", pred_name: str = "prediction"):
-    """Counts of one image: ``(tp, fp, fn, iou)``, each of shape (C,).
+@dataclass(frozen=True)
+class Overlaps:
+    """The non-empty (ground truth, prediction) intersections of one image.
+
+    Every metric of :mod:`copsctl.metrics` is a function of these counts and the two
+    segment tables, so an image is decoded and counted once for all of them.
+
+    Attributes
+    ----------
+    gt_row, pred_row : (n,) intp ndarray
+        0 = void, ``r + 1`` = row ``r`` of the ground-truth or predicted segment table.
+    pixels : (n,) int64 ndarray
+        Pixels of each intersection.
+    gt_area : (G + 1,) int64 ndarray
+        Pixels per ground-truth row (index 0: void), likewise ``pred_area`` (P + 1,).
+    """
+
+    gt_row: np.ndarray
+    pred_row: np.ndarray
+    pixels: np.ndarray
+    gt_area: np.ndarray
+    pred_area: np.ndarray
+
+
+def _overlaps(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pred: _Table,
+              gt_json_area: np.ndarray | None = None, gt_name: str = "ground truth",
+              pred_name: str = "prediction") -> Overlaps:
+    """Intersections of one image, with every consistency check of the PNGs and JSON.
 
     ``gt_json_area`` (G,) holds the areas the ground-truth JSON states (0 = not stated);
     the reference uses them in the union, so they must agree with the PNG.
@@ -270,32 +330,19 @@ def _count(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pred:
         raise InputError(f"image {image_id!r}: {pred_name} size {pred_ids.shape[0]}x"
                          f"{pred_ids.shape[1]} (HxW) differs from the {gt_name} size "
                          f"{gt_ids.shape[0]}x{gt_ids.shape[1]}")
-    C = num_categories
     G, P = len(gt.ids), len(pred.ids)
     gflat, pflat = gt_ids.ravel(), pred_ids.ravel()
-    stride = P + 2
-    nbins = (G + 2) * stride
-    gi = _dense_index(gflat, gt.ids, scale=stride)
-    pi = _dense_index(pflat, pred.ids)
-    key = gi + pi  # int32 unless the table sizes need more
+    stride = P + 1
+    nbins = (G + 1) * stride
+    key = _rows(gflat, gt.ids, image_id, gt_name, scale=stride)
+    key += _rows(pflat, pred.ids, image_id, pred_name)
     if nbins <= _DENSE_FACTOR * max(gflat.size, 1024):
         hist = np.bincount(key, minlength=nbins)
         pair = np.flatnonzero(hist)
         cnt = hist[pair]
     else:
         pair, cnt = np.unique(key, return_counts=True)
-    g, p = pair // stride, pair % stride
-    # Index 0 means an id that the segment table does not list.
-    if g.size and g.min() == 0:
-        unknown = np.unique(gflat[gi == 0])
-        raise InputError(f"image {image_id!r}: segment id {int(unknown[0])} is in the {gt_name} "
-                         f"PNG but not in its JSON" + _more(unknown))
-    if p.size and p.min() == 0:
-        unknown = np.unique(pflat[pi == 0])
-        raise InputError(f"image {image_id!r}: segment id {int(unknown[0])} is in the "
-                         f"{pred_name} PNG but not in its JSON" + _more(unknown))
-    g -= 1  # now 0 = void, r + 1 = row r of the table
-    p -= 1
+    g, p = pair // stride, pair % stride  # 0 = void, r + 1 = row r of the table
     gt_area = np.bincount(g, weights=cnt, minlength=G + 1).astype(np.int64)
     pred_area = np.bincount(p, weights=cnt, minlength=P + 1).astype(np.int64)
     absent = np.flatnonzero(gt_area[1:] == 0)
@@ -313,7 +360,15 @@ def _count(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pred:
             raise InputError(f"image {image_id!r}: {gt_name} segment id {int(gt.ids[r])} has "
                              f"area {int(gt_json_area[r])} in the JSON but {int(gt_area[r + 1])} "
                              "pixels in the PNG")
+    return Overlaps(g, p, cnt.astype(np.int64, copy=False), gt_area, pred_area)
 
+
+def pq_counts(ov: Overlaps, gt: _Table, pred: _Table, num_categories: int):
+    """Counts of one image from its overlaps: ``(tp, fp, fn, iou)``, each of shape (C,)."""
+    C = num_categories
+    G, P = len(gt.ids), len(pred.ids)
+    g, p, cnt = ov.gt_row, ov.pred_row, ov.pixels
+    gt_area, pred_area = ov.gt_area, ov.pred_area
     on_void = g == 0
     void_pred = np.zeros(P + 1, np.int64)
     void_pred[p[on_void]] = cnt[on_void]  # one (void, p) pair per prediction at most
@@ -347,6 +402,14 @@ def _count(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pred:
     counted = unmatched & ~(ignored[1:] / np.maximum(pred_area[1:], 1) > 0.5)
     fp = np.bincount(pred.category[counted], minlength=C).astype(np.int64)
     return tp, fp, fn, iou_sum
+
+
+def _count(image_id, gt_ids: np.ndarray, gt: _Table, pred_ids: np.ndarray, pred: _Table,
+           num_categories: int, gt_json_area: np.ndarray | None = None,
+           gt_name: str = "ground truth", pred_name: str = "prediction"):
+    """Counts of one image: ``(tp, fp, fn, iou)``, each of shape (C,)."""
+    ov = _overlaps(image_id, gt_ids, gt, pred_ids, pred, gt_json_area, gt_name, pred_name)
+    return pq_counts(ov, gt, pred, num_categories)
 
 
 def _more(ids: np.ndarray) -> str:
@@ -460,9 +523,11 @@ class _FileTask:
     gt_json_area: np.ndarray
     size: tuple[int, int] | None  # (H, W) from the JSON's images entry, when stated
     num_categories: int
+    pred_scores: np.ndarray  # (P,) float64, the `score` of each predicted segment; NaN: none
 
 
-def _file_counts(task: _FileTask):
+def read_pair(task: _FileTask) -> tuple[np.ndarray, np.ndarray]:
+    """The two (H, W) uint32 id maps of an image (the prediction all void when missing)."""
     try:
         gt_ids = read_id_png(task.gt_png, expected_size=task.size, dtype=np.uint32)
         if task.pred_png is None:
@@ -471,10 +536,20 @@ def _file_counts(task: _FileTask):
             pred_ids = read_id_png(task.pred_png, expected_size=gt_ids.shape, dtype=np.uint32)
     except InputError as exc:
         raise InputError(f"image {task.image_id!r}: {exc}") from None
-    return _count(task.image_id, gt_ids, task.gt, pred_ids, task.pred, task.num_categories,
-                  gt_json_area=task.gt_json_area,
-                  gt_name=f"ground-truth ({task.gt_png.name})",
-                  pred_name=f"prediction ({task.pred_png.name if task.pred_png else 'none'})")
+    return gt_ids, pred_ids
+
+
+def file_overlaps(task: _FileTask, gt_ids: np.ndarray, pred_ids: np.ndarray) -> Overlaps:
+    """:class:`Overlaps` of an image read by :func:`read_pair`, errors naming its PNGs."""
+    return _overlaps(task.image_id, gt_ids, task.gt, pred_ids, task.pred,
+                     gt_json_area=task.gt_json_area,
+                     gt_name=f"ground-truth ({task.gt_png.name})",
+                     pred_name=f"prediction ({task.pred_png.name if task.pred_png else 'none'})")
+
+
+def _file_counts(task: _FileTask):
+    ov = file_overlaps(task, *read_pair(task))
+    return pq_counts(ov, task.gt, task.pred, task.num_categories)
 
 
 def _sizes(images: list) -> dict:
@@ -488,36 +563,14 @@ def _sizes(images: list) -> dict:
     return sizes
 
 
-def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
-                   gt_dir: str | os.PathLike | None = None,
-                   pred_dir: str | os.PathLike | None = None, *, workers: int = 1,
-                   allow_missing: bool = False) -> PQResult:
-    """Exact PQ of a prediction set against a ground-truth set, both COCO panoptic files.
+def file_tasks(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
+               gt_dir: str | os.PathLike | None = None,
+               pred_dir: str | os.PathLike | None = None, allow_missing: bool = False):
+    """Read and match the two JSON files: ``(gt_set, tasks)``, one task per ground-truth
+    image in its order, with the checks :func:`evaluate_files` documents.
 
-    Parameters
-    ----------
-    gt_json, pred_json
-        COCO panoptic JSON files. The categories come from ``gt_json`` (the prediction's
-        are ignored); images are matched by ``image_id``. Predictions of images that are
-        not in the ground truth are ignored, as in the reference.
-    gt_dir, pred_dir
-        PNG folders; by default the JSON path without its suffix (panopticapi's rule).
-    workers : int
-        Threads reading and counting images concurrently.
-    allow_missing : bool
-        Count a ground-truth image without a prediction as all false negatives (with a
-        :class:`MissingPredictionWarning`) instead of raising :class:`InputError`.
-
-    Returns
-    -------
-    PQResult
-
-    Raises
-    ------
-    InputError
-        One line naming the file, image and segment id: a ground-truth image without a
-        prediction, a segment id in a PNG but not in its JSON (or the reverse), an
-        unknown category id, a PNG of the wrong size or mode, a duplicate id.
+    Every metric of ``copsctl evaluate`` reads the sets through this function and each
+    image through :func:`read_pair` and :func:`file_overlaps`.
     """
     gt_set = load_panoptic_json(gt_json, gt_dir)
     pred_set = load_panoptic_json(pred_json, pred_dir, categories_required=False)
@@ -566,7 +619,46 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
                                                        "predicted"),
             gt_json_area=np.asarray([s.area for s in ann.segments], np.int64),
             size=sizes.get(ann.image_id),
-            num_categories=len(cat_ids)))
+            num_categories=len(cat_ids),
+            pred_scores=np.asarray([np.nan if s.score is None else s.score
+                                    for s in (pred_ann.segments if pred_ann else [])],
+                                   np.float64)))
+    return gt_set, tasks
+
+
+def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
+                   gt_dir: str | os.PathLike | None = None,
+                   pred_dir: str | os.PathLike | None = None, *, workers: int = 1,
+                   allow_missing: bool = False) -> PQResult:
+    """Exact PQ of a prediction set against a ground-truth set, both COCO panoptic files.
+
+    Parameters
+    ----------
+    gt_json, pred_json
+        COCO panoptic JSON files. The categories come from ``gt_json`` (the prediction's
+        are ignored); images are matched by ``image_id``. Predictions of images that are
+        not in the ground truth are ignored, as in the reference.
+    gt_dir, pred_dir
+        PNG folders; by default the JSON path without its suffix (panopticapi's rule).
+    workers : int
+        Threads reading and counting images concurrently.
+    allow_missing : bool
+        Count a ground-truth image without a prediction as all false negatives (with a
+        :class:`MissingPredictionWarning`) instead of raising :class:`InputError`.
+
+    Returns
+    -------
+    PQResult
+
+    Raises
+    ------
+    InputError
+        One line naming the file, image and segment id: a ground-truth image without a
+        prediction, a segment id in a PNG but not in its JSON (or the reverse), an
+        unknown category id, a PNG of the wrong size or mode, a duplicate id.
+    """
+    gt_set, tasks = file_tasks(gt_json, pred_json, gt_dir, pred_dir, allow_missing)
+    cat_ids = [c.id for c in gt_set.categories]
     total = PQCounts.zeros(cat_ids)
     for tp, fp, fn, iou in _map(_file_counts, tasks, workers):
         total.tp += tp
@@ -631,16 +723,17 @@ def set_paths(json_path: str | os.PathLike | None, png_dir: str | os.PathLike | 
     return png_dir.with_suffix(".json"), png_dir
 
 
-def evaluate(*, gt_json: str | os.PathLike | None = None, gt_dir: str | os.PathLike | None = None,
-             pred_json: str | os.PathLike | None = None,
-             pred_dir: str | os.PathLike | None = None, recipe: str | os.PathLike | None = None,
-             split: str | None = None, overrides: Sequence[str] = (), workers: int = 1,
-             allow_missing: bool = False) -> PQResult:
-    """Exact PQ from paths as ``copsctl evaluate`` takes them.
+def resolve_paths(*, gt_json: str | os.PathLike | None = None,
+                  gt_dir: str | os.PathLike | None = None,
+                  pred_json: str | os.PathLike | None = None,
+                  pred_dir: str | os.PathLike | None = None,
+                  recipe: str | os.PathLike | None = None, split: str | None = None,
+                  overrides: Sequence[str] = ()) -> tuple[Path, Path, Path, Path]:
+    """``(gt_json, gt_dir, pred_json, pred_dir)`` from paths as ``copsctl evaluate`` takes them.
 
     The ground truth is either ``gt_json``/``gt_dir`` or the ``split`` of ``recipe``'s
     dataset (with ``overrides`` applied to the recipe); the missing half of each (JSON,
-    folder) pair follows :func:`set_paths`. Everything else is :func:`evaluate_files`.
+    folder) pair follows :func:`set_paths`.
     """
     if recipe is not None:
         if gt_json is not None or gt_dir is not None:
@@ -652,6 +745,19 @@ def evaluate(*, gt_json: str | os.PathLike | None = None, gt_dir: str | os.PathL
         raise InputError("--set needs --recipe (it overrides keys of the recipe's dataset)")
     gt_json, gt_dir = set_paths(gt_json, gt_dir, "ground truth")
     pred_json, pred_dir = set_paths(pred_json, pred_dir, "prediction")
+    return gt_json, gt_dir, pred_json, pred_dir
+
+
+def evaluate(*, gt_json: str | os.PathLike | None = None, gt_dir: str | os.PathLike | None = None,
+             pred_json: str | os.PathLike | None = None,
+             pred_dir: str | os.PathLike | None = None, recipe: str | os.PathLike | None = None,
+             split: str | None = None, overrides: Sequence[str] = (), workers: int = 1,
+             allow_missing: bool = False) -> PQResult:
+    """Exact PQ from paths as ``copsctl evaluate`` takes them (:func:`resolve_paths`);
+    everything else is :func:`evaluate_files`."""
+    gt_json, gt_dir, pred_json, pred_dir = resolve_paths(
+        gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json, pred_dir=pred_dir, recipe=recipe,
+        split=split, overrides=overrides)
     return evaluate_files(gt_json, pred_json, gt_dir, pred_dir, workers=workers,
                           allow_missing=allow_missing)
 
@@ -673,5 +779,7 @@ def _map(func: Callable, items: Iterable, workers: int) -> Iterator:
     if workers == 1:
         yield from map(func, items)
         return
+    from concurrent.futures import ThreadPoolExecutor  # not loaded for one worker: start-up
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(func, items)
