@@ -132,6 +132,10 @@ cdef inline double _gain(double* costs, double* best, double* second, int32_t* a
         if v < sep:
             sep = v
         return sep - best[a] - best[b] + w
+    if w <= GAIN_EPS:
+        # The merged cost is at least best[a] + best[b], so the gain is at most w: not
+        # positive, whatever the exact value (callers only act on positive gains).
+        return w
     ra = costs + <int64_t>a * K
     rb = costs + <int64_t>b * K
     merged = INFINITY
@@ -233,8 +237,52 @@ cdef int _load_costs(const Problem& P, ClusterCosts& cc,
         node_arg[i] = cc.argbest[i]
 
 
-cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, ClusterCosts& cc,
-                      vector[int32_t]& parent) except -1 nogil:
+cdef int _node_best(const Problem& P, ClusterCosts& cc,
+                    vector[int32_t]& node_arg) except -1 nogil:
+    """Best and second-best class cost of every node, without copying the cost rows."""
+    cdef int32_t N = P.N, K = P.K, i, k
+    cdef double v
+    cdef const double* col
+    cc.best.resize(N)
+    cc.second.resize(N)
+    cc.argbest.resize(N)
+    if P.s1 == 1 or P.s0 != 1:
+        for i in range(N):
+            if P.s1 == 1:
+                _update_best(<double*>(P.nc + i * P.s0), K, &cc.best[i], &cc.second[i],
+                             &cc.argbest[i])
+            else:
+                cc.best[i] = INFINITY; cc.second[i] = INFINITY; cc.argbest[i] = 0
+                for k in range(K):
+                    v = P.nc[i * P.s0 + k * P.s1]
+                    if v < cc.best[i]:
+                        cc.second[i] = cc.best[i]; cc.best[i] = v; cc.argbest[i] = k
+                    elif v < cc.second[i]:
+                        cc.second[i] = v
+    else:
+        # class-major input: stream each class's contiguous column (same ties as above)
+        for i in range(N):
+            cc.best[i] = INFINITY; cc.second[i] = INFINITY; cc.argbest[i] = 0
+        for k in range(K):
+            col = P.nc + k * P.s1
+            for i in range(N):
+                v = col[i]
+                if v < cc.best[i]:
+                    cc.second[i] = cc.best[i]; cc.best[i] = v; cc.argbest[i] = k
+                elif v < cc.second[i]:
+                    cc.second[i] = v
+    node_arg.assign(cc.argbest.begin(), cc.argbest.end())
+
+
+cdef inline bint _sure_pair(const Problem& P, const ClusterCosts& cc,
+                            const vector[uint8_t]& sure, int64_t e) noexcept nogil:
+    cdef int32_t u = P.edges[2 * e], v = P.edges[2 * e + 1]
+    return sure[u] and sure[v] and cc.argbest[u] == cc.argbest[v]
+
+
+cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
+                     double pre_margin, ClusterCosts& cc,
+                     vector[int32_t]& parent) except -1 nogil:
     """Phase 0: contract strong local edges into superpixels of at most ``pre_max`` nodes.
 
     ``parent`` is the union-find forest of the superpixels; a superpixel's cost sums live
@@ -255,6 +303,14 @@ cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, ClusterC
         size[i] = 1
     if pre_max <= 1 or E == 0:
         return 0
+    # With a margin, an edge qualifies only when both endpoints prefer the same class by
+    # at least ``pre_margin`` over their second choice: a merge the contraction would make
+    # anyway, since neither node is in doubt about its class.
+    cdef vector[uint8_t] sure
+    if pre_margin >= 0:
+        sure.resize(N)
+        for i in range(N):
+            sure[i] = cc.second[i] - cc.best[i] >= pre_margin
     cdef const double* ec = P.ec
     wmax = pre_thr
     for e in range(E):
@@ -266,7 +322,8 @@ cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, ClusterC
     scale = (NBUCKET - 1) / (wmax - pre_thr)
     _fill_i64(bucket_start, NBUCKET + 1, 0)
     for e in range(E):
-        if ec[e] > pre_thr and P.local[e]:
+        if ec[e] > pre_thr and P.local[e] and (
+                pre_margin < 0 or _sure_pair(P, cc, sure, e)):
             bk = <int32_t>((wmax - ec[e]) * scale)
             bucket_start[bk + 1] += 1
             nsel += 1
@@ -274,16 +331,30 @@ cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, ClusterC
         bucket_start[bk + 1] += bucket_start[bk]
     order.resize(nsel)
     for e in range(E):
-        if ec[e] > pre_thr and P.local[e]:
+        if ec[e] > pre_thr and P.local[e] and (
+                pre_margin < 0 or _sure_pair(P, cc, sure, e)):
             bk = <int32_t>((wmax - ec[e]) * scale)
             order[bucket_start[bk]] = <int32_t>e
             bucket_start[bk] += 1
-    cdef double* costs = &cc.costs[0]
+    cdef double* costs = &cc.costs[0] if pre_margin < 0 else NULL
     for i64 in range(nsel):
         e = order[i64]
         ru = _find(&parent[0], P.edges[2 * e])
         rv = _find(&parent[0], P.edges[2 * e + 1])
         if ru == rv or size[ru] + size[rv] > pre_max:
+            continue
+        # Superpixels of a partitionable class stay smaller: a weak boundary between two
+        # touching instances of one class is what a superpixel must not cross.
+        if size[ru] + size[rv] > pre_max_thing and (P.part[cc.argbest[ru]] or
+                                                    P.part[cc.argbest[rv]]):
+            continue
+        if pre_margin >= 0:
+            # All nodes of a superpixel prefer one class, so their sums prefer it too and
+            # the merge gains at least the (positive) edge cost: no cost rows needed.
+            if size[ru] < size[rv]:
+                ru, rv = rv, ru
+            parent[rv] = ru
+            size[ru] += size[rv]
             continue
         if not _gain_positive(costs, &cc.best[0], &cc.second[0], &cc.argbest[0], P.part, K,
                               ru, rv, ec[e]):
@@ -348,8 +419,10 @@ cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
 
 
 cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
-                        const NodeGraph& g, vector[AdjMap]& adj) except -1 nogil:
-    """Phase 1: superpixel adjacency with summed parallel edges.
+                        const NodeGraph& g, vector[AdjMap]& adj,
+                        NodeGraph& sg) except -1 nogil:
+    """Phase 1: superpixel adjacency with summed parallel edges, as maps for the
+    contraction (``adj``) and in CSR form for the superpixel moves (``sg``).
 
     Walks each superpixel's nodes and sums their edges per neighbouring superpixel with a
     marker array, so every map is filled once with distinct keys.
@@ -360,6 +433,9 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
     cdef vector[int32_t] members, uniq
     cdef vector[double] usum
     adj.resize(M)
+    sg.off.resize(M + 1)
+    sg.off[0] = 0
+    sg.nbr.clear(); sg.wt.clear()
     _fill_i64(moff, M + 1, 0)
     for i in range(N):
         moff[cid[i] + 1] += 1
@@ -391,6 +467,9 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
         for q in range(<int64_t>uniq.size()):
             adj[a][uniq[q]] = usum[q]
             mark[uniq[q]] = -1
+            sg.nbr.push_back(uniq[q])
+            sg.wt.push_back(usum[q])
+        sg.off[a + 1] = sg.nbr.size()
 
 
 cdef inline int _heap_push(vector[HeapEntry]& heap, double g, int32_t a,
@@ -503,33 +582,33 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
     st.clusters_after_gaec = M - st.merges
 
 
-cdef int _node_clusters(const Problem& P, int32_t M, const vector[int32_t]& cid,
-                         const vector[int32_t]& merged_into, const ClusterCosts& cc,
-                         vector[int32_t]& cl, vector[int32_t]& clclass,
-                         vector[int32_t]& clsize) except -1 nogil:
-    """Cluster ids for the node-level phases.
+cdef int _cluster_ids(const Problem& P, int32_t M, const vector[int32_t]& merged_into,
+                      const ClusterCosts& cc, vector[int32_t]& spcl,
+                      vector[int32_t]& clclass) except -1 nogil:
+    """Cluster ids of the superpixels for the improvement phases.
 
     A GAEC cluster of a partitionable class keeps its id (< M); every non-partitionable
-    class k is the single cluster M + k. Fresh singletons created by the improvement
-    phase get ids from M + K upwards, so ids stay below M + K + N.
+    class k is the single cluster M + k. Fresh clusters created by the improvement phases
+    get ids from M + K upwards (at most one per superpixel and one per node).
     """
-    cdef int32_t N = P.N, K = P.K, a, i, k, r
-    cdef int64_t ncl_cap = <int64_t>M + K + N
-    cl.resize(N)
-    _fill_i32(clclass, ncl_cap, -1)
-    _fill_i32(clsize, ncl_cap, 0)
+    cdef int32_t K = P.K, a, k, r
+    spcl.resize(M)
+    _fill_i32(clclass, <int64_t>M + K + M + P.N, -1)
     for a in range(M):
         if merged_into[a] == a:
             clclass[a] = cc.argbest[a]
     for k in range(K):
         clclass[M + k] = k
-    for i in range(N):
-        r = merged_into[cid[i]]
+    for a in range(M):
+        r = merged_into[a]
         k = cc.argbest[r]
-        if P.part[k]:
-            cl[i] = r
-        else:
-            cl[i] = M + k
+        spcl[a] = r if P.part[k] else M + k
+
+
+cdef int _count(const vector[int32_t]& cl, vector[int32_t]& clsize) except -1 nogil:
+    cdef size_t n = clsize.size(), i
+    _fill_i32(clsize, n, 0)
+    for i in range(cl.size()):
         clsize[cl[i]] += 1
 
 
@@ -546,21 +625,22 @@ cdef double _objective(const Problem& P, const vector[int32_t]& cl,
     return obj
 
 
-cdef int _improve(const Problem& P, int32_t M, const vector[int32_t]& node_arg,
-                   const NodeGraph& g, vector[int32_t]& cl, vector[int32_t]& clclass,
-                   vector[int32_t]& clsize, int32_t max_rounds, Stats* st) except -1 nogil:
-    """Phase 3: single-node moves, each strictly lowering the objective.
+cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t K,
+                  const uint8_t* part, int32_t M, const vector[int32_t]& node_arg,
+                  const NodeGraph& g, vector[int32_t]& cl, vector[int32_t]& clclass,
+                  vector[int32_t]& clsize, int32_t* next_id, int64_t budget,
+                  Stats* st) except -1 nogil:
+    """Phase 3: single-unit moves, each strictly lowering the objective.
 
-    A node moves to a neighbouring cluster (taking its class) or to a new cluster of any
-    class; nodes next to a moved node are re-examined.
+    The units are the nodes, or the superpixels (then ``rows`` are their summed cost rows
+    and ``g`` their summed adjacency). A unit moves to a neighbouring cluster (taking its
+    class) or to a new cluster of any class; units next to a moved one are re-examined.
+    ``clsize`` counts units; new cluster ids are taken from ``next_id`` upwards.
     """
-    cdef int32_t N = P.N, K = P.K, i, j, c, k, ci, ki, tgt, kt, nl, kb
-    cdef int32_t next_id = M + K
-    cdef int64_t ncl_cap = <int64_t>M + K + N, head = 0, budget, qn, p, q
+    cdef int32_t i, j, c, k, ci, ki, tgt, kt, nl, kb
+    cdef int64_t head = 0, qn, p, q, visits = 0
     cdef double cur, bestc, cand, wown
     cdef const double* row
-    cdef const uint8_t* part = P.part
-    cdef int64_t s0 = P.s0, s1 = P.s1
     cdef bint interior
     cdef vector[int32_t] queue, lcl, lmark
     cdef vector[double] lw
@@ -570,9 +650,8 @@ cdef int _improve(const Problem& P, int32_t M, const vector[int32_t]& node_arg,
     for i in range(N):
         queue[i] = i
     qn = N   # number of queued entries (ring buffer of capacity N)
-    _fill_i32(lmark, ncl_cap, -1)
-    budget = <int64_t>max_rounds * N
-    while qn > 0 and st.improve_visits < budget:
+    _fill_i32(lmark, clclass.size(), -1)
+    while qn > 0 and visits < budget:
         i = queue[head]
         head += 1
         if head == N:
@@ -580,9 +659,10 @@ cdef int _improve(const Problem& P, int32_t M, const vector[int32_t]& node_arg,
         qn -= 1
         inq[i] = 0
         st.improve_visits += 1
+        visits += 1
         ci = cl[i]
         ki = clclass[ci]
-        row = P.nc + i * s0
+        row = rows + i * s0
         # Fast exit for the common interior node: all neighbours in its cluster, its
         # best class already chosen and a non-negative pull from the cluster. Then no
         # class is cheaper and leaving would cut attractive edges.
@@ -647,8 +727,8 @@ cdef int _improve(const Problem& P, int32_t M, const vector[int32_t]& node_arg,
         if tgt == -1:
             continue
         if tgt == -2:
-            tgt = next_id
-            next_id += 1
+            tgt = next_id[0]
+            next_id[0] += 1
             clclass[tgt] = kt
         clsize[ci] -= 1
         clsize[tgt] += 1
@@ -695,38 +775,109 @@ cdef int _segments(const Problem& P, const vector[int32_t]& cl,
         out_cut[e] = out_segments[P.edges[2 * e]] != out_segments[P.edges[2 * e + 1]]
 
 
-cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, bint improve,
-                      int32_t max_rounds, int32_t* out_labels, int32_t* out_segments,
-                      uint8_t* out_cut, Stats* st) except -1 nogil:
+cdef int32_t _partition_costs(const Problem& P, const vector[int32_t]& cl, vector[int32_t]& cid,
+                              ClusterCosts& cc) except -1 nogil:
+    """Number the clusters of ``cl`` 0..C-1 by first node (``cid``), sum their nodes' cost
+    rows into ``cc`` and return C."""
+    cdef int32_t N = P.N, K = P.K, C = 0, i, k, c
+    cdef vector[int32_t] ren
+    cdef double* rr
+    _fill_i32(ren, clsize_cap(cl), -1)
+    cid.resize(N)
+    for i in range(N):
+        c = cl[i]
+        if ren[c] < 0:
+            ren[c] = C
+            C += 1
+        cid[i] = ren[c]
+    cc.costs.clear(); cc.costs.resize(<size_t>C * K, 0.0)
+    cc.best.resize(C); cc.second.resize(C); cc.argbest.resize(C)
+    rr = &cc.costs[0]
+    if P.s1 == 1:
+        for i in range(N):
+            for k in range(K):
+                rr[<int64_t>cid[i] * K + k] += P.nc[i * P.s0 + k]
+    else:
+        for k in range(K):
+            for i in range(N):
+                rr[<int64_t>cid[i] * K + k] += P.nc[i * P.s0 + k * P.s1]
+    for c in range(C):
+        _update_best(rr + <int64_t>c * K, K, &cc.best[c], &cc.second[c], &cc.argbest[c])
+    return C
+
+
+cdef inline size_t clsize_cap(const vector[int32_t]& cl) noexcept nogil:
+    cdef int32_t m = 0
+    cdef size_t i
+    for i in range(cl.size()):
+        if cl[i] > m:
+            m = cl[i]
+    return <size_t>m + 1
+
+
+cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
+                     double pre_margin,
+                     bint improve,
+                     int32_t max_rounds, bint coarse, int32_t* out_labels,
+                     int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     """The whole solve, phase by phase; every buffer is owned by a vector."""
     cdef double t0 = _now(), t1
-    cdef int32_t M
+    cdef int32_t M, i, next_id
     cdef ClusterCosts cc
-    cdef NodeGraph g
-    cdef vector[int32_t] node_arg, parent, cid, merged_into, cl, clclass, clsize
+    cdef NodeGraph g, sg
+    cdef vector[int32_t] node_arg, parent, cid, merged_into, spcl, cl, clclass, clsize
+    cdef vector[int32_t] sparg
+    cdef vector[double] sprows
     cdef vector[AdjMap] adj
 
-    _load_costs(P, cc, node_arg)
-    _precluster(P, pre_thr, pre_max, cc, parent)
-    t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
-
-    M = _compact(P, parent, cc, cid)
+    if pre_margin >= 0 and pre_max > 1:
+        # class-agreement superpixels: node classes first, cost rows summed afterwards
+        _node_best(P, cc, node_arg)
+        _precluster(P, pre_thr, pre_max, pre_max_thing, pre_margin, cc, parent)
+        cl.resize(P.N)
+        for i in range(P.N):
+            cl[i] = _find(&parent[0], i)
+        t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
+        M = _partition_costs(P, cl, cid, cc)
+    else:
+        _load_costs(P, cc, node_arg)
+        _precluster(P, pre_thr, pre_max, pre_max_thing, pre_margin, cc, parent)
+        t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
+        M = _compact(P, parent, cc, cid)
     st.superpixels = M
     parent.clear(); parent.shrink_to_fit()
     _node_graph(P, g)
-    _region_graph(P, M, cid, g, adj)
+    _region_graph(P, M, cid, g, adj, sg)
+    coarse = coarse and improve and pre_max > 1
+    if coarse:
+        # the superpixels' own cost rows, before the contraction sums them into clusters
+        sprows.assign(cc.costs.begin(), cc.costs.begin() + <int64_t>M * P.K)
+        sparg.assign(cc.argbest.begin(), cc.argbest.begin() + M)
     t1 = _now(); st.t_rag = t1 - t0; t0 = t1
 
     _gaec(P, M, cc, adj, merged_into, st)
     adj.clear(); adj.shrink_to_fit()
     t1 = _now(); st.t_gaec = t1 - t0; t0 = t1
 
-    _node_clusters(P, M, cid, merged_into, cc, cl, clclass, clsize)
-    cid.clear(); cid.shrink_to_fit(); merged_into.clear(); merged_into.shrink_to_fit()
+    _cluster_ids(P, M, merged_into, cc, spcl, clclass)
+    merged_into.clear(); merged_into.shrink_to_fit()
     cc.costs.clear(); cc.costs.shrink_to_fit()
+    cl.resize(P.N)
+    for i in range(P.N):
+        cl[i] = spcl[cid[i]]
     st.objective_before_improve = _objective(P, cl, clclass)
+    next_id = M + P.K
+    clsize.resize(clclass.size())
+    if coarse:
+        _count(spcl, clsize)
+        _improve(&sprows[0], P.K, 1, M, P.K, P.part, M, sparg, sg, spcl, clclass, clsize,
+                 &next_id, <int64_t>max_rounds * M, st)
+        for i in range(P.N):
+            cl[i] = spcl[cid[i]]
     if improve and P.N > 0:
-        _improve(P, M, node_arg, g, cl, clclass, clsize, max_rounds, st)
+        _count(cl, clsize)
+        _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
+                 &next_id, <int64_t>max_rounds * P.N, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
 
     _segments(P, cl, clclass, out_labels, out_segments, out_cut)
@@ -736,7 +887,8 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, bint imp
 def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const double[::1] edge_costs, const uint8_t[::1] partitionable,
           const uint8_t[::1] local_edges, double precluster_threshold,
-          int precluster_max_size, bint improve, int max_improve_rounds,
+          int precluster_max_size, int precluster_max_thing_size,
+          double precluster_margin, bint improve, int max_improve_rounds, bint coarse,
           int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
@@ -766,8 +918,9 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     P.local = &local_edges[0] if P.E > 0 else NULL
     cdef uint8_t* cutp = &edge_cut[0] if P.E > 0 else NULL
     with nogil:
-        _solve_core(P, precluster_threshold, precluster_max_size, improve, max_improve_rounds,
-                    &labels[0], &segments[0], cutp, &st)
+        _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
+                    precluster_margin, improve, max_improve_rounds,
+                    coarse, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,
