@@ -12,24 +12,31 @@ Objective (problem (2) of the COPS paper), with edge costs paid when an edge is 
 
 Phases
 ------
-0. Pre-clustering. Edges whose cost exceeds a threshold and whose endpoints prefer the
-   same class are contracted in descending order of cost (counting sort, union-find),
-   into superpixels of bounded size. Contracting such an edge is exactly what greedy
-   additive edge contraction (GAEC) does first, because both endpoints keep their
-   class and the gain equals the edge cost; the size bound keeps a single wrong edge
-   from fusing large regions before the accumulated costs can object.
+0. Pre-clustering into superpixels along the local edges with cost above a threshold,
+   in descending order of cost (counting sort, union-find), up to a size bound (a
+   smaller one for partitionable classes, whose weak boundaries between touching
+   instances of one class a superpixel must not cross). Default rule (``pre_margin``
+   >= 0): both endpoints prefer the same class, each by at least the margin. Such a
+   merge is one GAEC makes anyway (gain >= edge cost), and the nodes of a superpixel
+   share their preferred class, so the superpixels' cost rows are summed once
+   afterwards, in one pass over the node costs. Earlier rule (``pre_margin`` < 0): any
+   two superpixels whose merge gains, with cost rows summed merge by merge.
 1. Region adjacency graph of the superpixels: parallel edges are summed.
 2. GAEC on that graph. A cluster carries the sum of its nodes' class costs and takes
    the cheapest class. The gain of merging clusters ``a`` and ``b`` is
    ``S(a, b) - min_k (C_a[k] + C_b[k]) + w_ab``, where ``S`` is the cheapest *feasible*
    way to keep them apart: if both prefer the same non-partitionable class, one of them
    must take its second-best class, since adjacent clusters of such a class are one
-   cluster. Gains are kept in a max-heap with lazy re-evaluation: a popped entry whose
-   gain has dropped is pushed back with its exact value, and a final sweep re-checks
-   every remaining edge so that no merge with positive gain is left.
-3. Improvement. Single-node moves: a node moves to a neighbouring cluster (taking its
-   class) or to a new cluster of any class when that lowers the objective; nodes next
-   to a moved node are re-examined. Every move strictly lowers the objective.
+   cluster. For clusters of different classes the gain is at most ``w_ab``, so a pair
+   with ``w_ab <= 0`` is dismissed without scanning the K classes. Gains are kept in a
+   max-heap with lazy re-evaluation: a popped entry whose gain has dropped is pushed
+   back with its exact value, and a final sweep re-checks every remaining edge so that
+   no merge with positive gain is left.
+3. Improvement, in units of decreasing size; every move strictly lowers the objective.
+   A unit moves to a neighbouring cluster (taking its class) or to a new cluster of any
+   class; units next to a moved one are re-examined. Units: whole superpixels (with
+   their summed rows and adjacency), then single nodes, then the pieces that the node
+   moves cut the superpixels into (connected within one cluster), then nodes again.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
 
@@ -420,7 +427,7 @@ cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
 
 cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
                         const NodeGraph& g, vector[AdjMap]& adj,
-                        NodeGraph& sg) except -1 nogil:
+                        NodeGraph& sg, bint with_maps) except -1 nogil:
     """Phase 1: superpixel adjacency with summed parallel edges, as maps for the
     contraction (``adj``) and in CSR form for the superpixel moves (``sg``).
 
@@ -432,7 +439,8 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
     cdef vector[int64_t] moff, fill, mark
     cdef vector[int32_t] members, uniq
     cdef vector[double] usum
-    adj.resize(M)
+    if with_maps:
+        adj.resize(M)
     sg.off.resize(M + 1)
     sg.off[0] = 0
     sg.nbr.clear(); sg.wt.clear()
@@ -463,9 +471,11 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
                     usum.push_back(g.wt[p])
                 else:
                     usum[mark[b]] += g.wt[p]
-        adj[a].reserve(uniq.size())
+        if with_maps:
+            adj[a].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
-            adj[a][uniq[q]] = usum[q]
+            if with_maps:
+                adj[a][uniq[q]] = usum[q]
             mark[uniq[q]] = -1
             sg.nbr.push_back(uniq[q])
             sg.wt.push_back(usum[q])
@@ -589,11 +599,12 @@ cdef int _cluster_ids(const Problem& P, int32_t M, const vector[int32_t]& merged
 
     A GAEC cluster of a partitionable class keeps its id (< M); every non-partitionable
     class k is the single cluster M + k. Fresh clusters created by the improvement phases
-    get ids from M + K upwards (at most one per superpixel and one per node).
+    get ids from M + K upwards (at most one per superpixel, one per piece and two per
+    node).
     """
     cdef int32_t K = P.K, a, k, r
     spcl.resize(M)
-    _fill_i32(clclass, <int64_t>M + K + M + P.N, -1)
+    _fill_i32(clclass, <int64_t>M + K + M + 3 * <int64_t>P.N, -1)
     for a in range(M):
         if merged_into[a] == a:
             clclass[a] = cc.argbest[a]
@@ -815,14 +826,62 @@ cdef inline size_t clsize_cap(const vector[int32_t]& cl) noexcept nogil:
     return <size_t>m + 1
 
 
+cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
+                      const NodeGraph& g, const vector[int32_t]& node_arg,
+                      vector[int32_t]& cl, vector[int32_t]& clclass, vector[int32_t]& clsize,
+                      int32_t* next_id, int32_t max_rounds, Stats* st) except -1 nogil:
+    """Moves of the pieces that node moves cut the superpixels into, then node moves.
+
+    A piece is a connected part of a superpixel within one cluster (local edges).
+    """
+    cdef int32_t N = P.N, i, u, v, ru, rv, C
+    cdef int64_t e
+    cdef vector[int32_t] parent, root, pid, pcl, parg
+    cdef ClusterCosts pc
+    cdef NodeGraph pg
+    cdef vector[AdjMap] no_maps
+    parent.resize(N)
+    for i in range(N):
+        parent[i] = i
+    for e in range(P.E):
+        if not P.local[e]:
+            continue
+        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
+        if cid[u] == cid[v] and cl[u] == cl[v]:
+            ru = _find(&parent[0], u)
+            rv = _find(&parent[0], v)
+            if ru != rv:
+                parent[rv] = ru
+    root.resize(N)
+    for i in range(N):
+        root[i] = _find(&parent[0], i)
+    parent.clear(); parent.shrink_to_fit()
+    C = _partition_costs(P, root, pid, pc)
+    root.clear(); root.shrink_to_fit()
+    _region_graph(P, C, pid, g, no_maps, pg, False)
+    pcl.resize(C)
+    for i in range(N):
+        pcl[pid[i]] = cl[i]
+    parg.assign(pc.argbest.begin(), pc.argbest.end())
+    _count(pcl, clsize)
+    _improve(&pc.costs[0], P.K, 1, C, P.K, P.part, M, parg, pg, pcl, clclass, clsize,
+             next_id, <int64_t>max_rounds * C, st)
+    for i in range(N):
+        cl[i] = pcl[pid[i]]
+    _count(cl, clsize)
+    _improve(P.nc, P.s0, P.s1, N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
+             next_id, <int64_t>max_rounds * N, st)
+
+
 cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
                      double pre_margin,
                      bint improve,
-                     int32_t max_rounds, bint coarse, int32_t* out_labels,
+                     int32_t max_rounds, bint coarse, bint refine, int32_t* out_labels,
                      int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     """The whole solve, phase by phase; every buffer is owned by a vector."""
     cdef double t0 = _now(), t1
     cdef int32_t M, i, next_id
+    cdef int64_t moves
     cdef ClusterCosts cc
     cdef NodeGraph g, sg
     cdef vector[int32_t] node_arg, parent, cid, merged_into, spcl, cl, clclass, clsize
@@ -847,7 +906,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     st.superpixels = M
     parent.clear(); parent.shrink_to_fit()
     _node_graph(P, g)
-    _region_graph(P, M, cid, g, adj, sg)
+    _region_graph(P, M, cid, g, adj, sg, True)
     coarse = coarse and improve and pre_max > 1
     if coarse:
         # the superpixels' own cost rows, before the contraction sums them into clusters
@@ -876,8 +935,12 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
             cl[i] = spcl[cid[i]]
     if improve and P.N > 0:
         _count(cl, clsize)
+        moves = st.improve_moves
         _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
                  &next_id, <int64_t>max_rounds * P.N, st)
+        # pieces differ from the superpixels only where nodes moved
+        if refine and pre_max > 1 and st.improve_moves > moves:
+            _piece_moves(P, M, cid, g, node_arg, cl, clclass, clsize, &next_id, max_rounds, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
 
     _segments(P, cl, clclass, out_labels, out_segments, out_cut)
@@ -888,7 +951,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const double[::1] edge_costs, const uint8_t[::1] partitionable,
           const uint8_t[::1] local_edges, double precluster_threshold,
           int precluster_max_size, int precluster_max_thing_size,
-          double precluster_margin, bint improve, int max_improve_rounds, bint coarse,
+          double precluster_margin, bint improve, int max_improve_rounds, bint coarse, bint refine,
           int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
@@ -920,7 +983,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     with nogil:
         _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
                     precluster_margin, improve, max_improve_rounds,
-                    coarse, &labels[0], &segments[0], cutp, &st)
+                    coarse, refine, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,

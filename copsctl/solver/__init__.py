@@ -60,11 +60,15 @@ class SolverOptions:
     improve
         Run the local improvement phase after the contraction: moves of whole superpixels
         (if ``superpixel_moves``), then single-node moves to a neighbouring cluster or
-        class.
+        class, then moves of pieces (if ``piece_moves``) and of nodes again.
     max_improve_rounds
         Bound on the unit visits of each improvement pass, in multiples of the unit count.
     superpixel_moves
         Move whole superpixels before single nodes (only when pre-clustering is on).
+    piece_moves
+        After the node moves, move the pieces they cut the superpixels into (connected
+        parts within one cluster), then single nodes again (only when pre-clustering is
+        on and a node moved).
     """
 
     precluster_threshold: float = 0.0
@@ -72,9 +76,10 @@ class SolverOptions:
     improve: bool = True
     max_improve_rounds: int = 4
     # added later: keyword-only in practice, after the original four
-    precluster_max_thing_size: int = 16
+    precluster_max_thing_size: int = 8
     precluster_margin: float = 0.0
     superpixel_moves: bool = True
+    piece_moves: bool = True
 
 
 @dataclass
@@ -273,6 +278,7 @@ def _solve_validated(nc, ed, ec, pa, lo, options: SolverOptions) -> AMWCResult:
                          int(options.precluster_max_thing_size), float(options.precluster_margin),
                          bool(options.improve),
                          int(options.max_improve_rounds), bool(options.superpixel_moves),
+                         bool(options.piece_moves),
                          labels, segments, edge_cut)
     obj = objective(nc, ed, ec, labels, edge_cut)
     return AMWCResult(labels=labels, segments=segments, edge_cut=edge_cut, objective=obj,
