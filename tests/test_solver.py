@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from copsctl.benchmarks.solver import LEGACY_SOLVER
 from copsctl.errors import InputError
 from copsctl.solver import (SolverOptions, check_feasible, objective, solve_amwc, solve_many,
                             solve_mwc)
@@ -52,8 +53,7 @@ def random_problem(rng, n, k, p_edge=0.6, scale=1.0):
 
 # The earlier pre-clustering rule, still selectable: superpixels of any classes while a
 # merge gains, 128 nodes for things too, no superpixel or piece moves.
-LEGACY = SolverOptions(precluster_margin=-1.0, precluster_max_thing_size=128,
-                       superpixel_moves=False, piece_moves=False)
+LEGACY = SolverOptions(**LEGACY_SOLVER)
 
 
 @pytest.mark.parametrize("options,min_optimal", [
@@ -100,7 +100,8 @@ def test_every_phase_combination_is_feasible_on_grids(options):
         assert res.objective <= res.stats["objective_before_improve"] + 1e-9
 
 
-@pytest.mark.parametrize("options", [SolverOptions(), LEGACY, SolverOptions(precluster_max_size=1)])
+@pytest.mark.parametrize("options", [SolverOptions(), LEGACY,
+                                     SolverOptions(precluster_max_size=1)])
 def test_class_major_node_costs_give_the_same_solution(options):
     # (K, N) network output passed transposed takes the kernel's strided paths
     from copsctl.solver import grid_edges

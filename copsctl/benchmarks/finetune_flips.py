@@ -22,9 +22,9 @@ network wrong classes. The table shows how the surrogate's area gate decides thi
 
 ``--solvers`` runs the forward and backward solves with the recipe's solver settings
 (``default``) and with the same settings but the solver's earlier pre-clustering rule
-(``legacy``: superpixels of up to 128 nodes of any classes, grown while a merge gains, and
-no superpixel or piece moves), side by side in the same run, so that a change of the solver can be
-judged by how its backward pass follows the perturbations.
+(``legacy``: superpixels of up to 128 nodes of any classes, grown while a merge gains,
+and no superpixel or piece moves), side by side in the same run, so that a change of the
+solver can be judged by how its backward pass follows the perturbations.
 """
 
 from __future__ import annotations
@@ -36,11 +36,6 @@ import warnings
 
 import numpy as np
 import torch
-
-
-# The solver's earlier rule, before class-agreement superpixels and superpixel moves.
-LEGACY_SOLVER = {"precluster_margin": -1.0, "precluster_max_thing_size": 128,
-                 "superpixel_moves": False, "piece_moves": False}
 
 
 def _flip_counts(grads, refs, gt_classes):
@@ -110,6 +105,7 @@ def main(argv=None) -> None:
     from ..data.loader import collate_panoptic
     from ..metrics.surrogate import class_area_thresholds
     from ..train.amwc_layer import AMWCLayer, solver_inputs
+    from .solver import LEGACY_SOLVER
     from ..train.checkpoint import load_model
     from ..train.data import make_dataset, open_split
 

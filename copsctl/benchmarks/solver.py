@@ -30,6 +30,8 @@ wrapper's input checks) and its peak memory:
   additive edge contraction on the pixel graph;
 - **GAEC+imp**: ``SolverOptions(precluster_max_size=1)``: plain GAEC followed by the
   improvement phase, the quality reference the default is held to;
+- **legacy**: the earlier default (``LEGACY_SOLVER``: 128-node superpixels of any
+  classes while a merge gains, no superpixel or piece moves), objective and time only;
 
 and beside them the objective of the ground-truth labelling (``gt obj``: ground-truth
 classes and segments, edges between segments cut; with MWC the labels are the
@@ -85,10 +87,15 @@ FAMILIES = {
     "mwc-coco": ("coco", (0.0,), 1.0, True),
 }
 
+# The solver's earlier rule, before class-agreement superpixels, superpixel and piece moves.
+LEGACY_SOLVER = {"precluster_margin": -1.0, "precluster_max_thing_size": 128,
+                 "superpixel_moves": False, "piece_moves": False}
+
 SOLVERS = {
     "default": {},
     "GAEC": {"precluster_max_size": 1, "improve": False},
     "GAEC+imp": {"precluster_max_size": 1},
+    "legacy": LEGACY_SOLVER,
 }
 
 
@@ -222,7 +229,7 @@ def run_family(name: str, problems: int, repeat: int, workers: int, memory: bool
         for label, kwargs in SOLVERS.items():
             opts = SolverOptions(**kwargs)
             t, res = _best_time(lambda: solve_amwc(*prob, options=opts), repeat)
-            mem = measure_memory(prob, opts) if memory else None
+            mem = measure_memory(prob, opts) if memory and label != "legacy" else None
             row[label] = {"s": t, "objective": res.objective, "segments": res.num_segments,
                           "peak_mb": mem["peak_growth"] / 2**20 if mem else None,
                           "peak_exact": mem["exact"] if mem else True}
@@ -256,25 +263,30 @@ def format_row(r: dict) -> str:
             f"{r['gt_objective']:.1f} | {d['objective']:.1f} | {d['s']:.3f} | {_peak(d)} | "
             f"{g['objective']:.1f} | {g['s']:.3f} | {_peak(g)} | "
             f"{gi['objective']:.1f} | {gi['s']:.3f} | {_peak(gi)} | "
+            f"{r['legacy']['objective']:.1f} | {r['legacy']['s']:.3f} | "
             f"{d['objective'] - gi['objective']:+.1f} | {d['s'] / g['s']:.3f} | "
             f"{r['cc_s']:.4f} | {d['s'] / r['cc_s']:.1f} | {r['cc_csr_s']:.4f} | "
             f"{d['s'] / r['cc_csr_s']:.1f} |")
 
 
 SUMMARY_HEADER = ("| family | problems | default ≤ GAEC+imp | worst Δ obj | worst Δ obj % | "
-                  "max x GAEC | max x cc | max x cc csr | max default MB |")
+                  "legacy ≤ GAEC+imp | legacy worst Δ obj | max x GAEC | max x cc | "
+                  "max x cc csr | max default MB |")
 
 
 def format_summary(name: str, rows: list[dict]) -> str:
     deltas = [r["default"]["objective"] - r["GAEC+imp"]["objective"] for r in rows]
+    legacy = [r["legacy"]["objective"] - r["GAEC+imp"]["objective"] for r in rows]
     rel = [100.0 * dlt / max(abs(r["GAEC+imp"]["objective"]), 1e-12)
            for dlt, r in zip(deltas, rows)]
     tol = [1e-9 * (1.0 + abs(r["GAEC+imp"]["objective"])) for r in rows]
     wins = sum(dlt <= t for dlt, t in zip(deltas, tol))
+    legacy_wins = sum(dlt <= t for dlt, t in zip(legacy, tol))
     peaks = [r["default"]["peak_mb"] for r in rows if r["default"]["peak_mb"] is not None]
     peak = f"{max(peaks):.0f}" if peaks else "-"
     return (f"| {name} | {len(rows)} | {wins} of {len(rows)} | {max(deltas):+.1f} | "
-            f"{max(rel):+.3f} | {max(r['default']['s'] / r['GAEC']['s'] for r in rows):.3f} | "
+            f"{max(rel):+.3f} | {legacy_wins} of {len(rows)} | {max(legacy):+.1f} | "
+            f"{max(r['default']['s'] / r['GAEC']['s'] for r in rows):.3f} | "
             f"{max(r['default']['s'] / r['cc_s'] for r in rows):.1f} | "
             f"{max(r['default']['s'] / r['cc_csr_s'] for r in rows):.1f} | "
             f"{peak} |")
