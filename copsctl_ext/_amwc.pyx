@@ -599,12 +599,12 @@ cdef int _cluster_ids(const Problem& P, int32_t M, const vector[int32_t]& merged
 
     A GAEC cluster of a partitionable class keeps its id (< M); every non-partitionable
     class k is the single cluster M + k. Fresh clusters created by the improvement phases
-    get ids from M + K upwards (at most one per superpixel, one per piece and two per
-    node).
+    get ids from M + K upwards (room for one per superpixel and one per node; the moves
+    grow the arrays beyond that when needed).
     """
     cdef int32_t K = P.K, a, k, r
     spcl.resize(M)
-    _fill_i32(clclass, <int64_t>M + K + M + 3 * <int64_t>P.N, -1)
+    _fill_i32(clclass, <int64_t>M + K + M + P.N, -1)
     for a in range(M):
         if merged_into[a] == a:
             clclass[a] = cc.argbest[a]
@@ -740,6 +740,9 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
         if tgt == -2:
             tgt = next_id[0]
             next_id[0] += 1
+            if <size_t>tgt >= clclass.size():
+                # a unit may found a new cluster more than once (each move still gains)
+                clclass.push_back(-1); clsize.push_back(0); lmark.push_back(-1)
             clclass[tgt] = kt
         clsize[ci] -= 1
         clsize[tgt] += 1
