@@ -247,8 +247,8 @@ def run_family(name: str, problems: int, repeat: int, workers: int, memory: bool
 
 
 HEADER = ("| family | seed | K | edge acc | gt obj | default obj | default s | default MB | "
-          "GAEC obj | GAEC s | GAEC MB | GAEC+imp obj | GAEC+imp s | GAEC+imp MB | Δ obj | "
-          "x GAEC | cc s | x cc | cc csr s | x cc csr |")
+          "GAEC obj | GAEC s | GAEC MB | GAEC+imp obj | GAEC+imp s | GAEC+imp MB | legacy obj | "
+          "legacy s | Δ obj | x GAEC | cc s | x cc | cc csr s | x cc csr |")
 
 
 def _peak(run: dict) -> str:
