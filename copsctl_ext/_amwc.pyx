@@ -879,7 +879,8 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
 cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
                      double pre_margin,
                      bint improve,
-                     int32_t max_rounds, bint coarse, bint refine, int32_t* out_labels,
+                     int32_t max_rounds, bint sp_moves, bint piece_moves,
+                     int32_t* out_labels,
                      int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     """The whole solve, phase by phase; every buffer is owned by a vector."""
     cdef double t0 = _now(), t1
@@ -910,8 +911,8 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     parent.clear(); parent.shrink_to_fit()
     _node_graph(P, g)
     _region_graph(P, M, cid, g, adj, sg, True)
-    coarse = coarse and improve and pre_max > 1
-    if coarse:
+    sp_moves = sp_moves and improve and pre_max > 1
+    if sp_moves:
         # the superpixels' own cost rows, before the contraction sums them into clusters
         sprows.assign(cc.costs.begin(), cc.costs.begin() + <int64_t>M * P.K)
         sparg.assign(cc.argbest.begin(), cc.argbest.begin() + M)
@@ -930,7 +931,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     st.objective_before_improve = _objective(P, cl, clclass)
     next_id = M + P.K
     clsize.resize(clclass.size())
-    if coarse:
+    if sp_moves:
         _count(spcl, clsize)
         _improve(&sprows[0], P.K, 1, M, P.K, P.part, M, sparg, sg, spcl, clclass, clsize,
                  &next_id, <int64_t>max_rounds * M, st)
@@ -942,7 +943,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
                  &next_id, <int64_t>max_rounds * P.N, st)
         # pieces differ from the superpixels only where nodes moved
-        if refine and pre_max > 1 and st.improve_moves > moves:
+        if piece_moves and pre_max > 1 and st.improve_moves > moves:
             _piece_moves(P, M, cid, g, node_arg, cl, clclass, clsize, &next_id, max_rounds, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
 
@@ -954,7 +955,8 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const double[::1] edge_costs, const uint8_t[::1] partitionable,
           const uint8_t[::1] local_edges, double precluster_threshold,
           int precluster_max_size, int precluster_max_thing_size,
-          double precluster_margin, bint improve, int max_improve_rounds, bint coarse, bint refine,
+          double precluster_margin, bint improve, int max_improve_rounds,
+          bint superpixel_moves, bint piece_moves,
           int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
@@ -963,8 +965,9 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     except ``node_costs``, which may have any strides (a class-major network output
     needs no copy),
     ``partitionable`` of length K, ``local_edges`` (E,) flags of the edges eligible for
-    pre-clustering, outputs of lengths N, N and E. Returns a dict of
-    timings and counts. The GIL is released for the whole computation.
+    pre-clustering, outputs of lengths N, N and E; the other arguments are the fields of
+    :class:`copsctl.solver.SolverOptions`. Returns a dict of timings and counts. The GIL
+    is released for the whole computation.
     """
     cdef Stats st
     st.t_precluster = st.t_rag = st.t_gaec = st.t_improve = st.t_output = 0.0
@@ -986,7 +989,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     with nogil:
         _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
                     precluster_margin, improve, max_improve_rounds,
-                    coarse, refine, &labels[0], &segments[0], cutp, &st)
+                    superpixel_moves, piece_moves, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,
