@@ -195,6 +195,14 @@ class SolverConfig:
     improve: bool = _key(SolverOptions.improve, "run the local improvement phase after contraction")
     max_improve_rounds: int = _key(SolverOptions.max_improve_rounds,
         "bound on improvement node visits, in multiples of the node count", check=_non_negative)
+    precluster_max_thing_size: int = _key(SolverOptions.precluster_max_thing_size,
+        "largest superpixel of a partitionable (thing) class", check=_positive)
+    precluster_margin: float = _key(SolverOptions.precluster_margin,
+        "pre-cluster pixels preferring one class by at least this margin (< 0: earlier rule)")
+    superpixel_moves: bool = _key(SolverOptions.superpixel_moves,
+        "move whole superpixels before single pixels in the improvement phase")
+    piece_moves: bool = _key(SolverOptions.piece_moves,
+        "move the pieces of superpixels cut by the pixel moves, then pixels again")
     workers: int = _key(0,
         "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
 
@@ -202,7 +210,11 @@ class SolverConfig:
         """The solver's own options object for these settings."""
         return SolverOptions(precluster_threshold=self.precluster_threshold,
                              precluster_max_size=self.precluster_max_size,
-                             improve=self.improve, max_improve_rounds=self.max_improve_rounds)
+                             improve=self.improve, max_improve_rounds=self.max_improve_rounds,
+                             precluster_max_thing_size=self.precluster_max_thing_size,
+                             precluster_margin=self.precluster_margin,
+                             superpixel_moves=self.superpixel_moves,
+                             piece_moves=self.piece_moves)
 
 
 @dataclass(frozen=True)

@@ -498,6 +498,11 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
             read_ahead()
             stats["read"] += seconds
             if message is None:
+                if batch and x.shape != batch[0][2].shape:
+                    # Only images of one padded size share a batch: padding them to a
+                    # common size would make an image's costs depend on its neighbours.
+                    run_batch(batch)
+                    batch = []
                 batch.append((image, rgb, x, scaled))
             elif skip_bad:
                 bad.append(message)

@@ -12,41 +12,69 @@ Objective (problem (2) of the COPS paper), with edge costs paid when an edge is 
 
 Phases
 ------
-0. Pre-clustering. Edges whose cost exceeds a threshold and whose endpoints prefer the
-   same class are contracted in descending order of cost (counting sort, union-find),
-   into superpixels of bounded size. Contracting such an edge is exactly what greedy
-   additive edge contraction (GAEC) does first, because both endpoints keep their
-   class and the gain equals the edge cost; the size bound keeps a single wrong edge
-   from fusing large regions before the accumulated costs can object.
+0. Pre-clustering into superpixels along the local edges with cost above a threshold,
+   in descending order of cost (counting sort, union-find), up to a size bound (a
+   smaller one for partitionable classes, whose weak boundaries between touching
+   instances of one class a superpixel must not cross). Default rule (``pre_margin``
+   >= 0): both endpoints prefer the same class, each by at least the margin. Such a
+   merge is one GAEC makes anyway (gain >= edge cost), and the nodes of a superpixel
+   share their preferred class, so the superpixels' cost rows are summed once
+   afterwards, in one pass over the node costs. Earlier rule (``pre_margin`` < 0): any
+   two superpixels whose merge gains, with cost rows summed merge by merge.
 1. Region adjacency graph of the superpixels: parallel edges are summed.
 2. GAEC on that graph. A cluster carries the sum of its nodes' class costs and takes
    the cheapest class. The gain of merging clusters ``a`` and ``b`` is
    ``S(a, b) - min_k (C_a[k] + C_b[k]) + w_ab``, where ``S`` is the cheapest *feasible*
    way to keep them apart: if both prefer the same non-partitionable class, one of them
    must take its second-best class, since adjacent clusters of such a class are one
-   cluster. Gains are kept in a max-heap with lazy re-evaluation: a popped entry whose
-   gain has dropped is pushed back with its exact value, and a final sweep re-checks
-   every remaining edge so that no merge with positive gain is left.
-3. Improvement. Single-node moves: a node moves to a neighbouring cluster (taking its
-   class) or to a new cluster of any class when that lowers the objective; nodes next
-   to a moved node are re-examined. Every move strictly lowers the objective.
+   cluster. For clusters of different classes the gain is at most ``w_ab``, so a pair
+   with ``w_ab <= 0`` is dismissed without scanning the K classes. Gains are kept in a
+   max-heap with lazy re-evaluation: a popped entry whose gain has dropped is pushed
+   back with its exact value, and a final sweep re-checks every remaining edge so that
+   no merge with positive gain is left.
+3. Improvement, in units of decreasing size; every move strictly lowers the objective.
+   A unit moves to a neighbouring cluster (taking its class) or to a new cluster of any
+   class; units next to a moved one are re-examined. Units: whole superpixels (with
+   their summed rows and adjacency), then single nodes, then the pieces that the node
+   moves cut the superpixels into (connected within one cluster), then nodes again.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
+
+Each phase is one function over buffers owned by ``std::vector`` (``_solve_core`` only
+sequences them), so an allocation failure anywhere frees everything and surfaces as
+``MemoryError``.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.math cimport INFINITY
-from libc.stdlib cimport malloc, free
 from libcpp.vector cimport vector
-from libcpp.unordered_map cimport unordered_map
 from libcpp.utility cimport pair
-from libcpp.queue cimport priority_queue
+from libcpp.algorithm cimport push_heap, pop_heap
 from cython.operator cimport dereference as deref, preincrement as inc
 from posix.time cimport clock_gettime, timespec, CLOCK_THREAD_CPUTIME_ID
 
 ctypedef pair[int32_t, int32_t] IntPair
 ctypedef pair[double, IntPair] HeapEntry
-ctypedef unordered_map[int32_t, double] AdjMap
+
+
+cdef extern from "<unordered_map>" nogil:
+    # std::unordered_map<int32_t, double>, declared here so that every allocating call
+    # turns std::bad_alloc into MemoryError (libcpp's declaration of operator[] does not)
+    cdef cppclass AdjMap "std::unordered_map<int32_t, double>":
+        cppclass iterator:
+            pair[int32_t, double]& operator*()
+            iterator operator++()
+            bint operator==(iterator)
+            bint operator!=(iterator)
+        AdjMap() except +
+        double& operator[](const int32_t&) except +
+        iterator begin()
+        iterator end()
+        iterator find(const int32_t&)
+        size_t erase(const int32_t&)
+        size_t size()
+        void reserve(size_t) except +
+
 
 cdef double GAIN_EPS = 1e-9
 
@@ -111,6 +139,10 @@ cdef inline double _gain(double* costs, double* best, double* second, int32_t* a
         if v < sep:
             sep = v
         return sep - best[a] - best[b] + w
+    if w <= GAIN_EPS:
+        # The merged cost is at least best[a] + best[b], so the gain is at most w: not
+        # positive, whatever the exact value (callers only act on positive gains).
+        return w
     ra = costs + <int64_t>a * K
     rb = costs + <int64_t>b * K
     merged = INFINITY
@@ -140,202 +172,347 @@ cdef inline bint _gain_positive(double* costs, double* best, double* second, int
     return _gain(costs, best, second, argbest, part, K, a, b, w) > GAIN_EPS
 
 
-cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_t K,
-                     const int32_t* edges, int64_t E, const double* ec, const uint8_t* part,
-                     const uint8_t* local, double pre_thr, int32_t pre_max, bint improve,
-                     int32_t max_rounds, int32_t* out_labels, int32_t* out_segments,
-                     uint8_t* out_cut, Stats* st) except -1 nogil:
-    """The whole solve; ``nc[i * s0 + k * s1]`` is the cost of class k at node i."""
-    cdef double t0 = _now(), t1
-    cdef int64_t e, i64
-    cdef int32_t i, j, k, u, v, ru, rv, a, b, r, s, c, M
-    cdef double w, g, g2
-    cdef vector[int32_t] parent, size, node_arg
+cdef struct Problem:
+    # the inputs, read-only; ``nc[i * s0 + k * s1]`` is the cost of class k at node i
+    const double* nc
+    int64_t s0
+    int64_t s1
+    int32_t N
+    int32_t K
+    const int32_t* edges
+    int64_t E
+    const double* ec
+    const uint8_t* part
+    const uint8_t* local
 
-    # ---------------- phase 0: pre-clustering into bounded superpixels -------------
-    # Cluster cost sums live in the row of the cluster's union-find root.
-    cdef double* costs = <double*>malloc(<size_t>N * K * sizeof(double))
-    cdef double* best = <double*>malloc(N * sizeof(double))
-    cdef double* second = <double*>malloc(N * sizeof(double))
-    cdef int32_t* argbest = <int32_t*>malloc(N * sizeof(int32_t))
-    if costs == NULL or best == NULL or second == NULL or argbest == NULL:
-        free(costs); free(best); free(second); free(argbest)
-        with gil:
-            raise MemoryError("AMWC solver: cannot allocate cluster costs")
-    parent.resize(N)
-    size.resize(N)
+
+cdef cppclass ClusterCosts:
+    # Per cluster: the sum of its nodes' class costs (row-major, K per cluster), the
+    # cheapest and second-cheapest of those sums and the class of the cheapest.
+    vector[double] costs
+    vector[double] best
+    vector[double] second
+    vector[int32_t] argbest
+
+
+cdef cppclass NodeGraph:
+    # The node adjacency in CSR form, both directions: the neighbours of node i are
+    # nbr[off[i] : off[i + 1]] with edge costs wt[...] (duplicate edges stay separate).
+    vector[int64_t] off
+    vector[int32_t] nbr
+    vector[double] wt
+
+
+cdef int _fill_i32(vector[int32_t]& v, size_t n, int32_t x) except -1 nogil:
+    v.clear()
+    v.resize(n, x)
+
+
+cdef int _fill_i64(vector[int64_t]& v, size_t n, int64_t x) except -1 nogil:
+    v.clear()
+    v.resize(n, x)
+
+
+cdef int _fill_u8(vector[uint8_t]& v, size_t n, uint8_t x) except -1 nogil:
+    v.clear()
+    v.resize(n, x)
+
+
+cdef int _load_costs(const Problem& P, ClusterCosts& cc,
+                      vector[int32_t]& node_arg) except -1 nogil:
+    """Every node its own cluster: copy its cost row, find its best classes."""
+    cdef int32_t N = P.N, K = P.K, i, k, i0, i1
+    cc.costs.resize(<size_t>N * K)
+    cc.best.resize(N)
+    cc.second.resize(N)
+    cc.argbest.resize(N)
     node_arg.resize(N)
-    cdef int32_t i0, i1
-    if s1 == 1:
+    cdef double* costs = &cc.costs[0]
+    if P.s1 == 1:
         for i in range(N):
             for k in range(K):
-                costs[<int64_t>i * K + k] = nc[i * s0 + k]
+                costs[<int64_t>i * K + k] = P.nc[i * P.s0 + k]
     else:
         # class-major input: transpose in blocks of nodes so reads and writes stay cached
         for i0 in range(0, N, 64):
             i1 = i0 + 64 if i0 + 64 < N else N
             for k in range(K):
                 for i in range(i0, i1):
-                    costs[<int64_t>i * K + k] = nc[i * s0 + k * s1]
+                    costs[<int64_t>i * K + k] = P.nc[i * P.s0 + k * P.s1]
+    for i in range(N):
+        _update_best(costs + <int64_t>i * K, K, &cc.best[i], &cc.second[i], &cc.argbest[i])
+        node_arg[i] = cc.argbest[i]
+
+
+cdef int _node_best(const Problem& P, ClusterCosts& cc,
+                    vector[int32_t]& node_arg) except -1 nogil:
+    """Best and second-best class cost of every node, without copying the cost rows."""
+    cdef int32_t N = P.N, K = P.K, i, k
+    cdef double v
+    cdef const double* col
+    cc.best.resize(N)
+    cc.second.resize(N)
+    cc.argbest.resize(N)
+    if P.s1 == 1 or P.s0 != 1:
+        for i in range(N):
+            if P.s1 == 1:
+                _update_best(<double*>(P.nc + i * P.s0), K, &cc.best[i], &cc.second[i],
+                             &cc.argbest[i])
+            else:
+                cc.best[i] = INFINITY; cc.second[i] = INFINITY; cc.argbest[i] = 0
+                for k in range(K):
+                    v = P.nc[i * P.s0 + k * P.s1]
+                    if v < cc.best[i]:
+                        cc.second[i] = cc.best[i]; cc.best[i] = v; cc.argbest[i] = k
+                    elif v < cc.second[i]:
+                        cc.second[i] = v
+    else:
+        # class-major input: stream each class's contiguous column (same ties as above)
+        for i in range(N):
+            cc.best[i] = INFINITY; cc.second[i] = INFINITY; cc.argbest[i] = 0
+        for k in range(K):
+            col = P.nc + k * P.s1
+            for i in range(N):
+                v = col[i]
+                if v < cc.best[i]:
+                    cc.second[i] = cc.best[i]; cc.best[i] = v; cc.argbest[i] = k
+                elif v < cc.second[i]:
+                    cc.second[i] = v
+    node_arg.assign(cc.argbest.begin(), cc.argbest.end())
+
+
+cdef inline bint _sure_pair(const Problem& P, const ClusterCosts& cc,
+                            const vector[uint8_t]& sure, int64_t e) noexcept nogil:
+    cdef int32_t u = P.edges[2 * e], v = P.edges[2 * e + 1]
+    return sure[u] and sure[v] and cc.argbest[u] == cc.argbest[v]
+
+
+cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
+                     double pre_margin, ClusterCosts& cc,
+                     vector[int32_t]& parent) except -1 nogil:
+    """Phase 0: contract strong local edges into superpixels of at most ``pre_max`` nodes.
+
+    ``parent`` is the union-find forest of the superpixels; a superpixel's cost sums live
+    in the row of its root.
+    """
+    cdef int32_t N = P.N, K = P.K, NBUCKET = 1024, i, k, ru, rv, bk
+    cdef int64_t E = P.E, e, i64, nsel = 0
+    cdef double wmax, scale
+    cdef vector[int32_t] size
+    cdef vector[int64_t] bucket_start
+    cdef vector[int32_t] order
+    cdef double* rr
+    cdef double* rs
+    parent.resize(N)
+    size.resize(N)
     for i in range(N):
         parent[i] = i
         size[i] = 1
-        _update_best(costs + <int64_t>i * K, K, &best[i], &second[i], &argbest[i])
-        node_arg[i] = argbest[i]
+    if pre_max <= 1 or E == 0:
+        return 0
+    # With a margin, an edge qualifies only when both endpoints prefer the same class by
+    # at least ``pre_margin`` over their second choice: a merge the contraction would make
+    # anyway, since neither node is in doubt about its class.
+    cdef vector[uint8_t] sure
+    if pre_margin >= 0:
+        sure.resize(N)
+        for i in range(N):
+            sure[i] = cc.second[i] - cc.best[i] >= pre_margin
+    cdef const double* ec = P.ec
+    wmax = pre_thr
+    for e in range(E):
+        if ec[e] > wmax:
+            wmax = ec[e]
+    if wmax <= pre_thr:
+        return 0
+    # counting sort of the candidate edges by descending cost
+    scale = (NBUCKET - 1) / (wmax - pre_thr)
+    _fill_i64(bucket_start, NBUCKET + 1, 0)
+    for e in range(E):
+        if ec[e] > pre_thr and P.local[e] and (
+                pre_margin < 0 or _sure_pair(P, cc, sure, e)):
+            bk = <int32_t>((wmax - ec[e]) * scale)
+            bucket_start[bk + 1] += 1
+            nsel += 1
+    for bk in range(NBUCKET):
+        bucket_start[bk + 1] += bucket_start[bk]
+    order.resize(nsel)
+    for e in range(E):
+        if ec[e] > pre_thr and P.local[e] and (
+                pre_margin < 0 or _sure_pair(P, cc, sure, e)):
+            bk = <int32_t>((wmax - ec[e]) * scale)
+            order[bucket_start[bk]] = <int32_t>e
+            bucket_start[bk] += 1
+    cdef double* costs = &cc.costs[0] if pre_margin < 0 else NULL
+    for i64 in range(nsel):
+        e = order[i64]
+        ru = _find(&parent[0], P.edges[2 * e])
+        rv = _find(&parent[0], P.edges[2 * e + 1])
+        if ru == rv or size[ru] + size[rv] > pre_max:
+            continue
+        # Superpixels of a partitionable class stay smaller: a weak boundary between two
+        # touching instances of one class is what a superpixel must not cross.
+        if size[ru] + size[rv] > pre_max_thing and (P.part[cc.argbest[ru]] or
+                                                    P.part[cc.argbest[rv]]):
+            continue
+        if pre_margin >= 0:
+            # All nodes of a superpixel prefer one class, so their sums prefer it too and
+            # the merge gains at least the (positive) edge cost: no cost rows needed.
+            if size[ru] < size[rv]:
+                ru, rv = rv, ru
+            parent[rv] = ru
+            size[ru] += size[rv]
+            continue
+        if not _gain_positive(costs, &cc.best[0], &cc.second[0], &cc.argbest[0], P.part, K,
+                              ru, rv, ec[e]):
+            continue
+        if size[ru] < size[rv]:
+            ru, rv = rv, ru
+        parent[rv] = ru
+        size[ru] += size[rv]
+        rr = costs + <int64_t>ru * K
+        rs = costs + <int64_t>rv * K
+        for k in range(K):
+            rr[k] += rs[k]
+        _update_best(rr, K, &cc.best[ru], &cc.second[ru], &cc.argbest[ru])
 
-    cdef int32_t NBUCKET = 1024
-    cdef vector[int64_t] bucket_start
-    cdef vector[int32_t] order
-    cdef double wmax, scale
-    cdef int64_t nsel = 0, pos
-    cdef int32_t bk
-    cdef double* rr
-    cdef double* rs
-    if pre_max > 1 and E > 0:
-        wmax = pre_thr
-        for e in range(E):
-            if ec[e] > wmax:
-                wmax = ec[e]
-        if wmax > pre_thr:
-            # counting sort of the candidate edges by descending cost
-            scale = (NBUCKET - 1) / (wmax - pre_thr)
-            bucket_start.assign(NBUCKET + 1, 0)
-            for e in range(E):
-                if ec[e] > pre_thr and local[e]:
-                    bk = <int32_t>((wmax - ec[e]) * scale)
-                    bucket_start[bk + 1] += 1
-                    nsel += 1
-            for bk in range(NBUCKET):
-                bucket_start[bk + 1] += bucket_start[bk]
-            order.resize(nsel)
-            for e in range(E):
-                if ec[e] > pre_thr and local[e]:
-                    bk = <int32_t>((wmax - ec[e]) * scale)
-                    order[bucket_start[bk]] = <int32_t>e
-                    bucket_start[bk] += 1
-            for i64 in range(nsel):
-                e = order[i64]
-                ru = _find(&parent[0], edges[2 * e])
-                rv = _find(&parent[0], edges[2 * e + 1])
-                if ru == rv or size[ru] + size[rv] > pre_max:
-                    continue
-                if not _gain_positive(costs, best, second, argbest, part, K, ru, rv, ec[e]):
-                    continue
-                if size[ru] < size[rv]:
-                    ru, rv = rv, ru
-                parent[rv] = ru
-                size[ru] += size[rv]
-                rr = costs + <int64_t>ru * K
-                rs = costs + <int64_t>rv * K
-                for k in range(K):
-                    rr[k] += rs[k]
-                _update_best(rr, K, &best[ru], &second[ru], &argbest[ru])
-        order.clear()
-        order.shrink_to_fit()
-    t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
 
-    # ---------------- phase 1: region adjacency graph ------------------------------
-    cdef vector[int32_t] cid
-    cid.assign(N, -1)
-    M = 0
+cdef int32_t _compact(const Problem& P, vector[int32_t]& parent, ClusterCosts& cc,
+                      vector[int32_t]& cid) except -1 nogil:
+    """Number the superpixels 0..M-1 by first node (``cid`` per node), move their cost rows
+    to rows 0..M-1 and return M."""
+    cdef int32_t N = P.N, K = P.K, M = 0, i, k, r, a
+    cdef double* costs = &cc.costs[0]
+    _fill_i32(cid, N, -1)
     for i in range(N):
         r = _find(&parent[0], i)
         if cid[r] < 0:
             cid[r] = M
             M += 1
         cid[i] = cid[r]
-    st.superpixels = M
-
-    # Compact the cost rows of the roots to rows 0..M-1 (a root's compact id never exceeds
-    # its node index, so rows only move forward).
+    # a root's compact id never exceeds its node index, so rows only move forward
     for i in range(N):
         if parent[i] == i:
             a = cid[i]
             if a != i:
                 for k in range(K):
                     costs[<int64_t>a * K + k] = costs[<int64_t>i * K + k]
-                best[a] = best[i]; second[a] = second[i]; argbest[a] = argbest[i]
+                cc.best[a] = cc.best[i]; cc.second[a] = cc.second[i]
+                cc.argbest[a] = cc.argbest[i]
+    return M
 
-    # Node adjacency (CSR, both directions): read here for the region adjacency graph
-    # and again by the improvement phase.
-    cdef vector[int64_t] noff
-    cdef vector[int32_t] nnbr
-    cdef vector[double] nwt
+
+cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
+    """The node adjacency (CSR, both directions), read by the region graph and the
+    improvement phase."""
+    cdef int32_t N = P.N, i, u, v
+    cdef int64_t e
     cdef vector[int64_t] fill
-    noff.assign(N + 1, 0)
-    for e in range(E):
-        noff[edges[2 * e] + 1] += 1
-        noff[edges[2 * e + 1] + 1] += 1
+    _fill_i64(g.off, N + 1, 0)
+    for e in range(P.E):
+        g.off[P.edges[2 * e] + 1] += 1
+        g.off[P.edges[2 * e + 1] + 1] += 1
     for i in range(N):
-        noff[i + 1] += noff[i]
-    nnbr.resize(noff[N])
-    nwt.resize(noff[N])
+        g.off[i + 1] += g.off[i]
+    g.nbr.resize(g.off[N])
+    g.wt.resize(g.off[N])
     fill.resize(N)
     for i in range(N):
-        fill[i] = noff[i]
-    for e in range(E):
-        u = edges[2 * e]; v = edges[2 * e + 1]
-        nnbr[fill[u]] = v; nwt[fill[u]] = ec[e]; fill[u] += 1
-        nnbr[fill[v]] = u; nwt[fill[v]] = ec[e]; fill[v] += 1
+        fill[i] = g.off[i]
+    for e in range(P.E):
+        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
+        g.nbr[fill[u]] = v; g.wt[fill[u]] = P.ec[e]; fill[u] += 1
+        g.nbr[fill[v]] = u; g.wt[fill[v]] = P.ec[e]; fill[v] += 1
 
-    # Superpixel adjacency with summed parallel edges: walk each superpixel's nodes and
-    # sum their edges per neighbouring superpixel with a marker array, so every map is
-    # filled once with distinct keys.
-    cdef vector[AdjMap] adj
-    adj.resize(M)
-    cdef vector[int64_t] moff
-    cdef vector[int32_t] members
-    moff.assign(M + 1, 0)
+
+cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
+                        const NodeGraph& g, vector[AdjMap]& adj,
+                        NodeGraph& sg, bint with_maps) except -1 nogil:
+    """Phase 1: superpixel adjacency with summed parallel edges, as maps for the
+    contraction (``adj``) and in CSR form for the superpixel moves (``sg``).
+
+    Walks each superpixel's nodes and sums their edges per neighbouring superpixel with a
+    marker array, so every map is filled once with distinct keys.
+    """
+    cdef int32_t N = P.N, i, a, b
+    cdef int64_t p, q, mi
+    cdef vector[int64_t] moff, fill, mark
+    cdef vector[int32_t] members, uniq
+    cdef vector[double] usum
+    if with_maps:
+        adj.resize(M)
+    sg.off.resize(M + 1)
+    sg.off[0] = 0
+    sg.nbr.clear(); sg.wt.clear()
+    _fill_i64(moff, M + 1, 0)
     for i in range(N):
         moff[cid[i] + 1] += 1
     for a in range(M):
         moff[a + 1] += moff[a]
     members.resize(N)
+    fill.resize(M)
     for a in range(M):
         fill[a] = moff[a]
     for i in range(N):
         members[fill[cid[i]]] = i
         fill[cid[i]] += 1
-    fill.clear(); fill.shrink_to_fit()
-    cdef vector[int64_t] mark
-    mark.assign(M, -1)
-    cdef vector[int32_t] uniq
-    cdef vector[double] usum
-    cdef int64_t p, q, mi
+    _fill_i64(mark, M, -1)
     for a in range(M):
         uniq.clear(); usum.clear()
         for mi in range(moff[a], moff[a + 1]):
             i = members[mi]
-            for p in range(noff[i], noff[i + 1]):
-                b = cid[nnbr[p]]
+            for p in range(g.off[i], g.off[i + 1]):
+                b = cid[g.nbr[p]]
                 if b == a:
                     continue
                 if mark[b] < 0:
                     mark[b] = uniq.size()
                     uniq.push_back(b)
-                    usum.push_back(nwt[p])
+                    usum.push_back(g.wt[p])
                 else:
-                    usum[mark[b]] += nwt[p]
-        adj[a].reserve(uniq.size())
+                    usum[mark[b]] += g.wt[p]
+        if with_maps:
+            adj[a].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
-            adj[a][uniq[q]] = usum[q]
+            if with_maps:
+                adj[a][uniq[q]] = usum[q]
             mark[uniq[q]] = -1
-    moff.clear(); moff.shrink_to_fit(); members.clear(); members.shrink_to_fit()
-    mark.clear(); mark.shrink_to_fit()
-    t1 = _now(); st.t_rag = t1 - t0; t0 = t1
+            sg.nbr.push_back(uniq[q])
+            sg.wt.push_back(usum[q])
+        sg.off[a + 1] = sg.nbr.size()
 
-    # ---------------- phase 2: greedy additive edge contraction --------------------
-    cdef priority_queue[HeapEntry] heap
+
+cdef inline int _heap_push(vector[HeapEntry]& heap, double g, int32_t a,
+                            int32_t b) except -1 nogil:
+    heap.push_back(HeapEntry(g, IntPair(a, b)))
+    push_heap(heap.begin(), heap.end())
+
+
+cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& adj,
+                vector[int32_t]& merged_into, Stats* st) except -1 nogil:
+    """Phase 2: greedy additive edge contraction of the superpixels.
+
+    Consumes ``adj``; ``merged_into[a]`` is the final cluster (a surviving superpixel id)
+    of superpixel a.
+    """
+    cdef int32_t K = P.K, a, b, c, k, r, s
+    cdef double w, g, g2
+    cdef const uint8_t* part = P.part
+    cdef double* costs = &cc.costs[0]
+    cdef double* best = &cc.best[0]
+    cdef double* second = &cc.second[0]
+    cdef int32_t* argbest = &cc.argbest[0]
+    cdef double* rr
+    cdef double* rs
+    cdef vector[HeapEntry] heap
     cdef vector[uint8_t] alive
-    cdef vector[int32_t] merged_into
-    alive.assign(M, 1)
+    cdef AdjMap.iterator it, it_end, f
+    cdef HeapEntry top
+    cdef bint pushed
+    _fill_u8(alive, M, 1)
     merged_into.resize(M)
     for a in range(M):
         merged_into[a] = a
-    cdef unordered_map[int32_t, double].iterator it, it_end, f
-
-    cdef HeapEntry top
-    cdef bint pushed
     while True:
         # Push every pair whose merge pays. The first sweep fills the heap; later sweeps
         # catch gains that grew lazily without an entry, so no positive merge is left.
@@ -350,14 +527,15 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
                 if b > a:
                     g = _gain(costs, best, second, argbest, part, K, a, b, deref(it).second)
                     if g > GAIN_EPS:
-                        heap.push(HeapEntry(g, IntPair(a, b)))
+                        _heap_push(heap, g, a, b)
                         pushed = True
                 inc(it)
         if not pushed:
             break
         while not heap.empty():
-            top = heap.top()
-            heap.pop()
+            top = heap.front()
+            pop_heap(heap.begin(), heap.end())
+            heap.pop_back()
             st.heap_pops += 1
             a = top.second.first
             b = top.second.second
@@ -371,7 +549,7 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
             if g2 <= GAIN_EPS:
                 continue
             if g2 < top.first - 1e-9 * (1.0 + abs(top.first)):
-                heap.push(HeapEntry(g2, IntPair(a, b)))
+                _heap_push(heap, g2, a, b)
                 continue
             # merge the cluster with the smaller adjacency into the larger
             if adj[a].size() >= adj[b].size():
@@ -398,13 +576,10 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
                     adj[r][c] = w
                     g = _gain(costs, best, second, argbest, part, K, r, c, w)
                     if g > GAIN_EPS:
-                        heap.push(HeapEntry(g, IntPair(r, c)))
+                        _heap_push(heap, g, r, c)
                 inc(it)
             adj[s] = AdjMap()
-    adj.clear()
-    adj.shrink_to_fit()
-
-    # Resolve every superpixel to its final cluster.
+    # resolve every superpixel to its final cluster
     for a in range(M):
         r = a
         while merged_into[r] != r:
@@ -415,155 +590,185 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
             merged_into[s] = r
             s = c
     st.clusters_after_gaec = M - st.merges
-    t1 = _now(); st.t_gaec = t1 - t0; t0 = t1
 
-    # Cluster ids for the node-level phases: a GAEC cluster of a partitionable class
-    # keeps its id (< M); every non-partitionable class k is the single cluster M + k.
-    # Fresh singletons created by the improvement phase get ids from M + K upwards.
-    cdef int64_t ncl_cap = <int64_t>M + K + N
-    cdef vector[int32_t] cl, clclass, clsize
-    cl.resize(N)
-    clclass.assign(ncl_cap, -1)
-    clsize.assign(ncl_cap, 0)
+
+cdef int _cluster_ids(const Problem& P, int32_t M, const vector[int32_t]& merged_into,
+                      const ClusterCosts& cc, vector[int32_t]& spcl,
+                      vector[int32_t]& clclass) except -1 nogil:
+    """Cluster ids of the superpixels for the improvement phases.
+
+    A GAEC cluster of a partitionable class keeps its id (< M); every non-partitionable
+    class k is the single cluster M + k. Fresh clusters created by the improvement phases
+    get ids from M + K upwards (room for one per superpixel and one per node; the moves
+    grow the arrays beyond that when needed).
+    """
+    cdef int32_t K = P.K, a, k, r
+    spcl.resize(M)
+    _fill_i32(clclass, <int64_t>M + K + M + P.N, -1)
     for a in range(M):
         if merged_into[a] == a:
-            k = argbest[a]
-            clclass[a] = k
+            clclass[a] = cc.argbest[a]
     for k in range(K):
         clclass[M + k] = k
-    for i in range(N):
-        r = merged_into[cid[i]]
-        k = argbest[r]
-        if part[k]:
-            cl[i] = r
-        else:
-            cl[i] = M + k
+    for a in range(M):
+        r = merged_into[a]
+        k = cc.argbest[r]
+        spcl[a] = r if P.part[k] else M + k
+
+
+cdef int _count(const vector[int32_t]& cl, vector[int32_t]& clsize) except -1 nogil:
+    cdef size_t n = clsize.size(), i
+    _fill_i32(clsize, n, 0)
+    for i in range(cl.size()):
         clsize[cl[i]] += 1
-    free(costs); free(best); free(second); free(argbest)
-    cid.clear(); cid.shrink_to_fit(); merged_into.clear(); merged_into.shrink_to_fit()
 
+
+cdef double _objective(const Problem& P, const vector[int32_t]& cl,
+                       const vector[int32_t]& clclass) noexcept nogil:
     cdef double obj = 0.0
-    for i in range(N):
-        obj += nc[i * s0 + clclass[cl[i]] * s1]
-    for e in range(E):
-        if cl[edges[2 * e]] != cl[edges[2 * e + 1]]:
-            obj += ec[e]
-    st.objective_before_improve = obj
+    cdef int32_t i
+    cdef int64_t e
+    for i in range(P.N):
+        obj += P.nc[i * P.s0 + clclass[cl[i]] * P.s1]
+    for e in range(P.E):
+        if cl[P.edges[2 * e]] != cl[P.edges[2 * e + 1]]:
+            obj += P.ec[e]
+    return obj
 
-    # ---------------- phase 3: single-node moves -----------------------------------
-    cdef vector[int32_t] queue, lcl
-    cdef vector[double] lw
-    cdef vector[uint8_t] inq
-    cdef vector[int32_t] lmark
-    cdef int64_t head = 0, budget, qn
-    cdef int32_t ci, ki, tgt, kt, next_id = M + K, nl
+
+cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t K,
+                  const uint8_t* part, int32_t M, const vector[int32_t]& node_arg,
+                  const NodeGraph& g, vector[int32_t]& cl, vector[int32_t]& clclass,
+                  vector[int32_t]& clsize, int32_t* next_id, int64_t budget,
+                  Stats* st) except -1 nogil:
+    """Phase 3: single-unit moves, each strictly lowering the objective.
+
+    The units are the nodes, or the superpixels (then ``rows`` are their summed cost rows
+    and ``g`` their summed adjacency). A unit moves to a neighbouring cluster (taking its
+    class) or to a new cluster of any class; units next to a moved one are re-examined.
+    ``clsize`` counts units; new cluster ids are taken from ``next_id`` upwards.
+    """
+    cdef int32_t i, j, c, k, ci, ki, tgt, kt, nl, kb
+    cdef int64_t head = 0, qn, p, q, visits = 0
     cdef double cur, bestc, cand, wown
     cdef const double* row
-    cdef int32_t kb
     cdef bint interior
-    if improve and N > 0:
-        queue.resize(N)
-        inq.assign(N, 1)
-        for i in range(N):
-            queue[i] = i
-        qn = N   # number of queued entries (ring buffer of capacity N)
-        lmark.assign(ncl_cap, -1)
-        budget = <int64_t>max_rounds * N
-        while qn > 0 and st.improve_visits < budget:
-            i = queue[head]
-            head += 1
-            if head == N:
-                head = 0
-            qn -= 1
-            inq[i] = 0
-            st.improve_visits += 1
-            ci = cl[i]
-            ki = clclass[ci]
-            row = nc + i * s0
-            # Fast exit for the common interior node: all neighbours in its cluster, its
-            # best class already chosen and a non-negative pull from the cluster. Then no
-            # class is cheaper and leaving would cut attractive edges.
-            if node_arg[i] == ki:
-                wown = 0.0
-                interior = True
-                for p in range(noff[i], noff[i + 1]):
-                    if cl[nnbr[p]] != ci:
-                        interior = False
-                        break
-                    wown += nwt[p]
-                if interior and wown >= 0.0:
-                    continue
-            # weights from i to each neighbouring cluster
-            lcl.clear(); lw.clear()
-            for p in range(noff[i], noff[i + 1]):
-                c = cl[nnbr[p]]
-                if lmark[c] < 0:
-                    lmark[c] = lcl.size()
-                    lcl.push_back(c)
-                    lw.push_back(nwt[p])
-                else:
-                    lw[lmark[c]] += nwt[p]
-            wown = lw[lmark[ci]] if lmark[ci] >= 0 else 0.0
-            cur = row[ki * s1] - wown
-            bestc = cur - 1e-9 * (1.0 + abs(cur))
-            tgt = -1
-            kt = -1
-            nl = lcl.size()
-            for q in range(nl):
-                c = lcl[q]
-                if c == ci:
-                    continue
-                cand = row[clclass[c] * s1] - lw[q]
-                if cand < bestc:
-                    bestc = cand; tgt = c; kt = clclass[c]
-            # A class taken without joining a neighbouring cluster: a new cluster of a
-            # partitionable class, or a non-partitionable class no neighbour has. The
-            # node's own best class is usually eligible, which spares the scan.
-            kb = node_arg[i]
-            if part[kb] and kb == ki and clsize[ci] == 1:
-                pass  # already alone in its best class: nothing cheaper exists
-            elif part[kb] or (lmark[M + kb] < 0 and kb != ki):
-                cand = row[kb * s1]
-                if cand < bestc:
-                    bestc = cand; kt = kb
-                    tgt = -2 if part[kb] else M + kb
-            else:
-                for k in range(K):
-                    if part[k]:
-                        if k == ki and clsize[ci] == 1:
-                            continue
-                        cand = row[k * s1]
-                        if cand < bestc:
-                            bestc = cand; tgt = -2; kt = k
-                    elif lmark[M + k] < 0 and k != ki:
-                        cand = row[k * s1]
-                        if cand < bestc:
-                            bestc = cand; tgt = M + k; kt = k
-            for q in range(nl):
-                lmark[lcl[q]] = -1
-            if tgt == -1:
+    cdef vector[int32_t] queue, lcl, lmark
+    cdef vector[double] lw
+    cdef vector[uint8_t] inq
+    queue.resize(N)
+    _fill_u8(inq, N, 1)
+    for i in range(N):
+        queue[i] = i
+    qn = N   # number of queued entries (ring buffer of capacity N)
+    _fill_i32(lmark, clclass.size(), -1)
+    while qn > 0 and visits < budget:
+        i = queue[head]
+        head += 1
+        if head == N:
+            head = 0
+        qn -= 1
+        inq[i] = 0
+        st.improve_visits += 1
+        visits += 1
+        ci = cl[i]
+        ki = clclass[ci]
+        row = rows + i * s0
+        # Fast exit for the common interior node: all neighbours in its cluster, its
+        # best class already chosen and a non-negative pull from the cluster. Then no
+        # class is cheaper and leaving would cut attractive edges.
+        if node_arg[i] == ki:
+            wown = 0.0
+            interior = True
+            for p in range(g.off[i], g.off[i + 1]):
+                if cl[g.nbr[p]] != ci:
+                    interior = False
+                    break
+                wown += g.wt[p]
+            if interior and wown >= 0.0:
                 continue
-            if tgt == -2:
-                tgt = next_id
-                next_id += 1
-                clclass[tgt] = kt
-            clsize[ci] -= 1
-            clsize[tgt] += 1
-            cl[i] = tgt
-            st.improve_moves += 1
-            for p in range(noff[i], noff[i + 1]):
-                j = nnbr[p]
-                if not inq[j]:
-                    inq[j] = 1
-                    queue[(head + qn) % N] = j
-                    qn += 1
-    t1 = _now(); st.t_improve = t1 - t0; t0 = t1
+        # weights from i to each neighbouring cluster
+        lcl.clear(); lw.clear()
+        for p in range(g.off[i], g.off[i + 1]):
+            c = cl[g.nbr[p]]
+            if lmark[c] < 0:
+                lmark[c] = lcl.size()
+                lcl.push_back(c)
+                lw.push_back(g.wt[p])
+            else:
+                lw[lmark[c]] += g.wt[p]
+        wown = lw[lmark[ci]] if lmark[ci] >= 0 else 0.0
+        cur = row[ki * s1] - wown
+        bestc = cur - 1e-9 * (1.0 + abs(cur))
+        tgt = -1
+        kt = -1
+        nl = lcl.size()
+        for q in range(nl):
+            c = lcl[q]
+            if c == ci:
+                continue
+            cand = row[clclass[c] * s1] - lw[q]
+            if cand < bestc:
+                bestc = cand; tgt = c; kt = clclass[c]
+        # A class taken without joining a neighbouring cluster: a new cluster of a
+        # partitionable class, or a non-partitionable class no neighbour has. The
+        # node's own best class is usually eligible, which spares the scan.
+        kb = node_arg[i]
+        if part[kb] and kb == ki and clsize[ci] == 1:
+            pass  # already alone in its best class: nothing cheaper exists
+        elif part[kb] or (lmark[M + kb] < 0 and kb != ki):
+            cand = row[kb * s1]
+            if cand < bestc:
+                bestc = cand; kt = kb
+                tgt = -2 if part[kb] else M + kb
+        else:
+            for k in range(K):
+                if part[k]:
+                    if k == ki and clsize[ci] == 1:
+                        continue
+                    cand = row[k * s1]
+                    if cand < bestc:
+                        bestc = cand; tgt = -2; kt = k
+                elif lmark[M + k] < 0 and k != ki:
+                    cand = row[k * s1]
+                    if cand < bestc:
+                        bestc = cand; tgt = M + k; kt = k
+        for q in range(nl):
+            lmark[lcl[q]] = -1
+        if tgt == -1:
+            continue
+        if tgt == -2:
+            tgt = next_id[0]
+            next_id[0] += 1
+            if <size_t>tgt >= clclass.size():
+                # a unit may found a new cluster more than once (each move still gains)
+                clclass.push_back(-1); clsize.push_back(0); lmark.push_back(-1)
+            clclass[tgt] = kt
+        clsize[ci] -= 1
+        clsize[tgt] += 1
+        cl[i] = tgt
+        st.improve_moves += 1
+        for p in range(g.off[i], g.off[i + 1]):
+            j = g.nbr[p]
+            if not inq[j]:
+                inq[j] = 1
+                queue[(head + qn) % N] = j
+                qn += 1
 
-    # ---------------- phase 4: segments = connected components of uncut edges ------
+
+cdef int _segments(const Problem& P, const vector[int32_t]& cl,
+                    const vector[int32_t]& clclass, int32_t* out_labels,
+                    int32_t* out_segments, uint8_t* out_cut) except -1 nogil:
+    """Phase 4: segments are the connected components of the uncut edges, numbered by
+    first appearance."""
+    cdef int32_t N = P.N, i, u, v, ru, rv, r, nseg = 0
+    cdef int64_t e
+    cdef vector[int32_t] parent, segid
+    parent.resize(N)
     for i in range(N):
         parent[i] = i
-    for e in range(E):
-        u = edges[2 * e]; v = edges[2 * e + 1]
+    for e in range(P.E):
+        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
         if cl[u] == cl[v]:
             ru = _find(&parent[0], u)
             rv = _find(&parent[0], v)
@@ -572,9 +777,7 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
                     parent[rv] = ru
                 else:
                     parent[ru] = rv
-    cdef vector[int32_t] segid
-    segid.assign(N, -1)
-    cdef int32_t nseg = 0
+    _fill_i32(segid, N, -1)
     for i in range(N):
         r = _find(&parent[0], i)
         if segid[r] < 0:
@@ -582,16 +785,178 @@ cdef int _solve_core(const double* nc, int64_t s0, int64_t s1, int32_t N, int32_
             nseg += 1
         out_segments[i] = segid[r]
         out_labels[i] = clclass[cl[i]]
-    for e in range(E):
-        out_cut[e] = out_segments[edges[2 * e]] != out_segments[edges[2 * e + 1]]
+    for e in range(P.E):
+        out_cut[e] = out_segments[P.edges[2 * e]] != out_segments[P.edges[2 * e + 1]]
+
+
+cdef int32_t _partition_costs(const Problem& P, const vector[int32_t]& cl, vector[int32_t]& cid,
+                              ClusterCosts& cc) except -1 nogil:
+    """Number the clusters of ``cl`` 0..C-1 by first node (``cid``), sum their nodes' cost
+    rows into ``cc`` and return C."""
+    cdef int32_t N = P.N, K = P.K, C = 0, i, k, c
+    cdef vector[int32_t] ren
+    cdef double* rr
+    _fill_i32(ren, clsize_cap(cl), -1)
+    cid.resize(N)
+    for i in range(N):
+        c = cl[i]
+        if ren[c] < 0:
+            ren[c] = C
+            C += 1
+        cid[i] = ren[c]
+    cc.costs.clear(); cc.costs.resize(<size_t>C * K, 0.0)
+    cc.best.resize(C); cc.second.resize(C); cc.argbest.resize(C)
+    rr = &cc.costs[0]
+    if P.s1 == 1:
+        for i in range(N):
+            for k in range(K):
+                rr[<int64_t>cid[i] * K + k] += P.nc[i * P.s0 + k]
+    else:
+        for k in range(K):
+            for i in range(N):
+                rr[<int64_t>cid[i] * K + k] += P.nc[i * P.s0 + k * P.s1]
+    for c in range(C):
+        _update_best(rr + <int64_t>c * K, K, &cc.best[c], &cc.second[c], &cc.argbest[c])
+    return C
+
+
+cdef inline size_t clsize_cap(const vector[int32_t]& cl) noexcept nogil:
+    cdef int32_t m = 0
+    cdef size_t i
+    for i in range(cl.size()):
+        if cl[i] > m:
+            m = cl[i]
+    return <size_t>m + 1
+
+
+cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
+                      const NodeGraph& g, const vector[int32_t]& node_arg,
+                      vector[int32_t]& cl, vector[int32_t]& clclass, vector[int32_t]& clsize,
+                      int32_t* next_id, int32_t max_rounds, Stats* st) except -1 nogil:
+    """Moves of the pieces that node moves cut the superpixels into, then node moves.
+
+    A piece is a connected part of a superpixel within one cluster (local edges).
+    """
+    cdef int32_t N = P.N, i, u, v, ru, rv, C
+    cdef int64_t e
+    cdef vector[int32_t] parent, root, pid, pcl, parg
+    cdef ClusterCosts pc
+    cdef NodeGraph pg
+    cdef vector[AdjMap] no_maps
+    parent.resize(N)
+    for i in range(N):
+        parent[i] = i
+    for e in range(P.E):
+        if not P.local[e]:
+            continue
+        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
+        if cid[u] == cid[v] and cl[u] == cl[v]:
+            ru = _find(&parent[0], u)
+            rv = _find(&parent[0], v)
+            if ru != rv:
+                parent[rv] = ru
+    root.resize(N)
+    for i in range(N):
+        root[i] = _find(&parent[0], i)
+    parent.clear(); parent.shrink_to_fit()
+    C = _partition_costs(P, root, pid, pc)
+    root.clear(); root.shrink_to_fit()
+    _region_graph(P, C, pid, g, no_maps, pg, False)
+    pcl.resize(C)
+    for i in range(N):
+        pcl[pid[i]] = cl[i]
+    parg.assign(pc.argbest.begin(), pc.argbest.end())
+    _count(pcl, clsize)
+    _improve(&pc.costs[0], P.K, 1, C, P.K, P.part, M, parg, pg, pcl, clclass, clsize,
+             next_id, <int64_t>max_rounds * C, st)
+    for i in range(N):
+        cl[i] = pcl[pid[i]]
+    _count(cl, clsize)
+    _improve(P.nc, P.s0, P.s1, N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
+             next_id, <int64_t>max_rounds * N, st)
+
+
+cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
+                     double pre_margin,
+                     bint improve,
+                     int32_t max_rounds, bint sp_moves, bint piece_moves,
+                     int32_t* out_labels,
+                     int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
+    """The whole solve, phase by phase; every buffer is owned by a vector."""
+    cdef double t0 = _now(), t1
+    cdef int32_t M, i, next_id
+    cdef int64_t moves
+    cdef ClusterCosts cc
+    cdef NodeGraph g, sg
+    cdef vector[int32_t] node_arg, parent, cid, merged_into, spcl, cl, clclass, clsize
+    cdef vector[int32_t] sparg
+    cdef vector[double] sprows
+    cdef vector[AdjMap] adj
+
+    if pre_margin >= 0 and pre_max > 1:
+        # class-agreement superpixels: node classes first, cost rows summed afterwards
+        _node_best(P, cc, node_arg)
+        _precluster(P, pre_thr, pre_max, pre_max_thing, pre_margin, cc, parent)
+        cl.resize(P.N)
+        for i in range(P.N):
+            cl[i] = _find(&parent[0], i)
+        t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
+        M = _partition_costs(P, cl, cid, cc)
+    else:
+        _load_costs(P, cc, node_arg)
+        _precluster(P, pre_thr, pre_max, pre_max_thing, pre_margin, cc, parent)
+        t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
+        M = _compact(P, parent, cc, cid)
+    st.superpixels = M
+    parent.clear(); parent.shrink_to_fit()
+    _node_graph(P, g)
+    _region_graph(P, M, cid, g, adj, sg, True)
+    sp_moves = sp_moves and improve and pre_max > 1
+    if sp_moves:
+        # the superpixels' own cost rows, before the contraction sums them into clusters
+        sprows.assign(cc.costs.begin(), cc.costs.begin() + <int64_t>M * P.K)
+        sparg.assign(cc.argbest.begin(), cc.argbest.begin() + M)
+    t1 = _now(); st.t_rag = t1 - t0; t0 = t1
+
+    _gaec(P, M, cc, adj, merged_into, st)
+    adj.clear(); adj.shrink_to_fit()
+    t1 = _now(); st.t_gaec = t1 - t0; t0 = t1
+
+    _cluster_ids(P, M, merged_into, cc, spcl, clclass)
+    merged_into.clear(); merged_into.shrink_to_fit()
+    cc.costs.clear(); cc.costs.shrink_to_fit()
+    cl.resize(P.N)
+    for i in range(P.N):
+        cl[i] = spcl[cid[i]]
+    st.objective_before_improve = _objective(P, cl, clclass)
+    next_id = M + P.K
+    clsize.resize(clclass.size())
+    if sp_moves:
+        _count(spcl, clsize)
+        _improve(&sprows[0], P.K, 1, M, P.K, P.part, M, sparg, sg, spcl, clclass, clsize,
+                 &next_id, <int64_t>max_rounds * M, st)
+        for i in range(P.N):
+            cl[i] = spcl[cid[i]]
+    if improve and P.N > 0:
+        _count(cl, clsize)
+        moves = st.improve_moves
+        _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
+                 &next_id, <int64_t>max_rounds * P.N, st)
+        # pieces differ from the superpixels only where nodes moved
+        if piece_moves and pre_max > 1 and st.improve_moves > moves:
+            _piece_moves(P, M, cid, g, node_arg, cl, clclass, clsize, &next_id, max_rounds, st)
+    t1 = _now(); st.t_improve = t1 - t0; t0 = t1
+
+    _segments(P, cl, clclass, out_labels, out_segments, out_cut)
     t1 = _now(); st.t_output = t1 - t0
-    return 0
 
 
 def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const double[::1] edge_costs, const uint8_t[::1] partitionable,
           const uint8_t[::1] local_edges, double precluster_threshold,
-          int precluster_max_size, bint improve, int max_improve_rounds,
+          int precluster_max_size, int precluster_max_thing_size,
+          double precluster_margin, bint improve, int max_improve_rounds,
+          bint superpixel_moves, bint piece_moves,
           int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
@@ -600,27 +965,31 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     except ``node_costs``, which may have any strides (a class-major network output
     needs no copy),
     ``partitionable`` of length K, ``local_edges`` (E,) flags of the edges eligible for
-    pre-clustering, outputs of lengths N, N and E. Returns a dict of
-    timings and counts. The GIL is released for the whole computation.
+    pre-clustering, outputs of lengths N, N and E; the other arguments are the fields of
+    :class:`copsctl.solver.SolverOptions`. Returns a dict of timings and counts. The GIL
+    is released for the whole computation.
     """
     cdef Stats st
     st.t_precluster = st.t_rag = st.t_gaec = st.t_improve = st.t_output = 0.0
     st.superpixels = st.clusters_after_gaec = st.merges = st.heap_pops = 0
     st.improve_moves = st.improve_visits = 0
     st.objective_before_improve = 0.0
-    cdef int32_t N = node_costs.shape[0]
-    cdef int32_t K = node_costs.shape[1]
-    cdef int64_t E = edges.shape[0]
-    cdef const int32_t* ep = &edges[0, 0] if E > 0 else NULL
-    cdef const double* cp = &edge_costs[0] if E > 0 else NULL
-    cdef uint8_t* cutp = &edge_cut[0] if E > 0 else NULL
-    cdef const uint8_t* lp = &local_edges[0] if E > 0 else NULL
-    cdef int64_t s0 = node_costs.strides[0] // sizeof(double)
-    cdef int64_t s1 = node_costs.strides[1] // sizeof(double)
+    cdef Problem P
+    P.N = node_costs.shape[0]
+    P.K = node_costs.shape[1]
+    P.E = edges.shape[0]
+    P.nc = &node_costs[0, 0]
+    P.s0 = node_costs.strides[0] // sizeof(double)
+    P.s1 = node_costs.strides[1] // sizeof(double)
+    P.edges = &edges[0, 0] if P.E > 0 else NULL
+    P.ec = &edge_costs[0] if P.E > 0 else NULL
+    P.part = &partitionable[0]
+    P.local = &local_edges[0] if P.E > 0 else NULL
+    cdef uint8_t* cutp = &edge_cut[0] if P.E > 0 else NULL
     with nogil:
-        _solve_core(&node_costs[0, 0], s0, s1, N, K, ep, E, cp, &partitionable[0], lp,
-                    precluster_threshold, precluster_max_size, improve, max_improve_rounds,
-                    &labels[0], &segments[0], cutp, &st)
+        _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
+                    precluster_margin, improve, max_improve_rounds,
+                    superpixel_moves, piece_moves, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,

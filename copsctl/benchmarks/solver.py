@@ -1,48 +1,65 @@
-"""Solver benchmark on realistic synthetic problems; prints a markdown table.
+"""Solver benchmark on realistic synthetic problems; prints markdown tables.
 
 Run as::
 
     PYTHONPATH=. .venv/bin/python -m copsctl.benchmarks.solver
-        [--preset cityscapes|coco|hard|hard-coco] [--problems N] [--repeat R]
-        [--workers W] [--no-memory]
+        [--preset cityscapes|coco|hard|hard-coco|mwc|mwc-coco] [--problems N]
+        [--repeat R] [--workers W] [--no-memory]
 
 Families (problems from :func:`copsctl.synthetic_costs.make_problem`, seeds 0 .. N-1):
 
 - ``cityscapes``: 256 x 512 nodes, 19 classes, distances (1, 4, 16, 32, 64, 128),
   1.38 M edges;
 - ``coco``: 160 x 160 nodes, 133 classes, distances (1, 4, 16, 32, 64);
-- ``hard``: Cityscapes size with ``difficulty=1`` (weaker, noisier edge costs), where the
-  improvement phase has work to do; ``hard-coco`` the same at COCO size.
+- ``hard`` and ``hard-coco``: the same sizes with weak, noisy edges: ``difficulty``
+  1, 0.875, 0.75 for seeds 0, 1, 2 (repeating), which gives an edge accuracy of about
+  0.72-0.80, and every edge cost multiplied by 0.25, so that the node costs dominate and
+  the solver must weigh many small edge costs;
+- ``mwc`` and ``mwc-coco``: the multiway cut of the fine-tuning backward pass on the
+  normal problems: one label per ground-truth segment, none partitionable (as
+  :func:`copsctl.train.amwc_layer.algorithm1` builds them); the cost of label ``j`` at a
+  node is the cost of the segment's class there, minus 0.5 inside the segment (a
+  stand-in for the perturbation ``λ ∂L/∂x``, which tells labels of one class apart).
 
-Per problem, all in one run and one process:
+Per problem, all in one run and one process, three solvers, each with its objective
+(value of (2)), its best wall-clock time of R runs (one thread, including the Python
+wrapper's input checks) and its peak memory:
 
-- **solve**: ``solve_amwc`` with default ``SolverOptions()``, one thread, best of R
-  wall-clock runs; its objective (value of (2));
-- **no improve**: ``SolverOptions(improve=False)``: time and objective without the
-  local improvement phase;
-- **GAEC**: ``SolverOptions(precluster_max_size=1)``: plain greedy additive edge
-  contraction on the pixel graph, without preclustering (improvement phase on);
-- **peak MB**: growth of the resident set during one default solve, measured in a fresh
-  process (``multiprocessing`` spawn, one task per process): the child loads the problem
-  from ``.npy`` files, resets the kernel's peak-RSS mark to the current RSS (writing 5 to
+- **default**: ``SolverOptions()``;
+- **GAEC**: ``SolverOptions(precluster_max_size=1, improve=False)``: plain greedy
+  additive edge contraction on the pixel graph;
+- **GAEC+imp**: ``SolverOptions(precluster_max_size=1)``: plain GAEC followed by the
+  improvement phase, the quality reference the default is held to;
+- **legacy**: the earlier default (``LEGACY_SOLVER``: 128-node superpixels of any
+  classes while a merge gains, no superpixel or piece moves), objective and time only;
+
+and beside them the objective of the ground-truth labelling (``gt obj``: ground-truth
+classes and segments, edges between segments cut; with MWC the labels are the
+segments), ``Δ obj`` = default - GAEC+imp (negative: the default is better),
+``x GAEC`` = default time / GAEC time, and the connected-components yardstick:
+
+- **cc**: ``scipy.sparse.csgraph.connected_components(coo_matrix((ones, (u, v)),
+  shape=(N, N)), directed=False)`` on the same edge list: the time includes scipy's
+  conversion of the edge list to CSR, as the solver's time includes building its
+  adjacency; **cc csr** is the call alone on a CSR matrix built beforehand; ``x cc``
+  and ``x cc csr`` are the default's time over each (best of 5R runs each);
+- **peak MB**: growth of the resident set during one solve, measured in a fresh process
+  (``multiprocessing`` spawn, one task per process): the child loads the problem from
+  ``.npy`` files, resets the kernel's peak-RSS mark to the current RSS (writing 5 to
   ``/proc/self/clear_refs``), solves once, and reports ``VmHWM`` after the solve minus
   ``VmRSS`` before it (``/proc/self/status``). This sees every allocation of the C++
   kernel and of the Python wrapper (including its int32 copy of the edge list), which
   ``tracemalloc`` would not. Where the reset is not allowed the figure is marked ``<=``
-  when an earlier peak could hide the solve's;
-- **cc**: the yardstick, ``scipy.sparse.csgraph.connected_components(coo_matrix((ones,
-  (u, v)), shape=(N, N)), directed=False)`` on the same edge list: the time includes
-  scipy's conversion of the edge list to CSR, as the solver's time includes building
-  its adjacency. ``cc csr`` is the call alone on a CSR matrix built beforehand; the
-  ratios ``x cc`` and ``x cc csr`` are solve time over each (best of 5R runs each).
+  when an earlier peak could hide the solve's.
 
 Finally ``solve_many`` on all problems of a family with 1 and with W threads
 (default 2): wall times and speed-up, next to the speed-up of a GIL-free reference load
 (SHA-256 in threads) measured right after it: on a shared machine the reference shows
 how many cores were actually free, so a low solver speed-up can be judged.
 
-Timings depend on the machine and its load; the script prints the CPU count and load
-average so that a reader can judge.
+Timings depend on the machine and its load; the script prints the CPU count and the
+load average at the start and the end, so that a reader can judge; the ratios compare
+figures measured in the same run.
 """
 
 from __future__ import annotations
@@ -60,11 +77,25 @@ from pathlib import Path
 
 import numpy as np
 
+# family -> (preset, difficulty per seed (cycled), edge cost factor, multiway cut)
 FAMILIES = {
-    "cityscapes": ("cityscapes", 0.0),
-    "coco": ("coco", 0.0),
-    "hard": ("cityscapes", 1.0),
-    "hard-coco": ("coco", 1.0),
+    "cityscapes": ("cityscapes", (0.0,), 1.0, False),
+    "coco": ("coco", (0.0,), 1.0, False),
+    "hard": ("cityscapes", (1.0, 0.875, 0.75), 0.25, False),
+    "hard-coco": ("coco", (1.0, 0.875, 0.75), 0.25, False),
+    "mwc": ("cityscapes", (0.0,), 1.0, True),
+    "mwc-coco": ("coco", (0.0,), 1.0, True),
+}
+
+# The solver's earlier rule, before class-agreement superpixels, superpixel and piece moves.
+LEGACY_SOLVER = {"precluster_margin": -1.0, "precluster_max_thing_size": 128,
+                 "superpixel_moves": False, "piece_moves": False}
+
+SOLVERS = {
+    "default": {},
+    "GAEC": {"precluster_max_size": 1, "improve": False},
+    "GAEC+imp": {"precluster_max_size": 1},
+    "legacy": LEGACY_SOLVER,
 }
 
 
@@ -96,12 +127,14 @@ def _reset_peak() -> bool:
         return False
 
 
+PROBLEM_ARRAYS = ("node_costs", "edges", "edge_costs", "partitionable", "local_edges")
+
+
 def _memory_child(folder: str, options: dict) -> dict:
     """Runs in a fresh spawned process: peak RSS growth of one solve."""
     from copsctl.solver import SolverOptions, solve_amwc
 
-    arrays = [np.load(Path(folder) / f"{name}.npy")
-              for name in ("node_costs", "edges", "edge_costs", "partitionable")]
+    arrays = [np.load(Path(folder) / f"{name}.npy") for name in PROBLEM_ARRAYS]
     # Imports and unpickling leave a high-water mark above the current RSS; reset it so
     # that the mark after the solve is the solve's own peak.
     exact = _reset_peak()
@@ -118,7 +151,7 @@ def _memory_child(folder: str, options: dict) -> dict:
 def measure_memory(problem, options) -> dict:
     """Peak RSS growth (bytes) of one solve of ``problem``, in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="copsctl-bench-") as folder:
-        for name, arr in zip(("node_costs", "edges", "edge_costs", "partitionable"), problem):
+        for name, arr in zip(PROBLEM_ARRAYS, problem):
             np.save(Path(folder) / f"{name}.npy", arr)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1) as pool:
@@ -160,34 +193,47 @@ def reference_speedup(workers: int, repeat: int) -> float:
     return t1 / tw
 
 
+def family_problem(name: str, seed: int):
+    """``(problem tuple for solve_amwc, ground-truth objective, edge accuracy)``."""
+    from copsctl.solver import objective
+    from copsctl.synthetic_costs import make_problem
+
+    preset, difficulties, edge_factor, mwc = FAMILIES[name]
+    synth = make_problem(preset, seed=seed, difficulty=difficulties[seed % len(difficulties)])
+    nc, edges, ec, part, local = synth.solver_problem()
+    ec = ec * edge_factor
+    gt_segments = synth.gt_segments.ravel()
+    gt_labels = synth.gt_labels.ravel()
+    if mwc:
+        onehot = np.zeros((nc.shape[0], synth.gt_segment_class.shape[0]))
+        onehot[np.arange(nc.shape[0]), gt_segments] = 1.0
+        nc = nc[:, synth.gt_segment_class] - 0.5 * onehot
+        part = np.zeros(nc.shape[1], dtype=bool)
+        gt_labels = gt_segments
+    cut = gt_segments[edges[:, 0]] != gt_segments[edges[:, 1]]
+    gt_obj = objective(nc, edges, ec, gt_labels, cut)
+    return (nc, edges, ec, part, local), gt_obj, synth.info["edge_accuracy"]
+
+
 def run_family(name: str, problems: int, repeat: int, workers: int, memory: bool,
                print_row) -> dict:
     from copsctl.solver import SolverOptions, solve_amwc, solve_many
-    from copsctl.synthetic_costs import make_problem
 
-    preset, difficulty = FAMILIES[name]
     rows, probs = [], []
     for seed in range(problems):
-        synth = make_problem(preset, seed=seed, difficulty=difficulty)
-        prob = synth.solver_problem()
+        prob, gt_obj, edge_acc = family_problem(name, seed)
         probs.append(prob)
         n, e = prob[0].shape[0], prob[1].shape[0]
-        t_solve, res = _best_time(lambda: solve_amwc(*prob), repeat)
-        t_noimp, res_noimp = _best_time(
-            lambda: solve_amwc(*prob, options=SolverOptions(improve=False)), repeat)
-        t_gaec, res_gaec = _best_time(
-            lambda: solve_amwc(*prob, options=SolverOptions(precluster_max_size=1)), repeat)
-        t_cc, t_csr = yardstick(prob[1], n, 5 * repeat)
-        mem = measure_memory(prob, SolverOptions()) if memory else None
         row = {"family": name, "seed": seed, "nodes": n, "edges": e,
-               "classes": prob[0].shape[1], "pixel_accuracy": synth.info["pixel_accuracy"],
-               "edge_accuracy": synth.info["edge_accuracy"],
-               "solve_s": t_solve, "objective": res.objective, "segments": res.num_segments,
-               "noimprove_s": t_noimp, "noimprove_objective": res_noimp.objective,
-               "gaec_s": t_gaec, "gaec_objective": res_gaec.objective,
-               "peak_mb": mem["peak_growth"] / 2**20 if mem else None,
-               "peak_exact": mem["exact"] if mem else True,
-               "cc_s": t_cc, "cc_csr_s": t_csr}
+               "classes": prob[0].shape[1], "edge_accuracy": edge_acc, "gt_objective": gt_obj}
+        for label, kwargs in SOLVERS.items():
+            opts = SolverOptions(**kwargs)
+            t, res = _best_time(lambda: solve_amwc(*prob, options=opts), repeat)
+            mem = measure_memory(prob, opts) if memory and label != "legacy" else None
+            row[label] = {"s": t, "objective": res.objective, "segments": res.num_segments,
+                          "peak_mb": mem["peak_growth"] / 2**20 if mem else None,
+                          "peak_exact": mem["exact"] if mem else True}
+        row["cc_s"], row["cc_csr_s"] = yardstick(prob[1], n, 5 * repeat)
         rows.append(row)
         print_row(row)
     speed = None
@@ -200,42 +246,56 @@ def run_family(name: str, problems: int, repeat: int, workers: int, memory: bool
     return {"rows": rows, "solve_many": speed}
 
 
-HEADER = ("| family | seed | nodes | edges | pix acc | edge acc | solve s | objective | segs | "
-          "no-improve s | no-improve obj | GAEC s | GAEC obj | peak MB | cc s | x cc | "
-          "cc csr s | x cc csr |")
+HEADER = ("| family | seed | K | edge acc | gt obj | default obj | default s | default MB | "
+          "GAEC obj | GAEC s | GAEC MB | GAEC+imp obj | GAEC+imp s | GAEC+imp MB | legacy obj | "
+          "legacy s | Δ obj | x GAEC | cc s | x cc | cc csr s | x cc csr |")
+
+
+def _peak(run: dict) -> str:
+    if run["peak_mb"] is None:
+        return "-"
+    return ("" if run["peak_exact"] else "<= ") + f"{run['peak_mb']:.0f}"
 
 
 def format_row(r: dict) -> str:
-    peak = "-" if r["peak_mb"] is None else \
-        ("" if r["peak_exact"] else "<= ") + f"{r['peak_mb']:.0f}"
-    return (f"| {r['family']} | {r['seed']} | {r['nodes']} | {r['edges']} | "
-            f"{r['pixel_accuracy']:.3f} | {r['edge_accuracy']:.3f} | {r['solve_s']:.3f} | "
-            f"{r['objective']:.1f} | {r['segments']} | {r['noimprove_s']:.3f} | "
-            f"{r['noimprove_objective']:.1f} | {r['gaec_s']:.3f} | {r['gaec_objective']:.1f} | "
-            f"{peak} | {r['cc_s']:.4f} | {r['solve_s'] / r['cc_s']:.1f} | "
-            f"{r['cc_csr_s']:.4f} | {r['solve_s'] / r['cc_csr_s']:.1f} |")
+    d, g, gi = r["default"], r["GAEC"], r["GAEC+imp"]
+    return (f"| {r['family']} | {r['seed']} | {r['classes']} | {r['edge_accuracy']:.3f} | "
+            f"{r['gt_objective']:.1f} | {d['objective']:.1f} | {d['s']:.3f} | {_peak(d)} | "
+            f"{g['objective']:.1f} | {g['s']:.3f} | {_peak(g)} | "
+            f"{gi['objective']:.1f} | {gi['s']:.3f} | {_peak(gi)} | "
+            f"{r['legacy']['objective']:.1f} | {r['legacy']['s']:.3f} | "
+            f"{d['objective'] - gi['objective']:+.1f} | {d['s'] / g['s']:.3f} | "
+            f"{r['cc_s']:.4f} | {d['s'] / r['cc_s']:.1f} | {r['cc_csr_s']:.4f} | "
+            f"{d['s'] / r['cc_csr_s']:.1f} |")
 
 
-def format_mean(name: str, rows: list[dict]) -> str:
-    def mean(key):
-        return statistics.fmean(r[key] for r in rows)
+SUMMARY_HEADER = ("| family | problems | default ≤ GAEC+imp | worst Δ obj | worst Δ obj % | "
+                  "legacy ≤ GAEC+imp | legacy worst Δ obj | max x GAEC | max x cc | "
+                  "max x cc csr | max default MB |")
 
-    peaks = [r["peak_mb"] for r in rows if r["peak_mb"] is not None]
-    peak = f"{max(peaks):.0f} (max)" if peaks else "-"
-    ratio = statistics.fmean(r["solve_s"] / r["cc_s"] for r in rows)
-    ratio_csr = statistics.fmean(r["solve_s"] / r["cc_csr_s"] for r in rows)
-    return (f"| **{name} mean** | | {rows[0]['nodes']} | {round(mean('edges'))} | "
-            f"{mean('pixel_accuracy'):.3f} | {mean('edge_accuracy'):.3f} | "
-            f"{mean('solve_s'):.3f} | {mean('objective'):.1f} | {mean('segments'):.1f} | "
-            f"{mean('noimprove_s'):.3f} | {mean('noimprove_objective'):.1f} | "
-            f"{mean('gaec_s'):.3f} | {mean('gaec_objective'):.1f} | {peak} | "
-            f"{mean('cc_s'):.4f} | {ratio:.1f} | {mean('cc_csr_s'):.4f} | {ratio_csr:.1f} |")
+
+def format_summary(name: str, rows: list[dict]) -> str:
+    deltas = [r["default"]["objective"] - r["GAEC+imp"]["objective"] for r in rows]
+    legacy = [r["legacy"]["objective"] - r["GAEC+imp"]["objective"] for r in rows]
+    rel = [100.0 * dlt / max(abs(r["GAEC+imp"]["objective"]), 1e-12)
+           for dlt, r in zip(deltas, rows)]
+    tol = [1e-9 * (1.0 + abs(r["GAEC+imp"]["objective"])) for r in rows]
+    wins = sum(dlt <= t for dlt, t in zip(deltas, tol))
+    legacy_wins = sum(dlt <= t for dlt, t in zip(legacy, tol))
+    peaks = [r["default"]["peak_mb"] for r in rows if r["default"]["peak_mb"] is not None]
+    peak = f"{max(peaks):.0f}" if peaks else "-"
+    return (f"| {name} | {len(rows)} | {wins} of {len(rows)} | {max(deltas):+.1f} | "
+            f"{max(rel):+.3f} | {legacy_wins} of {len(rows)} | {max(legacy):+.1f} | "
+            f"{max(r['default']['s'] / r['GAEC']['s'] for r in rows):.3f} | "
+            f"{max(r['default']['s'] / r['cc_s'] for r in rows):.1f} | "
+            f"{max(r['default']['s'] / r['cc_csr_s'] for r in rows):.1f} | "
+            f"{peak} |")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", action="append", choices=sorted(FAMILIES),
-                        help="family to run (repeatable); default: all four")
+    parser.add_argument("--preset", action="append", choices=list(FAMILIES),
+                        help="family to run (repeatable); default: all")
     parser.add_argument("--problems", type=int, default=3, help="problems per family")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (best)")
     parser.add_argument("--workers", type=int, default=2,
@@ -248,16 +308,19 @@ def main(argv=None) -> None:
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"# copsctl solver benchmark\n\n{platform.processor() or platform.machine()}, "
-          f"{cpus} CPUs available, load average {os.getloadavg()[0]:.2f}, numpy "
-          f"{np.__version__}; times are the best of {args.repeat} runs, one thread.\n")
+          f"{cpus} CPUs available, load average {os.getloadavg()[0]:.2f}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, numpy {np.__version__}; times are the best "
+          f"of {args.repeat} runs, one thread.\n")
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
     results = {}
     for name in families:
         results[name] = run_family(name, args.problems, args.repeat, args.workers,
                                    not args.no_memory, lambda r: print(format_row(r), flush=True))
+    print("\n" + SUMMARY_HEADER)
+    print("|" + "---|" * (SUMMARY_HEADER.count("|") - 1))
     for name in families:
-        print(format_mean(name, results[name]["rows"]))
+        print(format_summary(name, results[name]["rows"]))
     speeds = [results[n]["solve_many"] for n in families if results[n]["solve_many"]]
     if speeds:
         print("\n| family | problems | solve_many 1 thread s | solve_many W threads s | W | "

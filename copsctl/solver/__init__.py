@@ -41,25 +41,45 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SolverOptions:
-    """Tuning of the greedy solver; the defaults are what the benchmark measured best.
+    """Tuning of the greedy solver; the defaults are what the benchmark measured best
+    (``python -m copsctl.benchmarks.solver``, docs/solver.md).
 
     precluster_threshold
-        Edges with cost above this value whose endpoints prefer the same class are
-        contracted first, in descending order of cost, into small superpixels.
+        Only edges with cost above this value are contracted in the pre-clustering phase.
     precluster_max_size
         Upper bound on a superpixel's node count in that phase; 1 disables it, which gives
         plain greedy additive edge contraction (GAEC) on the input graph.
+    precluster_max_thing_size
+        The same bound for superpixels of a partitionable class (things), whose weak
+        boundaries between touching instances of one class a superpixel must not cross.
+    precluster_margin
+        With a value >= 0, a local edge is contracted only when both endpoints prefer the
+        same class and each by at least this much over its second-best class (a merge
+        the contraction would make anyway). A negative value selects the earlier rule:
+        any two superpixels whose merge lowers the objective.
     improve
-        Run the local improvement phase (single-node moves to a neighbouring cluster or
-        class) after the contraction.
+        Run the local improvement phase after the contraction: moves of whole superpixels
+        (if ``superpixel_moves``), then single-node moves to a neighbouring cluster or
+        class, then moves of pieces (if ``piece_moves``) and of nodes again.
     max_improve_rounds
-        Bound on the node visits of the improvement phase, in multiples of the node count.
+        Bound on the unit visits of each improvement pass, in multiples of the unit count.
+    superpixel_moves
+        Move whole superpixels before single nodes (only when pre-clustering is on).
+    piece_moves
+        After the node moves, move the pieces they cut the superpixels into (connected
+        parts within one cluster), then single nodes again (only when pre-clustering is
+        on and a node moved).
     """
 
     precluster_threshold: float = 0.0
     precluster_max_size: int = 128
     improve: bool = True
     max_improve_rounds: int = 4
+    # added later: keyword-only in practice, after the original four
+    precluster_max_thing_size: int = 8
+    precluster_margin: float = 0.0
+    superpixel_moves: bool = True
+    piece_moves: bool = True
 
 
 @dataclass
@@ -254,8 +274,12 @@ def _solve_validated(nc, ed, ec, pa, lo, options: SolverOptions) -> AMWCResult:
     segments = np.empty(n, dtype=np.int32)
     edge_cut = np.empty(ed.shape[0], dtype=np.uint8)
     stats = kernel.solve(nc, ed, ec, pa, lo, float(options.precluster_threshold),
-                         int(options.precluster_max_size), bool(options.improve),
-                         int(options.max_improve_rounds), labels, segments, edge_cut)
+                         int(options.precluster_max_size),
+                         int(options.precluster_max_thing_size), float(options.precluster_margin),
+                         bool(options.improve),
+                         int(options.max_improve_rounds), bool(options.superpixel_moves),
+                         bool(options.piece_moves),
+                         labels, segments, edge_cut)
     obj = objective(nc, ed, ec, labels, edge_cut)
     return AMWCResult(labels=labels, segments=segments, edge_cut=edge_cut, objective=obj,
                       stats=stats)
