@@ -168,3 +168,13 @@ def test_dump_costs_applies_the_calibration_beside_the_checkpoint(tmp_path):
             # Only where the layout has an edge (the rest of the maps is padding).
             mask = grid_edge_mask(*node.shape[1:], plain.distances)
             np.testing.assert_allclose(got[1][mask], want[1][mask], rtol=1e-5, atol=1e-5)
+
+
+def test_calibrate_never_overwrites_its_inputs_or_a_folder(shifted, tmp_path):
+    root, info = shifted
+    before = (root / "shifted.h5").read_bytes()
+    for out, rule in ((root / "shifted.h5", "COSTS"), (tmp_path, "folder")):
+        res = runner.invoke(app, ["calibrate", str(root / "shifted.h5"), "--gt-json",
+                                  info["gt_json"], "--out", str(out)])
+        assert res.exit_code == 2 and rule in res.output and "Traceback" not in res.output, res.output
+    assert (root / "shifted.h5").read_bytes() == before

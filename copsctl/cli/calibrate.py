@@ -38,12 +38,17 @@ def calibrate_command(
     dump-costs, finetune and predict apply RUN/calibration.yaml by themselves; solve takes
     --calibration FILE.
     """
-    from ..calibration import Calibration, calibrate_run, fit_calibration
+    from ..atomic import check_output
+    from ..calibration import CALIBRATION_NAME, Calibration, calibrate_run, fit_calibration
     from ..costs import CostFile
     from ..errors import InputError
 
     if (costs is None) == (run is None):
         raise InputError("pass either COSTS (with --gt-json) or --run RUN")
+    inputs = {"COSTS": costs, "--gt-json": gt_json, "--gt-dir": gt_dir}
+    check_output(out if out is not None or run is None else run / CALIBRATION_NAME, "--out",
+                 inputs=inputs)
+    check_output(out_json, "--json", inputs={**inputs, "--out": out})
     if run is not None:
         if gt_json is not None or gt_dir is not None:
             raise InputError("--run takes its ground truth from the run's dataset; drop --gt-json")
@@ -54,8 +59,6 @@ def calibrate_command(
             raise InputError("COSTS needs its ground truth: pass --gt-json (and --gt-dir)")
         if out is None:
             raise InputError("COSTS needs --out FILE: where to write the calibration")
-        if out.is_dir():
-            raise InputError(f"--out {out}: is a folder; name the calibration file to write")
         with CostFile(costs) as cf:
             stored = (cf.recipe or {}).get("calibration")
             m = len(cf.distances)
