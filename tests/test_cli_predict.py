@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -281,3 +282,30 @@ def test_collect_inputs_folders_globs_and_duplicate_stems(images, tmp_path):
     (tmp_path / "street.png").write_bytes(single.read_bytes())
     with pytest.raises(InputError, match="same name stem 'street'"):
         collect_inputs([folder, tmp_path / "street.png"])
+
+
+def test_the_calibration_beside_a_run_reaches_predict_and_export(run, images, tmp_path):
+    """A calibrated run (copsctl calibrate writes RUN/calibration.yaml): predict applies it,
+    export carries it in the model file's recipe, and predicting from that file gives the
+    same output as predicting from the calibrated run."""
+    import shutil
+
+    from copsctl.calibration import Calibration
+    from copsctl.config import recipe_from_dict
+
+    folder, _ = images
+    calibrated = tmp_path / "run"
+    shutil.copytree(run, calibrated)
+    cal = Calibration(3.0, (1.0, 0.5, 2.0), (2.0, 1.0, -1.0))
+    cal.save(calibrated / "calibration.yaml")
+    a, b, model = tmp_path / "a", tmp_path / "b", tmp_path / "model.pt"
+    _ok(_invoke("predict", "--run", calibrated, folder, "--out", a))
+    _ok(_invoke("export", "--run", calibrated, "--out", model))
+    recipe = recipe_from_dict(yaml.safe_load(load_checkpoint(model)["recipe"]))
+    assert (recipe.calibration.node_scale, recipe.calibration.edge_offset) == (3.0, (2.0, 1.0, -1.0))
+    _ok(_invoke("predict", "--weights", model, folder, "--out", b))
+    pngs = sorted((a / "panoptic_pred").iterdir())
+    assert pngs and all((b / "panoptic_pred" / p.name).read_bytes() == p.read_bytes() for p in pngs)
+    plain = tmp_path / "plain"
+    _ok(_invoke("predict", "--run", run, folder, "--out", plain))
+    assert any((plain / "panoptic_pred" / p.name).read_bytes() != p.read_bytes() for p in pngs)
