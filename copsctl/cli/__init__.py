@@ -6,9 +6,11 @@ imports the CLI.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 # OpenMP threads that spin while waiting make torch on a busy machine many times slower:
 # one pre-training step (2 threads, another 2-thread job beside it on 2 cores) took 25 s
@@ -16,41 +18,79 @@ import typer
 # OpenMP (the commands import torch lazily); a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-app = typer.Typer(
+# The commands in pipeline order, as `copsctl --help` lists them; each one's module is the
+# name with underscores (make-synthetic -> make_synthetic.py).
+COMMANDS = ("make-synthetic", "check-data", "pretrain", "calibrate", "finetune", "dump-costs",
+            "solve", "evaluate", "predict", "export", "visualize", "demo", "make-costs",
+            "recipe")
+
+
+def _flags_as_flags(params):
+    # Typer shows every option's type, a flag's as `<bool>` as if it took a value; an empty
+    # metavar leaves a flag's type column blank (click's plain help never shows one).
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMANDS)}
+        return sorted(names, key=lambda n: rank.get(n, len(COMMANDS)))
+
+
+class App(typer.Typer):
+    """The Typer app of copsctl and its sub-groups: commands in pipeline order, flags shown
+    as flags."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("cls", _Group)
+        kwargs.setdefault("add_completion", False)
+        super().__init__(**kwargs)
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = App(
     name="copsctl",
     help="Combinatorial Optimization for Panoptic Segmentation: stage-wise commands.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"copsctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version of copsctl and exit."),
+) -> None:
     # An explicit group callback keeps `copsctl <command>` a sub-command even while only
     # one command is registered (Typer otherwise runs a lone command as the app itself).
     pass
 
 
-def _register() -> None:
-    # One line per command; each module holds one command's options.
-    from . import make_synthetic  # noqa: F401  (make-synthetic)
-    from . import solve  # noqa: F401  (solve)
-    from . import make_costs  # noqa: F401  (make-costs)
-    from . import demo  # noqa: F401  (demo)
-    from . import evaluate  # noqa: F401  (evaluate)
-    from . import recipe  # noqa: F401  (recipe)
-    from . import pretrain  # noqa: F401  (pretrain)
-    from . import dump_costs  # noqa: F401  (dump-costs)
-    from . import finetune  # noqa: F401  (finetune)
-    from . import calibrate  # noqa: F401  (calibrate)
-    from . import visualize  # noqa: F401  (visualize image | run | pipeline)
-    from . import predict  # noqa: F401  (predict)
-    from . import export  # noqa: F401  (export)
-    from . import check_data  # noqa: F401  (check-data)
-
-
-_register()
+for _name in COMMANDS:
+    importlib.import_module(f".{_name.replace('-', '_')}", __name__)
 
 
 def main() -> None:
