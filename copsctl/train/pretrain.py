@@ -51,7 +51,10 @@ __all__ = ["RECIPE_NAME", "RESUMABLE_KEYS", "pretrain", "resolve_run_recipe",
 RECIPE_NAME = "recipe.yaml"
 RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR, BEST_NAME,
              "calibration.yaml")
-"""What a run folder may hold; a folder with anything else is not a run."""
+"""What a run folder may hold, besides ``EVAL_PREFIX*`` folders; anything else is not a run."""
+
+EVAL_PREFIX = "eval_"
+"""``copsctl evaluate --run RUN --split S`` writes its costs and predictions in RUN/eval_S/."""
 
 RESUMABLE_KEYS = frozenset({
     "data.root", "data.num_workers", "train.device", "train.log_every",
@@ -117,7 +120,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
             raise InputError(f"--out {run_dir}: folder is not empty; pass --resume to continue "
                              "the run in it, or choose a new folder")
         return False
-    foreign = [e for e in entries if e not in RUN_FILES]
+    foreign = [e for e in entries
+               if e not in RUN_FILES and not e.startswith(EVAL_PREFIX)]
     if foreign:
         raise InputError(f"--out {run_dir}: not a run folder (holds {foreign[0]!r}); "
                          "--resume continues a folder written by copsctl pretrain")
