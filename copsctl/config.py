@@ -111,12 +111,21 @@ class DataConfig:
     """Which data, and how training samples are drawn from it."""
 
     dataset: str = _key("synthetic",
-        "reader to use: synthetic | cityscapes | coco (synthetic uses the COCO panoptic layout)",
-        choices=("synthetic", "cityscapes", "coco"))
+        "reader to use: synthetic | cityscapes | coco | coco_panoptic (any COCO panoptic "
+        "dataset at the paths data.train_json ... data.val_panoptic)",
+        choices=("synthetic", "cityscapes", "coco", "coco_panoptic"))
     root: str = _key("",
         "dataset folder (made by `copsctl make-synthetic` for synthetic); relative to the working directory")
-    train_split: str = _key("train", "split used for training")
-    val_split: str = _key("val", "split used for validation and cost dumps")
+    train_split: str = _key("train", "split used for training (coco: as the folders name it, train2017)")
+    val_split: str = _key("val", "split used for validation and cost dumps (coco: val2017)")
+    train_json: str = _key("", "coco_panoptic: panoptic JSON of data.train_split (relative to data.root if set)")
+    train_images: str = _key("", "coco_panoptic: image folder of data.train_split")
+    train_panoptic: str = _key("",
+        "coco_panoptic: panoptic PNG folder of data.train_split (default: train_json without .json)")
+    val_json: str = _key("", "coco_panoptic: panoptic JSON of data.val_split")
+    val_images: str = _key("", "coco_panoptic: image folder of data.val_split")
+    val_panoptic: str = _key("",
+        "coco_panoptic: panoptic PNG folder of data.val_split (default: val_json without .json)")
     crop_size: tuple[int, int] = _key((512, 1024),
         "training crop (height, width) in input pixels", check=_crop)
     min_scale: float = _key(0.5, "smallest random rescale factor before cropping", check=_positive)
