@@ -26,6 +26,10 @@ def pretrain_command(
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out exactly where it stopped."),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="Start a new run from the model weights of this checkpoint "
+        "(RUN/checkpoint.pt or a `copsctl export` file); the recipe's model section must fit "
+        "them. Not with --resume."),
     out_json: Optional[Path] = typer.Option(
         None, "--json", help="Also write the result (iterations, seconds, last train and "
         "validation metrics) as JSON here."),
@@ -37,8 +41,9 @@ def pretrain_command(
     """
     from ..train.pretrain import pretrain
 
-    check_json_outside(out_json, out, "--out", recipe=recipe)
+    check_json_outside(out_json, out, "--out", recipe=recipe, init=init)
     with TrainProgress("pretrain") as bar:
-        result = pretrain(recipe, out, overrides=overrides, resume=resume, progress=bar,
+        result = pretrain(recipe, out, overrides=overrides, resume=resume, init=init,
+                          progress=bar,
                           log=lambda msg: bar.console.print(msg))
     report_run(result, "pretrain", out, out_json)
