@@ -296,3 +296,16 @@ def test_init_starts_a_new_run_from_a_checkpoint_or_an_export(run, data, tmp_pat
                                  "--out", tmp_path / "other"),
                        "weights were trained with model.aspp_channels = 16")
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def test_device_option_sets_train_device(data, tmp_path):
+    res = _pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}", "--set",
+                    "train.iterations=1", "--set", "train.device=auto", "--device", "cpu",
+                    "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert load_recipe(tmp_path / "run" / "recipe.yaml").train.device == "cpu"
+    for command in ("pretrain", "finetune"):
+        res = runner.invoke(app, [command, "--recipe", "synthetic_tiny", "--device", "gpu",
+                                  "--out", str(tmp_path / "never")])
+        _fails_in_one_line(res, "--device must be one of auto, cpu, cuda, got 'gpu'")
+    assert not (tmp_path / "never").exists()
