@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from typer.testing import CliRunner
 
 import copsctl
@@ -44,3 +46,25 @@ def test_flags_are_shown_without_a_value_type():
         res = runner.invoke(app, [*args, "--help"], terminal_width=120)
         assert res.exit_code == 0, (args, res.output)
         assert "<bool>" not in res.output, args
+
+
+@pytest.mark.parametrize("args,message", [
+    (["pretrain"], "error: Missing option '--out'. (see copsctl pretrain --help)"),
+    (["pretrian"], "error: No such command 'pretrian'. Did you mean 'pretrain'? (see copsctl "
+     "--help)"),
+    (["evaluate", "--workers", "x"], "error: Invalid value for '--workers'"),
+    (["--bogus"], "error: No such option: --bogus"),
+    (["visualize", "imag"], "error: No such command 'imag'."),
+])
+def test_usage_errors_are_one_line_exit_2(args, message):
+    res = runner.invoke(app, args, prog_name="copsctl")
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+    assert res.stdout == ""
+
+
+def test_no_arguments_still_prints_the_help():
+    for args in ([], ["visualize"]):
+        res = runner.invoke(app, args)
+        assert "Usage:" in res.output and "Commands" in res.output

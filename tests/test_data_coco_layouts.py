@@ -113,5 +113,5 @@ def test_missing_root_points_at_set_data_root(tmp_path):
                               f"data.root={tmp_path / 'nowhere'}", "--pred-json", "p.json"])
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "folder does not exist; pass the dataset folder with --set " \
-        "data.root=DIR" in lines[0], res.stderr
+    assert len(lines) == 1 and "nowhere: dataset root folder does not exist (data.root; set " \
+        "it with --set data.root=DIR)" in lines[0], res.stderr

@@ -34,12 +34,44 @@ def _flags_as_flags(params):
     return params
 
 
+try:  # Typer >= 0.22 carries its own click
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError as _UsageError
+
+
+def _one_line(method):
+    # A usage error (missing option, bad value, unknown command) as one line on stderr with
+    # exit code 2, like every other input error, instead of Typer's usage text and panel.
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed: keep it
+                raise
+            from rich.markup import escape
+
+            from ._util import err_console
+
+            path = exc.ctx.command_path if exc.ctx is not None else "copsctl"
+            err_console.print(f"[bold red]error:[/] {escape(exc.format_message())} "
+                              f"(see {escape(path)} --help)", soft_wrap=True)
+            raise typer.Exit(code=exc.exit_code) from None
+
+    return wrapper
+
+
 class _Command(TyperCommand):
+    make_context = _one_line(TyperCommand.make_context)
+
     def get_params(self, ctx):
         return _flags_as_flags(super().get_params(ctx))
 
 
 class _Group(TyperGroup):
+    make_context = _one_line(TyperGroup.make_context)
+    resolve_command = _one_line(TyperGroup.resolve_command)
+
     def get_params(self, ctx):
         return _flags_as_flags(super().get_params(ctx))
 

@@ -391,8 +391,8 @@ def open_data_split(data, split: str, *, class_table: ClassTable | None = None,
             raise InputError("`data.root` is empty: set it in the recipe or with "
                              "--set data.root=DIR")
         if not Path(data.root).is_dir():
-            raise InputError(f"data.root {data.root}: folder does not exist; pass the dataset "
-                             "folder with --set data.root=DIR")
+            raise InputError(f"{data.root}: dataset root folder does not exist (data.root; "
+                             "set it with --set data.root=DIR)")
         return open_reader(data.dataset, data.root, split, class_table=class_table,
                            check_files=check_files)
     roles = {data.train_split: "train", data.val_split: "val"}
