@@ -68,3 +68,10 @@ def test_no_arguments_still_prints_the_help():
     for args in ([], ["visualize"]):
         res = runner.invoke(app, args)
         assert "Usage:" in res.output and "Commands" in res.output
+
+
+def test_help_paragraphs_flow_to_the_terminal_width():
+    res = runner.invoke(app, ["check-data", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert ("The check pretrain and finetune run before they write anything: every image and "
+            "panoptic PNG decoded") in res.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -61,8 +62,18 @@ def _one_line(method):
     return wrapper
 
 
+def _flowing(text):
+    # A docstring's paragraphs are wrapped at 100 columns in the source; Typer keeps those
+    # line breaks, which break lines mid-sentence on a terminal of another width.
+    return text if not text else re.sub(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)", " ", text)
+
+
 class _Command(TyperCommand):
     make_context = _one_line(TyperCommand.make_context)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help = _flowing(self.help)
 
     def get_params(self, ctx):
         return _flags_as_flags(super().get_params(ctx))
@@ -71,6 +82,10 @@ class _Command(TyperCommand):
 class _Group(TyperGroup):
     make_context = _one_line(TyperGroup.make_context)
     resolve_command = _one_line(TyperGroup.resolve_command)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help = _flowing(self.help)
 
     def get_params(self, ctx):
         return _flags_as_flags(super().get_params(ctx))
