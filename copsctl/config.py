@@ -118,7 +118,7 @@ class DataConfig:
         "dataset folder (made by `copsctl make-synthetic` for synthetic); relative to the working directory")
     train_split: str = _key("train", "split used for training (coco: as the folders name it, train2017)")
     val_split: str = _key("val", "split used for validation and cost dumps (coco: val2017)")
-    train_json: str = _key("", "coco_panoptic: panoptic JSON of data.train_split (relative to data.root if set)")
+    train_json: str = _key("", "coco_panoptic: panoptic JSON of data.train_split (relative to the working directory)")
     train_images: str = _key("", "coco_panoptic: image folder of data.train_split")
     train_panoptic: str = _key("",
         "coco_panoptic: panoptic PNG folder of data.train_split (default: train_json without .json)")

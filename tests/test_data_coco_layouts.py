@@ -73,16 +73,17 @@ def _explicit(tmp_path):
     return expected
 
 
-def test_coco_panoptic_at_explicit_paths(tmp_path):
+def test_coco_panoptic_at_explicit_paths(tmp_path, monkeypatch):
     expected = _explicit(tmp_path)
     # absolute paths; the PNG folder defaults to the JSON path without .json
     r = load_recipe(None, ["data.dataset=coco_panoptic", "data.val_split=holdout",
                            f"data.val_json={tmp_path / 'labels' / 'mine.json'}",
                            f"data.val_images={tmp_path / 'pictures'}"])
     _check(open_data_split(r.data, "holdout"), expected)
-    # relative to data.root, with the PNG folder named
+    # relative to the working directory (data.root is not used), with the PNG folder named
     shutil.move(tmp_path / "labels" / "mine", tmp_path / "pngs")
-    r = load_recipe(None, ["data.dataset=coco_panoptic", f"data.root={tmp_path}",
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe(None, ["data.dataset=coco_panoptic", "data.root=elsewhere",
                            "data.train_json=labels/mine.json", "data.train_images=pictures",
                            "data.train_panoptic=pngs"])
     _check(open_data_split(r.data, "train"), expected)
@@ -95,8 +96,8 @@ def test_coco_panoptic_at_explicit_paths(tmp_path):
 def test_evaluate_against_a_coco_panoptic_recipe(tmp_path):
     _explicit(tmp_path)
     recipe = tmp_path / "mine.yaml"
-    recipe.write_text(f"data:\n  dataset: coco_panoptic\n  root: {tmp_path}\n"
-                      "  val_json: labels/mine.json\n  val_images: pictures\n")
+    recipe.write_text(f"data:\n  dataset: coco_panoptic\n  val_json: {tmp_path}/labels/mine.json\n"
+                      f"  val_images: {tmp_path}/pictures\n")
     out = tmp_path / "pq.json"
     # the ground truth evaluated against itself
     res = runner.invoke(app, ["evaluate", "--recipe", str(recipe), "--pred-json",
@@ -105,7 +106,7 @@ def test_evaluate_against_a_coco_panoptic_recipe(tmp_path):
     assert json.loads(out.read_text())["All"]["pq"] == 1.0
     res = runner.invoke(app, ["check-data", "--recipe", str(recipe), "--split", "val"])
     assert res.exit_code == 0, res.output
-    assert "all 2 images and labels read" in res.output
+    assert "mine.json: all 2 images and labels read" in res.output.replace("\n", "")
 
 
 def test_missing_root_points_at_set_data_root(tmp_path):

@@ -41,6 +41,8 @@ def check_data_command(
     with count_progress("checking data") as progress:
         result = check_readers(readers, workers=workers, progress=progress)
     per_split = ", ".join(f"{n} {s}" for s, n in result["images"].items())
-    console.print(f"{cfg.data.root}: all {result['total']} images and labels read ({per_split}) "
+    where = (", ".join(str(r.json_path) for r in readers.values())
+             if cfg.data.dataset == "coco_panoptic" else cfg.data.root)
+    console.print(f"{where}: all {result['total']} images and labels read ({per_split}) "
                   f"in {result['seconds']:.1f} s", soft_wrap=True)
     write_json_option(out_json, {"root": cfg.data.root, **result})

@@ -29,7 +29,7 @@ All three datasets share one structure, a panoptic JSON plus a folder of id PNGs
   JSON, the image folder and the PNG folder (default: the JSON path without ``.json``),
   recipe keys ``data.train_json`` / ``data.train_images`` / ``data.train_panoptic`` for
   ``data.train_split`` and ``data.val_*`` for ``data.val_split``; relative paths are
-  relative to ``data.root`` when it is set.
+  relative to the working directory (as ``data.root`` is; this dataset does not use it).
 
   The class table of the COCO layouts is read from the JSON ``categories`` (sorted by id).
 
@@ -400,7 +400,6 @@ def open_data_split(data, split: str, *, class_table: ClassTable | None = None,
         raise InputError(f"coco_panoptic: split {split!r} is neither data.train_split "
                          f"({data.train_split!r}) nor data.val_split ({data.val_split!r})")
     role = roles[split]
-    base = Path(data.root) if data.root else Path()
     json_path, images, panoptic = (getattr(data, f"{role}_{k}")
                                    for k in ("json", "images", "panoptic"))
     for key, value in (("json", json_path), ("images", images)):
@@ -408,6 +407,5 @@ def open_data_split(data, split: str, *, class_table: ClassTable | None = None,
             raise InputError(f"coco_panoptic: `data.{role}_{key}` is empty; set the {split} "
                              f"split's {'panoptic JSON' if key == 'json' else 'image folder'} "
                              f"with --set data.{role}_{key}=PATH")
-    return coco_panoptic_reader(base / json_path, base / images,
-                                base / panoptic if panoptic else None,
+    return coco_panoptic_reader(json_path, images, panoptic or None,
                                 class_table=class_table, check_files=check_files)
