@@ -39,6 +39,7 @@ def _option_rows(args):
 def test_flags_are_shown_without_a_value_type():
     rows = _option_rows(["pretrain"])
     assert rows["--out"] == "<path>"
+    assert rows["--set"] == "<key=value>"
     assert not rows["--resume"].startswith("<")  # the help text follows, no `<bool>`
     assert not rows["--help"].startswith("<")
     # every command and sub-command, and the root

@@ -28,10 +28,13 @@ COMMANDS = ("make-synthetic", "check-data", "pretrain", "calibrate", "finetune",
 
 def _flags_as_flags(params):
     # Typer shows every option's type, a flag's as `<bool>` as if it took a value; an empty
-    # metavar leaves a flag's type column blank (click's plain help never shows one).
+    # metavar leaves a flag's type column blank (click's plain help never shows one). The
+    # recipe overrides show their form rather than `<list[str]>`.
     for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
+        if param.metavar is None and getattr(param, "is_flag", False):
             param.metavar = ""
+        elif param.metavar is None and "--set" in getattr(param, "opts", ()):
+            param.metavar = "<key=value>"
     return params
 
 
