@@ -111,12 +111,21 @@ class DataConfig:
     """Which data, and how training samples are drawn from it."""
 
     dataset: str = _key("synthetic",
-        "reader to use: synthetic | cityscapes | coco (synthetic uses the COCO panoptic layout)",
-        choices=("synthetic", "cityscapes", "coco"))
+        "reader to use: synthetic | cityscapes | coco | coco_panoptic (any COCO panoptic "
+        "dataset at the paths data.train_json ... data.val_panoptic)",
+        choices=("synthetic", "cityscapes", "coco", "coco_panoptic"))
     root: str = _key("",
         "dataset folder (made by `copsctl make-synthetic` for synthetic); relative to the working directory")
-    train_split: str = _key("train", "split used for training")
-    val_split: str = _key("val", "split used for validation and cost dumps")
+    train_split: str = _key("train", "split used for training (coco: as the folders name it, train2017)")
+    val_split: str = _key("val", "split used for validation and cost dumps (coco: val2017)")
+    train_json: str = _key("", "coco_panoptic: panoptic JSON of data.train_split (relative to the working directory)")
+    train_images: str = _key("", "coco_panoptic: image folder of data.train_split")
+    train_panoptic: str = _key("",
+        "coco_panoptic: panoptic PNG folder of data.train_split (default: train_json without .json)")
+    val_json: str = _key("", "coco_panoptic: panoptic JSON of data.val_split")
+    val_images: str = _key("", "coco_panoptic: image folder of data.val_split")
+    val_panoptic: str = _key("",
+        "coco_panoptic: panoptic PNG folder of data.val_split (default: val_json without .json)")
     crop_size: tuple[int, int] = _key((512, 1024),
         "training crop (height, width) in input pixels", check=_crop)
     min_scale: float = _key(0.5, "smallest random rescale factor before cropping", check=_positive)
@@ -432,11 +441,32 @@ def _split_key(dotted: str, source: str) -> tuple[str, str]:
         raise InputError(f"{source}: key {dotted!r} must have the form section.key, "
                          f"with a section among {list(_SECTIONS)}")
     section, name = parts
-    if section not in _SECTIONS:
-        raise InputError(f"{source}: unknown recipe key {dotted!r} (sections: {', '.join(_SECTIONS)})")
-    if name not in _fields(section):
-        raise InputError(f"{source}: unknown recipe key {dotted!r}")
+    if section not in _SECTIONS or name not in _fields(section):
+        raise _unknown_key(dotted, source)
     return section, name
+
+
+# Spellings of other trainers (detectron2, PyTorch examples) for keys copsctl names otherwise.
+_KEY_SYNONYMS = {"learning_rate": "lr", "base_lr": "lr", "max_iter": "iterations",
+                 "max_iters": "iterations", "ims_per_batch": "batch_size"}
+
+
+def _unknown_key(dotted: str, source: str) -> InputError:
+    """The error for a key no section declares, with the nearest declared keys (difflib)."""
+    import difflib
+
+    section, _, name = dotted.partition(".")
+    keys = [f"{sec}.{f}" for sec in _SECTIONS for f in _fields(sec)]
+    near = [k for k in keys if k.split(".")[1] == _KEY_SYNONYMS.get(name.lower(), name.lower())]
+    if section in _SECTIONS:  # a near name in its own section
+        near += [f"{section}.{n}" for n in
+                 difflib.get_close_matches(name, list(_fields(section)), n=3, cutoff=0.6)]
+    else:  # a misspelt section
+        near += difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6)
+    near = list(dict.fromkeys(k for k in near if k != dotted))[:3]
+    hint = (f"did you mean {' or '.join(repr(k) for k in near)}?" if near else
+            "`copsctl recipe --keys` lists them all")
+    return InputError(f"{source}: unknown recipe key {dotted!r} ({hint})")
 
 
 def _fields(section: str) -> dict[str, dataclasses.Field]:
@@ -508,8 +538,12 @@ def _validate_layer(layer, source: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for section, entries in layer.items():
         if section not in _SECTIONS:
-            raise InputError(f"{source}: unknown recipe section {section!r} "
-                             f"(sections: {', '.join(_SECTIONS)})")
+            import difflib
+
+            near = difflib.get_close_matches(str(section), list(_SECTIONS), n=1, cutoff=0.6)
+            raise InputError(f"{source}: unknown recipe section {section!r} ("
+                             + (f"did you mean {near[0]!r}? " if near else "")
+                             + f"sections: {', '.join(_SECTIONS)})")
         if entries is None:
             continue
         if not isinstance(entries, Mapping):
@@ -519,7 +553,7 @@ def _validate_layer(layer, source: str) -> dict[str, dict[str, Any]]:
         for name, value in entries.items():
             dotted = f"{section}.{name}"
             if name not in fields:
-                raise InputError(f"{source}: unknown recipe key {dotted!r}")
+                raise _unknown_key(dotted, source)
             value = _coerce(value, hints[name], dotted, source)
             meta = fields[name].metadata
             if meta["choices"] is not None and value not in meta["choices"]:

@@ -7,7 +7,7 @@ Import from tests as ``from panoptic_fixtures import write_cityscapes, write_coc
   and then runs cityscapesscripts' own ``createPanopticImgs`` converter, so the panoptic
   JSON and PNGs are exactly what that tool writes (label ids as category ids, crowd
   segments for thing pixels without an instance, ignored labels dropped to void).
-* :func:`write_coco` writes ``{split}2017/*.jpg`` and ``annotations/panoptic_{split}2017``
+* :func:`write_coco` writes ``{split}/*.jpg`` and ``annotations/panoptic_{split}``
   with COCO-style (RGB-hash) segment ids, a crowd segment, void pixels and a category
   ("dog") that no image uses.
 
@@ -146,8 +146,11 @@ def _coco_scenes() -> list[dict]:
     ]
 
 
-def write_coco(root: str | Path, split: str = "val", seed: int = 0) -> dict[int, dict]:
-    """Write a 2-image COCO panoptic split under ``root`` in the official layout.
+def write_coco(root: str | Path, split: str = "val2017", seed: int = 0, *,
+               layout: str = "official") -> dict[int, dict]:
+    """Write a 2-image COCO panoptic split under ``root``: ``split/*.jpg``,
+    ``annotations/panoptic_{split}.json`` and the PNGs in ``annotations/panoptic_{split}/``
+    (``layout="official"``) or ``panoptic_{split}/`` beside ``annotations/`` (detectron2's).
 
     Returns
     -------
@@ -157,8 +160,8 @@ def write_coco(root: str | Path, split: str = "val", seed: int = 0) -> dict[int,
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
-    img_dir = root / f"{split}2017"
-    png_dir = root / "annotations" / f"panoptic_{split}2017"
+    img_dir = root / split
+    png_dir = (root / "annotations" if layout == "official" else root) / f"panoptic_{split}"
     img_dir.mkdir(parents=True, exist_ok=True)
     png_dir.mkdir(parents=True, exist_ok=True)
     images, annotations, expected = [], [], {}
@@ -182,7 +185,8 @@ def write_coco(root: str | Path, split: str = "val", seed: int = 0) -> dict[int,
             semantic[scene["map"] == sid] = COCO_CONTIGUOUS[cat]
         expected[scene["id"]] = {"map": scene["map"], "segments": scene["segments"],
                                  "semantic": semantic}
-    with open(root / "annotations" / f"panoptic_{split}2017.json", "w") as f:
+    (root / "annotations").mkdir(exist_ok=True)
+    with open(root / "annotations" / f"panoptic_{split}.json", "w") as f:
         json.dump({"info": {}, "licenses": [], "images": images, "annotations": annotations,
                    "categories": COCO_CATEGORIES}, f)
     return expected

@@ -82,5 +82,6 @@ def test_bad_input_ends_a_benchmark_with_one_line_and_exit_code_2(tmp_path):
                            str(missing)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: {missing}: dataset root folder does not exist"]
+        f"error: {missing}: dataset root folder does not exist (data.root; set it with --set "
+        "data.root=DIR)"]
     assert proc.stdout == ""

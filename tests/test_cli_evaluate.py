@@ -199,7 +199,7 @@ def test_bad_input_exit_2_one_line_nothing_written(files, tmp_path, breaker):
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["--pred-json", "p.json"], r"ground truth: pass its JSON file, its PNG folder, or both"),
+    (["--pred-json", "p.json"], r"ground truth: pass --gt-json G .* or --recipe NAME"),
     (["--gt-json", "g.json"], r"prediction: pass its JSON file, its PNG folder, or both"),
     (["--gt-json", "g.json", "--recipe", "r.yaml", "--pred-json", "p.json"],
      r"either --recipe .* or --gt-json/--gt-dir, not both"),

@@ -265,3 +265,47 @@ def test_bad_recipe_is_one_line_exit_2(data, tmp_path, text, words):
     _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
                                  "train.lr=fast"), "train.lr", "--set")
     assert not out.exists()
+
+
+def test_init_starts_a_new_run_from_a_checkpoint_or_an_export(run, data, tmp_path):
+    from copsctl.data.datasets import open_data_split
+    from copsctl.train.pretrain import _init_model
+
+    model_file = tmp_path / "model.pt"
+    assert runner.invoke(app, ["export", "--run", str(run), "--out", str(model_file)]).exit_code == 0
+    cfg = load_recipe("synthetic_tiny", [f"data.root={data}"])
+    source, _, _ = load_model(run / "checkpoint.pt")
+    for init in (run / "checkpoint.pt", model_file):
+        model = _init_model(init, cfg, open_data_split(cfg.data, "train").class_table)
+        assert model.training
+        for k, v in source.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), (init, k)
+
+    res = _pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}", "--set",
+                    "train.iterations=1", "--init", model_file, "--out", tmp_path / "new")
+    assert res.exit_code == 0, res.output
+    flat = res.output.replace("\n", "")  # rich wraps long paths
+    assert f"model weights from {model_file}" in flat and "finished 1 iterations" in flat
+    assert load_checkpoint(tmp_path / "new" / "checkpoint.pt")["iteration"] == 1
+
+    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}",
+                                 "--init", model_file, "--resume", "--out", tmp_path / "new"),
+                       "--resume continues the run in --out; pass one of them")
+    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}",
+                                 "--set", "model.aspp_channels=8", "--init", model_file,
+                                 "--out", tmp_path / "other"),
+                       "weights were trained with model.aspp_channels = 16")
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def test_device_option_sets_train_device(data, tmp_path):
+    res = _pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}", "--set",
+                    "train.iterations=1", "--set", "train.device=auto", "--device", "cpu",
+                    "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert load_recipe(tmp_path / "run" / "recipe.yaml").train.device == "cpu"
+    for command in ("pretrain", "finetune"):
+        res = runner.invoke(app, [command, "--recipe", "synthetic_tiny", "--device", "gpu",
+                                  "--out", str(tmp_path / "never")])
+        _fails_in_one_line(res, "--device must be one of auto, cpu, cuda, got 'gpu'")
+    assert not (tmp_path / "never").exists()

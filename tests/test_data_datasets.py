@@ -23,7 +23,7 @@ def cityscapes_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco")
-    expected = write_coco(root, "val")
+    expected = write_coco(root, "val2017")
     return root, expected
 
 
@@ -61,7 +61,7 @@ def test_cityscapes_reader_matches_the_converter_output(cityscapes_root):
 
 def test_coco_reader_jpeg_contiguous_classes_crowd_and_absent_category(coco_root):
     root, expected = coco_root
-    reader = open_reader("coco", root, "val")
+    reader = open_reader("coco", root, "val2017")
     assert reader.class_table.category_ids == tuple(sorted(COCO_CONTIGUOUS))
     assert reader.class_table.index_of(18) == 2  # "dog": absent from every image
     assert reader.class_table.thing_mask.tolist() == [True, True, True, False, False, False]
@@ -106,14 +106,14 @@ def test_missing_label_png_is_reported(coco_root, tmp_path):
     victim = root / "annotations" / "panoptic_val2017" / "000000000285.png"
     victim.unlink()
     with pytest.raises(InputError, match=f"{victim}: panoptic PNG does not exist"):
-        open_reader("coco", root, "val")
+        open_reader("coco", root, "val2017")
 
 
 def test_corrupt_png_names_the_file(coco_root, tmp_path):
     root = _copy(coco_root[0], tmp_path)
     victim = root / "annotations" / "panoptic_val2017" / "000000000139.png"
     victim.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    reader = open_reader("coco", root, "val")
+    reader = open_reader("coco", root, "val2017")
     with pytest.raises(InputError, match=f"{victim}: not a readable PNG"):
         reader[reader.image_ids.index(139)]
 
@@ -122,7 +122,7 @@ def test_corrupt_image_names_the_file(coco_root, tmp_path):
     root = _copy(coco_root[0], tmp_path)
     victim = root / "val2017" / "000000000139.jpg"
     victim.write_bytes(b"\xff\xd8\xff garbage")
-    reader = open_reader("coco", root, "val")
+    reader = open_reader("coco", root, "val2017")
     with pytest.raises(InputError, match=f"{victim}: not a readable image"):
         reader[reader.image_ids.index(139)]
 
@@ -154,7 +154,7 @@ def test_unknown_category_id_names_json_image_and_segment(coco_root, tmp_path):
     sid = data["annotations"][1]["segments_info"][0]["id"]
     with pytest.raises(InputError, match=f"{path}: image 285: segment {sid} has unknown "
                                          "category id 99"):
-        open_reader("coco", root, "val")
+        open_reader("coco", root, "val2017")
 
 
 def test_cityscapes_json_with_a_foreign_category_is_rejected(cityscapes_root, tmp_path):
@@ -173,7 +173,7 @@ def test_png_id_missing_from_segments_info(coco_root, tmp_path):
     data = json.loads(path.read_text())
     dropped = data["annotations"][0]["segments_info"].pop()
     path.write_text(json.dumps(data))
-    reader = open_reader("coco", root, "val")
+    reader = open_reader("coco", root, "val2017")
     with pytest.raises(InputError, match=rf"000000000139.png: segment ids \[{dropped['id']}\] "
                                          "in the PNG are not listed"):
         reader[reader.image_ids.index(139)]

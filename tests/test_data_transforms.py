@@ -100,8 +100,8 @@ def test_normalize_image():
 @pytest.fixture(scope="module")
 def coco_reader(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco")
-    write_coco(root, "val")
-    return open_reader("coco", root, "val")
+    write_coco(root, "val2017")
+    return open_reader("coco", root, "val2017")
 
 
 def _dataset(reader, **kw):
@@ -193,10 +193,10 @@ def test_sampler_resume_and_shards():
 def test_bad_file_found_in_a_worker_keeps_its_one_line_message(tmp_path):
     from copsctl.data.loader import WorkerInputError
 
-    write_coco(tmp_path, "val")
+    write_coco(tmp_path, "val2017")
     victim = tmp_path / "annotations" / "panoptic_val2017" / "000000000285.png"
     victim.write_bytes(b"not a png")
-    ds = _dataset(open_reader("coco", tmp_path, "val"))
+    ds = _dataset(open_reader("coco", tmp_path, "val2017"))
     loader = torch.utils.data.DataLoader(ds, batch_size=1, sampler=[(0, 1)], num_workers=1,
                                          collate_fn=collate_panoptic)
     with pytest.raises(InputError) as info:

@@ -8,6 +8,8 @@ otherwise (logs, pipes), and one line per validation either way.
 
 from __future__ import annotations
 
+import contextlib
+
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -107,3 +109,15 @@ def report_run(result, command: str, out, out_json) -> None:
         default_console.print(f"last log: {format_train_metrics(result.train_metrics)}")
     if result.val_metrics:
         default_console.print(f"validation: {format_val_metrics(result.val_metrics)}")
+
+
+@contextlib.contextmanager
+def count_progress(label: str):
+    """A progress bar (on a terminal only) for a library's ``progress(done, total)`` callback.
+
+    ``with count_progress("solving") as progress: solve_costs(..., progress=progress)``
+    """
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=default_console, disable=not is_terminal(), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -67,3 +67,19 @@ def check_json_outside(path, folder, folder_option: str, **inputs) -> None:
         raise InputError(f"--json {path}: must not lie inside {folder_option} {folder} "
                          "(a run folder holds only its own files)")
     check_json_option(path, **inputs)
+
+
+def with_device(overrides, device):
+    """``--set`` overrides plus ``train.device`` from a command's ``--device`` (which wins)."""
+    if device is None:
+        return list(overrides)
+    from ..config import TrainConfig
+
+    choices = TrainConfig.__dataclass_fields__["device"].metadata["choices"]
+    if device not in choices:
+        raise InputError(f"--device must be one of {', '.join(choices)}, got {device!r}")
+    return [*overrides, f"train.device={device}"]
+
+
+DEVICE_HELP = ("auto (CUDA when available), cpu or cuda; the recipe's train.device, which it "
+               "overrides.")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import app
-from ._util import check_json_option, cli_errors, console, is_terminal, write_json_option
+from ._progress import count_progress
+from ._util import check_json_option, cli_errors, console, write_json_option
 
 
 @app.command("check-data")
@@ -38,14 +38,11 @@ def check_data_command(
     cfg = load_recipe(recipe, overrides)
     names = list(dict.fromkeys(splits or [cfg.data.train_split, cfg.data.val_split]))
     readers = {name: open_split(cfg, name) for name in names}
-    with Progress(TextColumn("checking data"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, disable=not is_terminal(),
-                  transient=True) as bar:
-        task = bar.add_task("check", total=None)
-        result = check_readers(readers, workers=workers,
-                               progress=lambda done, total: bar.update(task, completed=done,
-                                                                       total=total))
+    with count_progress("checking data") as progress:
+        result = check_readers(readers, workers=workers, progress=progress)
     per_split = ", ".join(f"{n} {s}" for s, n in result["images"].items())
-    console.print(f"{cfg.data.root}: all {result['total']} images and labels read ({per_split}) "
+    where = (", ".join(str(r.json_path) for r in readers.values())
+             if cfg.data.dataset == "coco_panoptic" else cfg.data.root)
+    console.print(f"{where}: all {result['total']} images and labels read ({per_split}) "
                   f"in {result['seconds']:.1f} s", soft_wrap=True)
     write_json_option(out_json, {"root": cfg.data.root, **result})

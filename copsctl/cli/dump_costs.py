@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeRemainingColumn)
 
 from . import app
-from ._util import check_json_option, cli_errors, console, is_terminal, write_json_option
+from ._progress import count_progress
+from ._util import check_json_option, cli_errors, console, write_json_option
 
 
 @app.command("dump-costs")
@@ -49,14 +48,7 @@ def dump_costs_command(
     from ..inference import dump_costs
 
     check_json_option(out_json, out=out, run=run, weights=weights)
-    with Progress(TextColumn("dumping costs"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, disable=not is_terminal(),
-                  transient=True) as bar:
-        task = bar.add_task("dump", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with count_progress("dumping costs") as progress:
         summary = dump_costs(out, run=run, weights=weights, recipe=recipe, overrides=overrides,
                              split=split, batch_size=batch_size, device=device, limit=limit,
                              num_workers=num_workers, dtype=storage,

@@ -9,30 +9,41 @@ from typing import List, Optional
 import typer
 
 from . import app
-from ._util import check_json_option, cli_errors, console, err_console
+from ..errors import InputError
+from ._util import check_json_option, check_json_outside, cli_errors, console, err_console
+from ._progress import count_progress
 
 
 def _fraction(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+_NO_INPUT = ("pass --run RUN (a pretrain/finetune run folder: dump-costs, solve and evaluate "
+             "in one go), or --pred-dir P (a copsctl solve folder) with --gt-json G or "
+             "--recipe NAME when P holds no recipe.yaml")
+
+
 @app.command("evaluate")
 @cli_errors
 def evaluate_command(
+    run: Optional[Path] = typer.Option(
+        None, "--run", help="Run folder of copsctl pretrain/finetune: dump its costs of --split, "
+        "solve them and evaluate, writing RUN/eval_<split>/costs.h5 and pred/."),
     gt_json: Optional[Path] = typer.Option(None, "--gt-json", help="Ground-truth COCO panoptic JSON."),
     gt_dir: Optional[Path] = typer.Option(
         None, "--gt-dir", help="Ground-truth PNG folder (default: --gt-json without .json)."),
     pred_json: Optional[Path] = typer.Option(None, "--pred-json", help="Prediction COCO panoptic JSON."),
     pred_dir: Optional[Path] = typer.Option(
         None, "--pred-dir", help="Prediction PNG folder (default: --pred-json without .json), or "
-        "a `copsctl solve` output folder."),
+        "a `copsctl solve` output folder, whose recipe.yaml names the ground truth when "
+        "neither --gt-json nor --recipe is given."),
     recipe: Optional[str] = typer.Option(
         None, "--recipe", help="Take the ground truth from this recipe's dataset instead."),
     split: Optional[str] = typer.Option(
         None, "--split", help="Split of the recipe's dataset (default: its data.val_split)."),
     overrides: List[str] = typer.Option(
-        [], "--set", help="Override a key of --recipe: section.key=value (e.g. data.root=...); "
-        "repeatable."),
+        [], "--set", help="Override a key of the recipe (--recipe, the run's, or the one in "
+        "--pred-dir): section.key=value (e.g. data.root=...); repeatable."),
     metrics: str = typer.Option(
         "pq,semantic,instances", "--metrics",
         help="Comma-separated: pq (PQ, SQ, RQ), semantic (mIoU, fwIoU, accuracies), "
@@ -43,27 +54,54 @@ def evaluate_command(
     out_json: Optional[Path] = typer.Option(
         None, "--json", help="Also write {All, Things, Stuff, per_class, semantic, instances} as "
         "JSON here."),
-    workers: int = typer.Option(1, "--workers", help="Threads reading and counting images."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="CPU threads reading and counting images (default 1); with "
+        "--run also the solver threads (default: the recipe's solver.workers, else all CPUs)."),
+    device: str = typer.Option("auto", "--device", help="With --run: auto (CUDA when "
+                               "available), cpu or cuda."),
+    batch_size: int = typer.Option(4, "--batch-size", help="With --run: images per forward pass."),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Count images without a prediction as all false negatives."),
 ) -> None:
-    """Exact PQ (cityscapesscripts' numbers), semantic mIoU and COCO instance AP."""
+    """Exact PQ (cityscapesscripts' numbers), semantic mIoU and COCO instance AP.
+
+    Of a trained run (--run), of a solve folder (--pred-dir), or of any COCO panoptic
+    prediction against any ground truth (--pred-json/--gt-json).
+    """
     from rich.table import Table
 
     from ..atomic import write_json
     from ..metrics.evaluation import evaluate, keep_freed_memory, parse_metrics
     from ..metrics.pq import MissingPredictionWarning
 
-    check_json_option(out_json, gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json,
-                      pred_dir=pred_dir)
-    keep_freed_memory()
     wanted = parse_metrics(metrics)
+    if run is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in (("gt_json", gt_json), ("gt_dir", gt_dir),
+                 ("pred_json", pred_json), ("pred_dir", pred_dir), ("recipe", recipe)) if v]
+        if given:
+            raise InputError(f"--run evaluates the run's own predictions on its dataset; drop "
+                             f"{given[0]}")
+        check_json_outside(out_json, run, "--run", run=run)
+        pred_dir, split = _costs_and_predictions(run, split, overrides, device=device,
+                                                 batch_size=batch_size, workers=workers)
+    else:
+        if pred_json is None and pred_dir is None and gt_json is None and gt_dir is None \
+                and recipe is None:
+            raise InputError(_NO_INPUT)
+        check_json_option(out_json, gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json,
+                          pred_dir=pred_dir)
+    if gt_json is None and gt_dir is None and recipe is None:
+        if pred_dir is None:
+            raise InputError("ground truth: pass --gt-json G (and --gt-dir), or --recipe NAME "
+                             "[--split S], or --pred-dir of a copsctl solve folder")
+        recipe, split = _stored_recipe(pred_dir, split, overrides)
+    keep_freed_memory()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingPredictionWarning)
         result = evaluate(gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json, pred_dir=pred_dir,
                           recipe=recipe, split=split, overrides=overrides, metrics=wanted,
-                          workers=workers, allow_missing=allow_missing,
-                          cityscapes_ap=cityscapes_ap)
+                          workers=1 if workers is None else workers,
+                          allow_missing=allow_missing, cityscapes_ap=cityscapes_ap)
     for w in caught:
         err_console.print(f"[bold yellow]warning:[/] {w.message}", soft_wrap=True)
     for note in result.notes:
@@ -132,3 +170,49 @@ def evaluate_command(
     if out_json is not None:
         write_json(out_json, result.to_json())
         console.print(f"wrote {out_json}")
+
+
+def _costs_and_predictions(run: Path, split, overrides, *, device, batch_size, workers):
+    """dump-costs then solve of a run's split into RUN/eval_<split>/; the prediction folder
+    and the split."""
+    from ..config import load_recipe
+    from ..inference import dump_costs
+    from ..predict import solve_costs
+    from ..train.pretrain import EVAL_PREFIX, RECIPE_NAME
+
+    if not (run / RECIPE_NAME).is_file():
+        raise InputError(f"--run {run}: holds no {RECIPE_NAME}; pass the folder of a copsctl "
+                         "pretrain or finetune run")
+    split = split or load_recipe(run / RECIPE_NAME, overrides).data.val_split
+    folder = run / f"{EVAL_PREFIX}{split}"
+    costs, pred = folder / "costs.h5", folder / "pred"
+    with count_progress("dumping costs") as progress:
+        summary = dump_costs(costs, run=run, overrides=overrides, split=split,
+                             batch_size=batch_size, device=device, progress=progress)
+    console.print(f"wrote costs of {summary['images']} {split} images to {costs} "
+                  f"({summary['images_per_s']:.1f} images/s on {summary['device']}"
+                  + (f", calibration {summary['calibration']}" if summary["calibration"] else "")
+                  + ")")
+    with count_progress("solving") as progress:
+        solved = solve_costs(costs, pred, workers=workers, progress=progress)
+    console.print(f"solved {solved['images']} images ({solved['seconds_per_image']:.3f} s per "
+                  f"image, {solved['workers']} workers) -> {pred}")
+    return pred, split
+
+
+def _stored_recipe(pred_dir: Path, split, overrides):
+    """The recipe a ``copsctl solve`` folder holds and the split whose ground truth to use."""
+    from ..config import load_recipe
+    from ..predict import RECIPE_YAML
+
+    stored = pred_dir / RECIPE_YAML
+    if not stored.is_file():
+        raise InputError(f"--pred-dir {pred_dir}: holds no {RECIPE_YAML} to find the ground "
+                         "truth by; pass --gt-json G (and --gt-dir) or --recipe NAME [--split S]")
+    r = load_recipe(stored, overrides)
+    split = split or r.data.val_split
+    err_console.print(f"[bold]note:[/] ground truth: split {split!r} of the {r.data.dataset} "
+                      f"dataset at {r.data.root} ({stored}; --split to choose another)",
+                      soft_wrap=True)
+    return str(stored), split
+

@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from ._progress import TrainProgress, report_run
-from ._util import check_json_outside, cli_errors
+from ._util import DEVICE_HELP, check_json_outside, cli_errors, with_device
 
 _HELP_SET = ("Override a recipe key: section.key=value (string keys take the text as it is, "
              "others read it as YAML); repeatable.")
@@ -29,6 +29,7 @@ def finetune_command(
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out exactly where it stopped."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", help="Start from this cost calibration (default: "
         "calibration.yaml beside --weights, if any)."),
@@ -46,6 +47,7 @@ def finetune_command(
     from ..train.finetune import finetune
 
     check_json_outside(out_json, out, "--out", recipe=recipe, weights=weights)
+    overrides = with_device(overrides, device)
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
                           calibration=False if no_calibration else calibration, progress=bar, log=lambda msg: bar.console.print(msg))

@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from ._progress import TrainProgress, report_run
-from ._util import check_json_outside, cli_errors
+from ._util import DEVICE_HELP, check_json_outside, cli_errors, with_device
 
 _HELP_SET = ("Override a recipe key: section.key=value (string keys take the text as it is, "
              "others read it as YAML); repeatable.")
@@ -26,6 +26,11 @@ def pretrain_command(
     overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out exactly where it stopped."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="Start a new run from the model weights of this checkpoint "
+        "(RUN/checkpoint.pt or a `copsctl export` file); the recipe's model section must fit "
+        "them. Not with --resume."),
     out_json: Optional[Path] = typer.Option(
         None, "--json", help="Also write the result (iterations, seconds, last train and "
         "validation metrics) as JSON here."),
@@ -37,8 +42,10 @@ def pretrain_command(
     """
     from ..train.pretrain import pretrain
 
-    check_json_outside(out_json, out, "--out", recipe=recipe)
+    check_json_outside(out_json, out, "--out", recipe=recipe, init=init)
+    overrides = with_device(overrides, device)
     with TrainProgress("pretrain") as bar:
-        result = pretrain(recipe, out, overrides=overrides, resume=resume, progress=bar,
+        result = pretrain(recipe, out, overrides=overrides, resume=resume, init=init,
+                          progress=bar,
                           log=lambda msg: bar.console.print(msg))
     report_run(result, "pretrain", out, out_json)

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
 
 from . import app
-from ._util import cli_errors, console, is_terminal
+from ._progress import count_progress
+from ._util import cli_errors, console
 
 _HELP_OUT = ("Prediction folder: panoptic_pred.json + panoptic_pred/ PNGs (+ summary.json, "
              "recipe.yaml).")
@@ -45,13 +44,7 @@ def solve_command(
     from ..calibration import load_calibration
     from ..predict import solve_costs
 
-    with Progress(TextColumn("solving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not is_terminal(), transient=True) as bar:
-        task = bar.add_task("solve", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with count_progress("solving") as progress:
         summary = solve_costs(costs, out, overwrite=overwrite, workers=workers,
                               thing_area=thing_area,
                               stuff_area=stuff_area, summary_json=summary_json,

@@ -8,12 +8,12 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from . import App, app
 from ._util import cli_errors, console, write_json_option
 
-visualize_app = typer.Typer(name="visualize", no_args_is_help=True, add_completion=False,
-                            help="Pictures (PNG): an image's costs and prediction, a run's "
-                            "training curves, the pipeline diagram.")
+visualize_app = App(name="visualize", no_args_is_help=True,
+                    help="Pictures (PNG): an image's costs and prediction, a run's "
+                    "training curves, the pipeline diagram.")
 app.add_typer(visualize_app)
 
 _HELP_JSON = "Also write what was drawn as JSON here."

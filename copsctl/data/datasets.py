@@ -14,13 +14,24 @@ All three datasets share one structure, a panoptic JSON plus a folder of id PNGs
   Thing pixels without an instance id are single crowd segments (``iscrowd = 1``) and
   labels outside the 19 classes are void (id 0), exactly as in the annotations.
 
-* **COCO** and the **synthetic** data of ``copsctl make-synthetic``::
+* **COCO** (``coco``), with the split name as the folders spell it (``val2017``)::
 
-      ROOT/{split}2017/<file_name>            (.jpg for COCO, .png for synthetic)
-      ROOT/annotations/panoptic_{split}2017.json
-      ROOT/annotations/panoptic_{split}2017/<png file_name>
+      ROOT/{split}/<file_name>
+      ROOT/annotations/panoptic_{split}.json
+      ROOT/annotations/panoptic_{split}/<png file_name>   (the official layout), or
+      ROOT/panoptic_{split}/<png file_name>               (detectron2's layout)
 
-  The class table is read from the JSON ``categories`` (sorted by id).
+* The **synthetic** data of ``copsctl make-synthetic``: the COCO layout with splits
+  ``train`` and ``val`` in folders ``train2017`` and ``val2017`` (the names it writes;
+  ``val2017`` is accepted as well).
+
+* **Any COCO panoptic dataset** (``coco_panoptic``) at explicit paths, per split: the
+  JSON, the image folder and the PNG folder (default: the JSON path without ``.json``),
+  recipe keys ``data.train_json`` / ``data.train_images`` / ``data.train_panoptic`` for
+  ``data.train_split`` and ``data.val_*`` for ``data.val_split``; relative paths are
+  relative to the working directory (as ``data.root`` is; this dataset does not use it).
+
+  The class table of the COCO layouts is read from the JSON ``categories`` (sorted by id).
 
 A :class:`PanopticReader` indexes one split and returns :class:`PanopticSample` records
 (image, id map, segment table, semantic map in contiguous class indices). Every problem
@@ -41,7 +52,7 @@ from ..panoptic import VOID, Segment, load_panoptic_json, read_id_png
 from .categories import (IGNORE_INDEX, ClassTable, check_categories_match,
                          cityscapes_class_table)
 
-DATASETS = ("cityscapes", "coco", "synthetic")
+DATASETS = ("cityscapes", "coco", "coco_panoptic", "synthetic")
 """Dataset names understood by :func:`open_reader`."""
 
 
@@ -318,21 +329,83 @@ def cityscapes_reader(root: str | os.PathLike, split: str, *,
 
 
 def coco_reader(root: str | os.PathLike, split: str, *, class_table: ClassTable | None = None,
-                check_files: bool = True) -> PanopticReader:
-    """Reader for a COCO-layout panoptic split (COCO itself and the synthetic data)."""
+                check_files: bool = True, synthetic: bool = False) -> PanopticReader:
+    """Reader for a COCO-layout panoptic split: the official layout or detectron2's.
+
+    ``split`` is the name the folders use (``val2017``); with ``synthetic``, also the
+    names ``train`` / ``val`` of ``copsctl make-synthetic`` (folders ``train2017`` ...).
+    """
     root = Path(root)
     _require_dir(root, "dataset root")
-    return PanopticReader(json_path=root / "annotations" / f"panoptic_{split}2017.json",
-                          png_dir=root / "annotations" / f"panoptic_{split}2017",
-                          image_dir=root / f"{split}2017", layout="coco",
-                          class_table=class_table, check_files=check_files)
+    notes = root / "annotations"
+    found = sorted(p.name[len("panoptic_"):-len(".json")]
+                   for p in notes.glob("panoptic_*.json")) if notes.is_dir() else []
+    names = [split, f"{split}2017"] if synthetic else [split]
+    name = next((n for n in names if n in found), None)
+    if name is None:
+        raise InputError(f"{root}: no split {split!r} (annotations/panoptic_{split}.json); "
+                         f"splits found: {', '.join(found) or 'none'} (data.train_split, "
+                         "data.val_split or --split name one)")
+    json_path = notes / f"panoptic_{name}.json"
+    png_dir = next((d for d in (notes / f"panoptic_{name}", root / f"panoptic_{name}")
+                    if d.is_dir()), None)
+    if png_dir is None:
+        raise InputError(f"{root}: no PNG folder of split {name!r}: neither annotations/"
+                         f"panoptic_{name}/ nor panoptic_{name}/ (detectron2's layout) exists")
+    return PanopticReader(json_path=json_path, png_dir=png_dir, image_dir=root / name,
+                          layout="coco", class_table=class_table, check_files=check_files)
+
+
+def coco_panoptic_reader(json_path: str | os.PathLike, image_dir: str | os.PathLike,
+                         png_dir: str | os.PathLike | None = None, *,
+                         class_table: ClassTable | None = None,
+                         check_files: bool = True) -> PanopticReader:
+    """Reader for a COCO panoptic split at explicit paths (PNG folder default: the JSON
+    path without ``.json``, panopticapi's rule)."""
+    json_path = Path(json_path)
+    png_dir = json_path.with_suffix("") if png_dir is None else Path(png_dir)
+    _require_dir(Path(image_dir), "image")
+    _require_dir(png_dir, "panoptic PNG")
+    return PanopticReader(json_path=json_path, png_dir=png_dir, image_dir=image_dir,
+                          layout="coco", class_table=class_table, check_files=check_files)
 
 
 def open_reader(dataset: str, root: str | os.PathLike, split: str, *,
                 class_table: ClassTable | None = None, check_files: bool = True) -> PanopticReader:
-    """Reader for ``dataset`` (one of :data:`DATASETS`) stored under ``root``."""
+    """Reader for ``dataset`` (one of :data:`DATASETS` but ``coco_panoptic``, whose paths
+    :func:`open_data_split` takes from a recipe) stored under ``root``."""
     if dataset == "cityscapes":
         return cityscapes_reader(root, split, class_table=class_table, check_files=check_files)
     if dataset in ("coco", "synthetic"):
-        return coco_reader(root, split, class_table=class_table, check_files=check_files)
+        return coco_reader(root, split, class_table=class_table, check_files=check_files,
+                           synthetic=dataset == "synthetic")
     raise InputError(f"`dataset` must be one of {list(DATASETS)}, got {dataset!r}")
+
+
+def open_data_split(data, split: str, *, class_table: ClassTable | None = None,
+                    check_files: bool = True) -> PanopticReader:
+    """Reader of ``split`` of a recipe's dataset (``data``: its :class:`~copsctl.config.
+    DataConfig`): ``data.dataset`` under ``data.root``, or the ``coco_panoptic`` paths."""
+    if data.dataset != "coco_panoptic":
+        if not data.root:
+            raise InputError("`data.root` is empty: set it in the recipe or with "
+                             "--set data.root=DIR")
+        if not Path(data.root).is_dir():
+            raise InputError(f"{data.root}: dataset root folder does not exist (data.root; "
+                             "set it with --set data.root=DIR)")
+        return open_reader(data.dataset, data.root, split, class_table=class_table,
+                           check_files=check_files)
+    roles = {data.train_split: "train", data.val_split: "val"}
+    if split not in roles:
+        raise InputError(f"coco_panoptic: split {split!r} is neither data.train_split "
+                         f"({data.train_split!r}) nor data.val_split ({data.val_split!r})")
+    role = roles[split]
+    json_path, images, panoptic = (getattr(data, f"{role}_{k}")
+                                   for k in ("json", "images", "panoptic"))
+    for key, value in (("json", json_path), ("images", images)):
+        if not value:
+            raise InputError(f"coco_panoptic: `data.{role}_{key}` is empty; set the {split} "
+                             f"split's {'panoptic JSON' if key == 'json' else 'image folder'} "
+                             f"with --set data.{role}_{key}=PATH")
+    return coco_panoptic_reader(json_path, images, panoptic or None,
+                                class_table=class_table, check_files=check_files)

@@ -693,14 +693,13 @@ def ground_truth_from_recipe(recipe: str | os.PathLike, split: str | None = None
     """
     # Local imports: recipes and readers are not needed for file-based evaluation.
     from ..config import load_recipe
-    from ..data.datasets import open_reader
+    from ..data.datasets import open_data_split
 
     r = load_recipe(recipe, overrides)
-    if not r.data.root:
-        raise InputError(f"recipe {recipe}: `data.root` is empty; set it in the recipe or "
-                         "pass --gt-json/--gt-dir")
-    reader = open_reader(r.data.dataset, r.data.root, split or r.data.val_split,
-                         check_files=False)
+    if not r.data.root and r.data.dataset != "coco_panoptic":
+        raise InputError(f"recipe {recipe}: `data.root` is empty; set it with --set "
+                         "data.root=DIR or pass --gt-json/--gt-dir")
+    reader = open_data_split(r.data, split or r.data.val_split, check_files=False)
     return reader.json_path, reader.png_dir
 
 

@@ -29,10 +29,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.datasets import PanopticReader, open_reader
+from ..data.datasets import PanopticReader, open_data_split
 from ..data.loader import PanopticDataset, collate_panoptic
 from ..data.sampler import TrainSampler
-from ..errors import InputError
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -41,10 +40,8 @@ __all__ = ["open_split", "make_dataset", "train_loader", "eval_loader"]
 
 
 def open_split(recipe: "Recipe", split: str, *, check_files: bool = True) -> PanopticReader:
-    """The reader of ``split`` of the recipe's dataset (``data.dataset`` under ``data.root``)."""
-    if not recipe.data.root:
-        raise InputError("`data.root` is empty: set it in the recipe or with --set data.root=DIR")
-    return open_reader(recipe.data.dataset, recipe.data.root, split, check_files=check_files)
+    """The reader of ``split`` of the recipe's dataset (:func:`copsctl.data.datasets.open_data_split`)."""
+    return open_data_split(recipe.data, split, check_files=check_files)
 
 
 def make_dataset(recipe: "Recipe", reader: PanopticReader, *, train: bool) -> PanopticDataset:

@@ -51,7 +51,10 @@ __all__ = ["RECIPE_NAME", "RESUMABLE_KEYS", "pretrain", "resolve_run_recipe",
 RECIPE_NAME = "recipe.yaml"
 RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR, BEST_NAME,
              "calibration.yaml")
-"""What a run folder may hold; a folder with anything else is not a run."""
+"""What a run folder may hold, besides ``EVAL_PREFIX*`` folders; anything else is not a run."""
+
+EVAL_PREFIX = "eval_"
+"""``copsctl evaluate --run RUN --split S`` writes its costs and predictions in RUN/eval_S/."""
 
 RESUMABLE_KEYS = frozenset({
     "data.root", "data.num_workers", "train.device", "train.log_every",
@@ -117,7 +120,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
             raise InputError(f"--out {run_dir}: folder is not empty; pass --resume to continue "
                              "the run in it, or choose a new folder")
         return False
-    foreign = [e for e in entries if e not in RUN_FILES]
+    foreign = [e for e in entries
+               if e not in RUN_FILES and not e.startswith(EVAL_PREFIX)]
     if foreign:
         raise InputError(f"--out {run_dir}: not a run folder (holds {foreign[0]!r}); "
                          "--resume continues a folder written by copsctl pretrain")
@@ -133,7 +137,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = (),
-             resume: bool = False, progress: Callable[[TrainEvent], None] | None = None,
+             resume: bool = False, init: str | os.PathLike | None = None,
+             progress: Callable[[TrainEvent], None] | None = None,
              log: Callable[[str], None] | None = None) -> RunResult:
     """Pre-train the COPS network; see the module notes for the run folder.
 
@@ -147,6 +152,10 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         ``section.key=value`` strings applied to the recipe.
     resume : bool
         Continue the run in ``out`` from its checkpoint (start it if it has none).
+    init : path-like, optional
+        Start a new run from the model weights of this checkpoint (a copsctl checkpoint
+        or ``copsctl export`` file, or a bare state dict); its optimizer state and
+        iteration are not used. The recipe's ``model`` section must fit the weights.
     progress : callable, optional
         Receives the loop's :class:`TrainEvent` (rank 0 only).
     log : callable, optional
@@ -169,6 +178,9 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
     t_start = time.perf_counter()
     out = Path(out)
     say = log or (lambda msg: None)
+    if init is not None and resume:
+        raise InputError(f"--init {init}: starts a new run from those weights, --resume "
+                         "continues the run in --out; pass one of them")
     if os.environ.get("RANK", "0") == "0":
         # Report a wrong run folder before recipe problems; the other ranks learn of it
         # from the run_on_main check below (or torchrun ends them when rank 0 exits).
@@ -190,11 +202,15 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         batches = train_batches(train_dataset, cfg, ctx, start)
 
         seed_everything(cfg.train.seed)
-        with warnings.catch_warnings():
-            if ckpt is not None:  # the initialisation is overwritten by the checkpoint
-                warnings.simplefilter("ignore")
-            model = PanopticModel.from_config(cfg, class_table.num_classes,
-                                              from_checkpoint=ckpt is not None)
+        if init is not None:
+            model = _init_model(init, cfg, class_table)
+            checked.append(f"model weights from {init}")
+        else:
+            with warnings.catch_warnings():
+                if ckpt is not None:  # the initialisation is overwritten by the checkpoint
+                    warnings.simplefilter("ignore")
+                model = PanopticModel.from_config(cfg, class_table.num_classes,
+                                                  from_checkpoint=ckpt is not None)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
         model.to(ctx.device)
@@ -229,3 +245,19 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
                         t_start=t_start, say=say, progress=progress)
     finally:
         ctx.close()
+
+
+def _init_model(init: str | os.PathLike, cfg, class_table):
+    """The model of a new run with the weights of ``init`` (``pretrain --init``), in train
+    mode; the weights must fit the recipe's model and the dataset's classes."""
+    from .checkpoint import checkpoint_class_table, load_model
+
+    model, ckpt, _ = load_model(init, recipe=cfg)
+    stored = checkpoint_class_table(ckpt)
+    if model.num_classes != class_table.num_classes or (
+            stored is not None and stored.category_ids != class_table.category_ids):
+        raise InputError(f"--init {init}: the weights predict {model.num_classes} classes "
+                         + (f"(category ids {list(stored.category_ids)}) " if stored else "")
+                         + f"but the dataset has {class_table.num_classes} (category ids "
+                         f"{list(class_table.category_ids)})")
+    return model.train()
