@@ -21,7 +21,7 @@ round. A change is kept only if it raises PQ by more than ``tol``: PQ is piecewi
 constant, and among equal scores the one closest to the identity is kept. Fit on the
 train split, report on val.
 
-No torch: the search works on cached costs (:mod:`copsctl.costs`).
+No torch: the search works on cached costs (:mod:`copsctl.costs.cache`).
 """
 
 from __future__ import annotations
@@ -207,9 +207,9 @@ class _Scorer:
         self.calls = 0
 
     def __call__(self, cal: Calibration):
-        from .costs import solver_problem
+        from .costs.cache import solver_problem
         from .metrics.pq import PanopticPair, evaluate_arrays
-        from .postprocess import panoptic_from_solution
+        from .panoptic.postprocess import panoptic_from_solution
         from .solver import solve_many
 
         self.calls += 1
@@ -237,7 +237,7 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
     Parameters
     ----------
     costs : path-like
-        Cost file (:mod:`copsctl.costs`); its recipe gives the thresholds and solver settings.
+        Cost file (:mod:`copsctl.costs.cache`); its recipe gives the thresholds and solver settings.
     gt_json, gt_dir : path-like
         Its ground truth (COCO panoptic JSON and PNG folder; the folder defaults to the
         JSON path without suffix).
@@ -261,10 +261,10 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
         (``Calibration.from_section(file_recipe["calibration"], m).then(fit.calibration)``)
         to apply it to the network's costs.
     """
-    from .costs import CostFile
-    from .panoptic import load_panoptic_json, read_id_png
-    from .postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA
-    from .predict import _recipe_number, \
+    from .costs.cache import CostFile
+    from .panoptic.format import load_panoptic_json, read_id_png
+    from .panoptic.postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA
+    from .panoptic.solve import _recipe_number, \
         _recipe_solver_options
 
     costs = Path(costs)
@@ -372,7 +372,7 @@ def calibrate_run(run: str | os.PathLike, *, split: str = "train", images: int =
     import tempfile
 
     from .config import load_recipe
-    from .inference import dump_costs
+    from .costs.network import dump_costs
     from .metrics.pq import ground_truth_from_recipe
 
     say = log or (lambda msg: None)

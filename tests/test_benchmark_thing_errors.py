@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from copsctl.benchmarks.thing_errors import OUTCOMES, classify_things
-from copsctl.panoptic import Segment
+from copsctl.panoptic.format import Segment
 
 CAR, ROAD = 26, 7
 

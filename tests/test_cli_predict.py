@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from copsctl.cli import app
-from copsctl.costs import CostFile
-from copsctl.panoptic import read_id_png, segments_from_id_map
-from copsctl.predict_images import collect_inputs, predict_images
+from copsctl.costs.cache import CostFile
+from copsctl.panoptic.format import read_id_png, segments_from_id_map
+from copsctl.panoptic.images import collect_inputs, predict_images
 from copsctl.data.synthetic import make_synthetic
 from copsctl.errors import InputError
 from copsctl.train.checkpoint import load_checkpoint

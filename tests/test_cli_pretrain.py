@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import copsctl.cli.pretrain as cli_pretrain
 from copsctl.cli import app
 from copsctl.config import load_recipe
-from copsctl.costs import CostFile
+from copsctl.costs.cache import CostFile
 from copsctl.data.synthetic import make_synthetic
 from copsctl.train.checkpoint import load_checkpoint, load_model
 from copsctl.train.data import make_dataset, open_split

@@ -11,10 +11,10 @@ import yaml
 from typer.testing import CliRunner
 
 from copsctl.cli import app
-from copsctl.costs import CostFile
+from copsctl.costs.cache import CostFile
 from copsctl.metrics.pq import evaluate_files
-from copsctl.panoptic import load_panoptic_json, read_id_png, segments_from_id_map
-from copsctl.postprocess import nearest_index, segment_scores
+from copsctl.panoptic.format import load_panoptic_json, read_id_png, segments_from_id_map
+from copsctl.panoptic.postprocess import nearest_index, segment_scores
 
 runner = CliRunner()
 

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from copsctl.cli import app
 from copsctl.errors import InputError
-from copsctl.panoptic import Category, Segment
-from copsctl.predict import solve_costs
-from copsctl.synthetic_costs import write_synthetic_costs
+from copsctl.panoptic.format import Category, Segment
+from copsctl.panoptic.solve import solve_costs
+from copsctl.costs.synthetic import write_synthetic_costs
 from copsctl.visualize.overlay import (boundaries, class_map_colors, cut_probability,
                                        panoptic_overlay, segment_colors, semantic_argmin)
 

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
 
     from ..config import load_recipe
     from ..data.loader import collate_panoptic
-    from ..metrics.surrogate import class_area_thresholds
+    from ..train.surrogate import class_area_thresholds
     from ..train.amwc_layer import (AMWCLayer, algorithm1, backward_problems,
                                     ground_truth_from_batch, lifted_pq_surrogate, solver_inputs)
     from ..train.checkpoint import load_model

@@ -6,7 +6,7 @@ Run as::
         [--preset cityscapes|coco|hard|hard-coco] [--problems N] [--repeat R]
         [--workers W] [--no-memory]
 
-Families (problems from :func:`copsctl.synthetic_costs.make_problem`, seeds 0 .. N-1):
+Families (problems from :func:`copsctl.costs.synthetic.make_problem`, seeds 0 .. N-1):
 
 - ``cityscapes``: 256 x 512 nodes, 19 classes, distances (1, 4, 16, 32, 64, 128),
   1.38 M edges;
@@ -163,7 +163,7 @@ def reference_speedup(workers: int, repeat: int) -> float:
 def run_family(name: str, problems: int, repeat: int, workers: int, memory: bool,
                print_row) -> dict:
     from copsctl.solver import SolverOptions, solve_amwc, solve_many
-    from copsctl.synthetic_costs import make_problem
+    from copsctl.costs.synthetic import make_problem
 
     preset, difficulty = FAMILIES[name]
     rows, probs = [], []

@@ -39,7 +39,7 @@ def calibrate_command(
     --calibration FILE.
     """
     from ..calibration import Calibration, calibrate_run, fit_calibration
-    from ..costs import CostFile
+    from ..costs.cache import CostFile
     from ..errors import InputError
 
     if (costs is None) == (run is None):

@@ -46,7 +46,7 @@ def dump_costs_command(
         "as JSON here."),
 ) -> None:
     """Write the network's node and edge costs for every image of a split (then: copsctl solve)."""
-    from ..inference import dump_costs
+    from ..costs.network import dump_costs
 
     check_json_option(out_json, out=out, run=run, weights=weights)
     with Progress(TextColumn("dumping costs"), BarColumn(), MofNCompleteColumn(),

@@ -45,7 +45,7 @@ def predict_command(
         None, "--json", help="Also write the summary (images, timings) as JSON here."),
 ) -> None:
     """Panoptic segmentation of plain images with a trained model (no dataset needed)."""
-    from ..predict_images import predict_images
+    from ..panoptic.images import predict_images
 
     start = time.perf_counter()
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),

@@ -43,7 +43,7 @@ def solve_command(
 ) -> None:
     """Solve the AMWC problem of every image in COSTS and write panoptic predictions to --out."""
     from ..calibration import load_calibration
-    from ..predict import solve_costs
+    from ..panoptic.solve import solve_costs
 
     with Progress(TextColumn("solving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=not is_terminal(), transient=True) as bar:

@@ -55,7 +55,7 @@ from .pretrain import RECIPE_NAME, check_run_dir, resolve_run_recipe, seed_every
 
 if TYPE_CHECKING:
     from ..config import Recipe
-    from ..panoptic import Category
+    from ..panoptic.format import Category
 
 __all__ = ["finetune", "drop_costs", "layer_costs", "surrogate_thresholds", "step_surrogate",
            "batch_exact_pq",
@@ -126,7 +126,7 @@ def surrogate_thresholds(isthing, cfg: "Recipe") -> tuple[np.ndarray, float]:
     thresholds in cost pixels, ``t / STRIDE`` for things and ``t / STRIDE²`` for stuff
     (the authors lower the stuff threshold on training crops), slope 0.1 per cost pixel.
     """
-    from ..metrics.surrogate import class_area_thresholds
+    from .surrogate import class_area_thresholds
 
     d = cfg.data
     if cfg.finetune.surrogate_gate == "official":
@@ -171,8 +171,8 @@ def batch_exact_pq(solutions, batch: dict, categories: Sequence["Category"], *,
     PQResult
     """
     from ..metrics.pq import PanopticPair, evaluate_arrays
-    from ..panoptic import Segment
-    from ..postprocess import panoptic_from_segments
+    from ..panoptic.format import Segment
+    from ..panoptic.postprocess import panoptic_from_segments
 
     pan = batch["panoptic"].cpu().numpy()
     h, w = pan.shape[1:]

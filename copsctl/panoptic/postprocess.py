@@ -37,8 +37,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .panoptic import Category, Segment
+from ..errors import InputError
+from .format import Category, Segment
 
 DEFAULT_THING_AREA = 200
 DEFAULT_STUFF_AREA = 2048
