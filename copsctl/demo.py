@@ -9,7 +9,7 @@ The whole pipeline of the paper on the synthetic dataset, in one folder:
    the val split (:func:`copsctl.costs.network.dump_costs`), the AMWC solver
    (:func:`copsctl.panoptic.solve.solve_costs`) and exact PQ (:func:`copsctl.metrics.pq.evaluate`);
    ``calibrate`` then fits the cost calibration on train images
-   (:func:`copsctl.calibration.calibrate_run`, ``OUT/runs/pretrain/calibration.yaml``) and
+   (:func:`copsctl.costs.calibrate.calibrate_run`, ``OUT/runs/pretrain/calibration.yaml``) and
    ``calibrated-costs`` -> ``calibrated-solve`` -> ``calibrated-evaluate`` score it;
 4. ``finetune``: :func:`copsctl.train.finetune.finetune` through the solver with the PQ
    surrogate (``synthetic_finetune``), from the pre-trained checkpoint and its calibration;
@@ -411,7 +411,7 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
 def _calibrate_and_score(out: Path, spec: DemoSize, data_dir: Path, stages: _Stages, workers,
                          log) -> StageResult:
     """Fit the pre-trained network's cost calibration on train images, then score it."""
-    from .calibration import calibrate_run
+    from .costs.calibrate import calibrate_run
 
     run_dir = out / "runs" / "pretrain"
     target = run_dir / CALIBRATION_NAME

@@ -11,7 +11,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from copsctl.calibration import Calibration, fit_calibration, load_calibration
+from copsctl.calibration import Calibration, load_calibration
+from copsctl.costs.calibrate import fit_calibration
 from copsctl.cli import app
 from copsctl.costs.cache import CostFile, CostWriter
 from copsctl.errors import InputError

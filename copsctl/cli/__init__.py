@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import os
 
-import typer
-
 # OpenMP threads that spin while waiting make torch on a busy machine many times slower:
 # one pre-training step (2 threads, another 2-thread job beside it on 2 cores) took 25 s
 # with the default spin-waiting and 1.9 s with passive waiting. Set before torch loads
 # OpenMP (the commands import torch lazily); a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-app = typer.Typer(
-    name="copsctl",
-    help="Combinatorial Optimization for Panoptic Segmentation: stage-wise commands.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
-def _root() -> None:
-    # An explicit group callback keeps `copsctl <command>` a sub-command even while only
-    # one command is registered (Typer otherwise runs a lone command as the app itself).
-    pass
+from ._app import app  # noqa: E402  (after the OpenMP setting)
 
 
 def _register() -> None:

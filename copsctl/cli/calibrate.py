@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import app
+from ._app import app
 from ._util import cli_errors, console, write_json_option
 
 
@@ -38,7 +38,8 @@ def calibrate_command(
     dump-costs, finetune and predict apply RUN/calibration.yaml by themselves; solve takes
     --calibration FILE.
     """
-    from ..calibration import Calibration, calibrate_run, fit_calibration
+    from ..calibration import Calibration
+    from ..costs.calibrate import calibrate_run, fit_calibration
     from ..costs.cache import CostFile
     from ..errors import InputError
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import app
+from ._app import app
 from ._util import check_json_option, cli_errors, console, is_terminal, write_json_option
 
 

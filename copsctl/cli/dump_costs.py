@@ -9,7 +9,7 @@ import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 
-from . import app
+from ._app import app
 from ._util import check_json_option, cli_errors, console, is_terminal, write_json_option
 
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import check_json_option, cli_errors, console, err_console
 
 

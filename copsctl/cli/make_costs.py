@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import check_json_option, cli_errors, console, write_json_option
 
 _HELP_DIFFICULTY = "0 = normal, 1 = the hard family (weaker, noisier edge costs)."

@@ -10,7 +10,7 @@ import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from . import app
+from ._app import app
 from ._util import cli_errors, console, err_console, is_terminal, write_json_option
 
 _HELP_INPUTS = ("Image files (JPEG, PNG; any size, grey and RGBA converted), folders of them, "

@@ -10,7 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 from rich.table import Table
 
-from . import app
+from ._app import app
 from ._util import cli_errors, console, is_terminal
 
 _HELP_OUT = ("Prediction folder: panoptic_pred.json + panoptic_pred/ PNGs (+ summary.json, "

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import cli_errors, console, write_json_option
 
 visualize_app = typer.Typer(name="visualize", no_args_is_help=True, add_completion=False,

@@ -6,9 +6,12 @@
   ``dump_costs``: ``copsctl dump-costs``); torch.
 - :mod:`~copsctl.costs.synthetic`: synthetic costs without a network (``make_problem``,
   ``write_synthetic_costs``: ``copsctl make-costs``).
+- :mod:`~copsctl.costs.calibrate`: the cost calibration that maximises exact PQ
+  (``fit_calibration``, ``calibrate_run``: ``copsctl calibrate``); the calibration
+  record itself is :mod:`copsctl.calibration`.
 
-The names below are re-exported here; those of ``network`` and ``synthetic`` are imported
-on first use, so ``import copsctl.costs`` stays free of torch and scipy.
+The names below are re-exported here; those of ``network``, ``synthetic`` and
+``calibrate`` are imported on first use, so ``import copsctl.costs`` stays free of torch and scipy.
 """
 
 from importlib import import_module
@@ -22,6 +25,7 @@ _LAZY = {
     "synthetic_recipe": "synthetic", "write_synthetic_costs": "synthetic",
     "default_gt_out": "synthetic", "cityscapes_categories": "synthetic",
     "coco_like_categories": "synthetic", "tiny_categories": "synthetic",
+    "CalibrationFit": "calibrate", "fit_calibration": "calibrate", "calibrate_run": "calibrate",
 }
 
 __all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "STORAGES", "QUANTIZED", "CostFile",

@@ -51,7 +51,9 @@ from ..errors import InputError
 from .checkpoint import CHECKPOINT_NAME, checkpoint_class_table, load_model
 from .distributed import setup
 from .loop import RunResult, TrainEvent
-from .pretrain import RECIPE_NAME, check_run_dir, resolve_run_recipe, seed_everything
+from .run import (RECIPE_NAME, check_batch_size, check_run_dir, make_optimizer, open_run_data,
+                  resolve_run_recipe, run_checkpoint, run_loop, save_run_checkpoint,
+                  seed_everything, targets_to_device, train_batches)
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -190,12 +192,6 @@ def batch_exact_pq(solutions, batch: dict, categories: Sequence["Category"], *,
     return evaluate_arrays(pairs, categories)
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    keys = ("image", "semantic", "semantic_weights", "affinity", "affinity_weights")
-    nb = device.type == "cuda"
-    return {k: batch[k].to(device, non_blocking=nb) for k in keys}
-
-
 def _initial_model(cfg: "Recipe", weights: str | Path | None, num_classes: int, class_table):
     """The pre-trained model of a new run, checked against the recipe and the dataset."""
     if weights is None:
@@ -245,8 +241,6 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     from ..model import (PanopticModel, PretrainLoss, finetuning_groups, freeze_for_finetuning,
                          total_loss)
     from .amwc_layer import AMWCLayer, ground_truth_from_batch
-    from .run import (check_batch_size, make_optimizer, open_run_data, run_checkpoint,
-                      run_loop, save_run_checkpoint, train_batches)
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -311,7 +305,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
 
         def step_fn(batch: dict, iteration: int):
             t0 = time.perf_counter()
-            targets = _to_device(batch, ctx.device)
+            targets = targets_to_device(batch, ctx.device)
             outputs = net(targets["image"])
             if not surrogate:
                 losses = ce_loss(outputs, targets)
