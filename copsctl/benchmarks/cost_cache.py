@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpus import available_cpus
+
 FAMILIES = {"cityscapes": ("cityscapes", 0.0), "coco": ("coco", 0.0),
             "hard": ("cityscapes", 1.0), "hard-coco": ("coco", 1.0)}
 STORAGES = ("float32", "float16", "quantized")
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
         parser.error("--demo-run and --demo-data go together")
     families = args.preset or ["cityscapes", "coco"]
     print(f"# copsctl cost-cache benchmark\n\n{time.strftime('%Y-%m-%d %H:%M')}, "
-          f"{len(os.sched_getaffinity(0))} CPUs available, load average {_load()}\n")
+          f"{available_cpus()} CPUs available, load average {_load()}\n")
     print("| family | storage | MB/image | write ms | read ms | solve ms | objective true | "
           "objective own | labels |\n|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..cpus import available_cpus
+
 PRESETS = {"cityscapes": ("cityscapes_pretrain", (512, 1024)),
            "coco": ("coco_pretrain", (640, 640))}
 
@@ -81,7 +83,7 @@ def main(argv=None) -> None:
     import torch
 
     print(f"# copsctl predict throughput\n\n{time.strftime('%Y-%m-%d %H:%M')}, "
-          f"{len(os.sched_getaffinity(0))} CPUs available, torch {torch.__version__} with "
+          f"{available_cpus()} CPUs available, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print("| input | model | device | images | batch | solver threads | images/s | read s/img | "

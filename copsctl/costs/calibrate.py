@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..calibration import CALIBRATION_NAME, Calibration, load_calibration
+from ..cpus import available_cpus
 from ..errors import InputError
 
 __all__ = ["CalibrationFit", "fit_calibration", "calibrate_run"]
@@ -143,8 +144,7 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
     thing_area = _recipe_number(recipe, "data", "thing_area_threshold", costs)
     stuff_area = _recipe_number(recipe, "data", "stuff_area_threshold", costs)
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 1)
+        workers = available_cpus()
     score = _Scorer(loaded, gts, categories, distances, part,
                     thing_area=DEFAULT_THING_AREA if thing_area is None else thing_area,
                     stuff_area=DEFAULT_STUFF_AREA if stuff_area is None else stuff_area,

@@ -52,6 +52,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..atomic import atomic_path, write_json
+from ..cpus import available_cpus
 from ..errors import InputError
 from .format import Category, Segment, write_id_png
 
@@ -413,8 +414,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         size = int(cfg.data.val_size or max(cfg.data.crop_size))
     options = cfg.solver.options()
     if workers is None:
-        workers = cfg.solver.workers or (len(os.sched_getaffinity(0))
-                                         if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        workers = cfg.solver.workers or available_cpus()
     workers = int(workers)
     thing_area = float(cfg.data.thing_area_threshold)
     stuff_area = float(cfg.data.stuff_area_threshold)

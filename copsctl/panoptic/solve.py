@@ -40,6 +40,7 @@ import yaml
 from ..atomic import atomic_path, write_json
 from ..calibration import Calibration
 from ..costs.cache import CostFile, solver_problem
+from ..cpus import available_cpus
 from ..errors import InputError
 from ..atomic import check_output, check_output_folder, write_manifest
 from .format import Annotation, Category, PanopticSet, write_id_png
@@ -256,8 +257,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
             # The recipe's solver.workers (0 = all cores) when --workers is not given.
             workers = _recipe_number(recipe, "solver", "workers", costs) or None
         if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
+            workers = available_cpus()
         workers = int(workers)
         batch = int(batch_size) if batch_size is not None else 2 * workers
         png_names = _png_names(cf.file_names)

@@ -64,9 +64,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .surrogate import Matching, SurrogateResult, match_segments, pq_surrogate
+from ..panoptic.postprocess import segment_classes
 from ..solver import SolverOptions, solve_many
 from ..solver.grid import edge_values_to_maps, grid_graph
+from .surrogate import Matching, SurrogateResult, match_segments, pq_surrogate
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -183,11 +184,9 @@ def panoptic_segments(labels: np.ndarray, segments: np.ndarray, partitionable: n
         then stuff classes by class index.
     segment_class : (S,) int64 ndarray
     """
-    labels = np.asarray(labels, np.int64)
     segments = np.asarray(segments, np.int64)
-    s0 = int(segments.max()) + 1 if segments.size else 0
-    cls0 = np.zeros(s0, np.int64)
-    cls0[segments] = labels
+    cls0 = segment_classes(labels, segments)
+    s0 = cls0.shape[0]
     part = np.asarray(partitionable, bool)
     # Stuff segments of one class share the key s0 + class, so np.unique merges them.
     key = np.where(part[cls0], np.arange(s0), s0 + cls0)
