@@ -18,7 +18,6 @@ from copsctl.cli import app
 from copsctl.costs.cache import CostFile
 from copsctl.panoptic.format import read_id_png, segments_from_id_map
 from copsctl.panoptic.images import collect_inputs, predict_images
-from copsctl.data.synthetic import make_synthetic
 from copsctl.errors import InputError
 from copsctl.train.checkpoint import load_checkpoint
 
@@ -49,18 +48,13 @@ def _fails_in_one_line(res, *words) -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn") / "data"
-    make_synthetic(root, train=4, val=2, size=(64, 64), seed=3)
-    return root
+def data(tiny_run):
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
-def run(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    _ok(_invoke("pretrain", "--recipe", "synthetic_tiny", "--out", out, "--set",
-                f"data.root={data}"))
-    return out
+def run(tiny_run):
+    return tiny_run[1]
 
 
 @pytest.fixture(scope="module")
