@@ -51,9 +51,8 @@ from ..errors import InputError
 from .checkpoint import CHECKPOINT_NAME, checkpoint_class_table, load_model
 from .distributed import setup
 from .loop import RunResult, TrainEvent
-from .run import (RECIPE_NAME, check_batch_size, check_run_dir, make_optimizer, open_run_data,
-                  resolve_run_recipe, run_checkpoint, run_loop, save_run_checkpoint,
-                  seed_everything, targets_to_device, train_batches)
+from .run import (RECIPE_NAME, make_optimizer, open_run, resolve_run_recipe, run_loop,
+                  save_run_checkpoint, seed_everything, targets_to_device, train_batches)
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -257,14 +256,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     ctx = setup(cfg.train.device)
     try:
-        has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
-        check_batch_size(cfg, ctx)
-        # Everything that reads input comes before anything is written (and the
-        # input check's report is said only once every check has passed).
-        checked: list[str] = []
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
-                                                                 say=checked.append)
-        ckpt, start = run_checkpoint(out, has_ckpt, "finetune")
+        train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
+            out, cfg, ctx, "finetune", resume=resume, progress=progress)
         if ckpt is None:
             model = _initial_model(cfg, weights, class_table.num_classes, class_table)
             init_weights = str(weights)

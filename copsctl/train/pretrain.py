@@ -36,9 +36,8 @@ import torch
 
 from .distributed import setup
 from .loop import RunResult, TrainEvent
-from .run import (check_batch_size, check_run_dir, make_optimizer, open_run_data,
-                  resolve_run_recipe, run_checkpoint, run_loop, save_run_checkpoint,
-                  seed_everything, targets_to_device, train_batches)
+from .run import (check_run_dir, make_optimizer, open_run, resolve_run_recipe, run_loop,
+                  save_run_checkpoint, seed_everything, targets_to_device, train_batches)
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -90,14 +89,8 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         # Fixed crop sizes: let cuDNN pick the fastest kernels once.
         torch.backends.cudnn.benchmark = True
     try:
-        has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
-        check_batch_size(cfg, ctx)
-        # Everything that reads input comes before anything is written (and the
-        # input check's report is said only once every check has passed).
-        checked: list[str] = []
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
-                                                                 say=checked.append)
-        ckpt, start = run_checkpoint(out, has_ckpt, "pretrain")
+        train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
+            out, cfg, ctx, "pretrain", resume=resume, progress=progress)
         batches = train_batches(train_dataset, cfg, ctx, start)
 
         seed_everything(cfg.train.seed)

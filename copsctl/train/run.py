@@ -8,7 +8,8 @@ the rest is shared and lives here, in the order a command uses it:
    :data:`RESUMABLE_KEYS`), checked before anything is read or written;
 1. :func:`open_run_data`: the train and val datasets, read (and checked) before anything
    is written;
-2. :func:`run_checkpoint`: the run's own checkpoint when resuming, checked for its kind;
+2. :func:`run_checkpoint`: the run's own checkpoint when resuming, checked for its kind
+   (:func:`open_run` does 1 and 2 after the folder and batch-size checks);
 3. :func:`train_batches`: the batch stream, continuing exactly where the checkpoint stopped;
 4. :func:`make_optimizer`: Adam over the trainable parameters, the AMP scaler and, when
    resuming, their state and the random state of every process;
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from .distributed import DistContext
 
 __all__ = ["RECIPE_NAME", "RUN_FILES", "RESUMABLE_KEYS", "seed_everything", "resolve_run_recipe",
-           "check_run_dir", "targets_to_device", "check_batch_size", "open_run_data",
+           "check_run_dir", "targets_to_device", "open_run", "check_batch_size", "open_run_data",
            "run_checkpoint", "train_batches", "make_optimizer", "save_run_checkpoint", "run_loop"]
 
 
@@ -126,6 +127,28 @@ def targets_to_device(batch: dict, device: torch.device) -> dict:
     keys = ("image", "semantic", "semantic_weights", "affinity", "affinity_weights")
     nb = device.type == "cuda"
     return {k: batch[k].to(device, non_blocking=nb) for k in keys}
+
+
+def open_run(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, resume: bool,
+             progress: Callable[[TrainEvent], None] | None = None):
+    """Everything a run reads, before anything is written: the run folder
+    (:func:`check_run_dir`, on rank 0), the batch size (:func:`check_batch_size`), the
+    datasets (:func:`open_run_data`) and, when resuming, the run's checkpoint
+    (:func:`run_checkpoint`).
+
+    Returns
+    -------
+    (train_dataset, val_dataset, class_table, ckpt, start, checked)
+        As :func:`open_run_data` and :func:`run_checkpoint` return them; ``checked`` holds
+        the input check's report, to be said only once every check has passed.
+    """
+    has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
+    check_batch_size(cfg, ctx)
+    checked: list[str] = []
+    train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
+                                                             say=checked.append)
+    ckpt, start = run_checkpoint(out, has_ckpt, kind)
+    return train_dataset, val_dataset, class_table, ckpt, start, checked
 
 
 def check_batch_size(cfg: "Recipe", ctx: "DistContext") -> None:
