@@ -6,10 +6,10 @@ The whole pipeline of the paper on the synthetic dataset, in one folder:
 2. ``pretrain``: :func:`copsctl.train.pretrain.pretrain` with the ``synthetic_pretrain``
    recipe, shortened to the demo size;
 3. ``pretrain-costs`` -> ``pretrain-solve`` -> ``pretrain-evaluate``: the network's costs of
-   the val split (:func:`copsctl.inference.dump_costs`), the AMWC solver
-   (:func:`copsctl.predict.solve_costs`) and exact PQ (:func:`copsctl.metrics.pq.evaluate`);
+   the val split (:func:`copsctl.costs.network.dump_costs`), the AMWC solver
+   (:func:`copsctl.panoptic.solve.solve_costs`) and exact PQ (:func:`copsctl.metrics.pq.evaluate`);
    ``calibrate`` then fits the cost calibration on train images
-   (:func:`copsctl.calibration.calibrate_run`, ``OUT/runs/pretrain/calibration.yaml``) and
+   (:func:`copsctl.costs.calibrate.calibrate_run`, ``OUT/runs/pretrain/calibration.yaml``) and
    ``calibrated-costs`` -> ``calibrated-solve`` -> ``calibrated-evaluate`` score it;
 4. ``finetune``: :func:`copsctl.train.finetune.finetune` through the solver with the PQ
    surrogate (``synthetic_finetune``), from the pre-trained checkpoint and its calibration;
@@ -30,7 +30,7 @@ Layout::
     OUT/stages/<name>.json            what each finished stage was made from
 
 With ``solver_only`` the demo is the first version's costs-only path instead: synthetic
-costs (:mod:`copsctl.synthetic_costs`, no network) -> solve -> PQ, in
+costs (:mod:`copsctl.costs.synthetic`, no network) -> solve -> PQ, in
 ``OUT/costs/synthetic.h5``, ``OUT/costs/synthetic_gt/``, ``OUT/pred/synthetic/`` and
 ``OUT/metrics/synthetic.json``; it checks the solver in seconds.
 
@@ -411,7 +411,7 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
 def _calibrate_and_score(out: Path, spec: DemoSize, data_dir: Path, stages: _Stages, workers,
                          log) -> StageResult:
     """Fit the pre-trained network's cost calibration on train images, then score it."""
-    from .calibration import calibrate_run
+    from .costs.calibrate import calibrate_run
 
     run_dir = out / "runs" / "pretrain"
     target = run_dir / CALIBRATION_NAME
@@ -428,9 +428,9 @@ def _score(out: Path, name: str, run_dir: Path, spec: DemoSize, data_dir: Path,
            stages: _Stages, workers, *, calibration, iterations: int,
            train_seconds: float) -> StageResult:
     """The val split of a trained run through the pipeline: costs, solve, PQ, pictures."""
-    from .inference import dump_costs
+    from .costs.network import dump_costs
     from .metrics.pq import evaluate
-    from .predict import solve_costs
+    from .panoptic.solve import solve_costs
     from .visualize.curves import run_figure
     from .visualize.image import visualize_image
 
@@ -502,8 +502,8 @@ def _step_seconds(run_dir: Path) -> float:
 def _solver_only(out: Path, size: str, workers, log, t_start: float) -> DemoResult:
     """The costs-only path: synthetic costs -> solve -> PQ (module notes)."""
     from .metrics.pq import evaluate_files
-    from .predict import solve_costs
-    from .synthetic_costs import write_synthetic_costs
+    from .panoptic.solve import solve_costs
+    from .costs.synthetic import write_synthetic_costs
 
     preset, images = SOLVER_ONLY_SIZES[size]
     out.mkdir(parents=True, exist_ok=True)

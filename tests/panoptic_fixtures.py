@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from copsctl.panoptic import write_id_png
+from copsctl.panoptic.format import write_id_png
 
 # --------------------------------------------------------------------------- Cityscapes
 

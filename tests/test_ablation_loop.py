@@ -16,35 +16,28 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from copsctl.cli import app
 from copsctl.config import load_recipe
-from copsctl.data.synthetic import make_synthetic
 
 SCRIPT = Path(__file__).resolve().parent.parent / "docs" / "ablation.sh"
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ablation")
-    make_synthetic(root / "data", train=4, val=2, size=(64, 64), seed=3)
-    res = CliRunner().invoke(app, ["pretrain", "--recipe", "synthetic_tiny", "--out",
-                                   str(root / "pre"), "--set", f"data.root={root / 'data'}"])
-    assert res.exit_code == 0, res.output
-    return root, root / "pre" / "checkpoint.pt"
+def weights(tiny_run):
+    data, run = tiny_run
+    return data, run / "checkpoint.pt"
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or not (BIN / "copsctl").is_file(),
                     reason="needs bash and the installed copsctl command beside the Python")
 def test_ablation_script_runs_the_loop_and_prints_one_pq_table(weights, tmp_path):
-    root, ckpt = weights
+    data, ckpt = weights
     out = tmp_path / "abl"
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                RECIPE="synthetic_tiny", OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(SCRIPT), "finetune.lambda_max", "10 100", str(ckpt),
-                           str(out), "--set", f"data.root={root / 'data'}"],
+                           str(out), "--set", f"data.root={data}"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = proc.stdout.strip().splitlines()[-4:]
@@ -61,7 +54,7 @@ def test_ablation_script_runs_the_loop_and_prints_one_pq_table(weights, tmp_path
 
     # a bad value stops the loop with copsctl's exit code 2 and a one-line error
     proc = subprocess.run(["bash", str(SCRIPT), "finetune.lambda_max", "0.5", str(ckpt),
-                           str(tmp_path / "bad"), "--set", f"data.root={root / 'data'}"],
+                           str(tmp_path / "bad"), "--set", f"data.root={data}"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "finetune.lambda_min" in proc.stderr and "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from copsctl.errors import InputError
-from copsctl.metrics.surrogate import pq_surrogate_mask_grads
+from copsctl.train.surrogate import pq_surrogate_mask_grads
 from copsctl.solver import solve_amwc, solve_mwc
 from copsctl.solver.grid import grid_edge_distance, grid_edge_mask, grid_edges, maps_to_edge_values
 from copsctl.train.amwc_layer import (AMWCLayer, BackwardProblem, GroundTruth, algorithm1,

@@ -10,7 +10,7 @@ import pytest
 from copsctl.benchmarks.pq_ceiling import _cost_grid_segments, ceiling_rows
 from copsctl.config import load_recipe
 from copsctl.data.synthetic import make_synthetic
-from copsctl.panoptic import read_id_png
+from copsctl.panoptic.format import read_id_png
 
 
 def test_each_cost_pixel_takes_the_majority_segment_of_its_upsampled_block():

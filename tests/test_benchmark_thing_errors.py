@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from copsctl.benchmarks.thing_errors import OUTCOMES, classify_things
-from copsctl.panoptic import Segment
+from copsctl.panoptic.format import Segment
 
 CAR, ROAD = 26, 7
 
@@ -85,20 +85,12 @@ def test_small_and_crowd_things_and_stuff_are_not_counted():
     _only(counts, "matched", 1)
 
 
-def test_the_command_follows_every_large_thing_of_a_trained_model(tmp_path, capsys):
-    from typer.testing import CliRunner
-
+def test_the_command_follows_every_large_thing_of_a_trained_model(tiny_run, capsys):
     from copsctl.benchmarks.thing_errors import main
-    from copsctl.cli import app
-    from copsctl.data.synthetic import make_synthetic
 
-    data = tmp_path / "data"
-    make_synthetic(data, train=2, val=2, size=(96, 128), seed=2)
-    res = CliRunner().invoke(app, ["pretrain", "--recipe", "synthetic_tiny", "--out",
-                                   str(tmp_path / "pre"), "--set", f"data.root={data}"])
-    assert res.exit_code == 0, res.output
+    data, run = tiny_run
     main(["--data", str(data), "--recipe", "synthetic_tiny",
-          "--weights", str(tmp_path / "pre" / "checkpoint.pt")])
+          "--weights", str(run / "checkpoint.pt")])
     row = capsys.readouterr().out.strip().splitlines()[-1].split("|")[1:-1]
     things = int(row[1])
     counts = [int(cell.split()[0]) for cell in row[2:]]

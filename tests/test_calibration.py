@@ -11,13 +11,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from copsctl.calibration import Calibration, fit_calibration, load_calibration
+from copsctl.calibration import Calibration, load_calibration
+from copsctl.costs.calibrate import fit_calibration
 from copsctl.cli import app
-from copsctl.costs import CostFile, CostWriter
+from copsctl.costs.cache import CostFile, CostWriter
 from copsctl.errors import InputError
 from copsctl.model import CostTransform
 from copsctl.solver.grid import grid_edge_mask
-from copsctl.synthetic_costs import write_synthetic_costs
+from copsctl.costs.synthetic import write_synthetic_costs
 
 runner = CliRunner()
 
@@ -135,7 +136,7 @@ def test_dump_costs_applies_the_calibration_beside_the_checkpoint(tmp_path):
 
     from copsctl.config import load_recipe, save_recipe
     from copsctl.data.synthetic import make_synthetic
-    from copsctl.inference import dump_costs
+    from copsctl.costs.network import dump_costs
     from copsctl.model import PanopticModel
     from copsctl.train.checkpoint import save_checkpoint
     from copsctl.train.data import open_split

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from copsctl.cli import app
 from copsctl.metrics.pq import evaluate_files
-from copsctl.panoptic import Annotation, Category, segments_from_id_map, write_panoptic_set
+from copsctl.panoptic.format import Annotation, Category, segments_from_id_map, write_panoptic_set
 
 CATEGORIES = [Category(7, "road", False), Category(23, "sky", False),
               Category(24, "person", True), Category(26, "car", True)]

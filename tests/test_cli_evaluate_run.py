@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from copsctl.cli import app
-from copsctl.train.pretrain import check_run_dir
+from copsctl.train.run import check_run_dir
 
 runner = CliRunner()
 

@@ -16,12 +16,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from copsctl.cli import app
-from copsctl.costs import CostFile
-from copsctl.panoptic import read_id_png, segments_from_id_map
-from copsctl.predict_images import collect_inputs, predict_images
-from copsctl.data.synthetic import make_synthetic
+from copsctl.costs.cache import CostFile
+from copsctl.panoptic.format import read_id_png, segments_from_id_map
+from copsctl.panoptic.images import collect_inputs, predict_images
 from copsctl.errors import InputError
 from copsctl.train.checkpoint import load_checkpoint
+from cli_checks import fails_in_one_line
 
 runner = CliRunner()
 
@@ -39,29 +39,14 @@ def _ok(res):
     return res
 
 
-def _fails_in_one_line(res, *words) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1, res.output
-    assert "Traceback" not in res.output
-    for w in words:
-        assert w in lines[0], res.output
-    return lines[0]
+@pytest.fixture(scope="module")
+def data(tiny_run):
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn") / "data"
-    make_synthetic(root, train=4, val=2, size=(64, 64), seed=3)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    _ok(_invoke("pretrain", "--recipe", "synthetic_tiny", "--out", out, "--set",
-                f"data.root={data}"))
-    return out
+def run(tiny_run):
+    return tiny_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +146,7 @@ def test_rerun_skips_finished_images(predicted, run, images):
     assert {p.name: p.stat().st_mtime_ns for p in (predicted / "panoptic_pred").iterdir()} \
         == before
     # Other settings into the same folder are refused, not mixed in.
-    line = _fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", predicted,
+    line = fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", predicted,
                                       "--size", 96), "size", "another --out")
     assert str(predicted) in line
 
@@ -186,7 +171,7 @@ def test_corrupt_image_exits_2_and_keeps_finished(run, images, tmp_path):
     (mixed / "broken.jpg").write_bytes((folder / "street.jpg").read_bytes()[:300])
     out = tmp_path / "out"
     # Sorted order: broken.jpg, street.jpg, tall.jpg; the single street.jpg goes first.
-    _fails_in_one_line(_invoke("predict", "--run", run, folder / "street.jpg", mixed / "broken.jpg",
+    fails_in_one_line(_invoke("predict", "--run", run, folder / "street.jpg", mixed / "broken.jpg",
                                mixed / "tall.jpg", "--out", out), "broken.jpg",
                        "not a readable image")
     data = json.loads((out / "panoptic_pred.json").read_text())
@@ -258,20 +243,20 @@ def test_finetune_starts_from_a_model_file(run, data, tmp_path):
 def test_bad_arguments_fail_in_one_line(run, images, tmp_path):
     folder, _ = images
     out = tmp_path / "out"
-    _fails_in_one_line(_invoke("predict", "--run", run, tmp_path / "nope.jpg", "--out", out),
+    fails_in_one_line(_invoke("predict", "--run", run, tmp_path / "nope.jpg", "--out", out),
                        "nope.jpg", "no such file")
-    _fails_in_one_line(_invoke("predict", "--run", run, str(tmp_path / "*.jpg"), "--out", out),
+    fails_in_one_line(_invoke("predict", "--run", run, str(tmp_path / "*.jpg"), "--out", out),
                        "pattern matches no")
-    _fails_in_one_line(_invoke("predict", folder, "--out", out), "--run")
-    _fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", out, "--workers", 0),
+    fails_in_one_line(_invoke("predict", folder, "--out", out), "--run")
+    fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", out, "--workers", 0),
                        "--workers")
-    _fails_in_one_line(_invoke("predict", "--weights", tmp_path / "none.pt", folder,
+    fails_in_one_line(_invoke("predict", "--weights", tmp_path / "none.pt", folder,
                                "--out", out), "none.pt")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("user data")
-    _fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", busy), "not empty")
-    _fails_in_one_line(_invoke("export", "--run", tmp_path / "norun", "--out", tmp_path / "m.pt"),
+    fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", busy), "not empty")
+    fails_in_one_line(_invoke("export", "--run", tmp_path / "norun", "--out", tmp_path / "m.pt"),
                        "norun")
 
 

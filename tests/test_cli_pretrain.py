@@ -19,12 +19,13 @@ from typer.testing import CliRunner
 import copsctl.cli.pretrain as cli_pretrain
 from copsctl.cli import app
 from copsctl.config import load_recipe
-from copsctl.costs import CostFile
+from copsctl.costs.cache import CostFile
 from copsctl.data.synthetic import make_synthetic
 from copsctl.train.checkpoint import load_checkpoint, load_model
 from copsctl.train.data import make_dataset, open_split
 from copsctl.train.logging import read_metrics
 from copsctl.train.validate import validate_pq
+from cli_checks import fails_in_one_line
 
 runner = CliRunner()
 
@@ -38,16 +39,6 @@ def data(tmp_path_factory):
 
 def _pretrain(*args):
     return runner.invoke(app, ["pretrain", *map(str, args)])
-
-
-def _fails_in_one_line(res, *words) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1, res.output
-    assert "Traceback" not in res.output
-    for w in words:
-        assert w in lines[0], res.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +72,9 @@ def test_pretrain_writes_recipe_checkpoint_metrics_and_events(run, data):
 
 
 def test_refuses_a_non_empty_run_folder_and_a_changed_recipe_on_resume(run, data):
-    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", run, "--set",
+    fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", run, "--set",
                                  f"data.root={data}"), str(run), "not empty", "--resume")
-    _fails_in_one_line(_pretrain("--out", run, "--resume", "--set", "train.lr=0.5"),
+    fails_in_one_line(_pretrain("--out", run, "--resume", "--set", "train.lr=0.5"),
                        "train.lr", "0.5")
     res = _pretrain("--out", run, "--resume")  # a finished run stays finished
     assert res.exit_code == 0 and "already finished" in res.output, res.output
@@ -93,7 +84,7 @@ def test_refuses_a_non_empty_run_folder_and_a_changed_recipe_on_resume(run, data
     foreign = run.parent / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("x")
-    _fails_in_one_line(_pretrain("--out", foreign, "--resume"), "not a run folder", "notes.txt")
+    fails_in_one_line(_pretrain("--out", foreign, "--resume"), "not a run folder", "notes.txt")
 
 
 def test_interrupted_run_resumed_equals_uninterrupted_run(data, tmp_path, monkeypatch):
@@ -189,12 +180,12 @@ def test_dump_costs_solve_evaluate_give_the_validation_pq(run, data, tmp_path):
 
 def test_dump_costs_bad_arguments(run, tmp_path):
     out = tmp_path / "c.h5"
-    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--out", str(out)]), "--run", "--weights")
-    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--run", str(tmp_path), "--out", str(out)]),
+    fails_in_one_line(runner.invoke(app, ["dump-costs", "--out", str(out)]), "--run", "--weights")
+    fails_in_one_line(runner.invoke(app, ["dump-costs", "--run", str(tmp_path), "--out", str(out)]),
                        "checkpoint.pt")
-    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--weights", str(run / "recipe.yaml"),
+    fails_in_one_line(runner.invoke(app, ["dump-costs", "--weights", str(run / "recipe.yaml"),
                                            "--out", str(out)]), "recipe.yaml", "checkpoint")
-    _fails_in_one_line(runner.invoke(app, ["dump-costs", "--run", str(run), "--out", str(out),
+    fails_in_one_line(runner.invoke(app, ["dump-costs", "--run", str(run), "--out", str(out),
                                            "--set", "model.distances=[1,3]"]),
                        "model.distances")
     assert not out.exists()
@@ -239,7 +230,7 @@ def test_broken_dataset_is_one_line_exit_2_and_writes_nothing(data, tmp_path, br
     shutil.copytree(data, root)
     word = breaker(root)
     out = tmp_path / "run"
-    line = _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
+    line = fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
                                         f"data.root={root}"), word)
     assert str(root) in line  # the file is named by its path
     assert not out.exists()
@@ -260,9 +251,9 @@ def test_bad_recipe_is_one_line_exit_2(data, tmp_path, text, words):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)
     out = tmp_path / "run"
-    line = _fails_in_one_line(_pretrain("--recipe", recipe, "--out", out), *words)
+    line = fails_in_one_line(_pretrain("--recipe", recipe, "--out", out), *words)
     assert str(recipe) in line
-    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
+    fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
                                  "train.lr=fast"), "train.lr", "--set")
     assert not out.exists()
 
@@ -288,10 +279,10 @@ def test_init_starts_a_new_run_from_a_checkpoint_or_an_export(run, data, tmp_pat
     assert f"model weights from {model_file}" in flat and "finished 1 iterations" in flat
     assert load_checkpoint(tmp_path / "new" / "checkpoint.pt")["iteration"] == 1
 
-    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}",
+    fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}",
                                  "--init", model_file, "--resume", "--out", tmp_path / "new"),
                        "--resume continues the run in --out; pass one of them")
-    _fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}",
+    fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}",
                                  "--set", "model.aspp_channels=8", "--init", model_file,
                                  "--out", tmp_path / "other"),
                        "weights were trained with model.aspp_channels = 16")
@@ -307,5 +298,5 @@ def test_device_option_sets_train_device(data, tmp_path):
     for command in ("pretrain", "finetune"):
         res = runner.invoke(app, [command, "--recipe", "synthetic_tiny", "--device", "gpu",
                                   "--out", str(tmp_path / "never")])
-        _fails_in_one_line(res, "--device must be one of auto, cpu, cuda, got 'gpu'")
+        fails_in_one_line(res, "--device must be one of auto, cpu, cuda, got 'gpu'")
     assert not (tmp_path / "never").exists()

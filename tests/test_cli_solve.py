@@ -11,23 +11,17 @@ import yaml
 from typer.testing import CliRunner
 
 from copsctl.cli import app
-from copsctl.costs import CostFile
+from copsctl.costs.cache import CostFile
 from copsctl.metrics.pq import evaluate_files
-from copsctl.panoptic import load_panoptic_json, read_id_png, segments_from_id_map
-from copsctl.postprocess import nearest_index, segment_scores
+from copsctl.panoptic.format import load_panoptic_json, read_id_png, segments_from_id_map
+from copsctl.panoptic.postprocess import nearest_index, segment_scores
+from cli_checks import fails_in_one_line
 
 runner = CliRunner()
 
 
 def _lines(res) -> list[str]:
     return [line for line in res.output.splitlines() if line.strip()]
-
-
-def _fails_in_one_line(res, msg: str) -> None:
-    assert res.exit_code == 2, res.output
-    lines = _lines(res)
-    assert len(lines) == 1 and msg in lines[0], res.output
-    assert "Traceback" not in res.output
 
 
 @pytest.fixture(scope="module")
@@ -160,33 +154,33 @@ def test_set_overrides_the_stored_recipe_and_is_recorded(costs, tmp_path):
                       ("solver.precluster_max_size=0", "must be > 0"),
                       ("data.thing_area_threshold=big", "must be an int")):
         res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--set", text])
-        _fails_in_one_line(res, msg)
+        fails_in_one_line(res, msg)
     assert (out / "summary.json").stat().st_mtime_ns == stamp
 
 
 def test_bad_cost_files_exit_2_and_write_nothing(costs, tmp_path):
     out = tmp_path / "pred"
     res = runner.invoke(app, ["solve", str(tmp_path / "missing.h5"), "--out", str(out)])
-    _fails_in_one_line(res, "missing.h5: cost file does not exist")
+    fails_in_one_line(res, "missing.h5: cost file does not exist")
 
     truncated = tmp_path / "truncated.h5"
     data = costs.read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
     res = runner.invoke(app, ["solve", str(truncated), "--out", str(out)])
-    _fails_in_one_line(res, "truncated.h5: not a readable HDF5 file")
+    fails_in_one_line(res, "truncated.h5: not a readable HDF5 file")
 
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f["x"] = np.zeros(2)
     res = runner.invoke(app, ["solve", str(foreign), "--out", str(out)])
-    _fails_in_one_line(res, "foreign.h5: not a copsctl cost file")
+    fails_in_one_line(res, "foreign.h5: not a copsctl cost file")
 
     newer = tmp_path / "newer.h5"
     newer.write_bytes(data)
     with h5py.File(newer, "a") as f:
         f.attrs["version"] = 7
     res = runner.invoke(app, ["solve", str(newer), "--out", str(out)])
-    _fails_in_one_line(res, "cost file schema version 7 is not supported")
+    fails_in_one_line(res, "cost file schema version 7 is not supported")
 
     # an image whose costs hold NaN: the error names the image, and nothing is written
     broken = tmp_path / "broken.h5"
@@ -198,7 +192,7 @@ def test_bad_cost_files_exit_2_and_write_nothing(costs, tmp_path):
         ds[...] = arr
         bad_id = json.loads(f["index/image_id"][2])
     res = runner.invoke(app, ["solve", str(broken), "--out", str(out), "--workers", "1"])
-    _fails_in_one_line(res, f"image {bad_id!r}: 'images/000002/node_costs' must be finite")
+    fails_in_one_line(res, f"image {bad_id!r}: 'images/000002/node_costs' must be finite")
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "broken.h5", "foreign.h5", "newer.h5", "truncated.h5"]  # no temporaries left
@@ -210,7 +204,7 @@ def test_bad_options_exit_2_and_write_nothing(costs, tmp_path):
                       (["--thing-area", "-1"], "--thing-area must be a non-negative number"),
                       (["--stuff-area", "nan"], "--stuff-area must be a non-negative number")):
         res = runner.invoke(app, ["solve", str(costs), "--out", str(out), *args])
-        _fails_in_one_line(res, msg)
+        fails_in_one_line(res, msg)
         assert not out.exists()
 
     # a non-empty folder that is not a prediction folder is never replaced
@@ -218,17 +212,17 @@ def test_bad_options_exit_2_and_write_nothing(costs, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     res = runner.invoke(app, ["solve", str(costs), "--out", str(mine)])
-    _fails_in_one_line(res, "is not an earlier output of copsctl solve")
+    fails_in_one_line(res, "is not an earlier output of copsctl solve")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
     res = runner.invoke(app, ["solve", str(costs), "--out", str(a_file)])
-    _fails_in_one_line(res, "exists and is not a folder")
+    fails_in_one_line(res, "exists and is not a folder")
 
     res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--json",
                               str(out / "s.json")])
-    _fails_in_one_line(res, "must not lie inside --out")
+    fails_in_one_line(res, "must not lie inside --out")
     assert not out.exists()
 
 
@@ -237,7 +231,7 @@ def test_make_costs_bad_input(tmp_path):
                       (["--images", "0"], "`num_images` must be at least 1"),
                       (["--difficulty", "2"], "`difficulty` must lie in [0, 1]")):
         res = runner.invoke(app, ["make-costs", "--out", str(tmp_path / "c.h5"), *args])
-        _fails_in_one_line(res, msg)
+        fails_in_one_line(res, msg)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -269,11 +263,11 @@ def test_demo_solver_only_runs_and_reuses_finished_stages(tmp_path):
     # --set has no recipe to override in the costs-only path
     res = runner.invoke(app, ["demo", "--out", str(out), "--solver-only", "--set",
                               "train.lr=1"])
-    _fails_in_one_line(res, "--solver-only runs no recipe")
+    fails_in_one_line(res, "--solver-only runs no recipe")
 
     # a folder that is not a demo folder is refused
     other = tmp_path / "other"
     other.mkdir()
     (other / "x").write_text("x")
     res = runner.invoke(app, ["demo", "--out", str(other), "--quick"])
-    _fails_in_one_line(res, "is not a copsctl demo folder")
+    fails_in_one_line(res, "is not a copsctl demo folder")

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from copsctl.costs import FORMAT, QUANTIZED, VERSION, CostFile, CostWriter, solver_problem
+from copsctl.costs.cache import FORMAT, QUANTIZED, VERSION, CostFile, CostWriter, solver_problem
 from copsctl.errors import InputError
-from copsctl.panoptic import Category
+from copsctl.panoptic.format import Category
 from copsctl.solver.grid import grid_edge_mask, grid_edges
 
 CATEGORIES = [Category(7, "road", False, (128, 64, 128)),

@@ -6,7 +6,7 @@ import pytest
 from copsctl.data.categories import (IGNORE_INDEX, ClassTable, check_categories_match,
                                      cityscapes_class_table)
 from copsctl.errors import InputError
-from copsctl.panoptic import Category
+from copsctl.panoptic.format import Category
 
 
 def test_cityscapes_table_matches_cityscapesscripts_labels():

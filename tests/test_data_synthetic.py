@@ -12,7 +12,7 @@ from copsctl.data import synthetic
 from copsctl.data.datasets import open_reader
 from copsctl.data.synthetic import SYNTHETIC_CATEGORIES, make_synthetic, render_scene
 from copsctl.errors import InputError
-from copsctl.panoptic import read_id_png
+from copsctl.panoptic.format import read_id_png
 
 
 def _digest(root):

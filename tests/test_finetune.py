@@ -15,7 +15,7 @@ from copsctl.cli import app
 from copsctl.config import load_recipe
 from copsctl.data.synthetic import make_synthetic
 from copsctl.errors import InputError
-from copsctl.metrics.surrogate import class_area_thresholds
+from copsctl.train.surrogate import class_area_thresholds
 from copsctl.solver.grid import grid_edge_mask
 from copsctl.model import PanopticModel, freeze_for_finetuning
 from copsctl.train.amwc_layer import (AMWCLayer, ImageSolution, ground_truth_from_batch,
@@ -403,7 +403,7 @@ def test_authors_settings_run_and_resume_exactly_with_a_calibration(setup, tmp_p
 
 
 def test_small_predictions_leave_the_loss_and_free_their_ground_truth():
-    from copsctl.metrics.surrogate import Matching
+    from copsctl.train.surrogate import Matching
     from copsctl.train.amwc_layer import _drop_predictions
 
     m = Matching(pred=np.array([0, 2]), gt=np.array([1, 0]), iou=np.array([0.9, 0.4]),

@@ -118,7 +118,7 @@ def test_training_validation_and_solve_build_the_same_problem_without_distance_1
     a distance set without 1 (the local edges are those of the smallest distance)."""
     import torch
 
-    from copsctl.costs import solver_problem
+    from copsctl.costs.cache import solver_problem
     from copsctl.train.amwc_layer import solver_inputs
 
     distances = (2, 4, 8)

@@ -14,7 +14,7 @@ from PIL import Image
 from copsctl.errors import InputError
 from copsctl.metrics.evaluation import evaluate_files
 from copsctl.metrics.instances import rle_encode
-from copsctl.panoptic import read_id_png
+from copsctl.panoptic.format import read_id_png
 from test_pq import CATEGORIES, THINGS, make_pair, write_sets
 
 mask_utils = pytest.importorskip("pycocotools.mask")
@@ -189,7 +189,7 @@ def _cityscapes_set(root, n=3, H=64, W=128, seed=0):
                          setNames=["val"])
     gt_json = root / "gtFine" / "cityscapes_panoptic_val.json"
     gt = json.loads(gt_json.read_text())
-    from copsctl.panoptic import Annotation, Segment, load_panoptic_json, write_panoptic_set
+    from copsctl.panoptic.format import Annotation, Segment, load_panoptic_json, write_panoptic_set
 
     cats = load_panoptic_json(gt_json).categories
     anns = [Annotation(a["image_id"], f"{a['image_id']}_pred.png",

@@ -252,7 +252,7 @@ def test_5_solve_keeps_files_the_user_put_in_an_earlier_prediction_folder(costs,
 
 
 def test_6_make_costs_publishes_nothing_when_the_ground_truth_fails(tmp_path, monkeypatch):
-    import copsctl.synthetic_costs as sc
+    import copsctl.costs.synthetic as sc
 
     def broken(path, ids):
         raise InputError(f"{path}: disk full (simulated)")

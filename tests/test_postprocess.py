@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from copsctl.errors import InputError
-from copsctl.panoptic import Category, segments_from_id_map
-from copsctl.postprocess import (nearest_index, panoptic_from_segments, panoptic_from_solution,
-                                 segment_scores, upsample_nearest)
+from copsctl.panoptic.format import Category, segments_from_id_map
+from copsctl.panoptic.postprocess import (nearest_index, panoptic_from_segments,
+                                         panoptic_from_solution, segment_scores,
+                                         upsample_nearest)
 
 # Contiguous class index -> category: 0 road (stuff), 1 sky (stuff), 2 car (thing).
 CATS = [Category(7, "road", False), Category(23, "sky", False), Category(26, "car", True)]

@@ -19,8 +19,8 @@ import pytest
 from copsctl.errors import InputError
 from copsctl.metrics.pq import (MissingPredictionWarning, PanopticPair, PQCounts, PQResult,
                                 evaluate_arrays, evaluate_files, image_counts)
-from copsctl.panoptic import (Annotation, Category, Segment, read_id_png, segments_from_id_map,
-                              write_id_png, write_panoptic_set)
+from copsctl.panoptic.format import (Annotation, Category, Segment, read_id_png,
+                                    segments_from_id_map, write_id_png, write_panoptic_set)
 
 evalpan = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
 

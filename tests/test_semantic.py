@@ -8,7 +8,7 @@ import pytest
 from copsctl.errors import InputError
 from copsctl.metrics.evaluation import evaluate_files
 from copsctl.metrics.semantic import SemanticResult, image_confusion
-from copsctl.panoptic import Annotation, Category, segments_from_id_map, write_panoptic_set
+from copsctl.panoptic.format import Annotation, Category, segments_from_id_map, write_panoptic_set
 
 # 4 (never) occurs on neither side; 5 is only predicted.
 CATS = [Category(1, "a", False), Category(2, "b", False), Category(3, "t", True),

@@ -122,7 +122,7 @@ def test_class_major_node_costs_give_the_same_solution(options):
 def test_default_no_worse_than_gaec_with_improvement_on_a_hard_problem():
     # Regression: a generated hard problem (weak, noisy edges: difficulty 1, edge costs
     # x 0.25) on which the earlier rule lost to plain GAEC + improvement (by 27.6).
-    from copsctl.synthetic_costs import make_problem
+    from copsctl.costs.synthetic import make_problem
     synth = make_problem("small", seed=2, difficulty=1.0)
     nc, ed, ec, pa, local = synth.solver_problem()
     ec = ec * 0.25

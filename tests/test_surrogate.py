@@ -10,9 +10,9 @@ import torch
 
 from copsctl.errors import InputError
 from copsctl.metrics.pq import PanopticPair, evaluate_arrays
-from copsctl.metrics.surrogate import (area_gate, class_area_thresholds, pq_surrogate,
+from copsctl.train.surrogate import (area_gate, class_area_thresholds, pq_surrogate,
                                        pq_surrogate_mask_grads, soft_tp)
-from copsctl.panoptic import Category, segments_from_id_map
+from copsctl.panoptic.format import Category, segments_from_id_map
 
 # Classes 0 (stuff), 1 and 2 (things); category id == class index for the exact metric.
 CATS = [Category(0, "ground", False), Category(1, "car", True), Category(2, "person", True)]
@@ -301,7 +301,7 @@ def test_metrics_pq_does_not_import_torch():
 
 
 def test_match_segments_agrees_with_the_surrogate():
-    from copsctl.metrics.surrogate import match_segments
+    from copsctl.train.surrogate import match_segments
     gt, gcls, pr, pcls = _scene()
     sids = [s for s in np.unique(pr) if s != 0]
     seg = np.searchsorted(sids, pr)
@@ -320,7 +320,7 @@ def test_match_segments_agrees_with_the_surrogate():
 
 
 def test_given_matchings_are_used_and_checked():
-    from copsctl.metrics.surrogate import Matching
+    from copsctl.train.surrogate import Matching
     gt, gcls, pr, pcls = _scene()
     pm, pc = _masks(pr, pcls)
     gm, gc = _masks(gt, gcls)

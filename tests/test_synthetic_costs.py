@@ -7,7 +7,7 @@ import pytest
 
 from copsctl.errors import InputError
 from copsctl.solver.grid import grid_edge_mask, grid_edges
-from copsctl.synthetic_costs import PRESETS, get_preset, make_problem
+from copsctl.costs.synthetic import PRESETS, get_preset, make_problem
 
 
 def test_presets_have_the_documented_sizes():

@@ -16,21 +16,15 @@ from typer.testing import CliRunner
 
 from copsctl.cli import app
 from copsctl.errors import InputError
-from copsctl.panoptic import Category, Segment
-from copsctl.predict import solve_costs
-from copsctl.synthetic_costs import write_synthetic_costs
+from copsctl.panoptic.format import Category, Segment
+from copsctl.panoptic.solve import solve_costs
+from copsctl.costs.synthetic import write_synthetic_costs
 from copsctl.visualize.overlay import (boundaries, class_map_colors, cut_probability,
                                        panoptic_overlay, segment_colors, semantic_argmin)
+from cli_checks import fails_in_one_line
 
 runner = CliRunner()
 CATS = [Category(1, "ball", True, (200, 0, 0)), Category(7, "sky", False, (0, 0, 200))]
-
-
-def _fails_in_one_line(res, msg: str) -> None:
-    assert res.exit_code == 2, res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and msg in lines[0], res.output
-    assert "Traceback" not in res.output
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -147,11 +141,11 @@ def test_visualize_image_bad_input_exits_2(solved, tmp_path):
                       (["--pred", str(tmp_path)], "panoptic JSON file does not exist"),
                       (["--split", "val"], "--split needs a dataset")):
         res = runner.invoke(app, ["visualize", "image", str(costs), "--out", str(out), *args])
-        _fails_in_one_line(res, msg)
+        fails_in_one_line(res, msg)
     res = runner.invoke(app, ["visualize", "image", str(costs), "--out", str(tmp_path / "a.jpg")])
-    _fails_in_one_line(res, "must be a .png file")
+    fails_in_one_line(res, "must be a .png file")
     res = runner.invoke(app, ["visualize", "image", str(tmp_path / "none.h5"), "--out", str(out)])
-    _fails_in_one_line(res, "cost file does not exist")
+    fails_in_one_line(res, "cost file does not exist")
     assert not out.exists()
 
 
@@ -187,12 +181,12 @@ def test_visualize_run_pretraining_and_finetuning_curves(tmp_path):
 def test_visualize_run_bad_input_exits_2(tmp_path):
     out = tmp_path / "c.png"
     res = runner.invoke(app, ["visualize", "run", str(tmp_path / "none"), "--out", str(out)])
-    _fails_in_one_line(res, "run folder does not exist")
+    fails_in_one_line(res, "run folder does not exist")
     res = runner.invoke(app, ["visualize", "run", str(tmp_path), "--out", str(out)])
-    _fails_in_one_line(res, "holds no metrics.jsonl")
+    fails_in_one_line(res, "holds no metrics.jsonl")
     _write_log(tmp_path / "empty", [{"iteration": 0, "group": "val", "PQ": 1.0}])
     res = runner.invoke(app, ["visualize", "run", str(tmp_path / "empty"), "--out", str(out)])
-    _fails_in_one_line(res, "holds no training record")
+    fails_in_one_line(res, "holds no training record")
     assert not out.exists()
 
 

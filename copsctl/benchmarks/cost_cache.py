@@ -5,8 +5,8 @@ Run as::
     PYTHONPATH=. python -m copsctl.benchmarks.cost_cache [--preset cityscapes|coco|hard|hard-coco]
         [--problems N] [--repeat R] [--demo-run RUN --demo-data DIR]
 
-Solver problems (:func:`copsctl.synthetic_costs.make_problem`, seeds 0 .. N-1, the
-problems of :mod:`copsctl.benchmarks.solver`): for each storage of :mod:`copsctl.costs`
+Solver problems (:func:`copsctl.costs.synthetic.make_problem`, seeds 0 .. N-1, the
+problems of :mod:`copsctl.benchmarks.solver`): for each storage of :mod:`copsctl.costs.cache`
 (float32, float16, quantized) all N problems are written to one cost file and read back.
 
 - **MB/image**: file size over N (MB = 10^6 bytes);
@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpus import available_cpus
+
 FAMILIES = {"cityscapes": ("cityscapes", 0.0), "coco": ("coco", 0.0),
             "hard": ("cityscapes", 1.0), "hard-coco": ("coco", 1.0)}
 STORAGES = ("float32", "float16", "quantized")
@@ -45,9 +47,9 @@ def _load() -> str:
 
 def run_family(name: str, problems: int, repeat: int, folder: Path) -> list[dict]:
     """One row per storage for one family of problems."""
-    from ..costs import CostFile, CostWriter, solver_problem
+    from ..costs.cache import CostFile, CostWriter, solver_problem
     from ..solver import objective, solve_amwc
-    from ..synthetic_costs import make_problem
+    from ..costs.synthetic import make_problem
 
     preset, difficulty = FAMILIES[name]
     probs = [make_problem(preset, seed=i, difficulty=difficulty) for i in range(problems)]
@@ -92,9 +94,9 @@ def run_family(name: str, problems: int, repeat: int, folder: Path) -> list[dict
 
 def demo_pq(run: Path, data: Path, folder: Path) -> list[dict]:
     """dump-costs -> solve -> PQ of a run's val split with each storage."""
-    from ..inference import dump_costs
+    from ..costs.network import dump_costs
     from ..metrics.pq import evaluate
-    from ..predict import solve_costs
+    from ..panoptic.solve import solve_costs
 
     rows = []
     for storage in STORAGES:
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
         parser.error("--demo-run and --demo-data go together")
     families = args.preset or ["cityscapes", "coco"]
     print(f"# copsctl cost-cache benchmark\n\n{time.strftime('%Y-%m-%d %H:%M')}, "
-          f"{len(os.sched_getaffinity(0))} CPUs available, load average {_load()}\n")
+          f"{available_cpus()} CPUs available, load average {_load()}\n")
     print("| family | storage | MB/image | write ms | read ms | solve ms | objective true | "
           "objective own | labels |\n|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

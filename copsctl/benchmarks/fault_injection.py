@@ -84,7 +84,7 @@ def _solve_digest(folder: Path) -> str | None:
 def _cost_digest(path: Path) -> str | None:
     if not path.exists():
         return None
-    from ..costs import CostFile
+    from ..costs.cache import CostFile
     from ..errors import InputError
 
     h = hashlib.sha256()

@@ -103,7 +103,7 @@ def main(argv=None) -> None:
 
     from ..config import load_recipe
     from ..data.loader import collate_panoptic
-    from ..metrics.surrogate import class_area_thresholds
+    from ..train.surrogate import class_area_thresholds
     from ..train.amwc_layer import AMWCLayer, solver_inputs
     from .solver import LEGACY_SOLVER
     from ..train.checkpoint import load_model

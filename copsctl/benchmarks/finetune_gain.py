@@ -121,7 +121,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from ..atomic import write_json, write_text
-    from ..calibration import CALIBRATION_NAME, calibrate_run
+    from ..calibration import CALIBRATION_NAME
+    from ..costs.calibrate import calibrate_run
     from ..config import load_recipe
     from ..errors import InputError
     from ..train.finetune import finetune

@@ -46,7 +46,8 @@ from PIL import Image
 
 from ..metrics.evaluation import keep_freed_memory
 from ..metrics.pq import PanopticPair, PQResult, evaluate_arrays, evaluate_files
-from ..panoptic import Annotation, Category, Segment, segments_from_id_map, write_panoptic_set
+from ..panoptic.format import (Annotation, Category, Segment, segments_from_id_map,
+                              write_panoptic_set)
 
 CATEGORIES = [Category(i, f"stuff{i}", False) for i in (7, 8, 11, 17, 21, 23)] + \
              [Category(i, f"thing{i}", True) for i in (24, 25, 26, 27, 28, 33)]

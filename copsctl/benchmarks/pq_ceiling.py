@@ -7,7 +7,7 @@ Run as::
         [--thing-areas 0 64 128 ...]
 
 The network predicts costs at 1/4 of the (evaluation-transformed) image, the solver labels
-that grid, and :mod:`copsctl.postprocess` upsamples the labels (nearest) and rejects
+that grid, and :mod:`copsctl.panoptic.postprocess` upsamples the labels (nearest) and rejects
 segments below the recipe's area thresholds. A perfect network and a perfect solver
 still lose what those two steps lose. This script measures it with three oracles that
 are scored by the same exact PQ (:mod:`copsctl.metrics.pq`) as every model:
@@ -37,7 +37,7 @@ def _cost_grid_segments(gt_ids: np.ndarray, seg_ids: np.ndarray, cost_size: tupl
                         ) -> np.ndarray:
     """(h, w) index into ``seg_ids`` per cost pixel: the segment covering most of the image
     pixels the pipeline's nearest upsampling gives that cost pixel (-1: only void)."""
-    from ..postprocess import nearest_index
+    from ..panoptic.postprocess import nearest_index
 
     H, W = gt_ids.shape
     h, w = cost_size
@@ -59,7 +59,7 @@ def ceiling_rows(cfg, split: str, thing_areas=()) -> list[tuple[str, dict[str, f
     recipe ``cfg``'s dataset; ``thing_areas`` adds rows with other thing thresholds."""
     from ..data.transforms import eval_placement
     from ..metrics.pq import PanopticPair, PQCounts, PQResult, image_counts
-    from ..postprocess import panoptic_from_segments
+    from ..panoptic.postprocess import panoptic_from_segments
     from ..train.data import make_dataset, open_split
     from ..train.validate import ground_truth, pq_metrics
 

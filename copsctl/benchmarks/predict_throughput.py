@@ -13,7 +13,7 @@ the solver's does (an untrained network's costs are not a trained one's). With
 ``--run``, that run's model at the same input size. Inputs: ``N`` synthetic scenes
 (``copsctl make-synthetic``) of the input size, as JPEG files.
 
-Printed per run (all from :func:`copsctl.predict_images.predict_images`): images/s over
+Printed per run (all from :func:`copsctl.panoptic.images.predict_images`): images/s over
 the whole call (model loading included), and per image the reading (decode, resize,
 normalise; reader thread), the network (main thread), the solver with post-processing
 and the PNG writing (summed over the solver threads, so they may exceed the wall time
@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..cpus import available_cpus
+
 PRESETS = {"cityscapes": ("cityscapes_pretrain", (512, 1024)),
            "coco": ("coco_pretrain", (640, 640))}
 
@@ -37,7 +39,7 @@ def _model_file(preset: str, folder: Path) -> Path:
     from ..config import load_recipe
     from ..data.categories import ClassTable
     from ..model import PanopticModel
-    from ..synthetic_costs import cityscapes_categories, coco_like_categories
+    from ..costs.synthetic import cityscapes_categories, coco_like_categories
     from ..train.checkpoint import MODEL_KIND, save_checkpoint
 
     recipe, _ = PRESETS[preset]
@@ -65,7 +67,7 @@ def _images(size: tuple[int, int], n: int, folder: Path) -> Path:
 
 
 def main(argv=None) -> None:
-    from ..predict_images import predict_images
+    from ..panoptic.images import predict_images
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", action="append", choices=sorted(PRESETS),
@@ -81,7 +83,7 @@ def main(argv=None) -> None:
     import torch
 
     print(f"# copsctl predict throughput\n\n{time.strftime('%Y-%m-%d %H:%M')}, "
-          f"{len(os.sched_getaffinity(0))} CPUs available, torch {torch.__version__} with "
+          f"{available_cpus()} CPUs available, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print("| input | model | device | images | batch | solver threads | images/s | read s/img | "

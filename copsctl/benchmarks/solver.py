@@ -6,7 +6,7 @@ Run as::
         [--preset cityscapes|coco|hard|hard-coco|mwc|mwc-coco] [--problems N]
         [--repeat R] [--workers W] [--no-memory]
 
-Families (problems from :func:`copsctl.synthetic_costs.make_problem`, seeds 0 .. N-1):
+Families (problems from :func:`copsctl.costs.synthetic.make_problem`, seeds 0 .. N-1):
 
 - ``cityscapes``: 256 x 512 nodes, 19 classes, distances (1, 4, 16, 32, 64, 128),
   1.38 M edges;
@@ -196,7 +196,7 @@ def reference_speedup(workers: int, repeat: int) -> float:
 def family_problem(name: str, seed: int):
     """``(problem tuple for solve_amwc, ground-truth objective, edge accuracy)``."""
     from copsctl.solver import objective
-    from copsctl.synthetic_costs import make_problem
+    from copsctl.costs.synthetic import make_problem
 
     preset, difficulties, edge_factor, mwc = FAMILIES[name]
     synth = make_problem(preset, seed=seed, difficulty=difficulties[seed % len(difficulties)])

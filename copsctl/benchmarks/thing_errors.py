@@ -103,9 +103,9 @@ def main(argv=None) -> None:
     import torch
 
     from ..config import load_recipe
-    from ..costs import solver_problem
-    from ..inference import network_costs
-    from ..postprocess import panoptic_from_solution
+    from ..costs.cache import solver_problem
+    from ..costs.network import network_costs
+    from ..panoptic.postprocess import panoptic_from_solution
     from ..solver import solve_many
     from ..train.checkpoint import load_model
     from ..train.data import make_dataset, open_split

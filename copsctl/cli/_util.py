@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import InputError
+from ..errors import InputError, reporting_errors
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def _say(kind: str, msg: str) -> None:
+    # escaped: a message may quote input such as "[1]", which is not rich markup
+    err_console.print(f"[bold red]{kind}:[/] {escape(msg)}" if msg else f"[bold red]{kind}[/]",
+                      soft_wrap=True)
+
+
 def cli_errors(func):
-    """Turn :class:`InputError` (and missing files) into one line on stderr and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except InputError as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            # escaped: a message may quote input such as "[1]", which is not rich markup
-            err_console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(code=130) from None
-
-    return wrapper
+    """Turn :class:`InputError` into one line on stderr and exit code 2, Ctrl-C into exit
+    code 130 (:func:`copsctl.errors.reporting_errors`)."""
+    return reporting_errors(func, _say)
 
 
 def is_terminal() -> bool:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import app
+from ._app import app
 from ._util import cli_errors, console, write_json_option
 
 
@@ -39,8 +39,9 @@ def calibrate_command(
     --calibration FILE.
     """
     from ..atomic import check_output
-    from ..calibration import CALIBRATION_NAME, Calibration, calibrate_run, fit_calibration
-    from ..costs import CostFile
+    from ..calibration import CALIBRATION_NAME, Calibration
+    from ..costs.cache import CostFile
+    from ..costs.calibrate import calibrate_run, fit_calibration
     from ..errors import InputError
 
     if (costs is None) == (run is None):

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._progress import count_progress
 from ._util import check_json_option, cli_errors, console, write_json_option
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from . import app
+from ._app import app
 from ._progress import TrainProgress
 from ._util import cli_errors, console, write_json_option
 

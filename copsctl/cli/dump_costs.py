@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._progress import count_progress
 from ._util import check_json_option, cli_errors, console, write_json_option
 
@@ -45,7 +45,7 @@ def dump_costs_command(
         "as JSON here."),
 ) -> None:
     """Write the network's node and edge costs for every image of a split (then: copsctl solve)."""
-    from ..inference import dump_costs
+    from ..costs.network import dump_costs
 
     check_json_option(out_json, out=out, run=run, weights=weights)
     with count_progress("dumping costs") as progress:

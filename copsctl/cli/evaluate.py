@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ..errors import InputError
 from ._util import check_json_option, check_json_outside, cli_errors, console, err_console
 from ._progress import count_progress
@@ -176,9 +176,9 @@ def _costs_and_predictions(run: Path, split, overrides, *, device, batch_size, w
     """dump-costs then solve of a run's split into RUN/eval_<split>/; the prediction folder
     and the split."""
     from ..config import load_recipe
-    from ..inference import dump_costs
-    from ..predict import solve_costs
-    from ..train.pretrain import EVAL_PREFIX, RECIPE_NAME
+    from ..costs.network import dump_costs
+    from ..panoptic.solve import solve_costs
+    from ..train.run import EVAL_PREFIX, RECIPE_NAME
 
     if not (run / RECIPE_NAME).is_file():
         raise InputError(f"--run {run}: holds no {RECIPE_NAME}; pass the folder of a copsctl "
@@ -203,7 +203,7 @@ def _costs_and_predictions(run: Path, split, overrides, *, device, batch_size, w
 def _stored_recipe(pred_dir: Path, split, overrides):
     """The recipe a ``copsctl solve`` folder holds and the split whose ground truth to use."""
     from ..config import load_recipe
-    from ..predict import RECIPE_YAML
+    from ..panoptic.solve import RECIPE_YAML
 
     stored = pred_dir / RECIPE_YAML
     if not stored.is_file():

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._util import check_json_option, cli_errors, console, write_json_option
 
 _HELP_DIFFICULTY = "0 = normal, 1 = the hard family (weaker, noisier edge costs)."
@@ -29,7 +29,7 @@ def make_costs_command(
                                             help="Also write the summary as JSON here."),
 ) -> None:
     """Write synthetic AMWC costs (no network needed) plus their COCO panoptic ground truth."""
-    from ..synthetic_costs import default_gt_out, write_synthetic_costs
+    from ..costs.synthetic import default_gt_out, write_synthetic_costs
 
     check_json_option(out_json, out=out, gt_out=default_gt_out(out, gt_out))
     s = write_synthetic_costs(out, gt_out=gt_out, preset=preset, num_images=images, seed=seed,

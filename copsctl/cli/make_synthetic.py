@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from . import app
+from ._app import app
 from ._util import check_json_option, cli_errors, console, write_json_option
 
 

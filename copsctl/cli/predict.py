@@ -10,7 +10,7 @@ import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from . import app
+from ._app import app
 from ._util import cli_errors, console, err_console, is_terminal, write_json_option
 
 _HELP_INPUTS = ("Image files (JPEG, PNG; any size, grey and RGBA converted), folders of them, "
@@ -45,7 +45,7 @@ def predict_command(
         None, "--json", help="Also write the summary (images, timings) as JSON here."),
 ) -> None:
     """Panoptic segmentation of plain images with a trained model (no dataset needed)."""
-    from ..predict_images import predict_images
+    from ..panoptic.images import predict_images
 
     start = time.perf_counter()
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),

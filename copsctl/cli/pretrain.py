@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._progress import TrainProgress, report_run
 from ._util import DEVICE_HELP, check_json_outside, cli_errors, with_device
 

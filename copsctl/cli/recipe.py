@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from . import app
+from ._app import app
 from ._util import cli_errors
 
 

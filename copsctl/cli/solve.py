@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from . import app
+from ._app import app
 from ._progress import count_progress
 from ._util import cli_errors, console
 
@@ -42,7 +42,7 @@ def solve_command(
 ) -> None:
     """Solve the AMWC problem of every image in COSTS and write panoptic predictions to --out."""
     from ..calibration import load_calibration
-    from ..predict import solve_costs
+    from ..panoptic.solve import solve_costs
 
     with count_progress("solving") as progress:
         summary = solve_costs(costs, out, overwrite=overwrite, workers=workers,

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import App, app
+from ._app import App, app
 from ._util import cli_errors, console, write_json_option
 
 visualize_app = App(name="visualize", no_args_is_help=True,

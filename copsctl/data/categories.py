@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import Category
+from ..panoptic.format import Category
 
 IGNORE_INDEX = 255
 """Semantic label of void pixels (and of padding) in contiguous-index maps."""
@@ -89,7 +89,7 @@ class ClassTable:
 
     @classmethod
     def from_categories(cls, categories: Iterable[Category]) -> "ClassTable":
-        """Build a table from panoptic :class:`~copsctl.panoptic.Category` records.
+        """Build a table from panoptic :class:`~copsctl.panoptic.format.Category` records.
 
         Categories are sorted by id; a duplicate id is an :class:`InputError`.
         """
@@ -187,7 +187,7 @@ class ClassTable:
         return np.asarray(self.colors, dtype=np.uint8).reshape(self.num_classes, 3)
 
     def to_categories(self) -> list[Category]:
-        """The table as panoptic :class:`~copsctl.panoptic.Category` records."""
+        """The table as panoptic :class:`~copsctl.panoptic.format.Category` records."""
         return [Category(c, n, t, col) for c, n, t, col in
                 zip(self.category_ids, self.names, self.isthing, self.colors)]
 

@@ -14,11 +14,11 @@ releases the GIL).
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
+from ..cpus import available_cpus
 from .datasets import PanopticReader
 
 __all__ = ["check_readers", "default_workers"]
@@ -26,8 +26,7 @@ __all__ = ["check_readers", "default_workers"]
 
 def default_workers() -> int:
     """Threads for reading: the CPUs this process may use, at most 8."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cpus or 1))
+    return max(1, min(8, available_cpus()))
 
 
 def _open(item: tuple[PanopticReader, int]) -> None:

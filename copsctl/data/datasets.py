@@ -1,7 +1,7 @@
 """Readers for panoptic datasets stored in the COCO panoptic format.
 
 All three datasets share one structure, a panoptic JSON plus a folder of id PNGs
-(see :mod:`copsctl.panoptic`), and differ only in where the images live:
+(see :mod:`copsctl.panoptic.format`), and differ only in where the images live:
 
 * **Cityscapes** (as written by cityscapesscripts' ``createPanopticImgs``)::
 
@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..panoptic import VOID, Segment, load_panoptic_json, read_id_png
+from ..panoptic.format import VOID, Segment, load_panoptic_json, read_id_png
 from .categories import (IGNORE_INDEX, ClassTable, check_categories_match,
                          cityscapes_class_table)
 
@@ -66,7 +66,7 @@ class PanopticSample:
     image : (H, W, 3) uint8 ndarray
     panoptic : (H, W) int64 ndarray
         Segment id per pixel; 0 is void.
-    segments : list of :class:`~copsctl.panoptic.Segment`
+    segments : list of :class:`~copsctl.panoptic.format.Segment`
         Segment table as in the JSON (dataset category ids, area, bbox, iscrowd).
     semantic : (H, W) uint8 ndarray
         Contiguous class index per pixel; void is ``IGNORE_INDEX`` (255). Crowd pixels

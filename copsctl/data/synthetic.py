@@ -38,7 +38,7 @@ from PIL import Image
 
 from ..atomic import atomic_path, check_output
 from ..errors import InputError
-from ..panoptic import (VOID, Annotation, Category, PanopticSet, segments_from_id_map,
+from ..panoptic.format import (VOID, Annotation, Category, PanopticSet, segments_from_id_map,
                         write_id_png)
 
 # Things first (COCO-like ids 1..), stuff at 101.. so the contiguous mapping has gaps to
@@ -239,7 +239,7 @@ def render_scene(rng: np.random.Generator, *, height: int, width: int,
     panoptic : (H, W) int64 ndarray
         Segment ids (``category_id * 1000`` for stuff, ``category_id * 1000 + k`` for
         the k-th instance of a thing class); 0 is void.
-    segments : list of :class:`~copsctl.panoptic.Segment`
+    segments : list of :class:`~copsctl.panoptic.format.Segment`
         With area, bbox and iscrowd.
     """
     H, W = int(height), int(width)

@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import VOID
+from ..panoptic.format import VOID
 from ..solver.grid import grid_edge_mask
 from .categories import IGNORE_INDEX
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..panoptic import VOID
+from ..panoptic.format import VOID
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

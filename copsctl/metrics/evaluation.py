@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import Category
+from ..panoptic.format import Category
 from . import pq as _pq
 from .pq import PQCounts, PQResult
 

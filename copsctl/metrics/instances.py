@@ -8,7 +8,7 @@ Two ways, both on the thing categories of the ground-truth category list:
   segment of the ground truth is an instance; crowd segments are ``iscrowd = 1`` (a
   prediction on one is neither a true nor a false positive). A predicted thing segment
   is a detection with the confidence of its ``score`` field (``copsctl solve`` writes
-  it: :func:`copsctl.postprocess.segment_scores`). An area range or class without
+  it: :func:`copsctl.panoptic.postprocess.segment_scores`). An area range or class without
   ground-truth instances has no AP (``None``; COCOeval's -1).
 - **Cityscapes AP** (:class:`CityscapesInstanceFiles`): cityscapesscripts'
   ``evalInstanceLevelSemanticLabeling`` on the files it reads, written from the panoptic
@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import Category
+from ..panoptic.format import Category
 
 __all__ = ["InstanceResult", "CityscapesResult", "rle_encode", "coco_ap",
            "CityscapesInstanceFiles"]

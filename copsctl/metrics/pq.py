@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import VOID, Category, Segment, load_panoptic_json, read_id_png
+from ..panoptic.format import VOID, Category, Segment, load_panoptic_json, read_id_png
 
 __all__ = [
     "PanopticPair", "PQCounts", "GroupPQ", "ClassPQ", "PQResult", "MissingPredictionWarning",
@@ -670,7 +670,7 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
 
 # ----------------------------------------------------------------------------- path rules
 
-# The prediction folder written by `copsctl solve` (copsctl.predict) holds these two.
+# The prediction folder written by `copsctl solve` (copsctl.panoptic.solve) holds these two.
 _SOLVE_JSON, _SOLVE_DIR = "panoptic_pred.json", "panoptic_pred"
 
 

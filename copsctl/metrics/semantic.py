@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import Category
+from ..panoptic.format import Category
 
 __all__ = ["ClassSemantic", "SemanticResult", "image_confusion"]
 

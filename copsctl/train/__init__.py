@@ -16,6 +16,7 @@ Shared pieces
 
 Runs
     - :mod:`~copsctl.train.pretrain`: ``copsctl pretrain`` (cross-entropy losses).
-    - :mod:`~copsctl.train.amwc_layer` and :mod:`~copsctl.train.finetune`:
-      ``copsctl finetune`` (the PQ surrogate through the solver).
+    - :mod:`~copsctl.train.amwc_layer`, :mod:`~copsctl.train.surrogate` and
+      :mod:`~copsctl.train.finetune`: ``copsctl finetune`` (the PQ surrogate through
+      the solver).
 """

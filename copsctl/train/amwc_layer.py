@@ -5,7 +5,7 @@ Section 3.3 of the paper. Forward: the node costs ``c_V`` (B, K, h, w) and edge 
 CPU and every image's asymmetric multiway cut is solved concurrently
 (:func:`copsctl.solver.solve_many`, threads; the kernel releases the GIL). The result is
 the panoptic labeling ``z``: one segment per thing instance and one per stuff class
-(the COCO panoptic convention, as in :mod:`copsctl.postprocess`), returned as one-hot
+(the COCO panoptic convention, as in :mod:`copsctl.panoptic.postprocess`), returned as one-hot
 masks of the *lifted label set* (below), ready for the PQ surrogate.
 
 Backward, Algorithm 1 with the robust average (4). Write ``x`` for the one-hot classes
@@ -34,7 +34,7 @@ perturbed solution chose instead, as it should.
 *class*, the loss has one gradient per *panoptic segment*; the backward pass therefore
 solves a multiway cut (no partitionable class) whose labels are panoptic segments. Per
 class, the predicted segments are matched to the ground-truth segments by the
-surrogate's matching (:func:`copsctl.metrics.surrogate.match_segments`: max-weight
+surrogate's matching (:func:`copsctl.train.surrogate.match_segments`: max-weight
 bipartite matching on IoU, overlapping pairs only). The labels of an image are, in this
 order:
 
@@ -43,7 +43,7 @@ order:
 * one per **unmatched ground-truth segment** (``U`` labels; its mask in the prediction
   is empty), class = the segment's class, ``g_l`` = the surrogate's gradient with
   respect to an empty prediction matched to it (``gt_slots`` of
-  :func:`~copsctl.metrics.surrogate.pq_surrogate`);
+  :func:`~copsctl.train.surrogate.pq_surrogate`);
 * one per **class that has neither** a predicted segment nor an unmatched ground-truth
   segment (``F`` labels), ``g_l = 0``, so that every class stays available.
 
@@ -64,9 +64,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..metrics.surrogate import Matching, SurrogateResult, match_segments, pq_surrogate
+from ..panoptic.postprocess import segment_classes
 from ..solver import SolverOptions, solve_many
 from ..solver.grid import edge_values_to_maps, grid_graph
+from .surrogate import Matching, SurrogateResult, match_segments, pq_surrogate
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -183,11 +184,9 @@ def panoptic_segments(labels: np.ndarray, segments: np.ndarray, partitionable: n
         then stuff classes by class index.
     segment_class : (S,) int64 ndarray
     """
-    labels = np.asarray(labels, np.int64)
     segments = np.asarray(segments, np.int64)
-    s0 = int(segments.max()) + 1 if segments.size else 0
-    cls0 = np.zeros(s0, np.int64)
-    cls0[segments] = labels
+    cls0 = segment_classes(labels, segments)
+    s0 = cls0.shape[0]
     part = np.asarray(partitionable, bool)
     # Stuff segments of one class share the key s0 + class, so np.unique merges them.
     key = np.where(part[cls0], np.arange(s0), s0 + cls0)
@@ -690,13 +689,13 @@ def lifted_pq_surrogate(batch: AMWCBatch, area_thresholds, *, pixel_area: float 
     ----------
     batch : AMWCBatch
     area_thresholds : (K,) array-like
-        As in :func:`~copsctl.metrics.surrogate.pq_surrogate` (use ``pixel_area``).
+        As in :func:`~copsctl.train.surrogate.pq_surrogate` (use ``pixel_area``).
     pixel_area : float
         Area of one cost pixel in the thresholds' unit (16 input pixels at 1/4 resolution).
     formulation : {"complete", "paper", "official"}
     gate : {"area", "intersection"}
     eps : float
-        As in :func:`~copsctl.metrics.surrogate.pq_surrogate`.
+        As in :func:`~copsctl.train.surrogate.pq_surrogate`.
     min_size : int
         Predicted segments of fewer cost pixels are left out of the loss (no gradient,
         no false positive); a ground-truth segment matched to one counts as unmatched.

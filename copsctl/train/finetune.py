@@ -51,11 +51,12 @@ from ..errors import InputError
 from .checkpoint import CHECKPOINT_NAME, checkpoint_class_table, load_model
 from .distributed import setup
 from .loop import RunResult, TrainEvent
-from .pretrain import RECIPE_NAME, check_run_dir, resolve_run_recipe, seed_everything
+from .run import (RECIPE_NAME, make_optimizer, open_run, resolve_run_recipe, run_loop,
+                  save_run_checkpoint, seed_everything, targets_to_device, train_batches)
 
 if TYPE_CHECKING:
     from ..config import Recipe
-    from ..panoptic import Category
+    from ..panoptic.format import Category
 
 __all__ = ["finetune", "drop_costs", "layer_costs", "surrogate_thresholds", "step_surrogate",
            "batch_exact_pq",
@@ -126,7 +127,7 @@ def surrogate_thresholds(isthing, cfg: "Recipe") -> tuple[np.ndarray, float]:
     thresholds in cost pixels, ``t / STRIDE`` for things and ``t / STRIDE²`` for stuff
     (the authors lower the stuff threshold on training crops), slope 0.1 per cost pixel.
     """
-    from ..metrics.surrogate import class_area_thresholds
+    from .surrogate import class_area_thresholds
 
     d = cfg.data
     if cfg.finetune.surrogate_gate == "official":
@@ -171,8 +172,8 @@ def batch_exact_pq(solutions, batch: dict, categories: Sequence["Category"], *,
     PQResult
     """
     from ..metrics.pq import PanopticPair, evaluate_arrays
-    from ..panoptic import Segment
-    from ..postprocess import panoptic_from_segments
+    from ..panoptic.format import Segment
+    from ..panoptic.postprocess import panoptic_from_segments
 
     pan = batch["panoptic"].cpu().numpy()
     h, w = pan.shape[1:]
@@ -188,12 +189,6 @@ def batch_exact_pq(solutions, batch: dict, categories: Sequence["Category"], *,
                                  seg["iscrowd"].tolist())]
         pairs.append(PanopticPair(b, pan[b], gt, pred.ids, pred.segments))
     return evaluate_arrays(pairs, categories)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    keys = ("image", "semantic", "semantic_weights", "affinity", "affinity_weights")
-    nb = device.type == "cuda"
-    return {k: batch[k].to(device, non_blocking=nb) for k in keys}
 
 
 def _initial_model(cfg: "Recipe", weights: str | Path | None, num_classes: int, class_table):
@@ -245,8 +240,6 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     from ..model import (PanopticModel, PretrainLoss, finetuning_groups, freeze_for_finetuning,
                          total_loss)
     from .amwc_layer import AMWCLayer, ground_truth_from_batch
-    from .run import (check_batch_size, make_optimizer, open_run_data, run_checkpoint,
-                      run_loop, save_run_checkpoint, train_batches)
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -263,14 +256,8 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     ctx = setup(cfg.train.device)
     try:
-        has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
-        check_batch_size(cfg, ctx)
-        # Everything that reads input comes before anything is written (and the
-        # input check's report is said only once every check has passed).
-        checked: list[str] = []
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
-                                                                 say=checked.append)
-        ckpt, start = run_checkpoint(out, has_ckpt, "finetune")
+        train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
+            out, cfg, ctx, "finetune", resume=resume, progress=progress)
         if ckpt is None:
             model = _initial_model(cfg, weights, class_table.num_classes, class_table)
             init_weights = str(weights)
@@ -311,7 +298,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
 
         def step_fn(batch: dict, iteration: int):
             t0 = time.perf_counter()
-            targets = _to_device(batch, ctx.device)
+            targets = targets_to_device(batch, ctx.device)
             outputs = net(targets["image"])
             if not surrogate:
                 losses = ce_loss(outputs, targets)

@@ -27,114 +27,23 @@ bitwise deterministic, so weights agree only to rounding.
 from __future__ import annotations
 
 import os
-import random
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import InputError
-from .checkpoint import BEST_NAME, CHECKPOINT_NAME
 from .distributed import setup
-from .logging import METRICS_NAME, TENSORBOARD_DIR
 from .loop import RunResult, TrainEvent
+from .run import (check_run_dir, make_optimizer, open_run, resolve_run_recipe, run_loop,
+                  save_run_checkpoint, seed_everything, targets_to_device, train_batches)
 
 if TYPE_CHECKING:
     from ..config import Recipe
 
-__all__ = ["RECIPE_NAME", "RESUMABLE_KEYS", "pretrain", "resolve_run_recipe",
-           "check_run_dir", "seed_everything"]
-
-RECIPE_NAME = "recipe.yaml"
-RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR, BEST_NAME,
-             "calibration.yaml")
-"""What a run folder may hold, besides ``EVAL_PREFIX*`` folders; anything else is not a run."""
-
-EVAL_PREFIX = "eval_"
-"""``copsctl evaluate --run RUN --split S`` writes its costs and predictions in RUN/eval_S/."""
-
-RESUMABLE_KEYS = frozenset({
-    "data.root", "data.num_workers", "train.device", "train.log_every",
-    "train.checkpoint_every", "train.validate_every", "train.val_images", "solver.workers",
-})
-"""Keys that ``--resume`` may change: where and how often things happen, never what is
-computed (changing anything else would make the resumed run a different run)."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def _recipe_diff(a: "Recipe", b: "Recipe") -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
-
-
-def resolve_run_recipe(recipe: str | None, overrides: Sequence[str], run_dir: Path,
-                       resume: bool) -> "Recipe":
-    """The recipe of a new run, or of a resumed one (its saved recipe, with only
-    :data:`RESUMABLE_KEYS` allowed to change)."""
-    from ..config import load_recipe
-
-    saved_path = run_dir / RECIPE_NAME
-    if not (resume and saved_path.is_file()):
-        if recipe is None:
-            raise InputError("--recipe is required to start a run (only --resume of an existing "
-                             "run folder can do without it)")
-        return load_recipe(recipe, overrides)
-    saved = load_recipe(saved_path)
-    if recipe is None and not overrides:
-        return saved
-    wanted = load_recipe(recipe, overrides) if recipe is not None else saved.replace(list(overrides))
-    changed = [k for k in _recipe_diff(saved, wanted) if k not in RESUMABLE_KEYS]
-    if changed:
-        k = changed[0]
-        raise InputError(f"--resume: `{k}` is {wanted.get(k)!r} but the run was started with "
-                         f"{saved.get(k)!r} ({saved_path}); a resumed run may only change "
-                         f"{', '.join(sorted(RESUMABLE_KEYS))}")
-    return wanted
-
-
-def check_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check the run folder for a new or resumed run; return whether a checkpoint exists.
-
-    When resuming, the temporaries of a write the interrupted run did not finish (a
-    checkpoint being saved when it was killed) are removed (:func:`copsctl.atomic.recover`):
-    the previous checkpoint next to them is intact.
-    """
-    from ..atomic import check_output, is_leftover, remove_leftovers
-
-    check_output(run_dir, "--out", folder=True)
-    if resume:
-        remove_leftovers(run_dir)
-    entries = sorted(p.name for p in run_dir.iterdir() if not is_leftover(p.name)) \
-        if run_dir.is_dir() else []
-    if not resume:
-        if entries:
-            raise InputError(f"--out {run_dir}: folder is not empty; pass --resume to continue "
-                             "the run in it, or choose a new folder")
-        return False
-    foreign = [e for e in entries
-               if e not in RUN_FILES and not e.startswith(EVAL_PREFIX)]
-    if foreign:
-        raise InputError(f"--out {run_dir}: not a run folder (holds {foreign[0]!r}); "
-                         "--resume continues a folder written by copsctl pretrain")
-    if entries and RECIPE_NAME not in entries:
-        raise InputError(f"--out {run_dir}: holds no {RECIPE_NAME}; cannot resume it")
-    return (run_dir / CHECKPOINT_NAME).is_file()
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    keys = ("image", "semantic", "semantic_weights", "affinity", "affinity_weights")
-    nb = device.type == "cuda"
-    return {k: batch[k].to(device, non_blocking=nb) for k in keys}
-
+__all__ = ["pretrain"]
 
 def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = (),
              resume: bool = False, init: str | os.PathLike | None = None,
@@ -172,8 +81,6 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         whose recipe changed, missing or broken dataset files, a foreign checkpoint.
     """
     from ..model import PanopticModel, PretrainLoss, total_loss
-    from .run import (check_batch_size, make_optimizer, open_run_data, run_checkpoint,
-                      run_loop, save_run_checkpoint, train_batches)
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -191,14 +98,8 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         # Fixed crop sizes: let cuDNN pick the fastest kernels once.
         torch.backends.cudnn.benchmark = True
     try:
-        has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
-        check_batch_size(cfg, ctx)
-        # Everything that reads input comes before anything is written (and the
-        # input check's report is said only once every check has passed).
-        checked: list[str] = []
-        train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
-                                                                 say=checked.append)
-        ckpt, start = run_checkpoint(out, has_ckpt, "pretrain")
+        train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
+            out, cfg, ctx, "pretrain", resume=resume, progress=progress)
         batches = train_batches(train_dataset, cfg, ctx, start)
 
         seed_everything(cfg.train.seed)
@@ -226,7 +127,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         loss_fn = PretrainLoss.from_config(cfg)
 
         def step_fn(batch: dict, iteration: int):
-            targets = _to_device(batch, ctx.device)
+            targets = targets_to_device(batch, ctx.device)
             outputs = net(targets["image"])
             losses = loss_fn(outputs, targets)
             return total_loss(losses), {k: v.detach() for k, v in losses.items()}

@@ -3,9 +3,13 @@
 ``copsctl pretrain`` and ``copsctl finetune`` differ in their model set-up and their step;
 the rest is shared and lives here, in the order a command uses it:
 
+0. :func:`check_run_dir` and :func:`resolve_run_recipe`: the run folder (:data:`RUN_FILES`)
+   and its recipe (:data:`RECIPE_NAME`; a resumed run may change only
+   :data:`RESUMABLE_KEYS`), checked before anything is read or written;
 1. :func:`open_run_data`: the train and val datasets, read (and checked) before anything
    is written;
-2. :func:`run_checkpoint`: the run's own checkpoint when resuming, checked for its kind;
+2. :func:`run_checkpoint`: the run's own checkpoint when resuming, checked for its kind
+   (:func:`open_run` does 1 and 2 after the folder and batch-size checks);
 3. :func:`train_batches`: the batch stream, continuing exactly where the checkpoint stopped;
 4. :func:`make_optimizer`: Adam over the trainable parameters, the AMP scaler and, when
    resuming, their state and the random state of every process;
@@ -16,15 +20,17 @@ the rest is shared and lives here, in the order a command uses it:
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from .checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .logging import MetricsLogger
+from .logging import METRICS_NAME, TENSORBOARD_DIR, MetricsLogger
 from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
 from .schedule import WarmupPolySchedule
 
@@ -33,8 +39,119 @@ if TYPE_CHECKING:
     from ..data.categories import ClassTable
     from .distributed import DistContext
 
-__all__ = ["check_batch_size", "open_run_data", "run_checkpoint", "train_batches", "make_optimizer",
-           "save_run_checkpoint", "run_loop"]
+__all__ = ["RECIPE_NAME", "RUN_FILES", "EVAL_PREFIX", "RESUMABLE_KEYS", "seed_everything", "resolve_run_recipe",
+           "check_run_dir", "targets_to_device", "open_run", "check_batch_size", "open_run_data",
+           "run_checkpoint", "train_batches", "make_optimizer", "save_run_checkpoint", "run_loop"]
+
+
+RECIPE_NAME = "recipe.yaml"
+RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR, BEST_NAME,
+             "calibration.yaml")
+"""What a run folder may hold, besides ``EVAL_PREFIX*`` folders; anything else is not a run."""
+
+EVAL_PREFIX = "eval_"
+"""``copsctl evaluate --run RUN --split S`` writes its costs and predictions in RUN/eval_S/."""
+
+RESUMABLE_KEYS = frozenset({
+    "data.root", "data.num_workers", "train.device", "train.log_every",
+    "train.checkpoint_every", "train.validate_every", "train.val_images", "solver.workers",
+})
+"""Keys that ``--resume`` may change: where and how often things happen, never what is
+computed (changing anything else would make the resumed run a different run)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _recipe_diff(a: "Recipe", b: "Recipe") -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
+def resolve_run_recipe(recipe: str | None, overrides: Sequence[str], run_dir: Path,
+                       resume: bool) -> "Recipe":
+    """The recipe of a new run, or of a resumed one (its saved recipe, with only
+    :data:`RESUMABLE_KEYS` allowed to change)."""
+    from ..config import load_recipe
+
+    saved_path = run_dir / RECIPE_NAME
+    if not (resume and saved_path.is_file()):
+        if recipe is None:
+            raise InputError("--recipe is required to start a run (only --resume of an existing "
+                             "run folder can do without it)")
+        return load_recipe(recipe, overrides)
+    saved = load_recipe(saved_path)
+    if recipe is None and not overrides:
+        return saved
+    wanted = load_recipe(recipe, overrides) if recipe is not None else saved.replace(list(overrides))
+    changed = [k for k in _recipe_diff(saved, wanted) if k not in RESUMABLE_KEYS]
+    if changed:
+        k = changed[0]
+        raise InputError(f"--resume: `{k}` is {wanted.get(k)!r} but the run was started with "
+                         f"{saved.get(k)!r} ({saved_path}); a resumed run may only change "
+                         f"{', '.join(sorted(RESUMABLE_KEYS))}")
+    return wanted
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Check the run folder for a new or resumed run; return whether a checkpoint exists.
+
+    When resuming, the temporaries of a write the interrupted run did not finish (a
+    checkpoint being saved when it was killed) are removed (:func:`copsctl.atomic.recover`):
+    the previous checkpoint next to them is intact.
+    """
+    from ..atomic import check_output, is_leftover, remove_leftovers
+
+    check_output(run_dir, "--out", folder=True)
+    if resume:
+        remove_leftovers(run_dir)
+    entries = sorted(p.name for p in run_dir.iterdir() if not is_leftover(p.name)) \
+        if run_dir.is_dir() else []
+    if not resume:
+        if entries:
+            raise InputError(f"--out {run_dir}: folder is not empty; pass --resume to continue "
+                             "the run in it, or choose a new folder")
+        return False
+    foreign = [e for e in entries if e not in RUN_FILES and not e.startswith(EVAL_PREFIX)]
+    if foreign:
+        raise InputError(f"--out {run_dir}: not a run folder (holds {foreign[0]!r}); "
+                         "--resume continues a folder written by copsctl pretrain")
+    if entries and RECIPE_NAME not in entries:
+        raise InputError(f"--out {run_dir}: holds no {RECIPE_NAME}; cannot resume it")
+    return (run_dir / CHECKPOINT_NAME).is_file()
+
+
+def targets_to_device(batch: dict, device: torch.device) -> dict:
+    """The image and the pre-training targets of a loader batch, on ``device``."""
+    keys = ("image", "semantic", "semantic_weights", "affinity", "affinity_weights")
+    nb = device.type == "cuda"
+    return {k: batch[k].to(device, non_blocking=nb) for k in keys}
+
+
+def open_run(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, resume: bool,
+             progress: Callable[[TrainEvent], None] | None = None):
+    """Everything a run reads, before anything is written: the run folder
+    (:func:`check_run_dir`, on rank 0), the batch size (:func:`check_batch_size`), the
+    datasets (:func:`open_run_data`) and, when resuming, the run's checkpoint
+    (:func:`run_checkpoint`).
+
+    Returns
+    -------
+    (train_dataset, val_dataset, class_table, ckpt, start, checked)
+        As :func:`open_run_data` and :func:`run_checkpoint` return them; ``checked`` holds
+        the input check's report, to be said only once every check has passed.
+    """
+    has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
+    check_batch_size(cfg, ctx)
+    checked: list[str] = []
+    train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
+                                                             say=checked.append)
+    ckpt, start = run_checkpoint(out, has_ckpt, kind)
+    return train_dataset, val_dataset, class_table, ckpt, start, checked
 
 
 def check_batch_size(cfg: "Recipe", ctx: "DistContext") -> None:
@@ -141,8 +258,6 @@ def make_optimizer(model: torch.nn.Module, cfg: "Recipe", ctx: "DistContext", ck
     amp = cfg.train.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
     if ckpt is not None:
-        from .pretrain import seed_everything
-
         optimizer.load_state_dict(ckpt["optimizer"])
         if amp and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -208,7 +323,6 @@ def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Mo
     (:data:`~copsctl.train.checkpoint.BEST_NAME`).
     """
     from ..config import save_recipe
-    from .pretrain import RECIPE_NAME
     from .validate import validate_from_recipe
 
     keep_best = keep_best and ctx.is_main

@@ -2,10 +2,10 @@
 
 The same path as ``copsctl dump-costs`` -> ``copsctl solve`` -> ``copsctl evaluate``,
 without files, so both give the same numbers: costs of the evaluation transform
-(:func:`copsctl.inference.network_costs`), the solver on each image (``solve_many`` on
-:func:`copsctl.costs.solver_problem`, pre-clustering on the shortest edges), stuff
+(:func:`copsctl.costs.network.network_costs`), the solver on each image (``solve_many`` on
+:func:`copsctl.costs.cache.solver_problem`, pre-clustering on the shortest edges), stuff
 merging, upsampling to the original size and small-segment rejection in original pixels
-(:mod:`copsctl.postprocess`, thresholds ``data.thing_area_threshold`` /
+(:mod:`copsctl.panoptic.postprocess`, thresholds ``data.thing_area_threshold`` /
 ``data.stuff_area_threshold``), then exact PQ against the original-resolution ground
 truth (:mod:`copsctl.metrics.pq`, counts pooled image by image so memory stays flat).
 """
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ..costs import solver_problem
-from ..inference import network_costs
+from ..costs.cache import solver_problem
+from ..costs.network import network_costs
 from ..metrics.pq import PanopticPair, PQCounts, PQResult, image_counts
-from ..panoptic import Segment, read_id_png
-from ..postprocess import panoptic_from_solution
+from ..panoptic.format import Segment, read_id_png
+from ..panoptic.postprocess import panoptic_from_solution
 from ..solver import SolverOptions, solve_many
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def validate_pq(model: torch.nn.Module, dataset: "PanopticDataset", *,
     limit : int
         Only the first ``limit`` images (0: all).
     batch_size, device, amp, num_workers
-        As in :func:`copsctl.inference.network_costs`; the images of one network batch
+        As in :func:`copsctl.costs.network.network_costs`; the images of one network batch
         are solved together.
     should_stop : callable, optional
         Checked between batches; True abandons the validation (returns None, {}).

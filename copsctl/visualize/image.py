@@ -10,7 +10,7 @@ One PNG with two rows:
   distance (the larger of a pixel's horizontal and vertical edge), brighter = more
   likely a boundary.
 
-Inputs: a cost file (:mod:`copsctl.costs`, from ``dump-costs`` or ``make-costs``), the
+Inputs: a cost file (:mod:`copsctl.costs.cache`, from ``dump-costs`` or ``make-costs``), the
 prediction folder ``copsctl solve`` wrote from it, and the dataset the costs were
 computed on. The dataset comes from the recipe stored in the cost file (or
 ``recipe`` / ``overrides``); a ground-truth JSON given explicitly, or the ``<stem>_gt``
@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import Category, Segment, load_panoptic_json, read_id_png
+from ..panoptic.format import Category, Segment, load_panoptic_json, read_id_png
 from .overlay import (class_map_colors, cut_probability, panoptic_overlay, semantic_argmin)
 
 __all__ = ["ImageView", "load_image_view", "image_figure", "visualize_image"]
@@ -115,7 +115,7 @@ def load_image_view(costs: str | os.PathLike, *, pred: str | os.PathLike | None 
     ImageView
     """
     from ..config import load_recipe
-    from ..costs import CostFile
+    from ..costs.cache import CostFile
     from ..metrics.pq import set_paths
 
     costs = Path(costs)

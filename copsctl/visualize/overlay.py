@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..panoptic import VOID, Category, Segment
+from ..panoptic.format import VOID, Category, Segment
 
 __all__ = ["segment_colors", "boundaries", "panoptic_overlay", "class_map_colors",
            "semantic_argmin", "cut_probability"]

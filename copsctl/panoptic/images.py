@@ -3,8 +3,8 @@
 The library side of ``copsctl predict``. No dataset, no ground truth and no cost cache:
 every input image goes through the evaluation transform of :mod:`copsctl.data` (resize
 so the longer side has ``size`` pixels, pad to a multiple of 32), the network gives its
-costs (:func:`copsctl.inference.batch_costs`, with the model's cost transform), the
-solver partitions them and :func:`copsctl.predict.scored_prediction` maps the solution to
+costs (:func:`copsctl.costs.network.batch_costs`, with the model's cost transform), the
+solver partitions them and :func:`copsctl.panoptic.solve.scored_prediction` maps the solution to
 the input's own size, exactly as ``copsctl solve`` does. Output folder::
 
     OUT/panoptic_pred.json     images, annotations (segments_info with score), categories,
@@ -51,9 +51,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, write_json
-from .errors import InputError
-from .panoptic import Category, Segment, write_id_png
+from ..atomic import atomic_path, write_json
+from ..cpus import available_cpus
+from ..errors import InputError
+from .format import Category, Segment, write_id_png
 
 __all__ = ["IMAGE_SUFFIXES", "InputImage", "collect_inputs", "predict_images", "overlay_image",
            "PRED_JSON", "PRED_DIR", "OVERLAY_DIR", "SUMMARY_JSON"]
@@ -139,7 +140,7 @@ def _read_input(image: InputImage) -> np.ndarray:
     """(H, W, 3) uint8 RGB of one input (grey, palette and RGBA images converted)."""
     from PIL import Image
 
-    from .data.datasets import read_image
+    from ..data.datasets import read_image
 
     try:
         return read_image(image.path)
@@ -246,7 +247,7 @@ def overlay_image(image: np.ndarray, ids: np.ndarray, segments: Sequence[Segment
     """
     from PIL import Image, ImageDraw
 
-    from .visualize.overlay import panoptic_overlay
+    from ..visualize.overlay import panoptic_overlay
 
     painted = panoptic_overlay(ids, segments, categories, image=image, alpha=0.5)
     H, W = ids.shape
@@ -288,9 +289,9 @@ class _Solved:
 def _solve_one(image: InputImage, node: np.ndarray, edge: np.ndarray, rgb: np.ndarray | None,
                image_size: tuple[int, int], area_scale: float, *, distances, partitionable,
                categories, thing_area: float, stuff_area: float, options, out: Path) -> _Solved:
-    from .costs import solver_problem
-    from .predict import scored_prediction
-    from .solver import solve_amwc
+    from ..costs.cache import solver_problem
+    from .solve import scored_prediction
+    from ..solver import solve_amwc
 
     t0 = time.perf_counter()
     problem = solver_problem(node, edge, distances, partitionable)
@@ -319,7 +320,7 @@ def _solve_one(image: InputImage, node: np.ndarray, edge: np.ndarray, rgb: np.nd
 def _network_input(rgb: np.ndarray, longer_side: int, pad_multiple: int):
     """Evaluation transform of :class:`copsctl.data.loader.PanopticDataset` for one image:
     (3, h, w) float32 normalised canvas and the scaled image size."""
-    from .data.transforms import apply_placement, eval_placement, normalize_image
+    from ..data.transforms import apply_placement, eval_placement, normalize_image
 
     placement = eval_placement(image_size=rgb.shape[:2], longer_side=longer_side,
                                pad_multiple=pad_multiple)
@@ -388,9 +389,9 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """
     import torch
 
-    from .inference import batch_costs
-    from .train.checkpoint import checkpoint_class_table, resolve_model
-    from .train.distributed import resolve_device
+    from ..costs.network import batch_costs
+    from ..train.checkpoint import checkpoint_class_table, resolve_model
+    from ..train.distributed import resolve_device
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -413,8 +414,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         size = int(cfg.data.val_size or max(cfg.data.crop_size))
     options = cfg.solver.options()
     if workers is None:
-        workers = cfg.solver.workers or (len(os.sched_getaffinity(0))
-                                         if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        workers = cfg.solver.workers or available_cpus()
     workers = int(workers)
     thing_area = float(cfg.data.thing_area_threshold)
     stuff_area = float(cfg.data.stuff_area_threshold)

@@ -37,8 +37,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .panoptic import Category, Segment
+from ..errors import InputError
+from .format import Category, Segment
 
 DEFAULT_THING_AREA = 200
 DEFAULT_STUFF_AREA = 2048
@@ -211,6 +211,26 @@ def panoptic_from_segments(segment_map: np.ndarray, segment_class: np.ndarray,
                               cost_ids=ids_small)
 
 
+def segment_classes(labels: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """The class of every solver segment, read from its nodes.
+
+    Parameters
+    ----------
+    labels, segments : (N,) int ndarray
+        ``AMWCResult.labels`` and ``AMWCResult.segments`` (non-negative); every segment
+        holds one class, as the solver guarantees.
+
+    Returns
+    -------
+    (S,) int64 ndarray
+        ``S = segments.max() + 1``; an index that no node has gets class 0.
+    """
+    segments = np.asarray(segments)
+    seg_cls = np.zeros(int(segments.max()) + 1 if segments.size else 0, dtype=np.int64)
+    seg_cls[segments] = labels
+    return seg_cls
+
+
 def panoptic_from_solution(labels: np.ndarray, segments: np.ndarray, cost_size: tuple[int, int],
                            categories: Sequence[Category], image_size: tuple[int, int],
                            thing_area: float = DEFAULT_THING_AREA,
@@ -238,9 +258,7 @@ def panoptic_from_solution(labels: np.ndarray, segments: np.ndarray, cost_size: 
                          f"{segments.shape}) must have shape ({h * w},) for a {h}x{w} grid")
     if segments.size and segments.min() < 0:
         raise InputError("`segments` must be non-negative segment indices")
-    S = int(segments.max()) + 1 if segments.size else 0
-    seg_cls = np.zeros(S, dtype=np.int64)
-    seg_cls[segments] = labels
+    seg_cls = segment_classes(labels, segments)
     if np.any(seg_cls[segments] != labels):
         bad = int(np.flatnonzero(seg_cls[segments] != labels)[0])
         raise InputError(f"segment {int(segments[bad])} holds more than one class "

@@ -1,7 +1,7 @@
 """Solve every image of a cost file and write COCO panoptic predictions.
 
 The library side of ``copsctl solve``. Output folder layout (the COCO panoptic format
-of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
+of :mod:`copsctl.panoptic.format`, ready for ``copsctl evaluate``)::
 
     OUT/panoptic_pred.json     images, annotations (segments_info), categories
     OUT/panoptic_pred/*.png    RGB-encoded segment ids at the original image size
@@ -9,7 +9,7 @@ of :mod:`copsctl.panoptic`, ready for ``copsctl evaluate``)::
     OUT/.copsctl-output.json   the manifest: every file above (copsctl.atomic)
 
 Every ``segments_info`` entry carries a ``score``, the segment's confidence
-(:func:`copsctl.postprocess.segment_scores`), by which instance AP ranks predictions.
+(:func:`copsctl.panoptic.postprocess.segment_scores`), by which instance AP ranks predictions.
 
 The folder is assembled under a temporary name beside ``OUT`` and renamed at the end,
 so a failure leaves no partial ``OUT`` (:mod:`copsctl.atomic`). An existing ``OUT`` is
@@ -37,15 +37,16 @@ from typing import Callable, Sequence
 import numpy as np
 import yaml
 
-from .atomic import atomic_path, write_json
-from .calibration import Calibration
-from .costs import CostFile, solver_problem
-from .errors import InputError
-from .atomic import check_output, check_output_folder, write_manifest
-from .panoptic import Annotation, Category, PanopticSet, write_id_png
+from ..atomic import atomic_path, write_json
+from ..calibration import Calibration
+from ..costs.cache import CostFile, solver_problem
+from ..cpus import available_cpus
+from ..errors import InputError
+from ..atomic import check_output, check_output_folder, write_manifest
+from .format import Annotation, Category, PanopticSet, write_id_png
 from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, PanopticPrediction,
                           panoptic_from_solution, segment_scores)
-from .solver import AMWCResult, SolverOptions, solve_many
+from ..solver import AMWCResult, SolverOptions, solve_many
 
 PRED_JSON = "panoptic_pred.json"
 PRED_DIR = "panoptic_pred"
@@ -95,7 +96,7 @@ def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict
     Parameters
     ----------
     recipe : dict or None
-        The cost file's recipe (:attr:`copsctl.costs.CostFile.recipe`).
+        The cost file's recipe (:attr:`copsctl.costs.cache.CostFile.recipe`).
     overrides : sequence of str
         ``solver.<key>=value`` (any key of :class:`copsctl.config.SolverConfig`) or
         ``data.thing_area_threshold`` / ``data.stuff_area_threshold``; values are checked
@@ -106,7 +107,7 @@ def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict
     dict
         A new nested dict (the input is not modified).
     """
-    from .config import parse_override, recipe_from_dict
+    from ..config import parse_override, recipe_from_dict
 
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (recipe or {}).items()}
     for text in overrides:
@@ -135,12 +136,12 @@ def scored_prediction(result: AMWCResult, node_costs: np.ndarray,
     node_costs : (K, h, w) float ndarray
         The node costs it was solved with (class-major maps; a view is fine).
     categories, image_size, thing_area, stuff_area
-        As in :func:`copsctl.postprocess.panoptic_from_solution`.
+        As in :func:`copsctl.panoptic.postprocess.panoptic_from_solution`.
 
     Returns
     -------
     PanopticPrediction
-        Every segment's ``score`` set by :func:`copsctl.postprocess.segment_scores`.
+        Every segment's ``score`` set by :func:`copsctl.panoptic.postprocess.segment_scores`.
     """
     K, h, w = node_costs.shape
     pred = panoptic_from_solution(result.labels, result.segments, (h, w), categories,
@@ -183,7 +184,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     Parameters
     ----------
     costs : path-like
-        Cost file (:mod:`copsctl.costs`).
+        Cost file (:mod:`copsctl.costs.cache`).
     out : path-like
         Prediction folder (see the module docstring), written atomically.
     overwrite : bool
@@ -256,8 +257,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
             # The recipe's solver.workers (0 = all cores) when --workers is not given.
             workers = _recipe_number(recipe, "solver", "workers", costs) or None
         if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
+            workers = available_cpus()
         workers = int(workers)
         batch = int(batch_size) if batch_size is not None else 2 * workers
         png_names = _png_names(cf.file_names)

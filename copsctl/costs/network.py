@@ -6,7 +6,7 @@ side to ``data.val_size``, padding at the bottom and right to a multiple of 32),
 network gives costs at 1/4 of that resolution, and the costs are cropped to the part of
 the canvas that shows the image (``ceil(scaled / 4)`` rows and columns), so padding never
 becomes nodes. The solver's output at that grid is mapped back to the original image
-size by :mod:`copsctl.postprocess` (nearest upsampling), where the small-segment
+size by :mod:`copsctl.panoptic.postprocess` (nearest upsampling), where the small-segment
 thresholds of the recipe apply in original pixels.
 """
 
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .costs import CostWriter
-from .errors import InputError
+from .cache import CostWriter
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .data.loader import PanopticDataset
+    from ..data.loader import PanopticDataset
 
 __all__ = ["network_costs", "dump_costs", "batch_costs"]
 
@@ -95,7 +95,7 @@ def network_costs(model: torch.nn.Module, dataset: "PanopticDataset", *,
         ``index``, ``image_id``, ``file_name`` (of the image), ``image_size`` (H, W)
         original, ``cost_size`` (h, w).
     """
-    from .train.data import eval_loader
+    from ..train.data import eval_loader
 
     if dataset.train:
         raise InputError("`dataset` must be an evaluation dataset (train=False)")
@@ -141,7 +141,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     Parameters
     ----------
     out : path-like
-        The cost file (:mod:`copsctl.costs`), written atomically.
+        The cost file (:mod:`copsctl.costs.cache`), written atomically.
     run : path-like, optional
         A run folder of ``copsctl pretrain`` / ``finetune``: its ``checkpoint.pt`` and
         ``recipe.yaml``. Exclusive with ``weights``.
@@ -160,7 +160,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     limit : int
         Only the first ``limit`` images (0: all).
     dtype : {"quantized", "float16", "float32"}
-        Storage of the costs in the cost file (:mod:`copsctl.costs`); float32 is exact.
+        Storage of the costs in the cost file (:mod:`copsctl.costs.cache`); float32 is exact.
     amp : bool
         float16 autocast on CUDA.
     calibration : path-like or bool, optional
@@ -178,10 +178,10 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         ``seconds_per_image`` (reading, the network and writing, per image, without the
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
-    from .calibration import calibration_for
-    from .train.checkpoint import resolve_model
-    from .train.data import make_dataset, open_split
-    from .train.distributed import resolve_device
+    from ..calibration import calibration_for
+    from ..train.checkpoint import resolve_model
+    from ..train.data import make_dataset, open_split
+    from ..train.distributed import resolve_device
 
     t0 = time.perf_counter()
     if limit < 0:
@@ -191,7 +191,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                                               device=dev, calibration=calibration)
     cal_path = calibration_for(weights, calibration)
     split = split or cfg.data.val_split
-    from .atomic import check_output
+    from ..atomic import check_output
 
     check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
                                        "--recipe": recipe if recipe and os.path.isfile(recipe)

@@ -72,9 +72,9 @@ import h5py
 import numpy as np
 import yaml
 
-from .atomic import atomic_path
-from .errors import InputError
-from .panoptic import Category
+from ..atomic import atomic_path
+from ..errors import InputError
+from ..panoptic.format import Category
 
 FORMAT = "copsctl-costs"
 VERSION = 2
@@ -128,7 +128,7 @@ def solver_problem(node_costs: np.ndarray, edge_maps: np.ndarray, distances: Seq
         row-major; ``node_costs`` is a transposed view of the class-major maps (the solver
         reads any layout), ``edges`` and ``local_edges`` are shared read-only arrays.
     """
-    from .solver.grid import grid_graph, maps_to_edge_values
+    from ..solver.grid import grid_graph, maps_to_edge_values
 
     node_costs = np.asarray(node_costs)
     if node_costs.ndim != 3:
@@ -204,7 +204,7 @@ class CostWriter:
     def __init__(self, path: str | os.PathLike, categories: Sequence[Category],
                  distances: Sequence[int], recipe: str | dict | None = None,
                  dtype: str = "float32"):
-        from .solver.grid import _check_distances
+        from ..solver.grid import _check_distances
 
         self.path = Path(path)
         self.categories = _check_categories(categories)
@@ -283,7 +283,7 @@ class CostWriter:
         """
         if self._file is None:
             raise RuntimeError("CostWriter.add() called outside its `with` block")
-        from .solver.grid import grid_edge_mask
+        from ..solver.grid import grid_edge_mask
 
         key = _encode_id(image_id)
         if key in self._seen:
@@ -417,7 +417,7 @@ class CostFile:
             self._fail(f"cost file schema version {version} is not supported (this copsctl "
                        f"reads versions {', '.join(map(str, READABLE_VERSIONS))})")
         try:
-            from .solver.grid import _check_distances
+            from ..solver.grid import _check_distances
 
             self.distances: tuple[int, ...] = _check_distances(
                 np.asarray(attrs.get("distances", []), dtype=np.int64).ravel().tolist())

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_paths
-from .errors import InputError
+from ..atomic import atomic_paths
+from ..errors import InputError
 
 VOID = 0
 

@@ -52,11 +52,11 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_paths, check_output, check_output_folder, write_manifest
-from .costs import CostWriter, solver_problem
-from .errors import InputError
-from .panoptic import Annotation, Category, PanopticSet, write_id_png
-from .postprocess import panoptic_from_segments
+from ..atomic import atomic_paths, check_output, check_output_folder, write_manifest
+from .cache import CostWriter, solver_problem
+from ..errors import InputError
+from ..panoptic.format import Annotation, Category, PanopticSet, write_id_png
+from ..panoptic.postprocess import panoptic_from_segments
 
 EDGE_PROB_EPS = 1e-4
 
@@ -227,7 +227,7 @@ class SyntheticProblem:
 
     def solver_problem(self) -> tuple:
         """``(node_costs (N, K), edges (E, 2), edge_costs (E,), partitionable (K,),
-        local_edges (E,))`` as :func:`copsctl.costs.solver_problem`."""
+        local_edges (E,))`` as :func:`copsctl.costs.cache.solver_problem`."""
         return solver_problem(self.node_costs, self.edge_maps, self.distances,
                               self.partitionable)
 
@@ -537,7 +537,7 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
     Parameters
     ----------
     out : path-like
-        The cost file (schema of :mod:`copsctl.costs`).
+        The cost file (schema of :mod:`copsctl.costs.cache`).
     gt_out : path-like, optional
         Folder for the ground truth: ``panoptic_gt.json`` and the PNG folder
         ``panoptic_gt/`` at the original image size. Default: ``<out stem>_gt`` beside
