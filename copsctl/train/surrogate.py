@@ -402,21 +402,29 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         mp, mg, un_p, un_g = matching.pred, matching.gt, matching.unmatched_pred, matching.unmatched_gt
 
         dev = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-        if mp.size:
-            u = iou[dev(mp), dev(mg)]
-            if by_intersection:
-                sp = area_gate(pixel_area * inter[dev(mp), dev(mg)], thresholds[dev(pc[mp])])
-            else:
-                sp = gate[dev(mp)]
-            hs = soft_tp(u) * sp
-            cls = dev(pc[mp])
+
+        def add_pairs(cls, u, sp, paper_fn: bool) -> None:
+            # Predictions matched to ground truth (IoU u, gate sp) and their counts; the
+            # printed form counts a false negative only for a ground-truth slot.
+            nonlocal tp, iou_sum, fp, fn
+            h = soft_tp(u)
+            hs = h * sp
             tp = tp.index_add(0, cls, hs)
             iou_sum = iou_sum.index_add(0, cls, hs * u)
             if complete:
                 fp = fp.index_add(0, cls, sp - hs)
                 fn = fn.index_add(0, cls, 1 - hs)
             elif official:
-                fn = fn.index_add(0, cls, 1 - soft_tp(u))
+                fn = fn.index_add(0, cls, 1 - h)
+            elif paper_fn:
+                fn = fn.index_add(0, cls, 1 - hs)
+
+        if mp.size:
+            if by_intersection:
+                sp = area_gate(pixel_area * inter[dev(mp), dev(mg)], thresholds[dev(pc[mp])])
+            else:
+                sp = gate[dev(mp)]
+            add_pairs(dev(pc[mp]), iou[dev(mp), dev(mg)], sp, paper_fn=False)
         if un_p.size:
             fp = fp.index_add(0, dev(pc[un_p]), gate[dev(un_p)])
         if un_g.size and gt_slots is not None:
@@ -431,13 +439,7 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
             t = thresholds[dev(gc[un_g])]
             sq = (area_gate(pixel_area * (inter_q if by_intersection else area_q), t)
                   - area_gate(torch.zeros_like(t), t))
-            hs = soft_tp(u) * sq
-            cls = dev(gc[un_g])
-            tp = tp.index_add(0, cls, hs)
-            iou_sum = iou_sum.index_add(0, cls, hs * u)
-            if complete:
-                fp = fp.index_add(0, cls, sq - hs)
-            fn = fn.index_add(0, cls, 1 - (soft_tp(u) if official else hs))
+            add_pairs(dev(gc[un_g]), u, sq, paper_fn=True)
         elif un_g.size:
             fn = fn.index_add(0, dev(gc[un_g]), torch.ones(len(un_g), dtype=dtype, device=device))
         if S:
