@@ -76,6 +76,15 @@ class _Scorer:
         return {"pq": r.all.pq, "pq_th": r.things.pq, "pq_st": r.stuff.pq}
 
 
+def _check_search(images: int, rounds: int) -> None:
+    """The search arguments of :func:`fit_calibration` and :func:`calibrate_run`, checked
+    before any work."""
+    if int(images) < 0:
+        raise InputError(f"--images must be >= 0, got {images}")
+    if int(rounds) < 0:
+        raise InputError(f"--rounds must be >= 0, got {rounds}")
+
+
 def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
                     gt_dir: str | os.PathLike | None = None, *, images: int = 0,
                     rounds: int = 2, workers: int | None = None, tol: float = 1e-4,
@@ -117,10 +126,7 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
         _recipe_solver_options
 
     costs = Path(costs)
-    if int(images) < 0:
-        raise InputError(f"--images must be >= 0, got {images}")
-    if int(rounds) < 0:
-        raise InputError(f"--rounds must be >= 0, got {rounds}")
+    _check_search(images, rounds)
     gt_json = Path(gt_json)
     gt_dir = Path(gt_dir) if gt_dir is not None else gt_json.with_suffix("")
     gt_set = load_panoptic_json(gt_json, gt_dir)
@@ -224,8 +230,11 @@ def calibrate_run(run: str | os.PathLike, *, split: str = "train", images: int =
     from ..metrics.pq import ground_truth_from_recipe
 
     say = log or (lambda msg: None)
+    _check_search(images, rounds)
     run = Path(run)
     recipe_path = run / "recipe.yaml"
+    if not run.is_dir():
+        raise InputError(f"--run {run}: run folder does not exist")
     if not recipe_path.is_file():
         raise InputError(f"--run {run}: holds no recipe.yaml (not a copsctl run folder)")
     out = Path(out) if out is not None else run / CALIBRATION_NAME

@@ -244,16 +244,16 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     t_start = time.perf_counter()
     out = Path(out)
     say = log or (lambda msg: None)
-    if weights is not None:
-        # On resume too: the run's recipe holds the calibration it started from.
-        from ..calibration import calibration_for, load_calibration
+    from ..calibration import calibration_for, load_calibration
 
-        cal_path = calibration_for(weights, calibration)
-        if cal_path is not None:
-            overrides = load_calibration(cal_path).to_overrides() + list(overrides)
-            if not (resume and (out / RECIPE_NAME).is_file()):
-                say(f"starting from the cost calibration in {cal_path}")
+    # On resume too: the run's recipe holds the calibration it started from.
+    cal_path = calibration_for(weights, calibration) if weights is not None else None
+    if cal_path is not None:
+        overrides = load_calibration(cal_path).to_overrides() + list(overrides)
+    new_run = not (resume and (out / RECIPE_NAME).is_file())
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
+    if cal_path is not None and new_run:
+        say(f"starting from the cost calibration in {cal_path}")
     ctx = setup(cfg.train.device)
     try:
         train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
