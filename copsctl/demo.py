@@ -56,6 +56,7 @@ from typing import Callable, Sequence
 
 from .atomic import write_json
 from .calibration import CALIBRATION_NAME
+from .cpus import check_workers
 from .errors import InputError
 
 DEMO_SEED = 0
@@ -270,8 +271,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, quick: bool = False,
     out = Path(out)
     log = log or (lambda msg: None)
     _check_out(out)
-    if workers is not None and int(workers) < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+    workers = check_workers(workers)
     size = "quick" if quick else "default"
     if solver_only:
         if overrides:

@@ -12,7 +12,7 @@ for v in $values; do
       --out "$out/$v/run" --resume --set "$key=$v" "$@"
   copsctl dump-costs --run "$out/$v/run" --out "$out/$v/costs.h5"
   copsctl solve "$out/$v/costs.h5" --out "$out/$v/pred"
-  copsctl evaluate --recipe "$out/$v/run/recipe.yaml" --pred-dir "$out/$v/pred" \
+  copsctl evaluate --recipe "$out/$v/run/recipe.yaml" --pred "$out/$v/pred" \
       --json "$out/$v/pq.json"
 done
 python -c '

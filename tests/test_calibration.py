@@ -94,7 +94,7 @@ def test_calibrate_and_solve_round_trip_through_files(shifted, tmp_path):
     root, info = shifted
     cal_file = tmp_path / "cal.yaml"
     res = runner.invoke(app, ["calibrate", str(root / "shifted.h5"), "--gt-json", info["gt_json"],
-                              "--gt-dir", info["gt_dir"], "--out", str(cal_file), "--workers", "1",
+                              "--gt", info["gt_dir"], "--out", str(cal_file), "--workers", "1",
                               "--json", str(tmp_path / "fit.json")])
     assert res.exit_code == 0, res.output
     fit = json.loads((tmp_path / "fit.json").read_text())
@@ -105,8 +105,8 @@ def test_calibrate_and_solve_round_trip_through_files(shifted, tmp_path):
     assert res.exit_code == 0, res.output
     stored = yaml.safe_load((tmp_path / "pred" / "recipe.yaml").read_text())
     assert stored["calibration"] == cal.to_section()
-    res = runner.invoke(app, ["evaluate", "--gt-json", info["gt_json"], "--gt-dir", info["gt_dir"],
-                              "--pred-dir", str(tmp_path / "pred"), "--json",
+    res = runner.invoke(app, ["evaluate", "--gt-json", info["gt_json"], "--gt", info["gt_dir"],
+                              "--pred", str(tmp_path / "pred"), "--json",
                               str(tmp_path / "pq.json")])
     assert res.exit_code == 0, res.output
     pq = json.loads((tmp_path / "pq.json").read_text())["All"]["pq"]

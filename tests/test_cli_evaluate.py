@@ -51,7 +51,7 @@ def _run(*args):
 
 def _args(files, out=None, *extra):
     gt_json, gt_dir, pred_json, pred_dir = files
-    a = ["--gt-json", gt_json, "--gt-dir", gt_dir, "--pred-json", pred_json, "--pred-dir", pred_dir]
+    a = ["--gt-json", gt_json, "--gt", gt_dir, "--pred-json", pred_json, "--pred", pred_dir]
     if out is not None:
         a += ["--json", out]
     return [*a, *extra]
@@ -96,6 +96,45 @@ def test_default_dirs_and_workers(files):
     assert "All" in r.stdout
 
 
+def test_workers_default_to_all_cpus_and_do_not_change_the_result(files, tmp_path, monkeypatch):
+    import copsctl.cpus
+    import copsctl.metrics.pq as pq
+
+    used = []
+    real_map = pq._map
+
+    def recording_map(func, items, workers):
+        used.append(workers)
+        return real_map(func, items, workers)
+
+    monkeypatch.setattr(pq, "_map", recording_map)
+    monkeypatch.setattr(copsctl.cpus, "available_cpus", lambda: 3)
+    results = {}
+    for label, extra in (("default", []), ("1", ["--workers", "1"]), ("4", ["--workers", "4"])):
+        out = tmp_path / f"pq_{label}.json"
+        r = _run(*_args(files, out), *extra)
+        assert r.exit_code == 0, r.output
+        results[label] = json.loads(out.read_text())
+    assert used == [3, 1, 4]
+    assert results["default"] == results["1"] == results["4"]
+
+
+def test_old_option_names_keep_working_with_a_note(files, tmp_path):
+    gt_json, gt_dir, pred_json, pred_dir = files
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    r = _run("--gt-json", gt_json, "--gt", gt_dir, "--pred-json", pred_json, "--pred", pred_dir,
+             "--json", new)
+    assert r.exit_code == 0, r.output
+    assert "is now" not in r.stderr
+    r = _run("--gt-json", gt_json, "--gt-dir", gt_dir, "--pred-json", pred_json,
+             f"--pred-dir={pred_dir}", "--json", old)
+    assert r.exit_code == 0, r.output
+    assert json.loads(old.read_text()) == json.loads(new.read_text())
+    notes = [line for line in r.stderr.splitlines() if "is now" in line]
+    assert notes == ["note: --gt-dir is now --gt (the old name goes in the next release)",
+                     "note: --pred-dir is now --pred (the old name goes in the next release)"]
+
+
 def test_recipe_form_with_a_solve_output_folder(tmp_path):
     root = tmp_path / "data"
     # COCO layout of the synthetic dataset; the "prediction" is the ground truth itself,
@@ -109,7 +148,7 @@ def test_recipe_form_with_a_solve_output_folder(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"data:\n  dataset: synthetic\n  root: {root}\n")
     out = tmp_path / "pq.json"
-    r = _run("--recipe", recipe, "--split", "val", "--pred-dir", pred, "--json", out)
+    r = _run("--recipe", recipe, "--split", "val", "--pred", pred, "--json", out)
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert data["All"]["pq"] == 1.0 and data["All"]["n"] == 4
@@ -202,7 +241,7 @@ def test_bad_input_exit_2_one_line_nothing_written(files, tmp_path, breaker):
     (["--pred-json", "p.json"], r"ground truth: pass --gt-json G .* or --recipe NAME"),
     (["--gt-json", "g.json"], r"prediction: pass its JSON file, its PNG folder, or both"),
     (["--gt-json", "g.json", "--recipe", "r.yaml", "--pred-json", "p.json"],
-     r"either --recipe .* or --gt-json/--gt-dir, not both"),
+     r"either --recipe .* or --gt-json/--gt, not both"),
     (["--gt-json", "g.json", "--split", "val", "--pred-json", "p.json"],
      r"--split needs --recipe"),
     (["--recipe", "no_such_recipe_xyz", "--pred-json", "p.json"], r"no_such_recipe_xyz"),
@@ -217,7 +256,7 @@ def test_bad_arguments(tmp_path, args, pattern):
 
 def test_bad_workers(files, tmp_path):
     r = _run(*_args(files, tmp_path / "o.json", "--workers", "0"))
-    assert r.exit_code == 2 and "`workers` (0) must be at least 1" in r.stderr
+    assert r.exit_code == 2 and "--workers must be at least 1, got 0" in r.stderr
     assert not (tmp_path / "o.json").exists()
 
 

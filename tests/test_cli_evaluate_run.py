@@ -1,5 +1,5 @@
 """``copsctl evaluate --run RUN``: dump-costs -> solve -> evaluate in one command, and
-``evaluate --pred-dir P`` finding the ground truth through the recipe stored in P."""
+``evaluate --pred P`` finding the ground truth through the recipe stored in P."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_run_dumps_solves_and_evaluates_into_the_run_folder(run, tmp_path):
     # the same predictions evaluated by their folder alone: the stored recipe names the
     # ground truth (its data.val_split), and the note says which split
     again = tmp_path / "again.json"
-    res = runner.invoke(app, ["evaluate", "--pred-dir", str(folder / "pred"), "--json",
+    res = runner.invoke(app, ["evaluate", "--pred", str(folder / "pred"), "--json",
                               str(again)])
     assert res.exit_code == 0, res.output
     assert "ground truth: split 'val' of the synthetic dataset" in res.stderr
@@ -60,7 +60,7 @@ def test_run_dumps_solves_and_evaluates_into_the_run_folder(run, tmp_path):
     (["--pred-json", "p.json"], "ground truth: pass --gt-json G .* or --recipe NAME"),
     (["--run", "{run}", "--gt-json", "g.json"], "drop --gt-json"),
     (["--run", "{tmp}"], "holds no recipe.yaml; pass the folder of a copsctl pretrain"),
-    (["--pred-dir", "{tmp}"], r"holds no recipe.yaml to find the ground truth by; pass "
+    (["--pred", "{tmp}"], r"holds no recipe.yaml to find the ground truth by; pass "
      "--gt-json"),
     (["--run", "{run}", "--json", "{run}/x.json"], "must not lie inside --run"),
 ])

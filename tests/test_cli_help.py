@@ -76,3 +76,51 @@ def test_help_paragraphs_flow_to_the_terminal_width():
     assert res.exit_code == 0, res.output
     assert ("The check pretrain and finetune run before they write anything: every image and "
             "panoptic PNG decoded") in res.output
+
+
+def _commands():
+    """``(name, click command)`` of every command and sub-command."""
+    import typer
+
+    def walk(group, prefix):
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                yield from walk(cmd, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", cmd
+
+    return list(walk(typer.main.get_command(app), ""))
+
+
+def test_one_vocabulary_for_predictions_ground_truth_and_workers():
+    from copsctl.cli._app import RENAMED_OPTIONS
+
+    names = {}
+    for path, cmd in _commands():
+        for param in cmd.params:
+            for opt in getattr(param, "opts", ()):
+                names.setdefault(opt, []).append(path)
+                if opt == "--workers":  # CPU threads of the main work, all CPUs by default
+                    assert "threads" in param.help and "all CPUs" in param.help, (path,
+                                                                                  param.help)
+    assert not set(RENAMED_OPTIONS) & set(names)  # old names are neither shown nor parsed
+    pred_gt = {n for n in names if re.match(r"--(pred|gt)", n)}
+    assert pred_gt == {"--pred", "--pred-json", "--gt", "--gt-json", "--gt-out"}, pred_gt
+    assert sorted(names["--pred"]) == ["evaluate", "visualize image"]
+    assert sorted(names["--gt"]) == ["calibrate", "evaluate", "visualize image"]
+
+
+@pytest.mark.parametrize("path,args,param,value", [
+    ("evaluate", ["--pred-dir", "p"], "pred", "p"),
+    ("evaluate", ["--gt-dir=g"], "gt", "g"),
+    ("calibrate", ["costs.h5", "--gt-dir", "g"], "gt", "g"),
+    ("visualize image", ["costs.h5", "--out", "x.png", "--gt-dir", "g"], "gt", "g"),
+])
+def test_old_option_names_parse_as_the_new_ones(path, args, param, value, capsys):
+    from pathlib import Path
+
+    cmd = dict(_commands())[path]
+    ctx = cmd.make_context(path, list(args))
+    assert ctx.params[param] == Path(value)
+    old = args[-2] if "=" not in args[-1] else args[-1].split("=")[0]
+    assert f"note: {old} is now" in capsys.readouterr().err

@@ -130,9 +130,9 @@ def test_predict_on_dataset_images_equals_dump_costs_then_solve(run, data, tmp_p
     assert {x["image_id"]: x["segments_info"] for x in a["annotations"]} == key
     # copsctl evaluate reads the folder as it reads solve's.
     res = _ok(_invoke("evaluate", "--gt-json", data / "annotations" / "panoptic_val2017.json",
-                      "--pred-dir", pred, "--json", tmp_path / "pq_pred.json"))
+                      "--pred", pred, "--json", tmp_path / "pq_pred.json"))
     _ok(_invoke("evaluate", "--gt-json", data / "annotations" / "panoptic_val2017.json",
-                "--pred-dir", solved, "--json", tmp_path / "pq_solved.json"))
+                "--pred", solved, "--json", tmp_path / "pq_solved.json"))
     assert "panoptic quality, 2 images" in res.output
     assert (json.loads((tmp_path / "pq_pred.json").read_text())
             == json.loads((tmp_path / "pq_solved.json").read_text()))

@@ -147,7 +147,7 @@ def test_dump_costs_solve_evaluate_give_the_validation_pq(run, data, tmp_path):
     res = runner.invoke(app, ["solve", str(costs), "--out", str(pred), "--workers", "1"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["evaluate", "--recipe", str(run / "recipe.yaml"), "--split", "val",
-                              "--pred-dir", str(pred), "--json", str(tmp_path / "pq.json")])
+                              "--pred", str(pred), "--json", str(tmp_path / "pq.json")])
     assert res.exit_code == 0, res.output
     files_pq = json.loads((tmp_path / "pq.json").read_text())
 

@@ -94,7 +94,7 @@ def test_demo_quick_writes_every_artifact_and_reuses_stages(tmp_path):
         assert json.loads((out / "costs" / f"{name}.json").read_text())["images"] == 2
         res_eval = runner.invoke(app, [
             "evaluate", "--gt-json", str(out / "data" / "annotations" / "panoptic_val2017.json"),
-            "--pred-dir", str(out / "pred" / name), "--metrics", "pq",
+            "--pred", str(out / "pred" / name), "--metrics", "pq",
             "--json", str(tmp_path / f"{name}.json")])
         assert res_eval.exit_code == 0, res_eval.output
         assert json.loads((tmp_path / f"{name}.json").read_text()) == pq

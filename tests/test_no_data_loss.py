@@ -170,7 +170,7 @@ def test_4_an_output_that_is_an_input_is_refused(data, run_dir, costs, tmp_path)
     gt = tmp_path / "gt.json"
     gt.write_bytes((data / "annotations" / "panoptic_val2017.json").read_bytes())
     before = gt.read_bytes()
-    _fails(_run("evaluate", "--gt-json", gt, "--gt-dir", data / "annotations" / "panoptic_val2017",
+    _fails(_run("evaluate", "--gt-json", gt, "--gt", data / "annotations" / "panoptic_val2017",
                 "--pred-json", gt, "--json", gt), "--json", "is also --gt-json")
     assert gt.read_bytes() == before
     c_before = costs.read_bytes()
@@ -285,7 +285,7 @@ def test_7_evaluate_rejects_json_fields_of_the_wrong_type(data, tmp_path, where,
     target[field] = value
     (tmp_path / "p.json").write_text(json.dumps(pred))
     _fails(_run("evaluate", "--gt-json", gt, "--pred-json", tmp_path / "p.json",
-                "--pred-dir", data / "annotations" / "panoptic_val2017"), "p.json", rule)
+                "--pred", data / "annotations" / "panoptic_val2017"), "p.json", rule)
 
 
 def _edit_index(path: Path, name: str, values) -> None:

@@ -323,7 +323,7 @@ def main(argv=None) -> None:
                                                          [env.get("PYTHONPATH")] if p])
             files = [str(paths[0]), str(paths[1]), str(paths[2]), str(paths[3])]
             cop = [sys.executable, "-m", "copsctl", "evaluate", "--gt-json", files[0],
-                   "--gt-dir", files[1], "--pred-json", files[2], "--pred-dir", files[3]]
+                   "--gt", files[1], "--pred-json", files[2], "--pred", files[3]]
             pq_json, all_json = root / "copsctl_pq.json", root / "copsctl_all.json"
             commands = time_commands([
                 ("cityscapesscripts evaluatePanoptic", [sys.executable, "-c", _REFERENCE_SCRIPT,

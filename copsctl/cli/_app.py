@@ -1,7 +1,7 @@
 """The one Typer app every command module registers its command on (``from ._app import
 app``), with what makes it read well: commands in pipeline order, flags shown as flags,
-one-line usage errors, ``--version``. :mod:`copsctl.cli` imports the command modules,
-which keeps the import graph acyclic."""
+one-line usage errors, ``--version``, old option names that keep working. :mod:`copsctl.cli`
+imports the command modules, which keeps the import graph acyclic."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ from typer.core import TyperCommand, TyperGroup
 COMMANDS = ("make-synthetic", "check-data", "pretrain", "calibrate", "finetune", "dump-costs",
             "solve", "evaluate", "predict", "export", "visualize", "demo", "make-costs",
             "recipe")
+
+# Options renamed for one vocabulary across the commands (issue 17), old name -> new name. A
+# command declares the old name after the new one (typer.Option(None, "--pred", "--pred-dir"))
+# where it used to take it: the old name keeps working for one release, with a note on
+# stderr, and the help shows only the new one.
+RENAMED_OPTIONS = {"--pred-dir": "--pred", "--gt-dir": "--gt"}
 
 
 def _flags_as_flags(params):
@@ -62,12 +68,49 @@ def _flowing(text):
     return text if not text else re.sub(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)", " ", text)
 
 
+def _drop_renamed(params) -> dict:
+    # The old names out of the options (so neither the help nor the parser sees them); which
+    # old name stands for which new one.
+    renamed = {}
+    for param in params:
+        for old in [o for o in getattr(param, "opts", ()) if o in RENAMED_OPTIONS]:
+            new = RENAMED_OPTIONS[old]
+            assert new in param.opts, f"{old} must be declared beside {new}"
+            param.opts.remove(old)
+            renamed[old] = new
+    return renamed
+
+
+def _renamed_args(args, renamed: dict) -> list:
+    # Old option names in the arguments as the new ones, each noted once on stderr.
+    out, noted = [], set()
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows is no option
+            return out + list(args[i:])
+        name, eq, value = arg.partition("=")
+        if name in renamed:
+            if name not in noted:
+                from ._util import err_console
+
+                err_console.print(f"[bold]note:[/] {name} is now {renamed[name]} (the old name "
+                                  "goes in the next release)", soft_wrap=True)
+                noted.add(name)
+            arg = renamed[name] + eq + value
+        out.append(arg)
+    return out
+
+
 class _Command(TyperCommand):
     make_context = _one_line(TyperCommand.make_context)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.help = _flowing(self.help)
+        self._renamed = _drop_renamed(self.params)
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _renamed_args(args, self._renamed) if self._renamed
+                                  else args)
 
     def get_params(self, ctx):
         return _flags_as_flags(super().get_params(ctx))

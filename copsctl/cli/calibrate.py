@@ -18,9 +18,11 @@ def calibrate_command(
     costs: Optional[Path] = typer.Argument(
         None, help="Cost file (from dump-costs) to fit on; or use --run."),
     gt_json: Optional[Path] = typer.Option(
-        None, "--gt-json", help="Ground truth of COSTS: COCO panoptic JSON."),
-    gt_dir: Optional[Path] = typer.Option(
-        None, "--gt-dir", help="Ground-truth PNG folder (default: the JSON path without .json)."),
+        None, "--gt-json", help="Ground truth of COSTS: COCO panoptic JSON (its PNG folder: "
+        "--gt, default the JSON path without .json)."),
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", "--gt-dir", help="Ground truth of COSTS: COCO panoptic PNG folder (its "
+        "JSON: --gt-json, default the folder path plus .json)."),
     run: Optional[Path] = typer.Option(
         None, "--run", help="Run folder: dump the costs of --split with its checkpoint, fit, "
         "write RUN/calibration.yaml."),
@@ -42,28 +44,33 @@ def calibrate_command(
     from ..calibration import CALIBRATION_NAME, Calibration
     from ..costs.cache import CostFile
     from ..costs.calibrate import calibrate_run, fit_calibration
+    from ..cpus import check_workers
     from ..errors import InputError
+    from ..metrics.pq import set_paths
 
     if (costs is None) == (run is None):
-        raise InputError("pass either COSTS (with --gt-json) or --run RUN")
-    inputs = {"COSTS": costs, "--gt-json": gt_json, "--gt-dir": gt_dir}
+        raise InputError("pass either COSTS (with --gt-json or --gt) or --run RUN")
+    check_workers(workers)
+    inputs = {"COSTS": costs, "--gt-json": gt_json, "--gt": gt}
     check_output(out if out is not None or run is None else run / CALIBRATION_NAME, "--out",
                  inputs=inputs)
     check_output(out_json, "--json", inputs={**inputs, "--out": out})
     if run is not None:
-        if gt_json is not None or gt_dir is not None:
-            raise InputError("--run takes its ground truth from the run's dataset; drop --gt-json")
+        if gt_json is not None or gt is not None:
+            raise InputError("--run takes its ground truth from the run's dataset; drop "
+                             + ("--gt-json" if gt_json is not None else "--gt"))
         fit, full, path = calibrate_run(run, split=split, images=images, out=out, rounds=rounds,
                                         workers=workers, device=device, log=console.print)
     else:
-        if gt_json is None:
-            raise InputError("COSTS needs its ground truth: pass --gt-json (and --gt-dir)")
+        if gt_json is None and gt is None:
+            raise InputError("COSTS needs its ground truth: pass --gt-json FILE (or --gt DIR)")
+        gt_json, gt = set_paths(gt_json, gt, "ground truth")
         if out is None:
             raise InputError("COSTS needs --out FILE: where to write the calibration")
         with CostFile(costs) as cf:
             stored = (cf.recipe or {}).get("calibration")
             m = len(cf.distances)
-        fit = fit_calibration(costs, gt_json, gt_dir, images=images, rounds=rounds,
+        fit = fit_calibration(costs, gt_json, gt, images=images, rounds=rounds,
                               workers=workers)
         full = Calibration.from_section(stored, m).then(fit.calibration)
         full.save(out, f"copsctl calibrate {costs}: {fit.images} images, exact PQ "

@@ -21,20 +21,19 @@ def check_data_command(
     splits: List[str] = typer.Option([], "--split", help="Split to check (repeatable; default: "
                                      "the recipe's data.train_split and data.val_split)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Reading threads (default: "
-                                          "the CPUs, at most 8)."),
+                                          "all CPUs)."),
     out_json: Optional[str] = typer.Option(None, "--json", help="Also write the counts and "
                                            "seconds as JSON here."),
 ) -> None:
     """The check pretrain and finetune run before they write anything: every image and
     panoptic PNG decoded, sizes compared, every segment id looked up in the JSON."""
     from ..config import load_recipe
+    from ..cpus import check_workers
     from ..data.check import check_readers
-    from ..errors import InputError
     from ..train.data import open_split
 
     check_json_option(out_json)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+    check_workers(workers)
     cfg = load_recipe(recipe, overrides)
     names = list(dict.fromkeys(splits or [cfg.data.train_split, cfg.data.val_split]))
     readers = {name: open_split(cfg, name) for name in names}

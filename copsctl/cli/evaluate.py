@@ -19,7 +19,7 @@ def _fraction(v) -> str:
 
 
 _NO_INPUT = ("pass --run RUN (a pretrain/finetune run folder: dump-costs, solve and evaluate "
-             "in one go), or --pred-dir P (a copsctl solve folder) with --gt-json G or "
+             "in one go), or --pred P (a copsctl solve or predict folder) with --gt-json G or "
              "--recipe NAME when P holds no recipe.yaml")
 
 
@@ -29,21 +29,27 @@ def evaluate_command(
     run: Optional[Path] = typer.Option(
         None, "--run", help="Run folder of copsctl pretrain/finetune: dump its costs of --split, "
         "solve them and evaluate, writing RUN/eval_<split>/costs.h5 and pred/."),
-    gt_json: Optional[Path] = typer.Option(None, "--gt-json", help="Ground-truth COCO panoptic JSON."),
-    gt_dir: Optional[Path] = typer.Option(
-        None, "--gt-dir", help="Ground-truth PNG folder (default: --gt-json without .json)."),
-    pred_json: Optional[Path] = typer.Option(None, "--pred-json", help="Prediction COCO panoptic JSON."),
-    pred_dir: Optional[Path] = typer.Option(
-        None, "--pred-dir", help="Prediction PNG folder (default: --pred-json without .json), or "
-        "a `copsctl solve` output folder, whose recipe.yaml names the ground truth when "
-        "neither --gt-json nor --recipe is given."),
+    pred: Optional[Path] = typer.Option(
+        None, "--pred", "--pred-dir", help="Prediction folder: a `copsctl solve` or `predict` "
+        "output folder (a solve folder's recipe.yaml names the ground truth when neither "
+        "--gt-json nor --recipe is given), or a COCO panoptic PNG folder (its JSON: "
+        "--pred-json, default the folder path plus .json)."),
+    pred_json: Optional[Path] = typer.Option(
+        None, "--pred-json", help="Prediction COCO panoptic JSON (its PNG folder: --pred, "
+        "default the JSON path without .json)."),
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", "--gt-dir", help="Ground-truth COCO panoptic PNG folder (its JSON: "
+        "--gt-json, default the folder path plus .json)."),
+    gt_json: Optional[Path] = typer.Option(
+        None, "--gt-json", help="Ground-truth COCO panoptic JSON (its PNG folder: --gt, "
+        "default the JSON path without .json)."),
     recipe: Optional[str] = typer.Option(
         None, "--recipe", help="Take the ground truth from this recipe's dataset instead."),
     split: Optional[str] = typer.Option(
         None, "--split", help="Split of the recipe's dataset (default: its data.val_split)."),
     overrides: List[str] = typer.Option(
         [], "--set", help="Override a key of the recipe (--recipe, the run's, or the one in "
-        "--pred-dir): section.key=value (e.g. data.root=...); repeatable."),
+        "--pred): section.key=value (e.g. data.root=...); repeatable."),
     metrics: str = typer.Option(
         "pq,semantic,instances", "--metrics",
         help="Comma-separated: pq (PQ, SQ, RQ), semantic (mIoU, fwIoU, accuracies), "
@@ -55,8 +61,9 @@ def evaluate_command(
         None, "--json", help="Also write {All, Things, Stuff, per_class, semantic, instances} as "
         "JSON here."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", help="CPU threads reading and counting images (default 1); with "
-        "--run also the solver threads (default: the recipe's solver.workers, else all CPUs)."),
+        None, "--workers", help="CPU threads reading and counting images (default: all "
+        "CPUs); with --run also the solver threads (default: the recipe's solver.workers if "
+        "> 0, else all CPUs)."),
     device: str = typer.Option("auto", "--device", help="With --run: auto (CUDA when "
                                "available), cpu or cuda."),
     batch_size: int = typer.Option(4, "--batch-size", help="With --run: images per forward pass."),
@@ -65,42 +72,43 @@ def evaluate_command(
 ) -> None:
     """Exact PQ (cityscapesscripts' numbers), semantic mIoU and COCO instance AP.
 
-    Of a trained run (--run), of a solve folder (--pred-dir), or of any COCO panoptic
-    prediction against any ground truth (--pred-json/--gt-json).
+    Of a trained run (--run), of a solve folder (--pred), or of any COCO panoptic
+    prediction against any ground truth (--pred/--pred-json and --gt/--gt-json).
     """
     from rich.table import Table
 
     from ..atomic import write_json
+    from ..cpus import available_cpus, check_workers
     from ..metrics.evaluation import evaluate, keep_freed_memory, parse_metrics
     from ..metrics.pq import MissingPredictionWarning
 
     wanted = parse_metrics(metrics)
+    check_workers(workers)
     if run is not None:
-        given = [f"--{k.replace('_', '-')}" for k, v in (("gt_json", gt_json), ("gt_dir", gt_dir),
-                 ("pred_json", pred_json), ("pred_dir", pred_dir), ("recipe", recipe)) if v]
+        given = [name for name, v in (("--gt-json", gt_json), ("--gt", gt),
+                 ("--pred-json", pred_json), ("--pred", pred), ("--recipe", recipe)) if v]
         if given:
             raise InputError(f"--run evaluates the run's own predictions on its dataset; drop "
                              f"{given[0]}")
         check_json_outside(out_json, run, "--run", run=run)
-        pred_dir, split = _costs_and_predictions(run, split, overrides, device=device,
-                                                 batch_size=batch_size, workers=workers)
+        pred, split = _costs_and_predictions(run, split, overrides, device=device,
+                                             batch_size=batch_size, workers=workers)
     else:
-        if pred_json is None and pred_dir is None and gt_json is None and gt_dir is None \
+        if pred_json is None and pred is None and gt_json is None and gt is None \
                 and recipe is None:
             raise InputError(_NO_INPUT)
-        check_json_option(out_json, gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json,
-                          pred_dir=pred_dir)
-    if gt_json is None and gt_dir is None and recipe is None:
-        if pred_dir is None:
-            raise InputError("ground truth: pass --gt-json G (and --gt-dir), or --recipe NAME "
-                             "[--split S], or --pred-dir of a copsctl solve folder")
-        recipe, split = _stored_recipe(pred_dir, split, overrides)
+        check_json_option(out_json, gt_json=gt_json, gt=gt, pred_json=pred_json, pred=pred)
+    if gt_json is None and gt is None and recipe is None:
+        if pred is None:
+            raise InputError("ground truth: pass --gt-json G (or --gt DIR), or --recipe NAME "
+                             "[--split S], or --pred of a copsctl solve folder")
+        recipe, split = _stored_recipe(pred, split, overrides)
     keep_freed_memory()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingPredictionWarning)
-        result = evaluate(gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json, pred_dir=pred_dir,
+        result = evaluate(gt_json=gt_json, gt_dir=gt, pred_json=pred_json, pred_dir=pred,
                           recipe=recipe, split=split, overrides=overrides, metrics=wanted,
-                          workers=1 if workers is None else workers,
+                          workers=available_cpus() if workers is None else workers,
                           allow_missing=allow_missing, cityscapes_ap=cityscapes_ap)
     for w in caught:
         err_console.print(f"[bold yellow]warning:[/] {w.message}", soft_wrap=True)
@@ -206,9 +214,11 @@ def _stored_recipe(pred_dir: Path, split, overrides):
     from ..panoptic.solve import RECIPE_YAML
 
     stored = pred_dir / RECIPE_YAML
+    if not pred_dir.is_dir():
+        raise InputError(f"--pred {pred_dir}: no such folder")
     if not stored.is_file():
-        raise InputError(f"--pred-dir {pred_dir}: holds no {RECIPE_YAML} to find the ground "
-                         "truth by; pass --gt-json G (and --gt-dir) or --recipe NAME [--split S]")
+        raise InputError(f"--pred {pred_dir}: holds no {RECIPE_YAML} to find the ground "
+                         "truth by; pass --gt-json G (or --gt DIR) or --recipe NAME [--split S]")
     r = load_recipe(stored, overrides)
     split = split or r.data.val_split
     err_console.print(f"[bold]note:[/] ground truth: split {split!r} of the {r.data.dataset} "

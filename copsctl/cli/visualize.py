@@ -25,7 +25,12 @@ def image_command(
     costs: Path = typer.Argument(..., help="Cost file (from dump-costs or make-costs)."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
     pred: Optional[Path] = typer.Option(
-        None, "--pred", help="Prediction folder of copsctl solve for these costs."),
+        None, "--pred", help="Prediction folder of these costs: a `copsctl solve` output "
+        "folder, or a COCO panoptic PNG folder (its JSON: --pred-json, default the folder "
+        "path plus .json)."),
+    pred_json: Optional[Path] = typer.Option(
+        None, "--pred-json", help="Prediction COCO panoptic JSON (its PNG folder: --pred, "
+        "default the JSON path without .json)."),
     index: Optional[int] = typer.Option(None, "--index", help="Position of the image in the "
                                         "cost file (default 0)."),
     image_id: Optional[str] = typer.Option(None, "--image-id", help="Id of the image instead "
@@ -37,20 +42,25 @@ def image_command(
                                         "section.key=value (e.g. data.root=...); repeatable."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split holding the image "
                                         "(default: the recipe's data.val_split)."),
-    gt_json: Optional[Path] = typer.Option(None, "--gt-json", help="Ground-truth COCO panoptic "
-                                           "JSON instead of the dataset's."),
-    gt_dir: Optional[Path] = typer.Option(None, "--gt-dir", help="Its PNG folder (default: "
-                                          "--gt-json without .json)."),
+    gt_json: Optional[Path] = typer.Option(
+        None, "--gt-json", help="Ground-truth COCO panoptic JSON instead of the dataset's (its "
+        "PNG folder: --gt, default the JSON path without .json)."),
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", "--gt-dir", help="Ground-truth COCO panoptic PNG folder instead of the "
+        "dataset's (its JSON: --gt-json, default the folder path plus .json)."),
     out_json: Optional[Path] = typer.Option(None, "--json", help=_HELP_JSON),
 ) -> None:
     """Input, ground truth and prediction overlays, semantic argmin and cut probabilities."""
     from ..atomic import check_output
     from ..visualize.image import visualize_image
 
-    check_output(out, "--out", inputs={"COSTS": costs})
-    check_output(out_json, "--json", inputs={"COSTS": costs, "--out": out})
-    r = visualize_image(costs, out, pred=pred, index=index, image_id=image_id, recipe=recipe,
-                        overrides=overrides, split=split, gt_json=gt_json, gt_dir=gt_dir)
+    inputs = {"COSTS": costs, "--pred": pred, "--pred-json": pred_json, "--gt": gt,
+              "--gt-json": gt_json}
+    check_output(out, "--out", inputs=inputs)
+    check_output(out_json, "--json", inputs={**inputs, "--out": out})
+    r = visualize_image(costs, out, pred=pred, pred_json=pred_json, index=index,
+                        image_id=image_id, recipe=recipe, overrides=overrides, split=split,
+                        gt_json=gt_json, gt_dir=gt)
     pq = f", image PQ {r['pq']:.1f}" if r["pq"] is not None else ""
     console.print(f"wrote {r['out']} (image {r['image_id']}{pq})")
     write_json_option(out_json, r)

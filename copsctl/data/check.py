@@ -21,13 +21,7 @@ from typing import Callable, Sequence
 from ..cpus import available_cpus
 from .datasets import PanopticReader
 
-__all__ = ["check_readers", "default_workers"]
-
-
-def default_workers() -> int:
-    """Threads for reading: the CPUs this process may use, at most 8."""
-    return max(1, min(8, available_cpus()))
-
+__all__ = ["check_readers"]
 
 def _open(item: tuple[PanopticReader, int]) -> None:
     reader, index = item
@@ -43,7 +37,7 @@ def check_readers(readers: dict[str, PanopticReader], *, workers: int | None = N
     readers : dict
         ``{split name: PanopticReader}``, checked in this order.
     workers : int, optional
-        Reading threads (default :func:`default_workers`).
+        Reading threads (default :func:`copsctl.cpus.available_cpus`).
     progress : callable, optional
         ``progress(done, total)`` after each sample.
 
@@ -59,7 +53,7 @@ def check_readers(readers: dict[str, PanopticReader], *, workers: int | None = N
         image or PNG, label size different from the image, a PNG segment id the JSON
         does not list.
     """
-    workers = default_workers() if workers is None else int(workers)
+    workers = available_cpus() if workers is None else int(workers)
     items: Sequence[tuple[PanopticReader, int]] = [
         (reader, i) for reader in readers.values() for i in range(len(reader))]
     total = len(items)

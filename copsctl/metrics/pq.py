@@ -698,7 +698,7 @@ def ground_truth_from_recipe(recipe: str | os.PathLike, split: str | None = None
     r = load_recipe(recipe, overrides)
     if not r.data.root and r.data.dataset != "coco_panoptic":
         raise InputError(f"recipe {recipe}: `data.root` is empty; set it with --set "
-                         "data.root=DIR or pass --gt-json/--gt-dir")
+                         "data.root=DIR or pass --gt-json/--gt")
     reader = open_data_split(r.data, split or r.data.val_split, check_files=False)
     return reader.json_path, reader.png_dir
 
@@ -736,7 +736,7 @@ def resolve_paths(*, gt_json: str | os.PathLike | None = None,
     """
     if recipe is not None:
         if gt_json is not None or gt_dir is not None:
-            raise InputError("pass either --recipe (with --split) or --gt-json/--gt-dir, not both")
+            raise InputError("pass either --recipe (with --split) or --gt-json/--gt, not both")
         gt_json, gt_dir = ground_truth_from_recipe(recipe, split, overrides)
     elif split is not None:
         raise InputError("--split needs --recipe (it names a split of the recipe's dataset)")

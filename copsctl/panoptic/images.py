@@ -52,7 +52,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..atomic import atomic_path, write_json
-from ..cpus import available_cpus
+from ..cpus import available_cpus, check_workers
 from ..errors import InputError
 from .format import Category, Segment, write_id_png
 
@@ -397,8 +397,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     out = Path(out)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+    workers = check_workers(workers)
     if size is not None and size < 32:
         raise InputError(f"--size must be at least 32 pixels, got {size}")
     images = collect_inputs(inputs)

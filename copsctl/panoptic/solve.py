@@ -40,7 +40,7 @@ import yaml
 from ..atomic import atomic_path, write_json
 from ..calibration import Calibration
 from ..costs.cache import CostFile, solver_problem
-from ..cpus import available_cpus
+from ..cpus import available_cpus, check_workers
 from ..errors import InputError
 from ..atomic import check_output, check_output_folder, write_manifest
 from .format import Annotation, Category, PanopticSet, write_id_png
@@ -221,8 +221,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
     """
     t_start = time.perf_counter()
     costs, out = Path(costs), Path(out)
-    if workers is not None and int(workers) < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+    workers = check_workers(workers)
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"`batch_size` must be at least 1, got {batch_size}")
     for name, v in (("--thing-area", thing_area), ("--stuff-area", stuff_area)):

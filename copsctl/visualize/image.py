@@ -90,7 +90,8 @@ def load_image_view(costs: str | os.PathLike, *, pred: str | os.PathLike | None 
                     index: int | None = None, image_id: int | str | None = None,
                     recipe: str | None = None, overrides: Sequence[str] = (),
                     split: str | None = None, gt_json: str | os.PathLike | None = None,
-                    gt_dir: str | os.PathLike | None = None) -> ImageView:
+                    gt_dir: str | os.PathLike | None = None,
+                    pred_json: str | os.PathLike | None = None) -> ImageView:
     """Gather one image's costs, prediction, ground truth and input (module notes).
 
     Parameters
@@ -98,8 +99,11 @@ def load_image_view(costs: str | os.PathLike, *, pred: str | os.PathLike | None 
     costs : path-like
         Cost file.
     pred : path-like, optional
-        Prediction folder of ``copsctl solve`` (or a panoptic JSON + PNG folder of the
-        same name without suffix).
+        Prediction folder: of ``copsctl solve``, or a COCO panoptic PNG folder (or a
+        panoptic JSON + PNG folder of the same name without suffix).
+    pred_json : path-like, optional
+        Prediction COCO panoptic JSON; its PNG folder is ``pred`` if given, else the JSON
+        path without suffix.
     index, image_id : optional
         Which image: its position in the cost file, or its id (default: position 0).
     recipe, overrides : optional
@@ -170,9 +174,9 @@ def load_image_view(costs: str | os.PathLike, *, pred: str | os.PathLike | None 
         gt = _read_set_image(gj, gd, image_id, size)
 
     pred_view = None
-    if pred is not None:
-        pj, pd = set_paths(None, pred, "prediction") if Path(pred).is_dir() \
-            else set_paths(pred, None, "prediction")
+    if pred_json is not None or pred is not None:
+        pj, pd = set_paths(pred_json, pred, "prediction") \
+            if pred_json is not None or Path(pred).is_dir() else set_paths(pred, None, "prediction")
         pred_view = _read_set_image(pj, pd, image_id, size)
     return ImageView(image_id=image_id, file_name=meta["file_name"], categories=categories,
                      distances=distances, node_costs=node, edge_maps=edge, image=image, gt=gt,
@@ -269,7 +273,8 @@ def visualize_image(costs: str | os.PathLike, out: str | os.PathLike, *,
                     image_id: int | str | None = None, recipe: str | None = None,
                     overrides: Sequence[str] = (), split: str | None = None,
                     gt_json: str | os.PathLike | None = None,
-                    gt_dir: str | os.PathLike | None = None, title: str | None = None) -> dict:
+                    gt_dir: str | os.PathLike | None = None,
+                    pred_json: str | os.PathLike | None = None, title: str | None = None) -> dict:
     """Load one image's view (:func:`load_image_view`) and draw it to ``out`` (PNG).
 
     Returns
@@ -283,7 +288,8 @@ def visualize_image(costs: str | os.PathLike, out: str | os.PathLike, *,
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out}: must be a .png file")
     view = load_image_view(costs, pred=pred, index=index, image_id=image_id, recipe=recipe,
-                           overrides=overrides, split=split, gt_json=gt_json, gt_dir=gt_dir)
+                           overrides=overrides, split=split, gt_json=gt_json, gt_dir=gt_dir,
+                           pred_json=pred_json)
     image_figure(view, out, title=title)
     return {"out": str(out), "image_id": view.image_id, "file_name": view.file_name,
             "pq": _image_pq(view), "image": view.image is not None, "gt": view.gt is not None,
