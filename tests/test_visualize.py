@@ -131,6 +131,22 @@ def test_visualize_image_from_synthetic_costs(solved, tmp_path):
     assert _not_blank(_pixels(out))
 
 
+def test_visualize_image_takes_the_prediction_as_json_and_folder(solved, tmp_path):
+    costs, pred = solved
+    pq = {}
+    for name, args in (("folder", ["--pred", str(pred)]),
+                       ("json", ["--pred-json", str(pred / "panoptic_pred.json"), "--pred",
+                                 str(pred / "panoptic_pred")])):
+        res = runner.invoke(app, ["visualize", "image", str(costs), *args, "--out",
+                                  str(tmp_path / f"{name}.png"), "--json",
+                                  str(tmp_path / f"{name}.json")])
+        assert res.exit_code == 0, res.output
+        info = json.loads((tmp_path / f"{name}.json").read_text())
+        assert info["pred"] is True
+        pq[name] = info["pq"]
+    assert pq["folder"] == pq["json"]
+
+
 def test_visualize_image_bad_input_exits_2(solved, tmp_path):
     costs, pred = solved
     out = tmp_path / "img.png"

@@ -11,10 +11,12 @@ same files:
 
 - **whole commands**, each a fresh process, start-up included: ``copsctl evaluate
   --metrics pq``, ``--metrics pq,semantic`` and ``copsctl evaluate`` with all its metrics
-  (PQ, semantic, instance AP) against a one-process run of cityscapesscripts' ``evaluatePanoptic`` (its
-  multi-core step replaced by a direct call of its own ``pq_compute_single_core``, the
-  function each of its pool workers runs). The commands run in turn, A B A B ..., and
-  the ratio to the reference is taken pair by pair; medians are printed;
+  (PQ, semantic, instance AP), each with ``--workers 1``, against a one-process run of
+  cityscapesscripts' ``evaluatePanoptic`` (its multi-core step replaced by a direct call
+  of its own ``pq_compute_single_core``, the function each of its pool workers runs);
+  then ``--metrics pq`` and all metrics again with the default ``--workers`` (all CPUs).
+  The commands run in turn, A B A B ..., and the ratio to the reference is taken pair by
+  pair; medians are printed;
 - **in process**: ``evaluatePanoptic`` as above, :func:`copsctl.metrics.pq.evaluate_files`
   (``workers=1``), :func:`copsctl.metrics.pq.evaluate_arrays` on id maps already in
   memory (what training uses; no PNG decoding), Pillow's decoding of all the PNGs alone
@@ -44,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..cpus import available_cpus
 from ..metrics.evaluation import keep_freed_memory
 from ..metrics.pq import PanopticPair, PQResult, evaluate_arrays, evaluate_files
 from ..panoptic.format import (Annotation, Category, Segment, segments_from_id_map,
@@ -322,8 +325,9 @@ def main(argv=None) -> None:
             env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in
                                                          [env.get("PYTHONPATH")] if p])
             files = [str(paths[0]), str(paths[1]), str(paths[2]), str(paths[3])]
-            cop = [sys.executable, "-m", "copsctl", "evaluate", "--gt-json", files[0],
-                   "--gt", files[1], "--pred-json", files[2], "--pred", files[3]]
+            default = [sys.executable, "-m", "copsctl", "evaluate", "--gt-json", files[0],
+                       "--gt", files[1], "--pred-json", files[2], "--pred", files[3]]
+            cop = [*default, "--workers", "1"]
             pq_json, all_json = root / "copsctl_pq.json", root / "copsctl_all.json"
             commands = time_commands([
                 ("cityscapesscripts evaluatePanoptic", [sys.executable, "-c", _REFERENCE_SCRIPT,
@@ -332,6 +336,9 @@ def main(argv=None) -> None:
                                                    str(pq_json)]),
                 ("copsctl evaluate --metrics pq,semantic", [*cop, "--metrics", "pq,semantic"]),
                 ("copsctl evaluate (pq, semantic, instances)", [*cop, "--json", str(all_json)]),
+                (f"copsctl evaluate (all), default ({available_cpus()} workers)", [*default]),
+                (f"copsctl evaluate --metrics pq, default ({available_cpus()} workers)",
+                 [*default, "--metrics", "pq"]),
             ], args.runs, env)
             from_cmd = [json.loads(pq_json.read_text()), json.loads(all_json.read_text())]
     ref = timed[0][2]

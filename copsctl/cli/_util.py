@@ -74,3 +74,14 @@ def with_device(overrides, device):
 
 DEVICE_HELP = ("auto (CUDA when available), cpu or cuda; the recipe's train.device, which it "
                "overrides.")
+
+
+# The prediction and ground-truth options, spelled and explained the same in every command.
+PRED_HELP = ("Prediction folder: a `copsctl solve` or `predict` output folder, or a COCO "
+             "panoptic PNG folder (its JSON: --pred-json, default the folder path plus .json).")
+PRED_JSON_HELP = ("Prediction COCO panoptic JSON (its PNG folder: --pred, default the JSON path "
+                  "without .json).")
+GT_HELP = ("Ground-truth COCO panoptic PNG folder (its JSON: --gt-json, default the folder path "
+           "plus .json).")
+GT_JSON_HELP = ("Ground-truth COCO panoptic JSON (its PNG folder: --gt, default the JSON path "
+                "without .json).")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ._app import app
-from ._util import cli_errors, console, write_json_option
+from ._util import GT_HELP, GT_JSON_HELP, cli_errors, console, write_json_option
 
 
 @app.command("calibrate")
@@ -17,12 +17,8 @@ from ._util import cli_errors, console, write_json_option
 def calibrate_command(
     costs: Optional[Path] = typer.Argument(
         None, help="Cost file (from dump-costs) to fit on; or use --run."),
-    gt_json: Optional[Path] = typer.Option(
-        None, "--gt-json", help="Ground truth of COSTS: COCO panoptic JSON (its PNG folder: "
-        "--gt, default the JSON path without .json)."),
-    gt: Optional[Path] = typer.Option(
-        None, "--gt", "--gt-dir", help="Ground truth of COSTS: COCO panoptic PNG folder (its "
-        "JSON: --gt-json, default the folder path plus .json)."),
+    gt_json: Optional[Path] = typer.Option(None, "--gt-json", help="With COSTS: " + GT_JSON_HELP),
+    gt: Optional[Path] = typer.Option(None, "--gt", "--gt-dir", help="With COSTS: " + GT_HELP),
     run: Optional[Path] = typer.Option(
         None, "--run", help="Run folder: dump the costs of --split with its checkpoint, fit, "
         "write RUN/calibration.yaml."),

@@ -10,7 +10,8 @@ import typer
 
 from ._app import app
 from ..errors import InputError
-from ._util import check_json_option, check_json_outside, cli_errors, console, err_console
+from ._util import (GT_HELP, GT_JSON_HELP, PRED_HELP, PRED_JSON_HELP, check_json_option,
+                    check_json_outside, cli_errors, console, err_console)
 from ._progress import count_progress
 
 
@@ -30,19 +31,11 @@ def evaluate_command(
         None, "--run", help="Run folder of copsctl pretrain/finetune: dump its costs of --split, "
         "solve them and evaluate, writing RUN/eval_<split>/costs.h5 and pred/."),
     pred: Optional[Path] = typer.Option(
-        None, "--pred", "--pred-dir", help="Prediction folder: a `copsctl solve` or `predict` "
-        "output folder (a solve folder's recipe.yaml names the ground truth when neither "
-        "--gt-json nor --recipe is given), or a COCO panoptic PNG folder (its JSON: "
-        "--pred-json, default the folder path plus .json)."),
-    pred_json: Optional[Path] = typer.Option(
-        None, "--pred-json", help="Prediction COCO panoptic JSON (its PNG folder: --pred, "
-        "default the JSON path without .json)."),
-    gt: Optional[Path] = typer.Option(
-        None, "--gt", "--gt-dir", help="Ground-truth COCO panoptic PNG folder (its JSON: "
-        "--gt-json, default the folder path plus .json)."),
-    gt_json: Optional[Path] = typer.Option(
-        None, "--gt-json", help="Ground-truth COCO panoptic JSON (its PNG folder: --gt, "
-        "default the JSON path without .json)."),
+        None, "--pred", "--pred-dir", help=PRED_HELP + " A solve folder's recipe.yaml names the "
+        "ground truth when neither --gt-json nor --recipe is given."),
+    pred_json: Optional[Path] = typer.Option(None, "--pred-json", help=PRED_JSON_HELP),
+    gt: Optional[Path] = typer.Option(None, "--gt", "--gt-dir", help=GT_HELP),
+    gt_json: Optional[Path] = typer.Option(None, "--gt-json", help=GT_JSON_HELP),
     recipe: Optional[str] = typer.Option(
         None, "--recipe", help="Take the ground truth from this recipe's dataset instead."),
     split: Optional[str] = typer.Option(

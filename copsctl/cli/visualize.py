@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from ._app import App, app
-from ._util import cli_errors, console, write_json_option
+from ._util import (GT_HELP, GT_JSON_HELP, PRED_HELP, PRED_JSON_HELP, cli_errors, console,
+                    write_json_option)
 
 visualize_app = App(name="visualize", no_args_is_help=True,
                     help="Pictures (PNG): an image's costs and prediction, a run's "
@@ -24,13 +25,8 @@ _HELP_JSON = "Also write what was drawn as JSON here."
 def image_command(
     costs: Path = typer.Argument(..., help="Cost file (from dump-costs or make-costs)."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
-    pred: Optional[Path] = typer.Option(
-        None, "--pred", help="Prediction folder of these costs: a `copsctl solve` output "
-        "folder, or a COCO panoptic PNG folder (its JSON: --pred-json, default the folder "
-        "path plus .json)."),
-    pred_json: Optional[Path] = typer.Option(
-        None, "--pred-json", help="Prediction COCO panoptic JSON (its PNG folder: --pred, "
-        "default the JSON path without .json)."),
+    pred: Optional[Path] = typer.Option(None, "--pred", help=PRED_HELP),
+    pred_json: Optional[Path] = typer.Option(None, "--pred-json", help=PRED_JSON_HELP),
     index: Optional[int] = typer.Option(None, "--index", help="Position of the image in the "
                                         "cost file (default 0)."),
     image_id: Optional[str] = typer.Option(None, "--image-id", help="Id of the image instead "
@@ -42,12 +38,10 @@ def image_command(
                                         "section.key=value (e.g. data.root=...); repeatable."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split holding the image "
                                         "(default: the recipe's data.val_split)."),
-    gt_json: Optional[Path] = typer.Option(
-        None, "--gt-json", help="Ground-truth COCO panoptic JSON instead of the dataset's (its "
-        "PNG folder: --gt, default the JSON path without .json)."),
-    gt: Optional[Path] = typer.Option(
-        None, "--gt", "--gt-dir", help="Ground-truth COCO panoptic PNG folder instead of the "
-        "dataset's (its JSON: --gt-json, default the folder path plus .json)."),
+    gt_json: Optional[Path] = typer.Option(None, "--gt-json",
+                                           help=GT_JSON_HELP + " Instead of the dataset's."),
+    gt: Optional[Path] = typer.Option(None, "--gt", "--gt-dir",
+                                      help=GT_HELP + " Instead of the dataset's."),
     out_json: Optional[Path] = typer.Option(None, "--json", help=_HELP_JSON),
 ) -> None:
     """Input, ground truth and prediction overlays, semantic argmin and cut probabilities."""
