@@ -18,7 +18,8 @@ How the README is read (the rules an edit of the README must keep):
   ``synthetic_tiny`` recipe for the synthetic ones, four training and two validation
   images of 64x64, two calibration images), applied to the command's text; nothing else
   is changed. A command must exit with 0, and each file or folder it names with ``--out``
-  or ``--json`` must exist afterwards.
+  or ``--json`` must exist afterwards. A command that uses an option's old name (it still
+  works, with a note) gives a warning in the test summary.
 * The commands that run must include the whole pipeline, :data:`PIPELINE`.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ SUBSTITUTIONS = [
     (r"\bsynthetic_(pretrain|finetune)\b", "synthetic_tiny"),  # 4 iterations, 64x64 crops
     (r"(copsctl make-synthetic\b.*?--train) \d+", r"\1 4"),
     (r"(copsctl make-synthetic\b.*?--val) \d+", r"\1 2"),
+    (r"(copsctl make-synthetic\b.*?--size) \S+", r"\1 64x64"),
     (r"^(copsctl make-synthetic\b(?!.*--size).*)$", r"\1 --size 64x64"),
     (r"(copsctl calibrate\b.*?--images) \d+", r"\1 2"),
 ]
@@ -118,6 +121,8 @@ def test_parsing_follows_the_shell():
     assert readme_commands(text) == ["copsctl a --x 1 --y 'two words'", "copsctl b '--z=a#b'"]
     assert _small("copsctl make-synthetic --out d --train 400 --val 100 --seed 0") == \
         "copsctl make-synthetic --out d --train 4 --val 2 --seed 0 --size 64x64"
+    assert _small("copsctl make-synthetic --size 128x128 --out d") == \
+        "copsctl make-synthetic --size 64x64 --out d"
     assert _small("copsctl pretrain --recipe synthetic_pretrain --out r") == \
         "copsctl pretrain --recipe synthetic_tiny --out r"
 
@@ -137,7 +142,8 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     for name, flags in PIPELINE:
         assert any(shlex.split(c)[1:2] == [name] and (not flags or set(flags) & set(shlex.split(c)))
                    for c in runs if c.startswith("copsctl ")), (
-            f"the README runs no `copsctl {name} {' or '.join(flags)}` example")
+            f"the README runs no `copsctl {' '.join([name, ' or '.join(flags)]).strip()}` "
+            "example")
 
     monkeypatch.chdir(tmp_path)
     _photos(tmp_path / "photos")
@@ -151,6 +157,9 @@ def test_readme_commands_run(tmp_path, monkeypatch):
         res = runner.invoke(app, words[1:])
         assert res.exit_code == 0, f"README command {command!r} (run as {shlex.join(words)}) " \
                                    f"failed:\n{res.output}"
+        if " is now " in res.stderr:
+            warnings.warn(f"README command {command!r} uses an old option name: "
+                          f"{res.stderr.strip().splitlines()[0]}")
         for flag in ("--out", "--json"):
             if flag in words:
                 made = Path(words[words.index(flag) + 1])
