@@ -360,10 +360,26 @@ def test_node_levels_code():
         assert cut[0] == start and cut[-1] == end and np.allclose(np.diff(cut), step)
         start = end
     assert np.allclose(levels[1:-1], (bounds[1:] + bounds[:-1]) / 2)
-    with pytest.raises(InputError, match="whole number of positive steps"):
+    with pytest.raises(InputError, match="whole number of steps, a step being a power of two"):
         node_levels([(1.0, 0.3)])
     with pytest.raises(InputError, match="uint8 holds 256"):
         node_levels([(300.0, 1.0)])
+
+
+def test_quantized_node_codes_at_the_interval_ends(tmp_path):
+    """A difference exactly at an interval's end belongs to that interval (it is closed
+    at the top); just above it, to the next one; above the top, to the cut-off code."""
+    bounds, levels = node_levels()
+    rel = np.concatenate([bounds, bounds + 1e-3, [bounds[-1] + 5.0]])
+    nc = np.stack([np.zeros_like(rel), rel, rel + 0.5]).astype(np.float32)[:, None, :] + 2.0
+    em = np.zeros((M2, 1, rel.size), np.float32)
+    _write(tmp_path / "c.h5", [(nc, em, 1, "a.jpg", (1, rel.size))], dtype="quantized")
+    with CostFile(tmp_path / "c.h5") as cf:
+        rnc = cf.read(0)[0].astype(np.float64)
+    rel32 = nc.astype(np.float64)[1:, 0] - 2.0
+    expect = levels[np.searchsorted(bounds, rel32, side="left")]
+    assert np.array_equal(rnc[1:, 0] - rnc[0, 0], expect)
+    assert (expect[0, :bounds.size] == levels[:bounds.size]).all()
 
 
 def test_quantized_storage_error_bounds(tmp_path):
