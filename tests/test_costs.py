@@ -420,9 +420,11 @@ def test_quantized_storage_error_bounds(tmp_path):
     with h5py.File(path, "r") as f:
         g = f["images/000000"]
         assert g["node_costs"].dtype == np.uint8 and g["edge_costs"].dtype == np.int16
-        # Deflate for the node costs of few classes (K = 3 here); lzf above 32 classes.
-        assert g["node_offset"].dtype == np.int32 and g["node_costs"].compression == "gzip"
-        assert g["edge_costs"].compression == "gzip" and g["edge_costs"].shuffle
+        # Deflate level 3 everywhere, after a byte shuffle for the multi-byte integers.
+        for name, shuffle in (("node_costs", False), ("node_offset", True), ("edge_costs", True)):
+            assert g[name].compression == "gzip" and g[name].compression_opts == 3
+            assert g[name].shuffle == shuffle
+        assert g["node_offset"].dtype == np.int32
         # The code is described by the file itself.
         assert g["node_costs"].attrs["step"] == QUANTIZED["node_step"]
         assert np.array_equal(g["node_costs"].attrs["levels"], node_levels()[1])
@@ -430,9 +432,10 @@ def test_quantized_storage_error_bounds(tmp_path):
         assert int(f.attrs["version"]) == 3
 
 
-def _write_version_2_quantized(path, images):
+def _write_version_2_quantized(path, images, node_filter):
     """A file as the version 2 writer made it: node codes on a linear grid of 1/32
-    clipped at 6 (attributes `step`, `clip`), one scalar edge `step` of 1/16."""
+    clipped at 6 (attributes `step`, `clip`), one scalar edge `step` of 1/16; node codes
+    compressed with deflate (up to 32 classes) or lzf (more)."""
     step, clip, edge_step = 1 / 32, 6.0, 1 / 16
     _write(path, images, dtype="float32")
     with h5py.File(path, "a") as f:
@@ -444,7 +447,7 @@ def _write_version_2_quantized(path, images):
             offset = q.min(axis=0)
             ds = g.create_dataset("node_costs", data=np.minimum(q - offset, round(clip / step))
                                   .astype(np.uint8), chunks=(1,) + nc.shape[1:],
-                                  compression="gzip", compression_opts=1)
+                                  **node_filter)
             ds.attrs["step"], ds.attrs["clip"] = step, clip
             g["node_offset"] = offset.astype(np.int32)
             ds = g.create_dataset("edge_costs", data=np.rint(em / edge_step).astype(np.int16),
@@ -453,9 +456,11 @@ def _write_version_2_quantized(path, images):
     return step, clip, edge_step
 
 
-def test_version_2_quantized_files_read_as_before(tmp_path, three_images):
+@pytest.mark.parametrize("node_filter", [{"compression": "gzip", "compression_opts": 1},
+                                         {"compression": "lzf"}])
+def test_version_2_quantized_files_read_as_before(tmp_path, three_images, node_filter):
     path = tmp_path / "costs.h5"
-    step, clip, edge_step = _write_version_2_quantized(path, three_images)
+    step, clip, edge_step = _write_version_2_quantized(path, three_images, node_filter)
     with CostFile(path) as cf, h5py.File(path, "r") as f:
         for i, (nc, em, *_rest) in enumerate(three_images):
             rnc, rem, _ = cf.read(i)
@@ -531,7 +536,7 @@ def test_quantized_file_with_a_missing_offset_fails_in_one_line(tmp_path, three_
             cf.read(1)
 
 
-def test_quantized_node_costs_of_many_classes_use_lzf(tmp_path):
+def test_quantized_node_costs_of_many_classes(tmp_path):
     cats = [Category(i + 1, f"c{i}", i % 2 == 0) for i in range(40)]
     rng = np.random.default_rng(2)
     nc = rng.uniform(0, 3, (40, 3, 5)).astype(np.float32)
@@ -539,6 +544,6 @@ def test_quantized_node_costs_of_many_classes_use_lzf(tmp_path):
     with CostWriter(tmp_path / "c.h5", cats, DISTANCES, dtype="quantized") as w:
         w.add(nc, em, image_id=1)
     with h5py.File(tmp_path / "c.h5", "r") as f:
-        assert f["images/000000/node_costs"].compression == "lzf"
+        assert f["images/000000/node_costs"].compression == "gzip"
     with CostFile(tmp_path / "c.h5") as cf:
         assert (np.abs(cf.read(0)[0] - nc) <= _node_error_bound(nc)[2] + 1e-6).all()

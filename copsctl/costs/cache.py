@@ -35,8 +35,8 @@ Storage (the writer's ``dtype``; every image of a file uses the same one):
 
 - ``float32``, ``float16``: the cost maps as they are, contiguous (unchunked).
 - ``quantized`` (what ``copsctl dump-costs`` writes by default): integers, compressed
-  with filters built into every HDF5 (byte shuffle + deflate level 3; lzf for the node
-  costs of more than 32 classes), one chunk per channel; the grids are attributes of the
+  with filters built into every HDF5 (deflate level 3, after a byte shuffle for the
+  int16 and int32 arrays), one chunk per channel; the grids are attributes of the
   datasets, defaults :data:`QUANTIZED`.
 
   Node costs: each node's cheapest cost ``c_min`` on the grid ``node_step``
@@ -107,20 +107,16 @@ distances and of the smallest distance."""
 # Filters of quantized storage: deflate level 3, after a byte shuffle where the bytes of a
 # value differ in entropy (int16, int32); level 3 instead of 1 makes the files 3 % smaller
 # (hard Cityscapes-size problems: 3.05 -> 2.96 MB) for about 60 ms more writing per image,
-# and reads as fast. The uint8 node costs of many classes (COCO's
-# K = 133) dominate the reading time and get lzf instead: about twice as fast to read and
-# 20 % larger there (46 instead of 80 ms and 2.0 instead of 1.7 MB per image); with few
-# classes (Cityscapes' K = 19) lzf would save less time and cost the 3 MB budget.
+# and reads as fast. The version 2 code used lzf for the node costs of more than 32
+# classes, to read them faster; the companded codes (most of them the cut-off code) make
+# deflate both smaller and about as fast there (COCO-size node codes, K = 133: 1.56 MB
+# and 14.7 ms to read against lzf's 2.32 MB and 13.0 ms).
 _DEFLATE_LEVEL = 3
-_DEFLATE = {"compression": "gzip", "compression_opts": _DEFLATE_LEVEL, "shuffle": True}
-_LZF_NODE_CLASSES = 32
 
 
-def _compression(dataset: str, num_classes: int) -> dict:
-    if dataset == "node_costs":
-        return {"compression": "lzf"} if num_classes > _LZF_NODE_CLASSES else \
-            {"compression": "gzip", "compression_opts": _DEFLATE_LEVEL}
-    return _DEFLATE
+def _compression(dataset: str) -> dict:
+    return {"compression": "gzip", "compression_opts": _DEFLATE_LEVEL,
+            "shuffle": dataset != "node_costs"}
 
 
 def _encode_id(image_id) -> str:
@@ -406,7 +402,7 @@ class CostWriter:
             if self.storage == "quantized":
                 chunks = (1,) + data.shape[1:] if data.ndim == 3 else data.shape
                 ds = g.create_dataset(dataset, data=data, chunks=chunks,
-                                      **_compression(dataset, K))
+                                      **_compression(dataset))
             else:
                 ds = g.create_dataset(dataset, data=data)
             for name, value in attrs.items():
