@@ -1,12 +1,13 @@
 """The cost cache: one HDF5 file holding the AMWC costs of many images.
 
 Written by ``copsctl dump-costs`` (the network) and ``copsctl make-costs`` (synthetic
-problems), read by ``copsctl solve``. Schema, version 2 (version 1 files, which are
-version 2 files with float storage only, are read as well)::
+problems), read by ``copsctl solve``. Schema, version 3; versions 1 and 2 are read as
+well (a version 1 file is a version 2 file with float storage only; version 2 differs
+from 3 only in its quantized code, below)::
 
     /                          attributes
         format      = "copsctl-costs"            identifies the file
-        version     = 2                          this schema
+        version     = 3                          this schema
         distances   = (m,) int64                 grid-edge distances d_1 .. d_m
         recipe      = str                        YAML (or JSON) text of the recipe that
                                                  produced the costs; "" when unknown
@@ -33,20 +34,34 @@ cost paid when the edge is cut, positive = attractive). Readers always return fl
 Storage (the writer's ``dtype``; every image of a file uses the same one):
 
 - ``float32``, ``float16``: the cost maps as they are, contiguous (unchunked).
-- ``quantized`` (what ``copsctl dump-costs`` writes by default): integers on a fixed
-  grid, compressed with filters built into every HDF5 (byte shuffle + deflate level 1;
-  lzf for the node costs of more than 32 classes), one chunk per channel. Node costs:
-  ``q = rint(c / node_step)``, the per-node minimum ``node_offset = min_k q`` (int32)
-  and ``node_costs = min(q - node_offset, node_clip / node_step)`` (uint8): costs more
-  than ``node_clip`` above the node's cheapest class are stored as exactly ``node_clip``
-  above it. Edge costs: ``edge_costs = rint(e / edge_step)`` (int16). The steps and the
-  clip are attributes of the datasets (``step``, ``clip``); defaults :data:`QUANTIZED`
-  (node step 1/32, clip 6 nats, i.e. a probability ratio of 1/400 to the best class,
-  edge step 1/16). A value within the clip is off by at most half its step. Sizes,
-  speeds and the effect on the solver and on PQ are measured by
-  :mod:`copsctl.benchmarks.cost_cache` (docs/predict.md): under 3 MB per image at
-  Cityscapes and COCO size, while the solver's objective moves by up to 1e-3 relative
-  on the hard synthetic families, where float16 is the storage to use.
+- ``quantized`` (what ``copsctl dump-costs`` writes by default): integers, compressed
+  with filters built into every HDF5 (deflate level 3, after a byte shuffle for the
+  int16 and int32 arrays), one chunk per channel; the grids are attributes of the
+  datasets, defaults :data:`QUANTIZED`.
+
+  Node costs: each node's cheapest cost ``c_min`` on the grid ``node_step``
+  (``node_offset = rint(c_min / node_step)``, int32; attribute ``step`` of
+  ``node_costs``), and each class's difference ``r = c - c_min`` to it as a uint8 code
+  into the table ``levels`` (attribute of ``node_costs``, at most 256 values): the cost
+  reads as ``node_offset * step + levels[code]``. The code companding the differences
+  (:func:`node_levels`): code 0 is ``r = 0``, the cheapest class itself, so every node
+  keeps its cheapest class and no other class ties with it; then intervals of width
+  1/64 up to ``r`` = 1, 1/32 up to 3, 1/4 up to 6, 1 up to 8 and 2 up to 10, each read
+  as its midpoint (the argmin and the close runners-up, where the solver decides, get
+  the fine steps; classes 6-10 nats above the best, which the solver takes only where
+  the edges insist, coarse ones); ``r`` above the top, 10 nats (a probability ratio
+  below 1/22000 to the best class), reads as exactly 10. So a difference up to the top
+  is off by at most half its interval's width, and the cost itself by at most that
+  plus ``node_step / 2``.
+  Edge costs: ``edge_costs = rint(e / step)`` (int16) with one ``step`` per channel
+  (attribute, shape (2m,)): ``local_edge_step`` (1/256) for the smallest distance,
+  whose edges the solver's pre-clustering contracts and which move its objective most,
+  ``edge_step`` (1/16) for the others; off by at most half a step.
+  Version 2 files (attributes ``step`` and ``clip`` of ``node_costs``, no ``levels``;
+  one scalar edge ``step``) read as before: ``(node_costs + node_offset) * step``, a
+  linear grid of 1/32 with differences clipped at 6 nats.
+  Sizes, speeds and the effect on the solver and on PQ are measured by
+  :mod:`copsctl.benchmarks.cost_cache` (docs/predict.md).
 
 Design choices, measured on this project's machine (2 shared cores, h5py 3.16) with
 synthetic Cityscapes-size problems (19 x 256 x 512 node costs + 12 x 256 x 512 edge
@@ -77,26 +92,31 @@ from ..errors import InputError
 from ..panoptic.format import Category
 
 FORMAT = "copsctl-costs"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 STORAGES = ("float32", "float16", "quantized")
 """Storage types of the cost maps (the module docstring)."""
-QUANTIZED = {"node_step": 1 / 32, "node_clip": 6.0, "edge_step": 1 / 16}
-"""Grid steps and node clip of ``quantized`` storage."""
-# Filters of quantized storage: deflate level 1, after a byte shuffle where the bytes of a
-# value differ in entropy (int16, int32). The uint8 node costs of many classes (COCO's
-# K = 133) dominate the reading time and get lzf instead: about twice as fast to read and
-# 20 % larger there (46 instead of 80 ms and 2.0 instead of 1.7 MB per image); with few
-# classes (Cityscapes' K = 19) lzf would save less time and cost the 3 MB budget.
-_DEFLATE = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-_LZF_NODE_CLASSES = 32
+QUANTIZED = {"node_step": 1 / 64,
+             "node_ranges": ((1.0, 1 / 64), (3.0, 1 / 32), (6.0, 1 / 4), (8.0, 1.0), (10.0, 2.0)),
+             "edge_step": 1 / 16, "local_edge_step": 1 / 256}
+"""Grids of ``quantized`` storage (the module docstring): ``node_step``, the grid of each
+node's cheapest cost; ``node_ranges``, ``(end, step)`` pairs from 0 up, the intervals of a
+cost's difference to its node's cheapest class (the top ``end`` is where costs are cut
+off); ``edge_step`` and ``local_edge_step``, the grids of the edge costs of the longer
+distances and of the smallest distance."""
+# Filters of quantized storage: deflate level 3, after a byte shuffle where the bytes of a
+# value differ in entropy (int16, int32); level 3 instead of 1 makes the files 3 % smaller
+# (hard Cityscapes-size problems: 3.05 -> 2.96 MB) for about 60 ms more writing per image,
+# and reads as fast. The version 2 code used lzf for the node costs of more than 32
+# classes, to read them faster; the companded codes (most of them the cut-off code) make
+# deflate both smaller and about as fast there (COCO-size node codes, K = 133: 1.56 MB
+# and 14.7 ms to read against lzf's 2.32 MB and 13.0 ms).
+_DEFLATE_LEVEL = 3
 
 
-def _compression(dataset: str, num_classes: int) -> dict:
-    if dataset == "node_costs":
-        return {"compression": "lzf"} if num_classes > _LZF_NODE_CLASSES else \
-            {"compression": "gzip", "compression_opts": 1}
-    return _DEFLATE
+def _compression(dataset: str) -> dict:
+    return {"compression": "gzip", "compression_opts": _DEFLATE_LEVEL,
+            "shuffle": dataset != "node_costs"}
 
 
 def _encode_id(image_id) -> str:
@@ -157,25 +177,81 @@ def _check_categories(categories: Sequence[Category]) -> list[Category]:
     return cats
 
 
-def _quantize(nc: np.ndarray, em: np.ndarray, image_id) -> dict:
+def node_levels(ranges=None) -> tuple[np.ndarray, np.ndarray]:
+    """The companding code of quantized node costs.
+
+    Parameters
+    ----------
+    ranges : sequence of (end, step) pairs, optional
+        Consecutive ranges of a cost's difference ``r`` to its node's cheapest class,
+        starting at 0, each cut into intervals of width ``step``; default
+        ``QUANTIZED["node_ranges"]``.
+
+    Returns
+    -------
+    bounds : (n + 1,) float64 ndarray
+        ``0 = b_0 < b_1 < ... < b_n``, the interval ends; ``b_n`` is the top.
+    levels : (n + 2,) float64 ndarray
+        What each uint8 code reads as: code 0 is ``r = 0`` (the cheapest class), code
+        ``j`` in ``1 .. n`` the interval ``(b_(j-1), b_j]`` read as its midpoint, code
+        ``n + 1`` every ``r > b_n``, read as ``b_n``.
+    """
+    ranges = QUANTIZED["node_ranges"] if ranges is None else ranges
+    bounds, start = [np.zeros(1)], 0.0
+    for end, step in ranges:
+        count = (end - start) / step
+        if step <= 0 or end <= start or abs(count - round(count)) > 1e-9 \
+                or np.frexp(step)[0] != 0.5:
+            raise InputError(f"node range ({end}, {step}) must start at {start} and hold a "
+                             "whole number of steps, a step being a power of two")
+        bounds.append(start + step * np.arange(1, int(round(count)) + 1))
+        start = float(end)
+    bounds = np.concatenate(bounds)
+    levels = np.concatenate([[0.0], (bounds[1:] + bounds[:-1]) / 2, bounds[-1:]])
+    if levels.size > 256:
+        raise InputError(f"node ranges make {levels.size} codes; uint8 holds 256")
+    return bounds, levels
+
+
+def _quantize(nc: np.ndarray, em: np.ndarray, distances: Sequence[int], image_id) -> dict:
     """One image's cost maps in ``quantized`` storage: {dataset name: (array, attributes)}."""
-    node_step, clip, edge_step = (QUANTIZED[k] for k in ("node_step", "node_clip", "edge_step"))
-    # Readers decode in float32, exact for integers below 2**24.
+    node_step = QUANTIZED["node_step"]
+    bounds, levels = node_levels()
+    # Readers decode in float32: offset * node_step + level is exact below this limit
+    # (the levels are multiples of half the finest node step, node_step / 2).
     limit = 2 ** 23 * node_step
     if np.abs(nc).max() > limit:
         raise InputError(f"image {image_id!r}: node costs beyond +-{limit:.3g} do not fit "
                          "quantized storage; use float32")
-    q = np.rint(nc.astype(np.float64) / node_step).astype(np.int64)
-    offset = q.min(axis=0)
-    rel = np.minimum(q - offset, int(round(clip / node_step))).astype(np.uint8)
-    edge_limit = np.iinfo(np.int16).max * edge_step
-    if em.size and np.abs(em).max() > edge_limit:
-        raise InputError(f"image {image_id!r}: edge costs beyond +-{edge_limit:g} do not fit "
-                         "quantized storage; use float32")
-    qe = np.rint(em.astype(np.float64) / edge_step).astype(np.int16)
-    return {"node_costs": (rel, {"step": node_step, "clip": clip}),
-            "node_offset": offset.astype(np.int32),
-            "edge_costs": (qe, {"step": edge_step})}
+    nc = nc.astype(np.float64)
+    cheapest = nc.min(axis=0)
+    offset = np.rint(cheapest / node_step).astype(np.int32)
+    # Code 0 only for the cheapest class itself (and exact ties): each node keeps its
+    # argmin, and the solver's class margins keep their sign. Every bound is a multiple of
+    # the finest step `fine` (powers of two, so `rel / fine` is exact): the code is a table
+    # lookup by ceil(rel / fine), 15x faster than a search among the bounds.
+    fine = min(step for _end, step in QUANTIZED["node_ranges"])
+    grid = int(round(bounds[-1] / fine)) + 1
+    table = np.searchsorted(bounds, np.arange(grid + 1) * fine, side="left").astype(np.uint8)
+    rel = nc - cheapest
+    codes = table[np.minimum(np.ceil(rel / fine), grid).astype(np.intp)]
+    steps = _edge_steps(distances)
+    limits = np.iinfo(np.int16).max * steps
+    for c in range(em.shape[0]):
+        if em[c].size and np.abs(em[c]).max() > limits[c]:
+            raise InputError(f"image {image_id!r}: edge costs of distance {distances[c // 2]} "
+                             f"beyond +-{limits[c]:.4g} do not fit quantized storage; use float32")
+    qe = np.rint(em.astype(np.float64) / steps[:, None, None]).astype(np.int16)
+    return {"node_costs": (codes, {"step": node_step, "levels": levels}),
+            "node_offset": offset,
+            "edge_costs": (qe, {"step": steps})}
+
+
+def _edge_steps(distances: Sequence[int]) -> np.ndarray:
+    """(2 m,) float64: the grid of each edge channel (finer for the smallest distance)."""
+    local = min(distances)
+    return np.array([QUANTIZED["local_edge_step"] if d == local else QUANTIZED["edge_step"]
+                     for d in distances for _ in (0, 1)])
 
 
 class CostWriter:
@@ -316,7 +392,7 @@ class CostWriter:
         em = np.where(mask, em, 0)
         index = len(self._ids)
         if self.storage == "quantized":
-            arrays = _quantize(nc, em, image_id)
+            arrays = _quantize(nc, em, self.distances, image_id)
         else:
             arrays = {"node_costs": nc.astype(self.storage, copy=False),
                       "edge_costs": em.astype(self.storage, copy=False)}
@@ -326,7 +402,7 @@ class CostWriter:
             if self.storage == "quantized":
                 chunks = (1,) + data.shape[1:] if data.ndim == 3 else data.shape
                 ds = g.create_dataset(dataset, data=data, chunks=chunks,
-                                      **_compression(dataset, K))
+                                      **_compression(dataset))
             else:
                 ds = g.create_dataset(dataset, data=data)
             for name, value in attrs.items():
@@ -541,7 +617,8 @@ class CostFile:
                 elif name == "node_costs":
                     arr = self._dequantize_nodes(raw, ds, f"images/{i:06d}/node_offset", where)
                 else:
-                    arr = raw.astype(np.float32) * np.float32(self._step(ds, key, where))
+                    arr = raw.astype(np.float32)
+                    arr *= self._step(ds, key, where, channels=m2).astype(np.float32)
             except OSError as exc:
                 raise InputError(f"{where}: cannot read '{key}' (truncated or corrupt?): "
                                  f"{str(exc).splitlines()[0]}") from None
@@ -553,12 +630,15 @@ class CostFile:
         return arrays[0], arrays[1], meta
 
     @staticmethod
-    def _step(ds, key: str, where: str) -> float:
-        step = ds.attrs.get("step")
-        if step is None or not np.isfinite(step) or step <= 0:
+    def _step(ds, key: str, where: str, channels: int | None = None) -> np.ndarray:
+        """The ``step`` attribute: () float64, or (channels, 1, 1) when ``channels`` is
+        given (one step for all channels, as version 2 writes it, or one per channel)."""
+        step = np.asarray(ds.attrs.get("step", np.nan), dtype=np.float64)
+        sizes = (1,) if channels is None else (1, channels)
+        if step.size not in sizes or not np.isfinite(step).all() or (step <= 0).any():
             raise InputError(f"{where}: quantized '{key}' has no valid 'step' attribute "
-                             f"(got {step!r})")
-        return float(step)
+                             f"(got {ds.attrs.get('step')!r})")
+        return step.reshape(()) if channels is None else step.reshape(-1, 1, 1)
 
     def _dequantize_nodes(self, raw: np.ndarray, ds, offset_key: str, where: str) -> np.ndarray:
         if offset_key not in self._file:
@@ -567,11 +647,24 @@ class CostFile:
         if offset.shape != raw.shape[1:] or offset.dtype.kind not in "iu":
             raise InputError(f"{where}: '{offset_key}' (shape {offset.shape}, dtype "
                              f"{offset.dtype}) must be an integer array of shape {raw.shape[1:]}")
-        step = self._step(ds, ds.name.lstrip("/"), where)
-        # float32 throughout: exact, as the writer keeps every integer below 2**24.
-        arr = raw.astype(np.float32)
-        arr += offset.astype(np.float32)
-        arr *= np.float32(step)
+        key = ds.name.lstrip("/")
+        step = np.float32(self._step(ds, key, where))
+        if "levels" not in ds.attrs:
+            # Version 2: codes on the linear grid `step`, no level table.
+            # float32 throughout: exact, as the writer keeps every integer below 2**24.
+            arr = raw.astype(np.float32)
+            arr += offset.astype(np.float32)
+            arr *= step
+            return arr
+        levels = np.asarray(ds.attrs["levels"], dtype=np.float64)
+        if levels.ndim != 1 or not 1 <= levels.size <= 256 or not np.isfinite(levels).all():
+            raise InputError(f"{where}: quantized '{key}' has no valid 'levels' attribute "
+                             f"(got shape {levels.shape})")
+        if raw.size and int(raw.max()) >= levels.size:
+            raise InputError(f"{where}: '{key}' holds code {int(raw.max())}, beyond its "
+                             f"{levels.size} levels")
+        arr = levels.astype(np.float32)[raw]
+        arr += offset.astype(np.float32) * step
         return arr
 
     def problem(self, i: int):
