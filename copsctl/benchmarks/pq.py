@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..cpus import available_cpus
 from ..metrics.evaluation import keep_freed_memory
 from ..metrics.pq import PanopticPair, PQResult, evaluate_arrays, evaluate_files
 from ..panoptic.format import (Annotation, Category, Segment, segments_from_id_map,
@@ -341,7 +342,7 @@ def main(argv=None) -> None:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}")
+          f"{available_cpus()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}")
     if commands:
         print(f"\nwhole commands, start-up included (median of {args.runs} runs)")
         print(f"{'command':<46} {'wall s':>7} {'cpu s':>7} {'wall/ref':>9} {'cpu/ref':>8}")
