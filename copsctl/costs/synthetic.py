@@ -41,7 +41,6 @@ makes the noise up to 70% stronger.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -55,7 +54,7 @@ from scipy import ndimage
 from ..atomic import atomic_paths, check_output, check_output_folder, write_manifest
 from .cache import CostWriter, solver_problem
 from ..errors import InputError
-from ..panoptic.format import Annotation, Category, PanopticSet, write_id_png
+from ..panoptic.format import Annotation, Category, PanopticWriter
 from ..panoptic.postprocess import panoptic_from_segments
 
 EDGE_PROB_EPS = 1e-4
@@ -575,11 +574,11 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
                         inputs={"--out": out})
     recipe = synthetic_recipe(p, num_images, seed, difficulty)
     t0 = time.perf_counter()
-    images, annotations, acc, eacc = [], [], [], []
+    acc, eacc = [], []
     with atomic_paths([out, gt_out]) as (cost_tmp, gt_tmp), \
             CostWriter(cost_tmp, p.categories, p.distances, recipe=recipe) as writer:
-        png_dir = gt_tmp / "panoptic_gt"
-        png_dir.mkdir(parents=True)
+        gt_writer = PanopticWriter(gt_tmp / "panoptic_gt.json", gt_tmp / "panoptic_gt",
+                                   p.categories)
         for i in range(int(num_images)):
             prob = make_problem(p, seed=[int(seed), i], difficulty=difficulty)
             image_id = f"{p.name}_s{int(seed)}_{i:06d}"
@@ -587,19 +586,13 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
             writer.add(prob.node_costs, prob.edge_maps, image_id=image_id,
                        file_name=file_name, image_size=prob.image_size)
             gt = prob.ground_truth()
-            write_id_png(png_dir / file_name, gt.ids)
-            images.append({"id": image_id, "file_name": file_name,
-                           "height": prob.image_size[0], "width": prob.image_size[1]})
-            annotations.append(Annotation(image_id, file_name, gt.segments))
+            gt_writer.add(Annotation(image_id, file_name, gt.segments), gt.ids,
+                          image_size=prob.image_size)
             acc.append(prob.info["pixel_accuracy"])
             eacc.append(prob.info["edge_accuracy"])
             if progress is not None:
                 progress(i + 1, int(num_images))
-        gt_set = PanopticSet(images=images, annotations=annotations,
-                             categories=list(p.categories))
-        with open(gt_tmp / "panoptic_gt.json", "w") as f:
-            json.dump(gt_set.to_json(), f)
-            f.write("\n")
+        gt_writer.write_json()
         write_manifest(gt_tmp, "make-costs")
     return {"costs": str(out), "gt_json": str(gt_out / "panoptic_gt.json"),
             "gt_dir": str(gt_out / "panoptic_gt"), "images": int(num_images),

@@ -43,7 +43,7 @@ from ..costs.cache import CostFile, solver_problem
 from ..cpus import available_cpus
 from ..errors import InputError
 from ..atomic import check_output, check_output_folder, write_manifest
-from .format import Annotation, Category, PanopticSet, write_id_png
+from .format import Annotation, Category, PanopticWriter
 from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, PanopticPrediction,
                           panoptic_from_solution, segment_scores)
 from ..solver import AMWCResult, SolverOptions, solve_many
@@ -266,10 +266,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         solve_seconds = 0.0
         n_segments = n_solver_segments = n_rejected = 0
         objectives = []
-        images, annotations = [], []
         with atomic_path(out) as tmp, ThreadPoolExecutor(max_workers=1) as reader:
-            png_dir = tmp / PRED_DIR
-            png_dir.mkdir(parents=True)
+            writer = PanopticWriter(tmp / PRED_JSON, tmp / PRED_DIR, categories)
             # One batch is read (and decoded) while the one before it is solved.
             def read(indices) -> list:
                 return [cf.problem(i) if relative is None else _calibrated_problem(cf, i, relative)
@@ -298,23 +296,16 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                     node_costs = prob[0].T.reshape(len(categories), h, w)
                     pred = scored_prediction(res, node_costs, categories, meta["image_size"],
                                              thing_area=thing_area, stuff_area=stuff_area)
-                    name = png_names[meta["index"]]
-                    write_id_png(png_dir / name, pred.ids)
-                    H, W = meta["image_size"]
-                    images.append({"id": meta["image_id"], "file_name": meta["file_name"],
-                                   "height": H, "width": W})
-                    annotations.append(Annotation(meta["image_id"], name, pred.segments))
+                    writer.add(Annotation(meta["image_id"], png_names[meta["index"]],
+                                          pred.segments), pred.ids,
+                               image_file_name=meta["file_name"], image_size=meta["image_size"])
                     n_segments += len(pred.segments)
                     n_solver_segments += res.num_segments
                     n_rejected += pred.num_rejected
                     objectives.append(res.objective)
                 if progress is not None:
                     progress(idx[-1] + 1, n)
-            pred_set = PanopticSet(images=images, annotations=annotations,
-                                   categories=categories)
-            with open(tmp / PRED_JSON, "w") as f:
-                json.dump(pred_set.to_json(), f)
-                f.write("\n")
+            writer.write_json()
             if recipe:
                 (tmp / RECIPE_YAML).write_text(
                     f"# recipe of {costs}" + (f" with --set {' '.join(overrides)}" if overrides
