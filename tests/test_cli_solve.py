@@ -276,3 +276,16 @@ def test_demo_solver_only_runs_and_reuses_finished_stages(tmp_path):
     (other / "x").write_text("x")
     res = runner.invoke(app, ["demo", "--out", str(other), "--quick"])
     fails_in_one_line(res, "is not a copsctl demo folder")
+
+def test_evaluate_by_the_folder_of_a_make_costs_solve_names_the_missing_dataset(costs, tmp_path):
+    """make-costs stores a real recipe, which names no dataset: evaluating the solve folder
+    by its recipe.yaml alone is one line saying so (the ground truth is beside the costs)."""
+    out = tmp_path / "pred"
+    assert runner.invoke(app, ["solve", str(costs), "--out", str(out), "--workers", "1"]
+                         ).exit_code == 0
+    res = runner.invoke(app, ["evaluate", "--pred-dir", str(out)])
+    fails_in_one_line(res, "recipe.yaml", "`data.root` is empty", "--gt-json")
+    gt = costs.with_name("c_gt")
+    res = runner.invoke(app, ["evaluate", "--pred-dir", str(out), "--gt-json",
+                              str(gt / "panoptic_gt.json")])
+    assert res.exit_code == 0, res.output
