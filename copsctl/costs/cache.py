@@ -86,9 +86,9 @@ if TYPE_CHECKING:
     from ..config import Recipe
 
 FORMAT = "copsctl-costs"
-_LEGACY_SYNTHETIC = "synthetic"  # the section of make-costs parameters in older files' recipe
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
+_LEGACY_SYNTHETIC = "synthetic"  # the section of make-costs parameters in older files' recipe
 STORAGES = ("float32", "float16", "quantized")
 """Storage types of the cost maps (the module docstring)."""
 QUANTIZED = {"node_step": 1 / 32, "node_clip": 6.0, "edge_step": 1 / 16}

@@ -168,8 +168,8 @@ class _PredictionFolder:
                              "refusing to write into it")
         self.writer = PanopticWriter(json_path, out / PRED_DIR, categories,
                                      info={_INFO_KEY: settings}, atomic=True)
-        for image_entry, annotation in earlier:
-            self.writer.record(image_entry, annotation)
+        for entry, annotation in earlier:
+            self.writer.record(entry, annotation)
         self._last_flush = time.monotonic()
         self._dirty = False
 
@@ -201,9 +201,9 @@ class _PredictionFolder:
         return f"{image.stem}.png" in self.writer and (
             not overlay or (self.out / OVERLAY_DIR / f"{image.stem}.png").is_file())
 
-    def add(self, image_entry: dict, annotation: dict) -> None:
+    def add(self, entry: dict, annotation: dict) -> None:
         """List an image whose PNG is written; rewrite the JSON every few seconds."""
-        self.writer.record(image_entry, annotation)
+        self.writer.record(entry, annotation)
         self._dirty = True
         if time.monotonic() - self._last_flush > _FLUSH_SECONDS:
             self.flush()
