@@ -42,7 +42,8 @@ from .solver import SolverOptions
 __all__ = [
     "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "CalibrationConfig", "TrainConfig",
     "FinetuneConfig",
-    "Recipe", "RECIPE_SECTIONS", "FINETUNE_PARTS", "load_recipe", "recipe_from_dict", "parse_override",
+    "Recipe", "RECIPE_SECTIONS", "FINETUNE_PARTS", "load_recipe", "recipe_from_dict", "recipe_from_text",
+    "parse_override",
     "save_recipe", "recipe_names", "describe_keys",
 ]
 
@@ -719,6 +720,26 @@ def recipe_from_dict(mapping: Mapping[str, Mapping[str, Any]] | None, source: st
     """Resolve a nested ``{section: {key: value}}`` mapping over the code defaults."""
     layer = _validate_layer(mapping, source)
     return _build(_merge(Recipe().to_dict(), layer), source)
+
+
+def recipe_from_text(text: str | None, source: str,
+                     legacy_sections: Sequence[str] = ()) -> Recipe | None:
+    """The recipe stored as YAML text with an artifact (:meth:`Recipe.dump`), or None.
+
+    How a checkpoint's and a cost file's recipe are read. ``source`` names the text in
+    messages; ``legacy_sections`` are top-level entries that older files kept beside the
+    recipe sections, skipped. Empty text (no recipe stored) gives None; bad YAML, an
+    unknown key or a wrong value is an :class:`~copsctl.errors.InputError` naming
+    ``source``.
+    """
+    if not text or not text.strip():
+        return None
+    mapping = _yaml_load(text, source)
+    if not isinstance(mapping, Mapping):
+        raise InputError(f"{source}: a recipe must be a mapping of sections, got "
+                         f"{type(mapping).__name__}")
+    return recipe_from_dict({k: v for k, v in mapping.items() if k not in legacy_sections},
+                            source)
 
 
 def load_recipe(recipe: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Recipe:

@@ -70,7 +70,7 @@ def shifted(tmp_path_factory):
     info = write_synthetic_costs(root / "orig.h5", preset="tiny", num_images=6, seed=3)
     with CostFile(root / "orig.h5") as cf, \
             CostWriter(root / "shifted.h5", cf.categories, cf.distances,
-                       recipe=yaml.safe_dump(cf.recipe)) as w:
+                       recipe=cf.recipe) as w:
         for i in range(len(cf)):
             node, edge, meta = cf.read(i)
             w.add(node, edge - 2.0, image_id=meta["image_id"], file_name=meta["file_name"],
@@ -160,7 +160,7 @@ def test_dump_costs_applies_the_calibration_beside_the_checkpoint(tmp_path):
     summary = dump_costs(tmp_path / "cal.h5", run=run, device="cpu", dtype="float32")
     assert summary["calibration"] == str(run / "calibration.yaml")
     with CostFile(tmp_path / "plain.h5") as plain, CostFile(tmp_path / "cal.h5") as calibrated:
-        assert calibrated.recipe["calibration"] == cal.to_section()
+        assert calibrated.recipe.to_dict()["calibration"] == cal.to_section()
         for i in range(len(plain)):
             node, edge, _ = plain.read(i)
             want = cal.apply(node, edge)

@@ -141,7 +141,7 @@ def test_dump_costs_solve_evaluate_give_the_validation_pq(run, data, tmp_path):
         assert cf.cost_sizes.tolist() == [[16, 16], [16, 16]]
         assert cf.distances == cfg.model.distances
         assert [c.id for c in cf.categories] == list(reader.class_table.category_ids)
-        assert cf.recipe["data"]["thing_area_threshold"] == cfg.data.thing_area_threshold
+        assert cf.recipe == cfg
 
     pred = tmp_path / "pred"
     res = runner.invoke(app, ["solve", str(costs), "--out", str(pred), "--workers", "1"])

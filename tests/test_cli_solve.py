@@ -40,8 +40,8 @@ def test_make_costs_writes_costs_and_ground_truth(costs):
     with CostFile(costs) as cf:
         assert len(cf) == 3
         assert [a.image_id for a in gt_set.annotations] == cf.image_ids
-        assert cf.recipe["synthetic"] == {"preset": "tiny", "num_images": 3, "seed": 5,
-                                          "difficulty": 0.0}
+        assert cf.synthetic == {"preset": "tiny", "num_images": 3, "seed": 5,
+                                "difficulty": 0.0}
         for a, size in zip(gt_set.annotations, cf.image_sizes.tolist()):
             ids = read_id_png(gt_set.png_dir / a.file_name, expected_size=tuple(size))
             cat_of = {s.id: s.category_id for s in a.segments}
@@ -59,7 +59,7 @@ def test_solve_end_to_end(costs, tmp_path):
                                                      "panoptic_pred.json", "recipe.yaml",
                                                      "summary.json"]
     with CostFile(costs) as cf:
-        assert yaml.safe_load((out / "recipe.yaml").read_text()) == cf.recipe
+        assert yaml.safe_load((out / "recipe.yaml").read_text()) == cf.recipe.to_dict()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == json.loads((out / "summary.json").read_text())
     # defaults come from the cost file's recipe (tiny preset: 16 / 64)
@@ -139,8 +139,13 @@ def test_set_overrides_the_stored_recipe_and_is_recorded(costs, tmp_path):
                                     "solver.precluster_max_size=1"]
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["data"]["stuff_area_threshold"] == 100000
-    assert recipe["solver"] == {"precluster_max_size": 1}
-    assert recipe["synthetic"]["seed"] == 5  # the rest of the stored recipe is kept
+    assert recipe["solver"]["precluster_max_size"] == 1
+    # the rest of the stored recipe is kept
+    with CostFile(costs) as cf:
+        stored = cf.recipe.to_dict()
+    stored["data"]["stuff_area_threshold"] = 100000
+    stored["solver"]["precluster_max_size"] = 1
+    assert recipe == stored and recipe["model"]["distances"] == [1, 2, 4]
     # an explicit option still wins over --set
     res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--workers", "1",
                               "--set", "data.stuff_area_threshold=100000", "--stuff-area", "7"])
@@ -271,3 +276,16 @@ def test_demo_solver_only_runs_and_reuses_finished_stages(tmp_path):
     (other / "x").write_text("x")
     res = runner.invoke(app, ["demo", "--out", str(other), "--quick"])
     fails_in_one_line(res, "is not a copsctl demo folder")
+
+def test_evaluate_by_the_folder_of_a_make_costs_solve_names_the_missing_dataset(costs, tmp_path):
+    """make-costs stores a real recipe, which names no dataset: evaluating the solve folder
+    by its recipe.yaml alone is one line saying so (the ground truth is beside the costs)."""
+    out = tmp_path / "pred"
+    assert runner.invoke(app, ["solve", str(costs), "--out", str(out), "--workers", "1"]
+                         ).exit_code == 0
+    res = runner.invoke(app, ["evaluate", "--pred", str(out)])
+    fails_in_one_line(res, "recipe.yaml", "`data.root` is empty", "--gt-json")
+    gt = costs.with_name("c_gt")
+    res = runner.invoke(app, ["evaluate", "--pred", str(out), "--gt-json",
+                              str(gt / "panoptic_gt.json")])
+    assert res.exit_code == 0, res.output

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from copsctl.config import Recipe, recipe_from_dict
 from copsctl.costs.cache import (FORMAT, QUANTIZED, VERSION, CostFile, CostWriter, node_levels,
                                  solver_problem)
 from copsctl.errors import InputError
@@ -45,7 +46,9 @@ def three_images():
 
 def test_round_trip(tmp_path, three_images):
     path = tmp_path / "costs.h5"
-    recipe = {"data": {"thing_area_threshold": 100, "stuff_area_threshold": 900}}
+    recipe = recipe_from_dict({"data": {"thing_area_threshold": 100,
+                                        "stuff_area_threshold": 900},
+                               "model": {"distances": list(DISTANCES)}})
     _write(path, three_images, recipe=recipe)
     with CostFile(path) as cf:
         assert len(cf) == 3
@@ -68,11 +71,13 @@ def test_round_trip(tmp_path, three_images):
 
 def test_schema_attributes(tmp_path, three_images):
     path = tmp_path / "costs.h5"
-    _write(path, three_images, recipe="a: 1\n")
+    recipe = Recipe().replace({"model.distances": list(DISTANCES)})
+    _write(path, three_images, recipe=recipe)
     with h5py.File(path, "r") as f:
         assert f.attrs["format"] == FORMAT and int(f.attrs["version"]) == VERSION == 3
         assert f.attrs["distances"].tolist() == list(DISTANCES)
-        assert f.attrs["recipe"] == "a: 1\n"
+        assert f.attrs["recipe"] == recipe.dump()
+        assert "synthetic" not in f.attrs  # only make-costs files have it
         assert f["classes/category_id"][()].tolist() == [7, 23, 26]
         assert f["classes/isthing"][()].tolist() == [0, 0, 1]
         assert f["images/000001/node_costs"].shape == (K, 5, 3)
@@ -293,12 +298,44 @@ def test_incomplete_and_inconsistent_files(tmp_path, three_images):
             cf.read(3)
 
 
-def test_bad_recipe_text(tmp_path, three_images):
+def _with_recipe_text(path, images, text):
+    _write(path, images)
+    with h5py.File(path, "r+") as f:
+        f.attrs["recipe"] = text
+
+
+@pytest.mark.parametrize("text, rule", [
+    ("a: [1, 2\n", "'recipe' attribute: not valid YAML"),
+    ("[1, 2]\n", "'recipe' attribute: a recipe must be a mapping of sections"),
+    ("train:\n  nope: 1\n", "'recipe' attribute: unknown recipe key 'train.nope'"),
+    ("data:\n  thing_area_threshold: -1\n", "`data.thing_area_threshold` must be >= 0"),
+])
+def test_bad_recipe_text(tmp_path, three_images, text, rule):
     path = tmp_path / "costs.h5"
-    _write(path, three_images, recipe="a: [1, 2\n")
+    _with_recipe_text(path, three_images, text)
     with CostFile(path) as cf:
-        with pytest.raises(InputError, match="'recipe' attribute is not valid YAML"):
+        with pytest.raises(InputError, match=rule) as info:
             cf.recipe
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_older_make_costs_recipe_reads_as_a_recipe(tmp_path, three_images):
+    """make-costs stored a partial recipe with a `synthetic` section before it stored a
+    resolved one; such a file reads as the Recipe of its keys over the code defaults."""
+    import yaml
+
+    path = tmp_path / "old.h5"
+    _with_recipe_text(path, three_images, yaml.safe_dump(
+        {"synthetic": {"preset": "tiny", "num_images": 3, "seed": 5, "difficulty": 0.0},
+         "data": {"thing_area_threshold": 16, "stuff_area_threshold": 64},
+         "model": {"distances": list(DISTANCES)}}, sort_keys=False))
+    with CostFile(path) as cf:
+        recipe = cf.recipe
+        assert cf.synthetic is None
+    assert isinstance(recipe, Recipe)
+    assert recipe == Recipe().replace({"data.thing_area_threshold": 16,
+                                       "data.stuff_area_threshold": 64,
+                                       "model.distances": list(DISTANCES)})
 
 
 # ----------------------------------------------------------------------------- solver input

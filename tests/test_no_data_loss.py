@@ -252,12 +252,12 @@ def test_5_solve_keeps_files_the_user_put_in_an_earlier_prediction_folder(costs,
 
 
 def test_6_make_costs_publishes_nothing_when_the_ground_truth_fails(tmp_path, monkeypatch):
-    import copsctl.costs.synthetic as sc
+    import copsctl.panoptic.format as fmt
 
     def broken(path, ids):
         raise InputError(f"{path}: disk full (simulated)")
 
-    monkeypatch.setattr(sc, "write_id_png", broken)
+    monkeypatch.setattr(fmt, "write_id_png", broken)
     _fails(_run("make-costs", "--out", tmp_path / "c.h5"), "disk full")
     assert list(tmp_path.iterdir()) == []
 

@@ -153,7 +153,8 @@ def test_visualize_image_bad_input_exits_2(solved, tmp_path):
     for args, msg in ((["--index", "5"], "image index 5 out of range"),
                       (["--image-id", "nope"], "holds no image with id 'nope'"),
                       (["--index", "0", "--image-id", "x"], "either --index or --image-id"),
-                      (["--set", "data.root=x"], "stores no copsctl recipe"),
+                      # make-costs stores a real recipe, whose data.root (none) --set changes
+                      (["--set", "data.root=x"], "x: dataset root folder does not exist"),
                       (["--pred", str(tmp_path)], "panoptic JSON file does not exist"),
                       (["--split", "val"], "--split needs a dataset")):
         res = runner.invoke(app, ["visualize", "image", str(costs), "--out", str(out), *args])

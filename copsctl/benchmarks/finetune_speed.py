@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cpus import available_cpus
+
 
 def _step_timed(model, layer, optimizer, batch, thresholds, categories, cfg, seed):
     from ..train.amwc_layer import ground_truth_from_batch
@@ -116,7 +118,7 @@ def main(argv=None) -> None:
         print(f"recipe {args.recipe}: batch {args.batch}, n = {args.perturbations}, "
               f"{h}x{w} cost maps, distances {list(cfg.model.distances)}, "
               f"weights {'pre-trained' if args.weights else 'random'}; torch threads "
-              f"{args.threads}; {os.cpu_count()} CPUs, load average "
+              f"{args.threads}; {available_cpus()} CPUs, load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print()
         cols = ["network", "fwd solve", "loss", "bwd solve", "net bwd", "total"]

@@ -348,7 +348,7 @@ def main(argv=None) -> None:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}")
+          f"{available_cpus()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}")
     if commands:
         print(f"\nwhole commands, start-up included (median of {args.runs} runs)")
         print(f"{'command':<46} {'wall s':>7} {'cpu s':>7} {'wall/ref':>9} {'cpu/ref':>8}")

@@ -77,6 +77,8 @@ from pathlib import Path
 
 import numpy as np
 
+from copsctl.cpus import available_cpus
+
 # family -> (preset, difficulty per seed (cycled), edge cost factor, multiway cut)
 FAMILIES = {
     "cityscapes": ("cityscapes", (0.0,), 1.0, False),
@@ -306,7 +308,7 @@ def main(argv=None) -> None:
         parser.error("--problems and --repeat must be at least 1")
     families = args.preset or list(FAMILIES)
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = available_cpus()
     print(f"# copsctl solver benchmark\n\n{platform.processor() or platform.machine()}, "
           f"{cpus} CPUs available, load average {os.getloadavg()[0]:.2f}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}, numpy {np.__version__}; times are the best "

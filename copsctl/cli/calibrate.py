@@ -64,7 +64,8 @@ def calibrate_command(
         if out is None:
             raise InputError("COSTS needs --out FILE: where to write the calibration")
         with CostFile(costs) as cf:
-            stored = (cf.recipe or {}).get("calibration")
+            recipe = cf.recipe
+            stored = recipe.calibration if recipe is not None else None
             m = len(cf.distances)
         fit = fit_calibration(costs, gt_json, gt, images=images, rounds=rounds,
                               workers=workers)

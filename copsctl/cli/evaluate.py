@@ -214,6 +214,8 @@ def _stored_recipe(pred_dir: Path, split, overrides):
                          "truth by; pass --gt-json G (or --gt DIR) or --recipe NAME [--split S]")
     r = load_recipe(stored, overrides)
     split = split or r.data.val_split
+    if not r.data.root and r.data.dataset != "coco_panoptic":
+        return str(stored), split  # no dataset (make-costs): evaluate says so in one line
     err_console.print(f"[bold]note:[/] ground truth: split {split!r} of the {r.data.dataset} "
                       f"dataset at {r.data.root} ({stored}; --split to choose another)",
                       soft_wrap=True)

@@ -9,8 +9,12 @@ from 3 only in its quantized code, below)::
         format      = "copsctl-costs"            identifies the file
         version     = 3                          this schema
         distances   = (m,) int64                 grid-edge distances d_1 .. d_m
-        recipe      = str                        YAML (or JSON) text of the recipe that
-                                                 produced the costs; "" when unknown
+        recipe      = str                        YAML text of the resolved recipe that
+                                                 produced the costs (Recipe.dump() of
+                                                 copsctl.config); "" when unknown
+        synthetic   = str                        only in make-costs files: JSON of the
+                                                 parameters that make the file again
+                                                 (preset, num_images, seed, difficulty)
         num_classes = K
     /classes/category_id  (K,)   int64           contiguous class index -> category id
     /classes/name         (K,)   utf-8 str
@@ -27,6 +31,9 @@ from 3 only in its quantized code, below)::
                                                  channel 2j+1 the edge (y, x)-(y + d_j, x);
                                                  0 where no edge
     /images/<i:06d>/node_offset (h, w) int32     only with quantized storage (below)
+
+Files that ``make-costs`` wrote before it stored a resolved recipe hold in ``recipe`` a
+partial one with a ``synthetic`` section of those parameters; they read the same way.
 
 Costs follow the solver's sign convention (node cost paid for the class chosen, edge
 cost paid when the edge is cut, positive = attractive). Readers always return float32.
@@ -81,19 +88,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import h5py
 import numpy as np
-import yaml
 
 from ..atomic import atomic_path
 from ..errors import InputError
 from ..panoptic.format import Category
 
+if TYPE_CHECKING:
+    from ..config import Recipe
+
 FORMAT = "copsctl-costs"
 VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
+_LEGACY_SYNTHETIC = "synthetic"  # the section of make-costs parameters in older files' recipe
 STORAGES = ("float32", "float16", "quantized")
 """Storage types of the cost maps (the module docstring)."""
 QUANTIZED = {"node_step": 1 / 64,
@@ -265,8 +275,11 @@ class CostWriter:
         The class table in contiguous class order.
     distances : sequence of int
         Grid-edge distances of the edge-cost maps.
-    recipe : str or dict, optional
-        The recipe that produced the costs (a dict is stored as YAML).
+    recipe : Recipe, optional
+        The resolved recipe that produced the costs (:class:`copsctl.config.Recipe`),
+        stored as its YAML text.
+    synthetic : dict, optional
+        ``make-costs`` only: the parameters that make the file again, stored as JSON.
     dtype : {"float32", "float16", "quantized"}
         Storage of the cost maps (module docstring).
 
@@ -278,20 +291,19 @@ class CostWriter:
     """
 
     def __init__(self, path: str | os.PathLike, categories: Sequence[Category],
-                 distances: Sequence[int], recipe: str | dict | None = None,
-                 dtype: str = "float32"):
+                 distances: Sequence[int], recipe: "Recipe | None" = None,
+                 dtype: str = "float32", synthetic: dict | None = None):
+        from ..config import Recipe
         from ..solver.grid import _check_distances
 
         self.path = Path(path)
         self.categories = _check_categories(categories)
         self.distances = _check_distances(distances)
-        if recipe is None:
-            recipe = ""
-        elif isinstance(recipe, dict):
-            recipe = yaml.safe_dump(recipe, sort_keys=False)
-        elif not isinstance(recipe, str):
-            raise InputError(f"`recipe` must be a str, a dict or None, got {type(recipe).__name__}")
-        self.recipe = recipe
+        if recipe is not None and not isinstance(recipe, Recipe):
+            raise InputError(f"`recipe` must be a copsctl.config.Recipe or None, got "
+                             f"{type(recipe).__name__}")
+        self.recipe = "" if recipe is None else recipe.dump()
+        self.synthetic = None if synthetic is None else json.dumps(synthetic)
         if str(dtype) not in STORAGES:
             raise InputError(f"`dtype` must be one of {list(STORAGES)}, got {dtype!r}")
         self.storage = str(dtype)
@@ -313,6 +325,8 @@ class CostWriter:
             f.attrs["version"] = VERSION
             f.attrs["distances"] = np.asarray(self.distances, dtype=np.int64)
             f.attrs["recipe"] = self.recipe
+            if self.synthetic is not None:
+                f.attrs["synthetic"] = self.synthetic
             f.attrs["num_classes"] = len(self.categories)
             g = f.create_group("classes")
             g["category_id"] = np.array([c.id for c in self.categories], dtype=np.int64)
@@ -500,6 +514,7 @@ class CostFile:
         except InputError as exc:
             self._fail(f"bad 'distances' attribute: {exc}")
         self.recipe_text: str = _decode_str(attrs.get("recipe", ""))
+        self._synthetic_text: str = _decode_str(attrs.get("synthetic", ""))
 
         cid = np.asarray(self._dataset("classes/category_id"), dtype=np.int64).ravel()
         names = [_decode_str(v) for v in np.asarray(self._dataset("classes/name")).ravel()]
@@ -566,17 +581,31 @@ class CostFile:
         return np.array([c.isthing for c in self.categories], dtype=bool)
 
     @property
-    def recipe(self) -> dict | None:
-        """The recipe parsed from YAML/JSON, or None when the file has none."""
-        if not self.recipe_text.strip():
+    def recipe(self) -> "Recipe | None":
+        """The resolved recipe stored with the costs, or None when the file has none.
+
+        Read by :func:`copsctl.config.recipe_from_text`: keys the file does not set have
+        their code defaults; an unknown key or a bad value is an :class:`InputError`.
+        """
+        from ..config import recipe_from_text
+
+        return recipe_from_text(self.recipe_text, f"{self.path}: the 'recipe' attribute",
+                                legacy_sections=(_LEGACY_SYNTHETIC,))
+
+    @property
+    def synthetic(self) -> dict | None:
+        """``make-costs`` files: the parameters that make the file again; else None.
+
+        (Older make-costs files keep them in the ``synthetic`` section of ``recipe_text``.)
+        """
+        if not self._synthetic_text:
             return None
         try:
-            data = yaml.safe_load(self.recipe_text)
-        except yaml.YAMLError as exc:
-            self._fail(f"the 'recipe' attribute is not valid YAML/JSON "
-                       f"({str(exc).splitlines()[0]})")
+            data = json.loads(self._synthetic_text)
+        except json.JSONDecodeError:
+            data = None
         if not isinstance(data, dict):
-            self._fail("the 'recipe' attribute must hold a YAML/JSON mapping")
+            self._fail("the 'synthetic' attribute must hold a JSON object")
         return data
 
     def __len__(self) -> int:

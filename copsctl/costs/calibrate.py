@@ -116,14 +116,12 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
     -------
     CalibrationFit
         The calibration relative to the file's costs; compose it with the file's own
-        (``Calibration.from_section(file_recipe["calibration"], m).then(fit.calibration)``)
+        (``Calibration.from_section(cf.recipe.calibration, m).then(fit.calibration)``)
         to apply it to the network's costs.
     """
     from .cache import CostFile
     from ..panoptic.format import load_panoptic_json, read_id_png
-    from ..panoptic.postprocess import DEFAULT_STUFF_AREA, DEFAULT_THING_AREA
-    from ..panoptic.solve import _recipe_number, \
-        _recipe_solver_options
+    from ..panoptic.solve import cost_file_recipe
 
     costs = Path(costs)
     _check_search(images, rounds)
@@ -132,7 +130,7 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
     gt_set = load_panoptic_json(gt_json, gt_dir)
     by_id = {str(a.image_id): a for a in gt_set.annotations}
     with CostFile(costs) as cf:
-        recipe = cf.recipe
+        recipe = cost_file_recipe(cf)
         n = len(cf) if not images else min(int(images), len(cf))
         if n == 0:
             raise InputError(f"{costs}: cost file holds no images")
@@ -147,14 +145,12 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
             loaded.append((node, edge, meta))
             gts.append((ids, ann.segments))
         categories, distances, part = cf.categories, tuple(cf.distances), cf.partitionable
-    thing_area = _recipe_number(recipe, "data", "thing_area_threshold", costs)
-    stuff_area = _recipe_number(recipe, "data", "stuff_area_threshold", costs)
     if workers is None:
         workers = available_cpus()
     score = _Scorer(loaded, gts, categories, distances, part,
-                    thing_area=DEFAULT_THING_AREA if thing_area is None else thing_area,
-                    stuff_area=DEFAULT_STUFF_AREA if stuff_area is None else stuff_area,
-                    options=_recipe_solver_options(recipe, costs), workers=int(workers))
+                    thing_area=recipe.data.thing_area_threshold,
+                    stuff_area=recipe.data.stuff_area_threshold,
+                    options=recipe.solver.options(), workers=int(workers))
     return _search(score, len(distances), rounds=int(rounds), tol=float(tol),
                    fit_scales=fit_scales, progress=progress, images=n)
 

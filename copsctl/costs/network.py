@@ -205,7 +205,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     workers = cfg.data.num_workers if num_workers is None else int(num_workers)
     categories = reader.class_table.to_categories()
     t_loop = time.perf_counter()
-    with CostWriter(out, categories, cfg.model.distances, recipe=cfg.dump(), dtype=dtype) as writer:
+    with CostWriter(out, categories, cfg.model.distances, recipe=cfg, dtype=dtype) as writer:
         for node, edge, meta in network_costs(model, dataset, indices=range(n),
                                               batch_size=batch_size, device=dev, amp=amp,
                                               num_workers=workers):

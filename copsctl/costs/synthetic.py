@@ -41,13 +41,12 @@ makes the noise up to 70% stronger.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -55,8 +54,11 @@ from scipy import ndimage
 from ..atomic import atomic_paths, check_output, check_output_folder, write_manifest
 from .cache import CostWriter, solver_problem
 from ..errors import InputError
-from ..panoptic.format import Annotation, Category, PanopticSet, write_id_png
+from ..panoptic.format import Annotation, Category, PanopticWriter
 from ..panoptic.postprocess import panoptic_from_segments
+
+if TYPE_CHECKING:
+    from ..config import Recipe
 
 EDGE_PROB_EPS = 1e-4
 
@@ -505,21 +507,21 @@ def make_problem(preset: str | Preset = "cityscapes", seed: int | Sequence[int] 
 # A cost file with its ground truth
 
 
-def synthetic_recipe(preset: str | Preset, num_images: int, seed: int,
-                     difficulty: float) -> dict:
-    """The recipe stored in a synthetic cost file.
+def synthetic_recipe(preset: str | Preset) -> "Recipe":
+    """The resolved recipe stored in a synthetic cost file of ``preset``.
 
-    ``synthetic`` says how to make the file again; ``data.thing_area_threshold`` and
-    ``data.stuff_area_threshold`` (the keys of :mod:`copsctl.config`) are the small-segment
-    thresholds ``copsctl solve`` takes as its defaults, and ``model.distances`` the edge
-    distances, as in a recipe of a network run.
+    The code defaults of :mod:`copsctl.config` with the preset's small-segment thresholds
+    (``data.thing_area_threshold``, ``data.stuff_area_threshold``), which ``copsctl
+    solve`` takes as its defaults, and its edge distances (``model.distances``), as in
+    the recipe of a network run.
     """
+    from ..config import recipe_from_dict
+
     p = get_preset(preset)
-    return {"synthetic": {"preset": p.name, "num_images": int(num_images), "seed": int(seed),
-                          "difficulty": float(difficulty)},
-            "data": {"thing_area_threshold": int(p.thing_area),
-                     "stuff_area_threshold": int(p.stuff_area)},
-            "model": {"distances": list(p.distances)}}
+    return recipe_from_dict({"data": {"thing_area_threshold": int(p.thing_area),
+                                      "stuff_area_threshold": int(p.stuff_area)},
+                             "model": {"distances": list(p.distances)}},
+                            source=f"synthetic preset {p.name!r}")
 
 
 def default_gt_out(out: str | os.PathLike, gt_out: str | os.PathLike | None = None) -> Path:
@@ -573,13 +575,16 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
     check_output(out, "--out", inputs={"--gt-out": gt_out})
     check_output_folder(gt_out, "--gt-out", "make-costs", overwrite=overwrite,
                         inputs={"--out": out})
-    recipe = synthetic_recipe(p, num_images, seed, difficulty)
+    recipe = synthetic_recipe(p)
+    made_with = {"preset": p.name, "num_images": int(num_images), "seed": int(seed),
+                 "difficulty": float(difficulty)}
     t0 = time.perf_counter()
-    images, annotations, acc, eacc = [], [], [], []
+    acc, eacc = [], []
     with atomic_paths([out, gt_out]) as (cost_tmp, gt_tmp), \
-            CostWriter(cost_tmp, p.categories, p.distances, recipe=recipe) as writer:
-        png_dir = gt_tmp / "panoptic_gt"
-        png_dir.mkdir(parents=True)
+            CostWriter(cost_tmp, p.categories, p.distances, recipe=recipe,
+                       synthetic=made_with) as writer:
+        gt_writer = PanopticWriter(gt_tmp / "panoptic_gt.json", gt_tmp / "panoptic_gt",
+                                   p.categories)
         for i in range(int(num_images)):
             prob = make_problem(p, seed=[int(seed), i], difficulty=difficulty)
             image_id = f"{p.name}_s{int(seed)}_{i:06d}"
@@ -587,19 +592,13 @@ def write_synthetic_costs(out: str | os.PathLike, gt_out: str | os.PathLike | No
             writer.add(prob.node_costs, prob.edge_maps, image_id=image_id,
                        file_name=file_name, image_size=prob.image_size)
             gt = prob.ground_truth()
-            write_id_png(png_dir / file_name, gt.ids)
-            images.append({"id": image_id, "file_name": file_name,
-                           "height": prob.image_size[0], "width": prob.image_size[1]})
-            annotations.append(Annotation(image_id, file_name, gt.segments))
+            gt_writer.add(Annotation(image_id, file_name, gt.segments), gt.ids,
+                          image_size=prob.image_size)
             acc.append(prob.info["pixel_accuracy"])
             eacc.append(prob.info["edge_accuracy"])
             if progress is not None:
                 progress(i + 1, int(num_images))
-        gt_set = PanopticSet(images=images, annotations=annotations,
-                             categories=list(p.categories))
-        with open(gt_tmp / "panoptic_gt.json", "w") as f:
-            json.dump(gt_set.to_json(), f)
-            f.write("\n")
+        gt_writer.write_json()
         write_manifest(gt_tmp, "make-costs")
     return {"costs": str(out), "gt_json": str(gt_out / "panoptic_gt.json"),
             "gt_dir": str(gt_out / "panoptic_gt"), "images": int(num_images),

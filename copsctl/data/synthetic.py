@@ -38,8 +38,7 @@ from PIL import Image
 
 from ..atomic import atomic_path, check_output
 from ..errors import InputError
-from ..panoptic.format import (VOID, Annotation, Category, PanopticSet, segments_from_id_map,
-                        write_id_png)
+from ..panoptic.format import VOID, Annotation, Category, PanopticWriter, segments_from_id_map
 
 # Things first (COCO-like ids 1..), stuff at 101.. so the contiguous mapping has gaps to
 # bridge, as in COCO.
@@ -369,10 +368,11 @@ def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
     with atomic_path(out) as tmp:
         for split, n in (("train", train), ("val", val)):
             image_dir = tmp / f"{split}2017"
-            png_dir = tmp / "annotations" / f"panoptic_{split}2017"
             image_dir.mkdir(parents=True)
-            png_dir.mkdir(parents=True)
-            images, annotations = [], []
+            writer = PanopticWriter(tmp / "annotations" / f"panoptic_{split}2017.json",
+                                    tmp / "annotations" / f"panoptic_{split}2017",
+                                    SYNTHETIC_CATEGORIES)
+            counts[split] = 0
             for i in range(n):
                 rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], i])
                 image, pan, segments = render_scene(rng, height=h, width=w,
@@ -380,14 +380,9 @@ def make_synthetic(out: str | os.PathLike, *, train: int = 200, val: int = 50,
                 image_id = (1_000_000 if split == "val" else 0) + i + 1
                 name = f"{image_id:012d}.png"
                 Image.fromarray(image).save(image_dir / name)
-                write_id_png(png_dir / name, pan)
-                images.append({"id": image_id, "file_name": name, "height": h, "width": w})
-                annotations.append(Annotation(image_id, name, segments))
-            pset = PanopticSet(images=images, annotations=annotations,
-                               categories=list(SYNTHETIC_CATEGORIES))
-            with open(tmp / "annotations" / f"panoptic_{split}2017.json", "w") as f:
-                json.dump(pset.to_json(), f)
-            counts[split] = sum(len(a.segments) for a in annotations)
+                writer.add(Annotation(image_id, name, segments), pan)
+                counts[split] += len(segments)
+            writer.write_json(newline=False)
         summary = {"out": str(out), "train": int(train), "val": int(val), "size": [h, w],
                    "seed": int(seed), "small_fraction": float(small_fraction),
                    "segments": counts}

@@ -13,11 +13,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_paths
+from ..atomic import atomic_path, atomic_paths, write_json
 from ..errors import InputError
 
 VOID = 0
@@ -94,7 +95,8 @@ class Annotation:
 
 @dataclass
 class PanopticSet:
-    """A parsed panoptic JSON: images, per-image annotations and categories."""
+    """A parsed panoptic JSON: images, per-image annotations and categories (written by
+    :class:`PanopticWriter`)."""
 
     images: list[dict]
     annotations: list[Annotation]
@@ -106,11 +108,6 @@ class PanopticSet:
 
     def category_map(self) -> dict[int, Category]:
         return {c.id: c for c in self.categories}
-
-    def to_json(self) -> dict:
-        return {"images": self.images,
-                "annotations": [a.to_json() for a in self.annotations],
-                "categories": [c.to_json() for c in self.categories]}
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -297,10 +294,110 @@ def segments_from_id_map(ids: np.ndarray, category_of: dict[int, int],
     return segs
 
 
+def image_entry(image_id: str | int, file_name: str, image_size: tuple[int, int]) -> dict:
+    """The JSON ``images`` entry of one image: ``{id, file_name, height, width}``."""
+    return {"id": image_id, "file_name": file_name,
+            "height": int(image_size[0]), "width": int(image_size[1])}
+
+
+class PanopticWriter:
+    """The writer of COCO panoptic sets: id PNGs one at a time, then the JSON listing them.
+
+    Every command that writes a panoptic set (``solve``, ``predict``, ``make-costs``,
+    ``make-synthetic``, :func:`write_panoptic_set`) goes through this class, so the JSON
+    has one layout: ``info`` (when given), ``images``, ``annotations``, ``categories``.
+
+    Parameters
+    ----------
+    json_path, png_dir : path-like
+        Where the JSON and the PNGs go; ``png_dir`` is created.
+    categories : sequence of Category
+    info : dict, optional
+        The JSON's ``info`` entry.
+    atomic : bool
+        False (default): the caller makes the paths safe, as they lie inside a folder
+        being built by :func:`copsctl.atomic.atomic_paths`, published once complete.
+        True: the set is written in place and never half-written all the same: each PNG
+        under a temporary name then renamed, the JSON by :func:`copsctl.atomic.write_json`,
+        so :meth:`write_json` may run again and again as images finish (``predict``).
+    """
+
+    def __init__(self, json_path: str | os.PathLike, png_dir: str | os.PathLike,
+                 categories: Sequence[Category], *, info: dict | None = None,
+                 atomic: bool = False):
+        self.json_path, self.png_dir = Path(json_path), Path(png_dir)
+        self.categories = list(categories)
+        self.info = info
+        self.atomic = atomic
+        # By PNG file name, in the order first listed.
+        self.images: dict[str, dict] = {}
+        self.annotations: dict[str, dict] = {}
+        self.png_dir.mkdir(parents=True, exist_ok=True)
+
+    def __contains__(self, file_name: str) -> bool:
+        return file_name in self.annotations
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def write_png(self, file_name: str, ids: np.ndarray) -> None:
+        """Write the (H, W) id map of one image as ``png_dir/file_name``; lists nothing.
+
+        Safe to call from several threads at once (for different names).
+        """
+        path = self.png_dir / file_name
+        if self.atomic:
+            with atomic_path(path, suffix=".png") as tmp:
+                write_id_png(tmp, ids)
+        else:
+            write_id_png(path, ids)
+
+    def record(self, image: dict, annotation: dict) -> None:
+        """List one image whose PNG is written: its ``images`` entry (:func:`image_entry`)
+        and its annotation as JSON (:meth:`Annotation.to_json`)."""
+        name = annotation["file_name"]
+        self.images[name] = image
+        self.annotations[name] = annotation
+
+    def add(self, annotation: Annotation, ids: np.ndarray, *,
+            image_file_name: str | None = None,
+            image_size: tuple[int, int] | None = None) -> None:
+        """Write one image's PNG (``annotation.file_name``) and list it.
+
+        ``image_file_name`` is the ``images`` entry's file name (the input image; default
+        the PNG's name); ``image_size`` its (H, W) (default the id map's shape).
+        """
+        self.write_png(annotation.file_name, ids)
+        self.record(image_entry(annotation.image_id, image_file_name or annotation.file_name,
+                              np.shape(ids) if image_size is None else image_size),
+                  annotation.to_json())
+
+    def to_json(self) -> dict:
+        out = {} if self.info is None else {"info": self.info}
+        out.update(images=list(self.images.values()),
+                   annotations=list(self.annotations.values()),
+                   categories=[c.to_json() for c in self.categories])
+        return out
+
+    def write_json(self, *, newline: bool = True) -> None:
+        """Write the JSON listing every image so far (compact, ending in a newline).
+
+        ``newline=False`` leaves out the final newline (``make-synthetic``'s files have
+        none; kept so that datasets made before stay byte-identical).
+        """
+        if self.atomic:
+            write_json(self.json_path, self.to_json(), indent=None)
+            return
+        with open(self.json_path, "w") as f:
+            json.dump(self.to_json(), f)
+            if newline:
+                f.write("\n")
+
+
 def write_panoptic_set(json_path: str | os.PathLike, png_dir: str | os.PathLike,
                        annotations: list[Annotation], id_maps: list[np.ndarray],
-                       categories: list[Category], images: list[dict] | None = None) -> None:
-    """Write a panoptic set: one PNG per annotation into ``png_dir`` and the JSON file.
+                       categories: list[Category]) -> None:
+    """Write a whole panoptic set at once: one PNG per annotation and the JSON file.
 
     Parameters
     ----------
@@ -313,22 +410,12 @@ def write_panoptic_set(json_path: str | os.PathLike, png_dir: str | os.PathLike,
     id_maps : list of (H, W) integer ndarray
         The segment id map of each annotation, in the same order.
     categories : list of Category
-    images : list of dict, optional
-        The JSON ``images`` entries; by default ``{id, file_name, height, width}`` built
-        from the annotations and id maps.
     """
     if len(annotations) != len(id_maps):
         raise InputError(f"`id_maps` (length {len(id_maps)}) must have one map per annotation "
                          f"(length {len(annotations)})")
-    if images is None:
-        images = [{"id": a.image_id, "file_name": a.file_name,
-                   "height": int(np.shape(m)[0]), "width": int(np.shape(m)[1])}
-                  for a, m in zip(annotations, id_maps)]
     with atomic_paths([png_dir, json_path]) as (tmp_dir, tmp_json):
-        tmp_dir.mkdir()
+        writer = PanopticWriter(tmp_json, tmp_dir, categories)
         for ann, ids in zip(annotations, id_maps):
-            write_id_png(tmp_dir / ann.file_name, ids)
-        with open(tmp_json, "w") as f:
-            json.dump({"images": images, "annotations": [a.to_json() for a in annotations],
-                       "categories": [c.to_json() for c in categories]}, f, indent=2)
-            f.write("\n")
+            writer.add(ann, ids)
+        writer.write_json()

@@ -54,7 +54,7 @@ import numpy as np
 from ..atomic import atomic_path, write_json
 from ..cpus import available_cpus, check_workers
 from ..errors import InputError
-from .format import Category, Segment, write_id_png
+from .format import Annotation, Category, PanopticWriter, Segment, image_entry
 
 __all__ = ["IMAGE_SUFFIXES", "InputImage", "collect_inputs", "predict_images", "overlay_image",
            "PRED_JSON", "PRED_DIR", "OVERLAY_DIR", "SUMMARY_JSON"]
@@ -157,22 +157,24 @@ class _PredictionFolder:
     def __init__(self, out: Path, settings: dict, categories: Sequence[Category]):
         self.out = out
         self.settings = settings
-        self.categories = list(categories)
-        self.images: dict[str, dict] = {}
-        self.annotations: dict[str, dict] = {}
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out}: exists and is not a folder")
         json_path = out / PRED_JSON
+        earlier = []
         if json_path.is_file():
-            self._load(json_path)
+            earlier = self._load(json_path)
         elif out.is_dir() and any(p.name not in (PRED_DIR, OVERLAY_DIR) for p in out.iterdir()):
             raise InputError(f"--out {out}: folder is not empty and holds no {PRED_JSON}; "
                              "refusing to write into it")
-        (out / PRED_DIR).mkdir(parents=True, exist_ok=True)
+        self.writer = PanopticWriter(json_path, out / PRED_DIR, categories,
+                                     info={_INFO_KEY: settings}, atomic=True)
+        for entry, annotation in earlier:
+            self.writer.record(entry, annotation)
         self._last_flush = time.monotonic()
         self._dirty = False
 
-    def _load(self, json_path: Path) -> None:
+    def _load(self, json_path: Path) -> list[tuple[dict, dict]]:
+        """The finished images an earlier run listed: ``(images entry, annotation)``."""
         try:
             data = json.loads(json_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -187,38 +189,30 @@ class _PredictionFolder:
                                  f"{stored.get(key)!r}, this run has {value!r}; use another "
                                  "--out or remove it")
         by_name = {a.get("file_name"): a for a in data.get("annotations", [])}
+        earlier = []
         for entry in data.get("images", []):
             stem = Path(str(entry.get("file_name", ""))).stem
             ann = by_name.get(f"{stem}.png")
             if ann is not None and (self.out / PRED_DIR / f"{stem}.png").is_file():
-                self.images[stem] = entry
-                self.annotations[stem] = ann
+                earlier.append((entry, ann))
+        return earlier
 
     def finished(self, image: InputImage, overlay: bool) -> bool:
-        return image.stem in self.images and (
+        return f"{image.stem}.png" in self.writer and (
             not overlay or (self.out / OVERLAY_DIR / f"{image.stem}.png").is_file())
 
-    def add(self, stem: str, image_entry: dict, annotation: dict) -> None:
-        self.images[stem] = image_entry
-        self.annotations[stem] = annotation
+    def add(self, entry: dict, annotation: dict) -> None:
+        """List an image whose PNG is written; rewrite the JSON every few seconds."""
+        self.writer.record(entry, annotation)
         self._dirty = True
         if time.monotonic() - self._last_flush > _FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
         """Rewrite the JSON (atomically) with every finished image."""
-        info = {_INFO_KEY: self.settings}
-        write_json(self.out / PRED_JSON, {
-            "info": info, "images": list(self.images.values()),
-            "annotations": list(self.annotations.values()),
-            "categories": [c.to_json() for c in self.categories]}, indent=None)
+        self.writer.write_json()
         self._last_flush = time.monotonic()
         self._dirty = False
-
-
-def _write_png(path: Path, write) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        write(tmp)
 
 
 # ---------------------------------------------------------------------------- overlays
@@ -279,7 +273,6 @@ def overlay_image(image: np.ndarray, ids: np.ndarray, segments: Sequence[Segment
 
 @dataclass
 class _Solved:
-    stem: str
     image_entry: dict
     annotation: dict
     solve_seconds: float
@@ -288,7 +281,8 @@ class _Solved:
 
 def _solve_one(image: InputImage, node: np.ndarray, edge: np.ndarray, rgb: np.ndarray | None,
                image_size: tuple[int, int], area_scale: float, *, distances, partitionable,
-               categories, thing_area: float, stuff_area: float, options, out: Path) -> _Solved:
+               categories, thing_area: float, stuff_area: float, options,
+               writer: PanopticWriter, out: Path) -> _Solved:
     from ..costs.cache import solver_problem
     from .solve import scored_prediction
     from ..solver import solve_amwc
@@ -301,19 +295,15 @@ def _solve_one(image: InputImage, node: np.ndarray, edge: np.ndarray, rgb: np.nd
                              stuff_area=stuff_area * area_scale)
     t1 = time.perf_counter()
     name = f"{image.stem}.png"
-    _write_png(out / PRED_DIR / name, lambda p: write_id_png(p, pred.ids))
+    writer.write_png(name, pred.ids)
     if rgb is not None:
         from PIL import Image
 
         picture = overlay_image(rgb, pred.ids, pred.segments, categories)
-        _write_png(out / OVERLAY_DIR / name,
-                   lambda p: Image.fromarray(picture).save(p, format="PNG", compress_level=1))
-    H, W = image_size
-    return _Solved(stem=image.stem,
-                   image_entry={"id": image.image_id, "file_name": image.path.name,
-                                "height": int(H), "width": int(W)},
-                   annotation={"image_id": image.image_id, "file_name": name,
-                               "segments_info": [s.to_json() for s in pred.segments]},
+        with atomic_path(out / OVERLAY_DIR / name, suffix=".png") as tmp:
+            Image.fromarray(picture).save(tmp, format="PNG", compress_level=1)
+    return _Solved(image_entry=image_entry(image.image_id, image.path.name, image_size),
+                   annotation=Annotation(image.image_id, name, pred.segments).to_json(),
                    solve_seconds=t1 - t0, write_seconds=time.perf_counter() - t1)
 
 
@@ -426,7 +416,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     solve_kwargs = dict(distances=model.distances,
                         partitionable=np.array([c.isthing for c in categories], dtype=bool),
                         categories=categories, thing_area=thing_area, stuff_area=stuff_area,
-                        options=options, out=out)
+                        options=options, writer=folder.writer, out=out)
     pad_multiple, stride = 32, 4  # the evaluation transform of PanopticDataset
 
     def decode(image: InputImage):
@@ -448,7 +438,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     def collect(future: Future, report: bool = True) -> None:
         nonlocal done
         solved = future.result()
-        folder.add(solved.stem, solved.image_entry, solved.annotation)
+        folder.add(solved.image_entry, solved.annotation)
         stats["solve"] += solved.solve_seconds
         stats["write"] += solved.write_seconds
         done += 1

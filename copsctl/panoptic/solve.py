@@ -16,10 +16,11 @@ so a failure leaves no partial ``OUT`` (:mod:`copsctl.atomic`). An existing ``OU
 replaced only when it is empty or an earlier output of ``copsctl solve`` holding nothing
 else (its manifest lists every file), unless ``overwrite``.
 
-Settings not given explicitly come from the recipe stored in the cost file: the
-small-segment thresholds from ``data.thing_area_threshold`` and
-``data.stuff_area_threshold`` and the solver options from ``solver.*`` (the keys of
-:mod:`copsctl.config`), else the defaults 200 / 2048 and ``SolverOptions()``.
+Settings not given explicitly come from the recipe stored in the cost file
+(:func:`cost_file_recipe`): the small-segment thresholds from ``data.thing_area_threshold``
+and ``data.stuff_area_threshold`` and the solver options from ``solver.*`` (the keys of
+:mod:`copsctl.config`); a file without a recipe gets the code defaults (200 / 2048 and
+``SolverOptions()``).
 ``overrides`` (``copsctl solve --set``) change those keys of the stored recipe, and the
 recipe used is written beside the predictions as ``OUT/recipe.yaml``.
 """
@@ -32,7 +33,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -43,10 +44,12 @@ from ..costs.cache import CostFile, solver_problem
 from ..cpus import available_cpus, check_workers
 from ..errors import InputError
 from ..atomic import check_output, check_output_folder, write_manifest
-from .format import Annotation, Category, PanopticSet, write_id_png
-from .postprocess import (DEFAULT_STUFF_AREA, DEFAULT_THING_AREA, PanopticPrediction,
-                          panoptic_from_solution, segment_scores)
+from .format import Annotation, Category, PanopticWriter
+from .postprocess import PanopticPrediction, panoptic_from_solution, segment_scores
 from ..solver import AMWCResult, SolverOptions, solve_many
+
+if TYPE_CHECKING:
+    from ..config import Recipe
 
 PRED_JSON = "panoptic_pred.json"
 PRED_DIR = "panoptic_pred"
@@ -57,45 +60,12 @@ RECIPE_YAML = "recipe.yaml"
 _SOLVE_KEYS = ("data.thing_area_threshold", "data.stuff_area_threshold")
 
 
-def _recipe_number(recipe: dict | None, section: str, key: str, path: Path):
-    if not recipe or not isinstance(recipe.get(section), dict) or key not in recipe[section]:
-        return None
-    value = recipe[section][key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise InputError(f"{path}: recipe key {section}.{key} must be a non-negative number, "
-                         f"got {value!r}")
-    return value
-
-
-def _recipe_solver_options(recipe: dict | None, path: Path) -> SolverOptions:
-    section = (recipe or {}).get("solver")
-    if not isinstance(section, dict):
-        return SolverOptions()
-    known = {f.name: f.type for f in dataclasses.fields(SolverOptions)}
-    kwargs = {}
-    for key, value in section.items():
-        if key not in known:
-            continue  # e.g. solver.workers: a setting of the caller, not of the solver
-        default = getattr(SolverOptions(), key)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise InputError(f"{path}: recipe key solver.{key} must be of type "
-                             f"{type(default).__name__}, got {value!r}")
-        kwargs[key] = value
-    return SolverOptions(**kwargs)
-
-
-def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict:
-    """The stored recipe with ``section.key=value`` overrides of the keys solving reads.
+def apply_solve_overrides(recipe: "Recipe", overrides: Sequence[str]) -> "Recipe":
+    """The recipe with ``section.key=value`` overrides of the keys solving reads.
 
     Parameters
     ----------
-    recipe : dict or None
+    recipe : Recipe
         The cost file's recipe (:attr:`copsctl.costs.cache.CostFile.recipe`).
     overrides : sequence of str
         ``solver.<key>=value`` (any key of :class:`copsctl.config.SolverConfig`) or
@@ -104,24 +74,28 @@ def apply_solve_overrides(recipe: dict | None, overrides: Sequence[str]) -> dict
 
     Returns
     -------
-    dict
-        A new nested dict (the input is not modified).
+    Recipe
+        A new recipe (recipes are immutable).
     """
-    from ..config import parse_override, recipe_from_dict
+    from ..config import parse_override
 
-    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (recipe or {}).items()}
     for text in overrides:
-        dotted, value = parse_override(text)
+        dotted, _ = parse_override(text)
         if not (dotted.startswith("solver.") or dotted in _SOLVE_KEYS):
             raise InputError(f"--set {dotted}: copsctl solve reads only solver.* and "
                              f"{', '.join(_SOLVE_KEYS)} (other keys belong to other commands)")
-        section, key = dotted.split(".")
-        checked = recipe_from_dict({section: {key: value}}, source="--set")
-        value = getattr(getattr(checked, section), key)
-        if not isinstance(merged.get(section), dict):
-            merged[section] = {}
-        merged[section][key] = list(value) if isinstance(value, tuple) else value
-    return merged
+    return recipe.replace(list(overrides))
+
+
+def cost_file_recipe(cf: CostFile) -> "Recipe":
+    """The recipe to solve a cost file with: the one stored in it, else the code defaults
+    (:mod:`copsctl.config`; thresholds 200 / 2048, ``SolverOptions()``) with the file's
+    distances."""
+    from ..config import Recipe
+
+    stored = cf.recipe
+    return stored if stored is not None else \
+        Recipe().replace({"model.distances": list(cf.distances)})
 
 
 def scored_prediction(result: AMWCResult, node_costs: np.ndarray,
@@ -234,29 +208,30 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                          "replaced as a whole")
 
     with CostFile(costs) as cf:
-        recipe = apply_solve_overrides(cf.recipe, overrides) if overrides else cf.recipe
+        recipe = cost_file_recipe(cf)
+        # recipe.yaml records the recipe used when there is one to record.
+        record_recipe = bool(cf.recipe_text.strip() or overrides or calibration is not None)
+        if overrides:
+            recipe = apply_solve_overrides(recipe, overrides)
         if thing_area is None:
-            thing_area = _recipe_number(recipe, "data", "thing_area_threshold", costs)
+            thing_area = recipe.data.thing_area_threshold
         if stuff_area is None:
-            stuff_area = _recipe_number(recipe, "data", "stuff_area_threshold", costs)
-        thing_area = DEFAULT_THING_AREA if thing_area is None else thing_area
-        stuff_area = DEFAULT_STUFF_AREA if stuff_area is None else stuff_area
+            stuff_area = recipe.data.stuff_area_threshold
         if options is None:
-            options = _recipe_solver_options(recipe, costs)
+            options = recipe.solver.options()
         n = len(cf)
         if n == 0:
             raise InputError(f"{costs}: cost file holds no images")
         relative = None
         if calibration is not None:
             m = len(cf.distances)
-            base = Calibration.from_section((recipe or {}).get("calibration"), m)
+            base = Calibration.from_section(recipe.calibration, m)
             relative = calibration.check(m, "--calibration").relative_to(base)
-            recipe = {**(recipe or {}), "calibration": calibration.to_section()}
+            recipe = recipe.replace({f"calibration.{k}": v
+                                     for k, v in calibration.to_section().items()})
         if workers is None:
             # The recipe's solver.workers (0 = all cores) when --workers is not given.
-            workers = _recipe_number(recipe, "solver", "workers", costs) or None
-        if workers is None:
-            workers = available_cpus()
+            workers = recipe.solver.workers or available_cpus()
         workers = int(workers)
         batch = int(batch_size) if batch_size is not None else 2 * workers
         png_names = _png_names(cf.file_names)
@@ -265,10 +240,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         solve_seconds = 0.0
         n_segments = n_solver_segments = n_rejected = 0
         objectives = []
-        images, annotations = [], []
         with atomic_path(out) as tmp, ThreadPoolExecutor(max_workers=1) as reader:
-            png_dir = tmp / PRED_DIR
-            png_dir.mkdir(parents=True)
+            writer = PanopticWriter(tmp / PRED_JSON, tmp / PRED_DIR, categories)
             # One batch is read (and decoded) while the one before it is solved.
             def read(indices) -> list:
                 return [cf.problem(i) if relative is None else _calibrated_problem(cf, i, relative)
@@ -297,29 +270,22 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                     node_costs = prob[0].T.reshape(len(categories), h, w)
                     pred = scored_prediction(res, node_costs, categories, meta["image_size"],
                                              thing_area=thing_area, stuff_area=stuff_area)
-                    name = png_names[meta["index"]]
-                    write_id_png(png_dir / name, pred.ids)
-                    H, W = meta["image_size"]
-                    images.append({"id": meta["image_id"], "file_name": meta["file_name"],
-                                   "height": H, "width": W})
-                    annotations.append(Annotation(meta["image_id"], name, pred.segments))
+                    writer.add(Annotation(meta["image_id"], png_names[meta["index"]],
+                                          pred.segments), pred.ids,
+                               image_file_name=meta["file_name"], image_size=meta["image_size"])
                     n_segments += len(pred.segments)
                     n_solver_segments += res.num_segments
                     n_rejected += pred.num_rejected
                     objectives.append(res.objective)
                 if progress is not None:
                     progress(idx[-1] + 1, n)
-            pred_set = PanopticSet(images=images, annotations=annotations,
-                                   categories=categories)
-            with open(tmp / PRED_JSON, "w") as f:
-                json.dump(pred_set.to_json(), f)
-                f.write("\n")
-            if recipe:
+            writer.write_json()
+            if record_recipe:
                 (tmp / RECIPE_YAML).write_text(
                     f"# recipe of {costs}" + (f" with --set {' '.join(overrides)}" if overrides
                                                else "") + "\n"
                     "# copsctl solve reads solver.* and data.{thing,stuff}_area_threshold\n"
-                    + yaml.safe_dump(recipe, sort_keys=False))
+                    + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             summary = {
                 "costs": str(costs), "out": str(out), "pred_json": str(out / PRED_JSON),
                 "pred_dir": str(out / PRED_DIR), "images": n, "workers": workers,

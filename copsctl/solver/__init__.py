@@ -21,13 +21,13 @@ This module never imports torch.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from ..cpus import available_cpus
 from ..errors import InputError
 from .grid import (edge_values_to_maps, grid_edge_distance, grid_edge_mask, grid_edges,
                    maps_to_edge_values)
@@ -355,8 +355,7 @@ def solve_many(problems: Sequence, workers: int | None = None,
         except InputError as exc:
             raise InputError(f"`problems[{i}]`: {exc}") from None
     if workers is None:
-        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count())
+        workers = available_cpus()
     workers = max(1, min(int(workers), len(validated) or 1))
     if workers == 1:
         return [_solve_validated(*v, opts) for v in validated]

@@ -150,19 +150,9 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) 
 
 def checkpoint_recipe(ckpt: dict[str, Any], source: str):
     """The :class:`~copsctl.config.Recipe` stored in a checkpoint, or None."""
-    import yaml
+    from ..config import recipe_from_text
 
-    from ..config import recipe_from_dict
-
-    text = ckpt.get("recipe")
-    if not text:
-        return None
-    try:
-        mapping = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: stored recipe is not valid YAML "
-                         f"({str(exc).splitlines()[0]})") from None
-    return recipe_from_dict(mapping, source=f"{source} (stored recipe)")
+    return recipe_from_text(ckpt.get("recipe"), f"{source} (stored recipe)")
 
 
 def checkpoint_class_table(ckpt: dict[str, Any]):

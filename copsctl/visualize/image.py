@@ -64,15 +64,6 @@ class ImageView:
     pred: tuple[np.ndarray, list[Segment]] | None = None
 
 
-def _stored_recipe(stored: dict | None, path: Path):
-    """The cost file's recipe as a copsctl Recipe, or None when it is not one (make-costs)."""
-    from ..config import RECIPE_SECTIONS, recipe_from_dict
-
-    if not stored or not set(stored) <= set(RECIPE_SECTIONS):
-        return None
-    return recipe_from_dict(stored, source=f"{path} (stored recipe)")
-
-
 def _annotation(pset, image_id, json_path: Path):
     for ann in pset.annotations:
         if ann.image_id == image_id:
@@ -138,7 +129,7 @@ def load_image_view(costs: str | os.PathLike, *, pred: str | os.PathLike | None 
     if recipe is not None:
         cfg = load_recipe(recipe, overrides)
     else:
-        cfg = _stored_recipe(stored, costs)
+        cfg = stored
         if cfg is not None and overrides:
             cfg = cfg.replace(list(overrides))
         elif overrides:
