@@ -327,6 +327,9 @@ class FinetuneConfig:
         "rescale each image's costs to this root mean square before the solver (0: off); "
         "stops the interpolation's pull towards ever smaller costs",
         check=_non_negative)
+    scale_invariant: bool = _key(False,
+        "divide each image's costs by their own root mean square, held constant: the costs "
+        "keep their values, the gradient loses its pull towards ever smaller costs")
 
 
 @dataclass(frozen=True)

@@ -444,10 +444,14 @@ def test_cost_normalisation_removes_the_pull_towards_smaller_costs():
     pan, gt = _scene()
     node, edge = _costs(pan, CLS_OF)
     grads = {}
-    for norm in (False, True):
+    for norm in (False, True, None):
         nv = node.clone().requires_grad_(True)
         ev = edge.clone().requires_grad_(True)
-        n, e = normalize_cost_scale(nv, ev, 3.0, (1, 2)) if norm else (nv, ev)
+        if norm is None:  # finetune.scale_invariant: the costs keep their values exactly
+            n, e = normalize_cost_scale(nv, ev, None, (1, 2))
+            assert torch.equal(n, node) and torch.equal(e, edge)
+        else:
+            n, e = normalize_cost_scale(nv, ev, 3.0, (1, 2)) if norm else (nv, ev)
         layer = AMWCLayer(distances=(1, 2), partitionable=PART, lambda_min=500,
                           lambda_max=2000, num_perturbations=3, workers=1)
         lifted_pq_surrogate(layer(n, e, [gt], seed=1), THRESH, pixel_area=16.0).loss.backward()
@@ -457,6 +461,7 @@ def test_cost_normalisation_removes_the_pull_towards_smaller_costs():
     # through the normalisation the component along the costs is gone.
     assert grads[False] > 1e-6
     assert grads[True] == pytest.approx(0.0, abs=1e-6 * grads[False] + 1e-9)
+    assert grads[None] == pytest.approx(0.0, abs=1e-6 * grads[False] + 1e-9)
     with pytest.raises(InputError, match="`target` must be positive"):
         normalize_cost_scale(node, edge, 0.0, (1, 2))
     with pytest.raises(InputError, match=r"`edge_costs` \(shape \(1, 2, 12, 16\)\) must have shape"):

@@ -423,8 +423,8 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
     return grads, stats
 
 
-def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor, target: float,
-                         distances: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor,
+                         target: float | None, distances: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rescale every image's costs so that their root mean square is ``target``.
 
     The AMWC solution does not change when all costs of an image are multiplied by one
@@ -448,8 +448,10 @@ def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor, tar
     node_costs : (B, K, h, w) Tensor
     edge_costs : (B, 2m, h, w) Tensor
         Grid layout of :mod:`copsctl.solver.grid`; positions without an edge are ignored.
-    target : float
-        The root mean square after scaling (positive).
+    target : float or None
+        The root mean square after scaling (positive). ``None``: each image's own root
+        mean square, not differentiated, so the costs keep their values and only the
+        gradient changes: it loses its component along the costs (``finetune.scale_invariant``).
     distances : sequence of int
         The layout's edge distances.
 
@@ -457,7 +459,7 @@ def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor, tar
     -------
     (node_costs, edge_costs) : Tensors of the input shapes
     """
-    if not target > 0:
+    if target is not None and not target > 0:
         raise InputError(f"`target` must be positive, got {target}")
     B, K, h, w = node_costs.shape
     mask = grid_graph(h, w, distances).edge_mask
@@ -469,7 +471,7 @@ def normalize_cost_scale(node_costs: torch.Tensor, edge_costs: torch.Tensor, tar
     total = centred.pow(2).flatten(1).sum(1) + (edge_costs.pow(2) * m).flatten(1).sum(1)
     count = K * h * w + float(mask.sum())
     rms = (total / count).clamp_min(1e-24).sqrt()
-    factor = (target / rms).view(B, 1, 1, 1)
+    factor = ((rms.detach() if target is None else target) / rms).view(B, 1, 1, 1)
     return node_costs * factor, edge_costs * factor
 
 

@@ -113,8 +113,9 @@ def layer_costs(costs: dict, cfg: "Recipe", seed: int) -> tuple[torch.Tensor, to
         gen = torch.Generator(device=node.device)
         gen.manual_seed(seed)
         node, edge = drop_costs(node, edge, f.cost_dropout, gen)
-    if f.cost_norm > 0:
-        node, edge = normalize_cost_scale(node, edge, f.cost_norm, cfg.model.distances)
+    if f.cost_norm > 0 or f.scale_invariant:
+        node, edge = normalize_cost_scale(node, edge, f.cost_norm if f.cost_norm > 0 else None,
+                                          cfg.model.distances)
     return node, edge
 
 
