@@ -42,3 +42,14 @@ def test_heads_restores_the_model_between_steps(tiny_run, capsys):
             assert all(0.0 <= v <= 1.0 for v in r[part].values())
     out = capsys.readouterr().out
     assert "| alpha | A surrogate |" in out and out.count("\n| 0 |") == 2
+
+
+def test_heads_held_out_data_is_another_datasets_val_split(tiny_run, capsys):
+    rows = main(_args(tiny_run, "--batches", "1", "--held-out", "1", "--alphas", "0",
+                      "--held-out-data", str(tiny_run[0])))
+    # Without --held-out-data set B is the training batch after A; with the tiny set's own
+    # val split it is another batch, of other images.
+    plain = main(_args(tiny_run, "--batches", "1", "--held-out", "1", "--alphas", "0"))
+    assert rows[0]["A"] == plain[0]["A"]
+    assert rows[0]["B"] != plain[0]["B"]
+    assert "held-out batches of the val split of" in capsys.readouterr().out

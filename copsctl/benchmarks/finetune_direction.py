@@ -4,7 +4,7 @@ Run as::
 
     PYTHONPATH=. .venv/bin/python -m copsctl.benchmarks.finetune_direction --weights CKPT
         --data SYNTHETIC_DIR [--calibration RUN/calibration.yaml] [--recipe synthetic_finetune]
-        [--batches 12] [--held-out 12] [--loss pq_surrogate|cross_entropy]
+        [--batches 12] [--held-out 12] [--held-out-data DIR] [--loss pq_surrogate|cross_entropy]
         [--direction sign|gradient] [--alphas 0 1e-3 2e-3 3e-3] [--scalars] [--set key=value ...]
 
 Two checks, both at a fixed model (the network in eval mode, no cost dropout, the
@@ -16,9 +16,12 @@ fine-tuning recipe's training batches in their fixed order):
   ``-sign(g)`` (``sign``: the first step of Adam, every weight by ``alpha``) or
   ``-g`` rescaled to the norm of such a step (``gradient``: the direction of SGD), and
   the mean surrogate and exact PQ (at cost resolution, with the small-segment rejection,
-  as the training log reports them) are measured on set A and on the next
-  ``--held-out`` batches (set B), which the gradient has not seen. A gradient that
-  carries what generalises raises PQ on B as well as on A.
+  as the training log reports them) are measured on set A and on ``--held-out`` batches
+  (set B) of images the gradient has not seen: training batches of the val split of
+  ``--held-out-data`` (a dataset of the same kind made with another seed), or without it
+  the training batches after set A (which repeat A's images, differently augmented,
+  once A and B together exceed one epoch). A gradient that carries what generalises
+  raises PQ on B as well as on A.
 - **Cost scalars** (``--scalars``). Per batch, Algorithm 1's gradient with respect to
   the log node scale and the summed log edge scales of the cost transform is compared
   with central finite differences (step 0.15) of the surrogate and of exact PQ: the
@@ -44,6 +47,7 @@ class _Probe:
     def __init__(self, args):
         from ..calibration import load_calibration
         from ..config import load_recipe
+        from ..errors import InputError
         from ..model import PretrainLoss, freeze_for_finetuning
         from ..train.amwc_layer import AMWCLayer
         from ..train.checkpoint import load_model
@@ -75,8 +79,16 @@ class _Probe:
         self.thresholds = surrogate_thresholds(table.thing_mask, cfg)
         self.categories = table.to_categories()
         self.ce = PretrainLoss.from_config(cfg)
-        n = args.batches + (0 if args.scalars else args.held_out)
+        n = args.batches + (0 if args.scalars or args.held_out_data else args.held_out)
         self.batches = list(itertools.islice(train_batches(dataset, cfg, self.ctx, 0), n))
+        if args.held_out_data and not args.scalars:
+            other = cfg.replace({"data.root": os.path.abspath(args.held_out_data)})
+            unseen = make_dataset(other, open_split(other, other.data.val_split), train=True)
+            if unseen.reader.class_table != table:
+                raise InputError(f"--held-out-data {args.held_out_data}: other classes than "
+                                 f"--data {args.data}")
+            self.batches += list(itertools.islice(train_batches(unseen, other, self.ctx, 0),
+                                                  args.held_out))
 
     def __call__(self, batch: dict, *, loss: str | None = None) -> dict:
         """Surrogate and exact PQ of ``batch``; with ``loss``, also backward of that loss."""
@@ -121,8 +133,9 @@ def _heads(probe: _Probe, args) -> list[dict]:
         norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
         n = sum(g.numel() for g in grads)
         steps = [g * (n ** 0.5 / max(norm, 1e-30)) for g in grads]
+    where = f"the val split of {args.held_out_data}" if args.held_out_data else "training"
     print(f"# {args.loss} gradient of {args.batches} batches (set A), "
-          f"{len(b_set)} held-out batches (set B), direction {args.direction}")
+          f"{len(b_set)} held-out batches of {where} (set B), direction {args.direction}")
     print("| alpha | A surrogate | A PQ | A PQ_th | A PQ_st | B surrogate | B PQ | B PQ_th | B PQ_st |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -186,6 +199,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--recipe", default="synthetic_finetune")
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--held-out", type=int, default=12)
+    ap.add_argument("--held-out-data", default=None)
     ap.add_argument("--loss", default="pq_surrogate", choices=["pq_surrogate", "cross_entropy"])
     ap.add_argument("--direction", default="sign", choices=["sign", "gradient"])
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 1e-3, 2e-3, 3e-3])
@@ -198,4 +212,6 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from . import run
+
+    run(main)
