@@ -204,7 +204,7 @@ cdef cppclass NodeGraph:
 
 
 cdef enum:
-    TOP = 4
+    TOP = 3
 
 cdef cppclass TopClasses:
     # Per unit (node, superpixel or piece) its TOP cheapest classes, ordered by (cost,

@@ -224,7 +224,7 @@ def test_mwc_with_many_labels_is_feasible():
                                                    max_improve_rounds=50)])
 def test_mwc_result_admits_no_improving_single_node_move(options, class_major):
     # The improvement phase ends with node moves, so no node can lower the objective by
-    # taking another label. Six cheap labels and repulsive edges: a node's 4 cheapest
+    # taking another label. Six cheap labels and repulsive edges: a node's 3 cheapest
     # labels (the kernel's shortlist) are often all held by it and its neighbours, so
     # the cheapest label it may take is found only by the scan of all labels.
     from copsctl.solver import grid_edges
