@@ -838,11 +838,18 @@ cdef int _segments(const Problem& P, const vector[int32_t]& cl,
 
 
 cdef int32_t _partition_costs(const Problem& P, const vector[int32_t]& cl, vector[int32_t]& cid,
-                              ClusterCosts& cc) except -1 nogil:
+                              ClusterCosts& cc, const int32_t* coarse,
+                              const double* coarse_rows) except -1 nogil:
     """Number the clusters of ``cl`` 0..C-1 by first node (``cid``), sum their nodes' cost
-    rows into ``cc`` and return C."""
-    cdef int32_t N = P.N, K = P.K, C = 0, i, k, c, i0, i1, k0, k1
-    cdef vector[int32_t] ren
+    rows into ``cc`` and return C.
+
+    ``coarse`` (or NULL): a coarser partition (per node) whose cost rows, summed in the
+    same way, are ``coarse_rows``; a cluster that is a whole coarse cluster takes that
+    row instead of summing its nodes again (the same sums).
+    """
+    cdef int32_t N = P.N, K = P.K, C = 0, i, k, c, i0, i1, k0, k1, a, nco = 0
+    cdef vector[int32_t] ren, first
+    cdef vector[uint8_t] whole
     cdef double* rr
     cdef double* row
     _fill_i32(ren, clsize_cap(cl), -1)
@@ -856,8 +863,28 @@ cdef int32_t _partition_costs(const Problem& P, const vector[int32_t]& cl, vecto
     cc.costs.clear(); cc.costs.resize(<size_t>C * K, 0.0)
     cc.best.resize(C); cc.second.resize(C); cc.argbest.resize(C)
     rr = &cc.costs[0]
+    if coarse != NULL:
+        # a coarse cluster is whole when all its nodes are in one cluster of ``cl``
+        for i in range(N):
+            if coarse[i] >= nco:
+                nco = coarse[i] + 1
+        _fill_i32(first, nco, -1)
+        _fill_u8(whole, nco, 1)
+        for i in range(N):
+            a = coarse[i]
+            if first[a] < 0:
+                first[a] = cid[i]
+            elif first[a] != cid[i]:
+                whole[a] = 0
+        for a in range(nco):
+            if whole[a] and first[a] >= 0:
+                row = rr + <int64_t>first[a] * K
+                for k in range(K):
+                    row[k] = coarse_rows[<int64_t>a * K + k]
     if P.s1 == 1:
         for i in range(N):
+            if coarse != NULL and whole[coarse[i]]:
+                continue
             for k in range(K):
                 rr[<int64_t>cid[i] * K + k] += P.nc[i * P.s0 + k]
     else:
@@ -870,6 +897,8 @@ cdef int32_t _partition_costs(const Problem& P, const vector[int32_t]& cl, vecto
             for k0 in range(0, K, 8):
                 k1 = k0 + 8 if k0 + 8 < K else K
                 for i in range(i0, i1):
+                    if coarse != NULL and whole[coarse[i]]:
+                        continue
                     row = rr + <int64_t>cid[i] * K
                     for k in range(k0, k1):
                         row[k] += P.nc[i * P.s0 + k * P.s1]
@@ -890,10 +919,13 @@ cdef inline size_t clsize_cap(const vector[int32_t]& cl) noexcept nogil:
 cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
                       const NodeGraph& g, const TopClasses& node_top,
                       vector[int32_t]& cl, vector[int32_t]& clclass, vector[int32_t]& clsize,
-                      int32_t* next_id, int32_t max_rounds, Stats* st) except -1 nogil:
+                      int32_t* next_id, int32_t max_rounds, const double* sprows,
+                      Stats* st) except -1 nogil:
     """Moves of the pieces that node moves cut the superpixels into, then node moves.
 
     A piece is a connected part of a superpixel within one cluster (local edges).
+    ``sprows`` (or NULL): the superpixels' cost rows as ``_partition_costs`` sums them; a
+    superpixel that no node left is one piece with that row.
     """
     cdef int32_t N = P.N, i, u, v, ru, rv, C
     cdef int64_t e
@@ -918,7 +950,10 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
     for i in range(N):
         root[i] = _find(&parent[0], i)
     parent.clear(); parent.shrink_to_fit()
-    C = _partition_costs(P, root, pid, pc)
+    cdef const int32_t* coarse = NULL
+    if sprows != NULL:
+        coarse = &cid[0]
+    C = _partition_costs(P, root, pid, pc, coarse, sprows)
     root.clear(); root.shrink_to_fit()
     _region_graph(P, C, pid, g, no_maps, pg, False)
     pcl.resize(C)
@@ -960,7 +995,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         for i in range(P.N):
             cl[i] = _find(&parent[0], i)
         t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
-        M = _partition_costs(P, cl, cid, cc)
+        M = _partition_costs(P, cl, cid, cc, NULL, NULL)
     else:
         _load_costs(P, cc)
         if improve:
@@ -1005,7 +1040,9 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
                  &next_id, <int64_t>max_rounds * P.N, st)
         # pieces differ from the superpixels only where nodes moved
         if piece_moves and pre_max > 1 and st.improve_moves > moves:
-            _piece_moves(P, M, cid, g, node_top, cl, clclass, clsize, &next_id, max_rounds, st)
+            # the class-agreement superpixels' rows are summed as the pieces' are
+            _piece_moves(P, M, cid, g, node_top, cl, clclass, clsize, &next_id, max_rounds,
+                         &sprows[0] if sp_moves and pre_margin >= 0 else NULL, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
 
     _segments(P, cl, clclass, out_labels, out_segments, out_cut)
