@@ -666,19 +666,26 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
                   const uint8_t* part, int32_t M, const TopClasses& top,
                   const NodeGraph& g, vector[int32_t]& cl, vector[int32_t]& clclass,
                   vector[int32_t]& clsize, int32_t* next_id, int64_t budget,
-                  Stats* st) except -1 nogil:
-    """Phase 3: single-unit moves, each strictly lowering the objective.
+                  uint8_t* changed, Stats* st) except -1 nogil:
+    """Phase 3: single-unit moves, each strictly lowering the objective; returns whether
+    no unit is left to examine (else the budget of visits ran out).
 
     The units are the nodes, or the superpixels (then ``rows`` are their summed cost rows
-    and ``g`` their summed adjacency); ``top`` holds their cheapest classes. A unit moves to a neighbouring cluster (taking its class) or to a new
-    cluster of any class; units next to a moved one are re-examined. ``clsize`` counts
-    units; new cluster ids are taken from ``next_id`` upwards.
+    and ``g`` their summed adjacency); ``top`` holds their cheapest classes. A unit moves
+    to a neighbouring cluster (taking its class) or to a new cluster of any class; units
+    next to a moved one are re-examined. ``clsize`` counts units; new cluster ids are
+    taken from ``next_id`` upwards.
+
+    ``changed`` (or NULL): the units whose visit in the first sweep may move them; every
+    other unit is known to stay (the state around it is that of an earlier visit that
+    left it), so its visit is counted but not made. The kernel marks the neighbours of
+    each moved unit here, so the result is that of visiting every unit.
     """
     cdef int32_t i, j, c, k, ci, ki, tgt, kt, nl, kb, t
     cdef const int32_t* tk
     cdef const double* tv
     cdef bint eligible, found
-    cdef int64_t head = 0, qn, p, q, visits = 0
+    cdef int64_t head = 0, qn, p, q, visits = 0, first_sweep
     cdef double cur, bestc, cand, wown
     cdef const double* row
     cdef bint interior
@@ -690,6 +697,7 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
     for i in range(N):
         queue[i] = i
     qn = N   # number of queued entries (ring buffer of capacity N)
+    first_sweep = N   # entries of the first sweep still queued (they come first)
     _fill_i32(lmark, clclass.size(), -1)
     while qn > 0 and visits < budget:
         i = queue[head]
@@ -700,6 +708,10 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
         inq[i] = 0
         st.improve_visits += 1
         visits += 1
+        if first_sweep > 0:
+            first_sweep -= 1
+            if changed != NULL and not changed[i]:
+                continue
         ci = cl[i]
         ki = clclass[ci]
         row = rows + i * s0
@@ -798,10 +810,13 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
         st.improve_moves += 1
         for p in range(g.off[i], g.off[i + 1]):
             j = g.nbr[p]
+            if changed != NULL:
+                changed[j] = 1
             if not inq[j]:
                 inq[j] = 1
                 queue[(head + qn) % N] = j
                 qn += 1
+    return qn == 0
 
 
 cdef int _segments(const Problem& P, const vector[int32_t]& cl,
@@ -920,12 +935,14 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
                       const NodeGraph& g, const TopClasses& node_top,
                       vector[int32_t]& cl, vector[int32_t]& clclass, vector[int32_t]& clsize,
                       int32_t* next_id, int32_t max_rounds, const double* sprows,
-                      Stats* st) except -1 nogil:
+                      bint settled, Stats* st) except -1 nogil:
     """Moves of the pieces that node moves cut the superpixels into, then node moves.
 
     A piece is a connected part of a superpixel within one cluster (local edges).
     ``sprows`` (or NULL): the superpixels' cost rows as ``_partition_costs`` sums them; a
-    superpixel that no node left is one piece with that row.
+    superpixel that no node left is one piece with that row. ``settled``: the node moves
+    before ran to the end, so no node moves again unless the pieces changed the clusters
+    around it.
     """
     cdef int32_t N = P.N, i, u, v, ru, rv, C
     cdef int64_t e
@@ -962,12 +979,19 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
     _top_classes(&pc.costs[0], P.K, 1, C, P.K, ptop)
     _count(pcl, clsize)
     _improve(&pc.costs[0], P.K, 1, C, P.K, P.part, M, ptop, pg, pcl, clclass, clsize,
-             next_id, <int64_t>max_rounds * C, st)
+             next_id, <int64_t>max_rounds * C, NULL, st)
+    cdef vector[uint8_t] changed
+    if settled:
+        _fill_u8(changed, N, 0)
     for i in range(N):
+        if settled and cl[i] != pcl[pid[i]]:
+            changed[i] = 1
+            for e in range(g.off[i], g.off[i + 1]):
+                changed[g.nbr[e]] = 1
         cl[i] = pcl[pid[i]]
     _count(cl, clsize)
     _improve(P.nc, P.s0, P.s1, N, P.K, P.part, M, node_top, g, cl, clclass, clsize,
-             next_id, <int64_t>max_rounds * N, st)
+             next_id, <int64_t>max_rounds * N, &changed[0] if settled else NULL, st)
 
 
 cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
@@ -980,6 +1004,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     cdef double t0 = _now(), t1
     cdef int32_t M, i, next_id
     cdef int64_t moves
+    cdef bint settled
     cdef ClusterCosts cc
     cdef NodeGraph g, sg
     cdef vector[int32_t] parent, cid, merged_into, spcl, cl, clclass, clsize
@@ -1030,19 +1055,19 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     if sp_moves:
         _count(spcl, clsize)
         _improve(&sprows[0], P.K, 1, M, P.K, P.part, M, sp_top, sg, spcl, clclass, clsize,
-                 &next_id, <int64_t>max_rounds * M, st)
+                 &next_id, <int64_t>max_rounds * M, NULL, st)
         for i in range(P.N):
             cl[i] = spcl[cid[i]]
     if improve and P.N > 0:
         _count(cl, clsize)
         moves = st.improve_moves
-        _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_top, g, cl, clclass, clsize,
-                 &next_id, <int64_t>max_rounds * P.N, st)
+        settled = _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_top, g, cl, clclass,
+                           clsize, &next_id, <int64_t>max_rounds * P.N, NULL, st)
         # pieces differ from the superpixels only where nodes moved
         if piece_moves and pre_max > 1 and st.improve_moves > moves:
             # the class-agreement superpixels' rows are summed as the pieces' are
             _piece_moves(P, M, cid, g, node_top, cl, clclass, clsize, &next_id, max_rounds,
-                         &sprows[0] if sp_moves and pre_margin >= 0 else NULL, st)
+                         &sprows[0] if sp_moves and pre_margin >= 0 else NULL, settled, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
 
     _segments(P, cl, clclass, out_labels, out_segments, out_cut)
