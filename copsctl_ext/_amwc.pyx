@@ -36,7 +36,10 @@ Phases
    A unit moves to a neighbouring cluster (taking its class) or to a new cluster of any
    class; units next to a moved one are re-examined. Units: whole superpixels (with
    their summed rows and adjacency), then single nodes, then the pieces that the node
-   moves cut the superpixels into (connected within one cluster), then nodes again.
+   moves cut the superpixels into (connected within one cluster), then nodes again (only
+   those whose surroundings the pieces changed). A unit's cheapest class outside the
+   neighbouring clusters comes from its shortlist of cheapest classes (``TopClasses``),
+   all K are scanned only when none of the shortlist may be taken.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
 
