@@ -36,7 +36,10 @@ Phases
    A unit moves to a neighbouring cluster (taking its class) or to a new cluster of any
    class; units next to a moved one are re-examined. Units: whole superpixels (with
    their summed rows and adjacency), then single nodes, then the pieces that the node
-   moves cut the superpixels into (connected within one cluster), then nodes again.
+   moves cut the superpixels into (connected within one cluster), then nodes again (only
+   those whose surroundings the pieces changed). A unit's cheapest class outside the
+   neighbouring clusters comes from its shortlist of cheapest classes (``TopClasses``),
+   all K are scanned only when none of the shortlist may be taken.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
 
@@ -203,6 +206,19 @@ cdef cppclass NodeGraph:
     vector[double] wt
 
 
+cdef enum:
+    TOP = 3
+
+cdef cppclass TopClasses:
+    # Per unit (node, superpixel or piece) its TOP cheapest classes, ordered by (cost,
+    # class): cls[u * TOP + t] and their costs val[...]; class -1 (cost +inf) where K <
+    # TOP. The improvement phase takes a unit's cheapest eligible class from this list
+    # and scans all K classes only when none of the TOP is eligible: a node's K costs
+    # lie N apart in the class-major network output, so one scan costs K cache misses.
+    vector[int32_t] cls
+    vector[double] val
+
+
 cdef int _fill_i32(vector[int32_t]& v, size_t n, int32_t x) except -1 nogil:
     v.clear()
     v.resize(n, x)
@@ -218,15 +234,13 @@ cdef int _fill_u8(vector[uint8_t]& v, size_t n, uint8_t x) except -1 nogil:
     v.resize(n, x)
 
 
-cdef int _load_costs(const Problem& P, ClusterCosts& cc,
-                      vector[int32_t]& node_arg) except -1 nogil:
+cdef int _load_costs(const Problem& P, ClusterCosts& cc) except -1 nogil:
     """Every node its own cluster: copy its cost row, find its best classes."""
     cdef int32_t N = P.N, K = P.K, i, k, i0, i1
     cc.costs.resize(<size_t>N * K)
     cc.best.resize(N)
     cc.second.resize(N)
     cc.argbest.resize(N)
-    node_arg.resize(N)
     cdef double* costs = &cc.costs[0]
     if P.s1 == 1:
         for i in range(N):
@@ -241,44 +255,59 @@ cdef int _load_costs(const Problem& P, ClusterCosts& cc,
                     costs[<int64_t>i * K + k] = P.nc[i * P.s0 + k * P.s1]
     for i in range(N):
         _update_best(costs + <int64_t>i * K, K, &cc.best[i], &cc.second[i], &cc.argbest[i])
-        node_arg[i] = cc.argbest[i]
 
 
-cdef int _node_best(const Problem& P, ClusterCosts& cc,
-                    vector[int32_t]& node_arg) except -1 nogil:
-    """Best and second-best class cost of every node, without copying the cost rows."""
-    cdef int32_t N = P.N, K = P.K, i, k
-    cdef double v
+cdef inline void _top_insert(int32_t* tk, double* tv, int32_t k, double v) noexcept nogil:
+    # classes arrive in increasing order, so a cost equal to a listed one goes after it
+    cdef int32_t p = TOP - 1
+    if not v < tv[p]:
+        return
+    while p > 0 and v < tv[p - 1]:
+        tv[p] = tv[p - 1]; tk[p] = tk[p - 1]
+        p -= 1
+    tv[p] = v; tk[p] = k
+
+
+cdef int _top_classes(const double* rows, int64_t s0, int64_t s1, int32_t n, int32_t K,
+                      TopClasses& top) except -1 nogil:
+    """The TOP cheapest classes of every unit, ordered by (cost, class), so the first is
+    the best class of ``_update_best``; ``rows[u * s0 + k * s1]`` is the cost of class k
+    at unit u."""
+    cdef int32_t u, u0, u1, k
     cdef const double* col
+    _fill_i32(top.cls, <size_t>n * TOP, -1)
+    top.val.clear()
+    top.val.resize(<size_t>n * TOP, INFINITY)
+    cdef int32_t* tk = &top.cls[0]
+    cdef double* tv = &top.val[0]
+    if s0 == 1 and s1 != 1:
+        # class-major input: blocks of units, each class's costs read contiguously
+        for u0 in range(0, n, 256):
+            u1 = u0 + 256 if u0 + 256 < n else n
+            for k in range(K):
+                col = rows + k * s1
+                for u in range(u0, u1):
+                    if col[u] < tv[<int64_t>u * TOP + TOP - 1]:
+                        _top_insert(tk + <int64_t>u * TOP, tv + <int64_t>u * TOP, k, col[u])
+    else:
+        for u in range(n):
+            for k in range(K):
+                _top_insert(tk + <int64_t>u * TOP, tv + <int64_t>u * TOP, k,
+                            rows[u * s0 + k * s1])
+
+
+cdef int _node_best(const Problem& P, ClusterCosts& cc, TopClasses& top) except -1 nogil:
+    """The cheapest classes of every node (``top``) and from them its best and
+    second-best class cost (``cc``), without copying the cost rows."""
+    cdef int32_t N = P.N, i
+    _top_classes(P.nc, P.s0, P.s1, N, P.K, top)
     cc.best.resize(N)
     cc.second.resize(N)
     cc.argbest.resize(N)
-    if P.s1 == 1 or P.s0 != 1:
-        for i in range(N):
-            if P.s1 == 1:
-                _update_best(<double*>(P.nc + i * P.s0), K, &cc.best[i], &cc.second[i],
-                             &cc.argbest[i])
-            else:
-                cc.best[i] = INFINITY; cc.second[i] = INFINITY; cc.argbest[i] = 0
-                for k in range(K):
-                    v = P.nc[i * P.s0 + k * P.s1]
-                    if v < cc.best[i]:
-                        cc.second[i] = cc.best[i]; cc.best[i] = v; cc.argbest[i] = k
-                    elif v < cc.second[i]:
-                        cc.second[i] = v
-    else:
-        # class-major input: stream each class's contiguous column (same ties as above)
-        for i in range(N):
-            cc.best[i] = INFINITY; cc.second[i] = INFINITY; cc.argbest[i] = 0
-        for k in range(K):
-            col = P.nc + k * P.s1
-            for i in range(N):
-                v = col[i]
-                if v < cc.best[i]:
-                    cc.second[i] = cc.best[i]; cc.best[i] = v; cc.argbest[i] = k
-                elif v < cc.second[i]:
-                    cc.second[i] = v
-    node_arg.assign(cc.argbest.begin(), cc.argbest.end())
+    for i in range(N):
+        cc.best[i] = top.val[<int64_t>i * TOP]
+        cc.second[i] = top.val[<int64_t>i * TOP + 1]
+        cc.argbest[i] = top.cls[<int64_t>i * TOP]
 
 
 cdef inline bint _sure_pair(const Problem& P, const ClusterCosts& cc,
@@ -637,19 +666,29 @@ cdef double _objective(const Problem& P, const vector[int32_t]& cl,
 
 
 cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t K,
-                  const uint8_t* part, int32_t M, const vector[int32_t]& node_arg,
+                  const uint8_t* part, int32_t M, const TopClasses& top,
                   const NodeGraph& g, vector[int32_t]& cl, vector[int32_t]& clclass,
                   vector[int32_t]& clsize, int32_t* next_id, int64_t budget,
-                  Stats* st) except -1 nogil:
-    """Phase 3: single-unit moves, each strictly lowering the objective.
+                  uint8_t* changed, Stats* st) except -1 nogil:
+    """Phase 3: single-unit moves, each strictly lowering the objective; returns whether
+    no unit is left to examine (else the budget of visits ran out).
 
     The units are the nodes, or the superpixels (then ``rows`` are their summed cost rows
-    and ``g`` their summed adjacency). A unit moves to a neighbouring cluster (taking its
-    class) or to a new cluster of any class; units next to a moved one are re-examined.
-    ``clsize`` counts units; new cluster ids are taken from ``next_id`` upwards.
+    and ``g`` their summed adjacency); ``top`` holds their cheapest classes. A unit moves
+    to a neighbouring cluster (taking its class) or to a new cluster of any class; units
+    next to a moved one are re-examined. ``clsize`` counts units; new cluster ids are
+    taken from ``next_id`` upwards.
+
+    ``changed`` (or NULL): the units whose visit in the first sweep may move them; every
+    other unit is known to stay (the state around it is that of an earlier visit that
+    left it), so its visit is counted but not made. The kernel marks the neighbours of
+    each moved unit here, so the result is that of visiting every unit.
     """
-    cdef int32_t i, j, c, k, ci, ki, tgt, kt, nl, kb
-    cdef int64_t head = 0, qn, p, q, visits = 0
+    cdef int32_t i, j, c, k, ci, ki, tgt, kt, nl, kb, t
+    cdef const int32_t* tk
+    cdef const double* tv
+    cdef bint eligible, found
+    cdef int64_t head = 0, qn, p, q, visits = 0, first_sweep
     cdef double cur, bestc, cand, wown
     cdef const double* row
     cdef bint interior
@@ -661,6 +700,7 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
     for i in range(N):
         queue[i] = i
     qn = N   # number of queued entries (ring buffer of capacity N)
+    first_sweep = N   # entries of the first sweep still queued (they come first)
     _fill_i32(lmark, clclass.size(), -1)
     while qn > 0 and visits < budget:
         i = queue[head]
@@ -671,13 +711,19 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
         inq[i] = 0
         st.improve_visits += 1
         visits += 1
+        if first_sweep > 0:
+            first_sweep -= 1
+            if changed != NULL and not changed[i]:
+                continue
         ci = cl[i]
         ki = clclass[ci]
         row = rows + i * s0
         # Fast exit for the common interior node: all neighbours in its cluster, its
         # best class already chosen and a non-negative pull from the cluster. Then no
         # class is cheaper and leaving would cut attractive edges.
-        if node_arg[i] == ki:
+        tk = &top.cls[<int64_t>i * TOP]
+        tv = &top.val[<int64_t>i * TOP]
+        if tk[0] == ki:
             wown = 0.0
             interior = True
             for p in range(g.off[i], g.off[i + 1]):
@@ -712,8 +758,9 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
                 bestc = cand; tgt = c; kt = clclass[c]
         # A class taken without joining a neighbouring cluster: a new cluster of a
         # partitionable class, or a non-partitionable class no neighbour has. The
-        # node's own best class is usually eligible, which spares the scan.
-        kb = node_arg[i]
+        # cheapest eligible class is usually among the unit's TOP cheapest, which spares
+        # the scan of all K (same choice: the list is ordered by cost, then class).
+        kb = tk[0]
         if part[kb] and kb == ki and clsize[ci] == 1:
             pass  # already alone in its best class: nothing cheaper exists
         elif part[kb] or (lmark[M + kb] < 0 and kb != ki):
@@ -722,17 +769,33 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
                 bestc = cand; kt = kb
                 tgt = -2 if part[kb] else M + kb
         else:
-            for k in range(K):
+            found = False
+            for t in range(1, TOP):
+                k = tk[t]
+                if k < 0:
+                    break
                 if part[k]:
-                    if k == ki and clsize[ci] == 1:
-                        continue
-                    cand = row[k * s1]
-                    if cand < bestc:
-                        bestc = cand; tgt = -2; kt = k
-                elif lmark[M + k] < 0 and k != ki:
-                    cand = row[k * s1]
-                    if cand < bestc:
-                        bestc = cand; tgt = M + k; kt = k
+                    eligible = k != ki or clsize[ci] != 1
+                else:
+                    eligible = lmark[M + k] < 0 and k != ki
+                if eligible:
+                    found = True
+                    if tv[t] < bestc:
+                        bestc = tv[t]; kt = k
+                        tgt = -2 if part[k] else M + k
+                    break
+            if not found:
+                for k in range(K):
+                    if part[k]:
+                        if k == ki and clsize[ci] == 1:
+                            continue
+                        cand = row[k * s1]
+                        if cand < bestc:
+                            bestc = cand; tgt = -2; kt = k
+                    elif lmark[M + k] < 0 and k != ki:
+                        cand = row[k * s1]
+                        if cand < bestc:
+                            bestc = cand; tgt = M + k; kt = k
         for q in range(nl):
             lmark[lcl[q]] = -1
         if tgt == -1:
@@ -750,10 +813,13 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
         st.improve_moves += 1
         for p in range(g.off[i], g.off[i + 1]):
             j = g.nbr[p]
+            if changed != NULL:
+                changed[j] = 1
             if not inq[j]:
                 inq[j] = 1
                 queue[(head + qn) % N] = j
                 qn += 1
+    return qn == 0
 
 
 cdef int _segments(const Problem& P, const vector[int32_t]& cl,
@@ -790,12 +856,20 @@ cdef int _segments(const Problem& P, const vector[int32_t]& cl,
 
 
 cdef int32_t _partition_costs(const Problem& P, const vector[int32_t]& cl, vector[int32_t]& cid,
-                              ClusterCosts& cc) except -1 nogil:
+                              ClusterCosts& cc, const int32_t* coarse,
+                              const double* coarse_rows) except -1 nogil:
     """Number the clusters of ``cl`` 0..C-1 by first node (``cid``), sum their nodes' cost
-    rows into ``cc`` and return C."""
-    cdef int32_t N = P.N, K = P.K, C = 0, i, k, c
-    cdef vector[int32_t] ren
+    rows into ``cc`` and return C.
+
+    ``coarse`` (or NULL): a coarser partition (per node) whose cost rows, summed in the
+    same way, are ``coarse_rows``; a cluster that is a whole coarse cluster takes that
+    row instead of summing its nodes again (the same sums).
+    """
+    cdef int32_t N = P.N, K = P.K, C = 0, i, k, c, i0, i1, k0, k1, a, nco = 0
+    cdef vector[int32_t] ren, first
+    cdef vector[uint8_t] whole
     cdef double* rr
+    cdef double* row
     _fill_i32(ren, clsize_cap(cl), -1)
     cid.resize(N)
     for i in range(N):
@@ -807,14 +881,45 @@ cdef int32_t _partition_costs(const Problem& P, const vector[int32_t]& cl, vecto
     cc.costs.clear(); cc.costs.resize(<size_t>C * K, 0.0)
     cc.best.resize(C); cc.second.resize(C); cc.argbest.resize(C)
     rr = &cc.costs[0]
+    if coarse != NULL:
+        # a coarse cluster is whole when all its nodes are in one cluster of ``cl``
+        for i in range(N):
+            if coarse[i] >= nco:
+                nco = coarse[i] + 1
+        _fill_i32(first, nco, -1)
+        _fill_u8(whole, nco, 1)
+        for i in range(N):
+            a = coarse[i]
+            if first[a] < 0:
+                first[a] = cid[i]
+            elif first[a] != cid[i]:
+                whole[a] = 0
+        for a in range(nco):
+            if whole[a] and first[a] >= 0:
+                row = rr + <int64_t>first[a] * K
+                for k in range(K):
+                    row[k] = coarse_rows[<int64_t>a * K + k]
     if P.s1 == 1:
         for i in range(N):
+            if coarse != NULL and whole[coarse[i]]:
+                continue
             for k in range(K):
                 rr[<int64_t>cid[i] * K + k] += P.nc[i * P.s0 + k]
     else:
-        for k in range(K):
-            for i in range(N):
-                rr[<int64_t>cid[i] * K + k] += P.nc[i * P.s0 + k * P.s1]
+        # class-major input, in blocks of nodes and of 8 classes: neighbouring nodes
+        # mostly share a cluster, and adding 8 classes per node keeps 8 independent sums
+        # in flight where one class at a time would wait on the previous add to the same
+        # sum (each sum still adds its nodes in increasing order: the same result)
+        for i0 in range(0, N, 256):
+            i1 = i0 + 256 if i0 + 256 < N else N
+            for k0 in range(0, K, 8):
+                k1 = k0 + 8 if k0 + 8 < K else K
+                for i in range(i0, i1):
+                    if coarse != NULL and whole[coarse[i]]:
+                        continue
+                    row = rr + <int64_t>cid[i] * K
+                    for k in range(k0, k1):
+                        row[k] += P.nc[i * P.s0 + k * P.s1]
     for c in range(C):
         _update_best(rr + <int64_t>c * K, K, &cc.best[c], &cc.second[c], &cc.argbest[c])
     return C
@@ -830,16 +935,22 @@ cdef inline size_t clsize_cap(const vector[int32_t]& cl) noexcept nogil:
 
 
 cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
-                      const NodeGraph& g, const vector[int32_t]& node_arg,
+                      const NodeGraph& g, const TopClasses& node_top,
                       vector[int32_t]& cl, vector[int32_t]& clclass, vector[int32_t]& clsize,
-                      int32_t* next_id, int32_t max_rounds, Stats* st) except -1 nogil:
+                      int32_t* next_id, int32_t max_rounds, const double* sprows,
+                      bint settled, Stats* st) except -1 nogil:
     """Moves of the pieces that node moves cut the superpixels into, then node moves.
 
     A piece is a connected part of a superpixel within one cluster (local edges).
+    ``sprows`` (or NULL): the superpixels' cost rows as ``_partition_costs`` sums them; a
+    superpixel that no node left is one piece with that row. ``settled``: the node moves
+    before ran to the end, so no node moves again unless the pieces changed the clusters
+    around it.
     """
     cdef int32_t N = P.N, i, u, v, ru, rv, C
     cdef int64_t e
-    cdef vector[int32_t] parent, root, pid, pcl, parg
+    cdef vector[int32_t] parent, root, pid, pcl
+    cdef TopClasses ptop
     cdef ClusterCosts pc
     cdef NodeGraph pg
     cdef vector[AdjMap] no_maps
@@ -859,21 +970,31 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
     for i in range(N):
         root[i] = _find(&parent[0], i)
     parent.clear(); parent.shrink_to_fit()
-    C = _partition_costs(P, root, pid, pc)
+    cdef const int32_t* coarse = NULL
+    if sprows != NULL:
+        coarse = &cid[0]
+    C = _partition_costs(P, root, pid, pc, coarse, sprows)
     root.clear(); root.shrink_to_fit()
     _region_graph(P, C, pid, g, no_maps, pg, False)
     pcl.resize(C)
     for i in range(N):
         pcl[pid[i]] = cl[i]
-    parg.assign(pc.argbest.begin(), pc.argbest.end())
+    _top_classes(&pc.costs[0], P.K, 1, C, P.K, ptop)
     _count(pcl, clsize)
-    _improve(&pc.costs[0], P.K, 1, C, P.K, P.part, M, parg, pg, pcl, clclass, clsize,
-             next_id, <int64_t>max_rounds * C, st)
+    _improve(&pc.costs[0], P.K, 1, C, P.K, P.part, M, ptop, pg, pcl, clclass, clsize,
+             next_id, <int64_t>max_rounds * C, NULL, st)
+    cdef vector[uint8_t] changed
+    if settled:
+        _fill_u8(changed, N, 0)
     for i in range(N):
+        if settled and cl[i] != pcl[pid[i]]:
+            changed[i] = 1
+            for e in range(g.off[i], g.off[i + 1]):
+                changed[g.nbr[e]] = 1
         cl[i] = pcl[pid[i]]
     _count(cl, clsize)
-    _improve(P.nc, P.s0, P.s1, N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
-             next_id, <int64_t>max_rounds * N, st)
+    _improve(P.nc, P.s0, P.s1, N, P.K, P.part, M, node_top, g, cl, clclass, clsize,
+             next_id, <int64_t>max_rounds * N, &changed[0] if settled else NULL, st)
 
 
 cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t pre_max_thing,
@@ -886,24 +1007,27 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     cdef double t0 = _now(), t1
     cdef int32_t M, i, next_id
     cdef int64_t moves
+    cdef bint settled
     cdef ClusterCosts cc
     cdef NodeGraph g, sg
-    cdef vector[int32_t] node_arg, parent, cid, merged_into, spcl, cl, clclass, clsize
-    cdef vector[int32_t] sparg
+    cdef vector[int32_t] parent, cid, merged_into, spcl, cl, clclass, clsize
+    cdef TopClasses node_top, sp_top
     cdef vector[double] sprows
     cdef vector[AdjMap] adj
 
     if pre_margin >= 0 and pre_max > 1:
         # class-agreement superpixels: node classes first, cost rows summed afterwards
-        _node_best(P, cc, node_arg)
+        _node_best(P, cc, node_top)
         _precluster(P, pre_thr, pre_max, pre_max_thing, pre_margin, cc, parent)
         cl.resize(P.N)
         for i in range(P.N):
             cl[i] = _find(&parent[0], i)
         t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
-        M = _partition_costs(P, cl, cid, cc)
+        M = _partition_costs(P, cl, cid, cc, NULL, NULL)
     else:
-        _load_costs(P, cc, node_arg)
+        _load_costs(P, cc)
+        if improve:
+            _top_classes(P.nc, P.s0, P.s1, P.N, P.K, node_top)
         _precluster(P, pre_thr, pre_max, pre_max_thing, pre_margin, cc, parent)
         t1 = _now(); st.t_precluster = t1 - t0; t0 = t1
         M = _compact(P, parent, cc, cid)
@@ -915,7 +1039,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     if sp_moves:
         # the superpixels' own cost rows, before the contraction sums them into clusters
         sprows.assign(cc.costs.begin(), cc.costs.begin() + <int64_t>M * P.K)
-        sparg.assign(cc.argbest.begin(), cc.argbest.begin() + M)
+        _top_classes(&sprows[0], P.K, 1, M, P.K, sp_top)
     t1 = _now(); st.t_rag = t1 - t0; t0 = t1
 
     _gaec(P, M, cc, adj, merged_into, st)
@@ -933,18 +1057,20 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     clsize.resize(clclass.size())
     if sp_moves:
         _count(spcl, clsize)
-        _improve(&sprows[0], P.K, 1, M, P.K, P.part, M, sparg, sg, spcl, clclass, clsize,
-                 &next_id, <int64_t>max_rounds * M, st)
+        _improve(&sprows[0], P.K, 1, M, P.K, P.part, M, sp_top, sg, spcl, clclass, clsize,
+                 &next_id, <int64_t>max_rounds * M, NULL, st)
         for i in range(P.N):
             cl[i] = spcl[cid[i]]
     if improve and P.N > 0:
         _count(cl, clsize)
         moves = st.improve_moves
-        _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_arg, g, cl, clclass, clsize,
-                 &next_id, <int64_t>max_rounds * P.N, st)
+        settled = _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_top, g, cl, clclass,
+                           clsize, &next_id, <int64_t>max_rounds * P.N, NULL, st)
         # pieces differ from the superpixels only where nodes moved
         if piece_moves and pre_max > 1 and st.improve_moves > moves:
-            _piece_moves(P, M, cid, g, node_arg, cl, clclass, clsize, &next_id, max_rounds, st)
+            # the class-agreement superpixels' rows are summed as the pieces' are
+            _piece_moves(P, M, cid, g, node_top, cl, clclass, clsize, &next_id, max_rounds,
+                         &sprows[0] if sp_moves and pre_margin >= 0 else NULL, settled, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
 
     _segments(P, cl, clclass, out_labels, out_segments, out_cut)

@@ -218,6 +218,36 @@ def test_mwc_with_many_labels_is_feasible():
     check_feasible(ed, np.zeros(k, bool), res.labels, res.segments, res.edge_cut)
 
 
+@pytest.mark.parametrize("class_major", [False, True])
+@pytest.mark.parametrize("options", [SolverOptions(max_improve_rounds=50),
+                                     SolverOptions(precluster_max_size=1,
+                                                   max_improve_rounds=50)])
+def test_mwc_result_admits_no_improving_single_node_move(options, class_major):
+    # The improvement phase ends with node moves, so no node can lower the objective by
+    # taking another label. Six cheap labels and repulsive edges: a node's 3 cheapest
+    # labels (the kernel's shortlist) are often all held by it and its neighbours, so
+    # the cheapest label it may take is found only by the scan of all labels.
+    from copsctl.solver import grid_edges
+    rng = np.random.default_rng(0)
+    h, w, k = 20, 24, 30
+    nc = rng.normal(scale=0.2, size=(h * w, k))
+    nc[:, 6:] += 1.0
+    ed = grid_edges(h, w, (1, 2, 4))
+    ec = rng.normal(-0.5, 0.3, size=len(ed))
+    costs = np.ascontiguousarray(nc.T).T if class_major else nc
+    res = solve_mwc(costs, ed, ec, options=options)
+    x = res.labels
+    # pull[i, k]: total cost of the edges from node i to nodes labelled k
+    pull = np.zeros((h * w, k))
+    np.add.at(pull, (ed[:, 0], x[ed[:, 1]]), ec)
+    np.add.at(pull, (ed[:, 1], x[ed[:, 0]]), ec)
+    # objective change of relabelling node i to k: the edges to label k are no longer cut,
+    # those to its own label are
+    own = np.arange(h * w), x
+    delta = nc - nc[own][:, None] + pull[own][:, None] - pull
+    assert delta.min() > -1e-9
+
+
 def test_duplicate_edges_are_summed():
     rng = np.random.default_rng(6)
     for _ in range(10):
