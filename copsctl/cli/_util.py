@@ -72,6 +72,13 @@ def with_device(overrides, device):
     return [*overrides, f"train.device={device}"]
 
 
+SET_HELP = ("Override a recipe key: section.key=value (string keys take the text as it is, "
+            "others read it as YAML); repeatable.")
+RUN_OUT_HELP = ("Run folder: recipe.yaml, checkpoint.pt, metrics.jsonl, tensorboard/. Must be "
+                "new or empty without --resume.")
+RESUME_HELP = "Continue the run in --out exactly where it stopped."
+RUN_JSON_HELP = ("Also write the result (iterations, seconds, last train and validation "
+                 "metrics) as JSON here.")
 DEVICE_HELP = ("auto (CUDA when available), cpu or cuda; the recipe's train.device, which it "
                "overrides.")
 

@@ -9,11 +9,8 @@ import typer
 
 from ._app import app
 from ._progress import TrainProgress, report_run
-from ._util import DEVICE_HELP, check_json_outside, cli_errors, with_device
-
-_HELP_SET = ("Override a recipe key: section.key=value (string keys take the text as it is, "
-             "others read it as YAML); repeatable.")
-
+from ._util import (DEVICE_HELP, RESUME_HELP, RUN_JSON_HELP, RUN_OUT_HELP, SET_HELP,
+                    check_json_outside, cli_errors, with_device)
 
 @app.command("finetune")
 @cli_errors
@@ -24,20 +21,16 @@ def finetune_command(
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="Pre-trained checkpoint to start from (RUN/checkpoint.pt of "
         "copsctl pretrain); not needed to resume."),
-    out: Path = typer.Option(..., "--out", help="Run folder: recipe.yaml, checkpoint.pt, "
-                             "metrics.jsonl, tensorboard/. Must be new or empty without --resume."),
-    overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
-    resume: bool = typer.Option(False, "--resume",
-                                help="Continue the run in --out exactly where it stopped."),
+    out: Path = typer.Option(..., "--out", help=RUN_OUT_HELP),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", help="Start from this cost calibration (default: "
         "calibration.yaml beside --weights, if any)."),
     no_calibration: bool = typer.Option(
         False, "--no-calibration", help="Ignore calibration.yaml beside --weights."),
-    out_json: Optional[Path] = typer.Option(
-        None, "--json", help="Also write the result (iterations, seconds, last train and "
-        "validation metrics) as JSON here."),
+    out_json: Optional[Path] = typer.Option(None, "--json", help=RUN_JSON_HELP),
 ) -> None:
     """Fine-tune through the solver: PQ surrogate, Algorithm 1 gradients, frozen backbone.
 
@@ -50,5 +43,6 @@ def finetune_command(
     overrides = with_device(overrides, device)
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
-                          calibration=False if no_calibration else calibration, progress=bar, log=lambda msg: bar.console.print(msg))
+                          calibration=False if no_calibration else calibration, progress=bar,
+                          log=lambda msg: bar.console.print(msg))
     report_run(result, "finetune", out, out_json)

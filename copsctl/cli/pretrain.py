@@ -9,11 +9,8 @@ import typer
 
 from ._app import app
 from ._progress import TrainProgress, report_run
-from ._util import DEVICE_HELP, check_json_outside, cli_errors, with_device
-
-_HELP_SET = ("Override a recipe key: section.key=value (string keys take the text as it is, "
-             "others read it as YAML); repeatable.")
-
+from ._util import (DEVICE_HELP, RESUME_HELP, RUN_JSON_HELP, RUN_OUT_HELP, SET_HELP,
+                    check_json_outside, cli_errors, with_device)
 
 @app.command("pretrain")
 @cli_errors
@@ -21,19 +18,15 @@ def pretrain_command(
     recipe: Optional[str] = typer.Option(
         None, "--recipe", help="Recipe file or packaged name (e.g. synthetic_pretrain); "
         "optional with --resume."),
-    out: Path = typer.Option(..., "--out", help="Run folder: recipe.yaml, checkpoint.pt, "
-                             "metrics.jsonl, tensorboard/. Must be new or empty without --resume."),
-    overrides: List[str] = typer.Option([], "--set", help=_HELP_SET),
-    resume: bool = typer.Option(False, "--resume",
-                                help="Continue the run in --out exactly where it stopped."),
+    out: Path = typer.Option(..., "--out", help=RUN_OUT_HELP),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     init: Optional[Path] = typer.Option(
         None, "--init", help="Start a new run from the model weights of this checkpoint "
         "(RUN/checkpoint.pt or a `copsctl export` file); the recipe's model section must fit "
         "them. Not with --resume."),
-    out_json: Optional[Path] = typer.Option(
-        None, "--json", help="Also write the result (iterations, seconds, last train and "
-        "validation metrics) as JSON here."),
+    out_json: Optional[Path] = typer.Option(None, "--json", help=RUN_JSON_HELP),
 ) -> None:
     """Pre-train the network: Adam, warm-up and poly decay, checkpoints, validation with exact PQ.
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import typer
 from ._app import app
-from ._util import cli_errors
+from ._util import SET_HELP, cli_errors
 
 
 @app.command("recipe")
 @cli_errors
 def recipe_command(
     recipe: str = typer.Argument(None, help="Recipe YAML file or shipped recipe name; omitted: the code defaults."),
-    overrides: list[str] = typer.Option([], "--set", help="Override section.key=value (string keys take the text as it is, others read it as YAML); repeatable."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     out: Path = typer.Option(None, "--out", help="Also write the resolved recipe to this file."),
     keys: bool = typer.Option(False, "--keys", help="List every declared key with its default and comment instead."),
     names: bool = typer.Option(False, "--list", help="List the shipped recipe names instead."),
