@@ -72,8 +72,9 @@ def with_device(overrides, device):
     return [*overrides, f"train.device={device}"]
 
 
-SET_HELP = ("Override a recipe key: section.key=value (string keys take the text as it is, "
-            "others read it as YAML); repeatable.")
+SET_HELP = ("Override a recipe key: section.key=value, e.g. data.root=DIR (string keys take "
+            "the text as it is, others read it as YAML); repeatable.")
+RUN_HELP = "Run folder of copsctl pretrain/finetune (its checkpoint.pt and recipe.yaml)."
 RUN_OUT_HELP = ("Run folder: recipe.yaml, checkpoint.pt, metrics.jsonl, tensorboard/. Must be "
                 "new or empty without --resume.")
 RESUME_HELP = "Continue the run in --out exactly where it stopped."

@@ -8,7 +8,7 @@ import typer
 
 from ._app import app
 from ._progress import count_progress
-from ._util import check_json_option, cli_errors, console, write_json_option
+from ._util import SET_HELP, check_json_option, cli_errors, console, write_json_option
 
 
 @app.command("check-data")
@@ -16,8 +16,7 @@ from ._util import check_json_option, cli_errors, console, write_json_option
 def check_data_command(
     recipe: str = typer.Option(..., "--recipe", help="Recipe file or packaged name; its "
                                "data.* keys locate the dataset."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: "
-                                        "section.key=value (e.g. data.root=...); repeatable."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     splits: List[str] = typer.Option([], "--split", help="Split to check (repeatable; default: "
                                      "the recipe's data.train_split and data.val_split)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Reading threads (default: "

@@ -9,7 +9,7 @@ import typer
 
 from ._app import app
 from ._progress import count_progress
-from ._util import check_json_option, cli_errors, console, write_json_option
+from ._util import RUN_HELP, SET_HELP, check_json_option, cli_errors, console, write_json_option
 
 
 @app.command("dump-costs")
@@ -17,14 +17,12 @@ from ._util import check_json_option, cli_errors, console, write_json_option
 def dump_costs_command(
     out: Path = typer.Option(..., "--out", help="Cost file to write (HDF5, copsctl.costs schema)."),
     run: Optional[Path] = typer.Option(
-        None, "--run", help="Run folder of copsctl pretrain/finetune (its checkpoint.pt and "
-        "recipe.yaml)."),
+        None, "--run", help=RUN_HELP),
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="A checkpoint file instead of --run."),
     recipe: Optional[str] = typer.Option(
         None, "--recipe", help="Recipe (default: the run's, or the one stored in --weights)."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: "
-                                        "section.key=value; repeatable."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     split: Optional[str] = typer.Option(None, "--split",
                                         help="Dataset split (default: the recipe's data.val_split)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),

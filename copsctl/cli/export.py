@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._util import cli_errors, console
+from ._util import RUN_HELP, cli_errors, console
 
 
 @app.command("export")
@@ -16,8 +16,7 @@ from ._util import cli_errors, console
 def export_command(
     out: Path = typer.Option(..., "--out", help="Model file to write (MODEL.pt)."),
     run: Optional[Path] = typer.Option(
-        None, "--run", help="Run folder of copsctl pretrain/finetune (its checkpoint.pt and "
-        "recipe.yaml)."),
+        None, "--run", help=RUN_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="A checkpoint file instead of --run."),
 ) -> None:

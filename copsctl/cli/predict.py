@@ -11,7 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from ._app import app
-from ._util import cli_errors, console, err_console, is_terminal, write_json_option
+from ._util import RUN_HELP, cli_errors, console, err_console, is_terminal, write_json_option
 
 _HELP_INPUTS = ("Image files (JPEG, PNG; any size, grey and RGBA converted), folders of them, "
                 "or glob patterns (quote them; ** recurses).")
@@ -25,8 +25,7 @@ def predict_command(
     inputs: List[str] = typer.Argument(..., help=_HELP_INPUTS, metavar="INPUT"),
     out: Path = typer.Option(..., "--out", help=_HELP_OUT),
     run: Optional[Path] = typer.Option(
-        None, "--run", help="Run folder of copsctl pretrain/finetune (its checkpoint.pt and "
-        "recipe.yaml)."),
+        None, "--run", help=RUN_HELP),
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="A model file (copsctl export) or checkpoint instead of --run."),
     size: Optional[int] = typer.Option(

@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from ._app import App, app
-from ._util import (GT_HELP, GT_JSON_HELP, PRED_HELP, PRED_JSON_HELP, cli_errors, console,
-                    write_json_option)
+from ._util import (GT_HELP, GT_JSON_HELP, PRED_HELP, PRED_JSON_HELP, SET_HELP, cli_errors,
+                    console, write_json_option)
 
 visualize_app = App(name="visualize", no_args_is_help=True,
                     help="Pictures (PNG): an image's costs and prediction, a run's "
@@ -34,8 +34,7 @@ def image_command(
     recipe: Optional[str] = typer.Option(
         None, "--recipe", help="Recipe locating the dataset (default: the one stored in the "
         "cost file)."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: "
-                                        "section.key=value (e.g. data.root=...); repeatable."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split holding the image "
                                         "(default: the recipe's data.val_split)."),
     gt_json: Optional[Path] = typer.Option(None, "--gt-json",
