@@ -206,6 +206,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--scalars", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
+    if args.held_out_data and not os.path.isdir(args.held_out_data):
+        from ..errors import InputError
+
+        raise InputError(f"--held-out-data {args.held_out_data}: no such folder")
     torch.manual_seed(0)
     probe = _Probe(args)
     return (_scalars if args.scalars else _heads)(probe, args)
