@@ -311,12 +311,19 @@ class FinetuneConfig:
         "counts of a matched pair: complete (a soft non-TP is FP and FN), paper (eq. 6: "
         "neither) or official (the authors' code: FN 1 - h, no FP)",
         choices=("complete", "paper", "official"))
+    surrogate_matching: str = _key("overlapping",
+        "pairs the surrogate matches per class: overlapping (those of the max-IoU assignment "
+        "that overlap) or all (every pair of the assignment, as the authors' code)",
+        choices=("overlapping", "all"))
     surrogate_eps: float = _key(0.0,
         "per-class smoothing (IoU sum + eps) / (denominator + eps) of the surrogate (authors: 0.1)",
         check=_non_negative)
     min_instance_size: int = _key(0,
         "predicted segments smaller than this (cost pixels) are left out of the loss (authors: 3)",
         check=_non_negative)
+    gradient_weights: bool = _key(False,
+        "weight the solver's gradients as the authors' code: node gradients 0 on void and "
+        "crowd pixels, edge gradients times the affinity loss weights")
     keep_best: bool = _key(True,
         "keep best.pt beside checkpoint.pt: the model of the validation with the highest exact PQ")
     backward_reference: str = _key("forward",

@@ -100,6 +100,33 @@ def test_cost_dropout():
         drop_costs(node, edge, 1.0, g)
 
 
+def test_gradient_weights_keep_the_costs_and_weight_their_gradients(setup):
+    """finetune.gradient_weights: node gradients 0 on void and crowd pixels, edge gradients
+    times the affinity loss weights of the batch; the costs themselves unchanged."""
+    from copsctl.train.finetune import weight_gradients
+
+    _, _, cfg, table = setup
+    batch = _batch(cfg)
+    gt = ground_truth_from_batch(batch)
+    pixel_w = torch.from_numpy(np.stack([g.weights for g in gt]))
+    edge_w = batch["affinity_weights"]
+    B, m2, h, w = edge_w.shape
+    pixel_w[0, :2] = 0  # as on void pixels
+    assert (edge_w > 1).any() and (edge_w == 0).any()  # thing-weighted and ignored edges
+    node = torch.randn(B, table.num_classes, h, w, requires_grad=True)
+    edge = torch.randn(B, m2, h, w, requires_grad=True)
+    wn, we = weight_gradients(node, edge, pixel_w, edge_w)
+    assert torch.equal(wn, node) and torch.equal(we, edge)
+    gn, ge = torch.randn_like(node), torch.randn_like(edge)
+    torch.autograd.backward([wn, we], [gn, ge])
+    assert torch.equal(node.grad, gn * pixel_w[:, None])
+    assert torch.equal(edge.grad, ge * edge_w)
+    with pytest.raises(InputError, match="pixel_weights"):
+        weight_gradients(node, edge, pixel_w[:, :-1], edge_w)
+    with pytest.raises(InputError, match="edge_weights"):
+        weight_gradients(node, edge, pixel_w, edge_w[:, :-1])
+
+
 def test_batch_exact_pq_of_the_ground_truth_is_one(setup):
     _, _, cfg, table = setup
     batch = _batch(cfg)
@@ -328,7 +355,8 @@ _AUTHORS = ["finetune.trainable=[semantic_head,affinity_head]", "finetune.lr_fac
             "finetune.cost_lr_factor=2", "finetune.loss_weight=10",
             "finetune.surrogate_gate=official", "finetune.surrogate_form=official",
             "finetune.surrogate_eps=0.1", "finetune.cost_dropout=0.1",
-            "finetune.min_instance_size=3"]
+            "finetune.min_instance_size=3", "finetune.surrogate_matching=all",
+            "finetune.gradient_weights=true"]
 
 
 def test_parameter_groups_get_exactly_their_learning_rates(setup):

@@ -300,6 +300,58 @@ def test_metrics_pq_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_matching_all_keeps_pairs_without_overlap_against_hand_computed_values():
+    """matching="all" (the authors' code): the assignment's zero-IoU pair is matched; in the
+    official counts it adds the false negative 1 - h(0) = 1 and no false positive."""
+    gt = torch.zeros(1, 4, 4, dtype=torch.float64)
+    gt[0, :2] = 1                       # 8 px
+    pred = torch.zeros(1, 4, 4, dtype=torch.float64)
+    pred[0, 3] = 1                      # 4 px, disjoint
+    eps = 0.1
+    s = 1 / (1 + math.exp(-0.1 * (4 - 2)))  # gate: area 4, threshold 2
+    expected = {"overlapping": eps / (0.5 * s + 0.5 * 1 + eps),  # FP s, FN 1
+                "all": eps / (0.5 * 1 + eps)}                     # FN 1 - h(0), no FP
+    for matching, want in expected.items():
+        r = pq_surrogate([pred], [[0]], [gt], [[0]], [2.0], formulation="official", eps=eps,
+                         matching=matching)
+        assert r.pq == pytest.approx(want, rel=1e-9)
+        m = r.matchings[0]
+        paired = matching == "all"
+        assert (m.pred.tolist(), m.gt.tolist()) == (([0], [0]) if paired else ([], []))
+        assert m.unmatched_pred.tolist() == ([] if paired else [0])
+        assert m.unmatched_gt.tolist() == ([] if paired else [0])
+        assert r.per_class[0]["fp"] == pytest.approx(0.0 if paired else s)
+    # The complete counts score a matched zero-IoU pair as FP and FN: the same as unmatched.
+    a, b = (pq_surrogate([pred], [[0]], [gt], [[0]], [2.0], matching=m).pq
+            for m in ("overlapping", "all"))
+    assert a == pytest.approx(b, rel=1e-12)
+    with pytest.raises(InputError, match="matching"):
+        pq_surrogate([pred], [[0]], [gt], [[0]], [2.0], matching="nearest")
+
+
+def test_matching_all_in_match_segments_and_the_lifted_labels():
+    """Two same-class gt cars and two predicted cars, one pair overlapping, the other
+    not: "all" pairs the disjoint ones too, so no ground-truth slot is lifted for it."""
+    from copsctl.train.amwc_layer import GroundTruth, ImageSolution, lift_labels
+    from copsctl.train.surrogate import match_segments
+    gt = np.zeros((10, 10), np.int64); gt[0:4, 0:4] = 1; gt[6:10, 6:10] = 2
+    seg = np.zeros((10, 10), np.int64); seg[0:4, 0:3] = 1; seg[6:10, 0:3] = 2
+    classes = np.array([0, 1, 1])                     # background stuff, two cars
+    gm = np.stack([gt == 1, gt == 2])
+    over = match_segments(seg, classes, gm, [1, 1])
+    every = match_segments(seg, classes, gm, [1, 1], matching="all")
+    assert sorted(zip(over.pred.tolist(), over.gt.tolist())) == [(1, 0)]
+    assert sorted(zip(every.pred.tolist(), every.gt.tolist())) == [(1, 0), (2, 1)]
+    assert every.iou.tolist() == [pytest.approx(12 / 16), 0.0]
+    truth = GroundTruth(gm, np.array([1, 1]), np.ones((10, 10), np.float32))
+    sol = ImageSolution(classes[seg.reshape(-1)], seg.reshape(-1), classes,
+                        np.zeros(0, np.uint8), 0.0)
+    for matching, unmatched in (("overlapping", [1]), ("all", [])):
+        lab = lift_labels(sol, truth, 3, (10, 10), matching)
+        assert lab.unmatched_gt.tolist() == unmatched
+        assert lab.num_labels == 3 + len(unmatched) + 1  # + the free class 2
+
+
 def test_match_segments_agrees_with_the_surrogate():
     from copsctl.train.surrogate import match_segments
     gt, gcls, pr, pcls = _scene()

@@ -35,8 +35,8 @@ perturbed solution chose instead, as it should.
 solves a multiway cut (no partitionable class) whose labels are panoptic segments. Per
 class, the predicted segments are matched to the ground-truth segments by the
 surrogate's matching (:func:`copsctl.train.surrogate.match_segments`: max-weight
-bipartite matching on IoU, overlapping pairs only). The labels of an image are, in this
-order:
+bipartite matching on IoU, overlapping pairs only unless the layer's ``matching`` is
+``"all"``). The labels of an image are, in this order:
 
 * one per **predicted segment** (``S`` labels), class = its class, ``g_l`` = the
   surrogate's gradient with respect to its mask;
@@ -67,7 +67,7 @@ from ..errors import InputError
 from ..panoptic.postprocess import segment_classes
 from ..solver import SolverOptions, solve_many
 from ..solver.grid import edge_values_to_maps, grid_graph
-from .surrogate import Matching, SurrogateResult, match_segments, pq_surrogate
+from .surrogate import MATCHINGS, Matching, SurrogateResult, match_segments, pq_surrogate
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -224,7 +224,7 @@ class LiftedLabels:
 
 
 def lift_labels(solution: ImageSolution, ground_truth: GroundTruth, num_classes: int,
-                shape: tuple[int, int]) -> LiftedLabels:
+                shape: tuple[int, int], matching: str = "overlapping") -> LiftedLabels:
     """Build the lifted label set of one image (see the module docstring).
 
     Parameters
@@ -235,17 +235,22 @@ def lift_labels(solution: ImageSolution, ground_truth: GroundTruth, num_classes:
         K.
     shape : (h, w)
         The cost grid.
+    matching : {"overlapping", "all"}
+        Which pairs of the assignment count as matched
+        (:func:`~copsctl.train.surrogate.match_segments`); a ground-truth segment
+        matched to a prediction it does not overlap gets no label of its own.
     """
-    matching = match_segments(solution.segments.reshape(shape), solution.segment_classes,
-                              ground_truth.masks, ground_truth.classes, ground_truth.weights)
-    unmatched = np.asarray(matching.unmatched_gt, np.int64)
+    found = match_segments(solution.segments.reshape(shape), solution.segment_classes,
+                           ground_truth.masks, ground_truth.classes, ground_truth.weights,
+                           matching)
+    unmatched = np.asarray(found.unmatched_gt, np.int64)
     covered = np.zeros(num_classes, bool)
     covered[solution.segment_classes] = True
     covered[ground_truth.classes[unmatched]] = True
     free = np.flatnonzero(~covered).astype(np.int64)
     label_class = np.concatenate([solution.segment_classes, ground_truth.classes[unmatched], free])
     return LiftedLabels(label_class.astype(np.int64), solution.num_segments, unmatched, free,
-                        matching)
+                        found)
 
 
 # ----------------------------------------------------------------------------- Algorithm 1
@@ -546,7 +551,7 @@ class _AMWCFunction(torch.autograd.Function):
             sol = ImageSolution(res.labels.astype(np.int64), seg, seg_cls, res.edge_cut,
                                 res.objective)
             solutions.append(sol)
-            lifted.append(lift_labels(sol, state.ground_truth[b], K, (h, w)))
+            lifted.append(lift_labels(sol, state.ground_truth[b], K, (h, w), layer.matching))
         J = max(lab.num_labels for lab in lifted)
         masks = torch.zeros((B, J, N), dtype=torch.float32)
         classes = torch.full((B, J), -1, dtype=torch.int64)
@@ -609,6 +614,8 @@ class AMWCLayer:
     options : SolverOptions, optional
     reference : {"forward", "lifted"}
         The solution the perturbed ones are compared with (see :func:`algorithm1`).
+    matching : {"overlapping", "all"}
+        The surrogate's matching, which decides the lifted label set (:func:`lift_labels`).
 
     Call
     ----
@@ -622,7 +629,7 @@ class AMWCLayer:
     def __init__(self, *, distances: Sequence[int], partitionable, lambda_min: float = 1.0,
                  lambda_max: float = 5000.0, num_perturbations: int = 5,
                  workers: int | None = None, options: SolverOptions | None = None,
-                 reference: str = "forward"):
+                 reference: str = "forward", matching: str = "overlapping"):
         self.distances = tuple(int(d) for d in distances)
         self.partitionable = np.asarray(partitionable, dtype=bool)
         if not (0 < lambda_min <= lambda_max):
@@ -637,6 +644,9 @@ class AMWCLayer:
         if reference not in REFERENCES:
             raise InputError(f"`reference` must be one of {REFERENCES}, got {reference!r}")
         self.reference = reference
+        if matching not in MATCHINGS:
+            raise InputError(f"`matching` must be one of {list(MATCHINGS)}, got {matching!r}")
+        self.matching = matching
 
     @classmethod
     def from_config(cls, cfg: "Recipe", partitionable) -> "AMWCLayer":
@@ -646,7 +656,7 @@ class AMWCLayer:
                    lambda_min=f.lambda_min, lambda_max=f.lambda_max,
                    num_perturbations=f.num_perturbations,
                    workers=cfg.solver.workers or None, options=cfg.solver.options(),
-                   reference=f.backward_reference)
+                   reference=f.backward_reference, matching=f.surrogate_matching)
 
     def __call__(self, node_costs: torch.Tensor, edge_costs: torch.Tensor,
                  ground_truth: Sequence[GroundTruth], *, seed: int = 0,

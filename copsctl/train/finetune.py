@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from ..config import Recipe
     from ..panoptic.format import Category
 
-__all__ = ["finetune", "drop_costs", "layer_costs", "surrogate_thresholds", "step_surrogate",
+__all__ = ["finetune", "drop_costs", "weight_gradients", "layer_costs", "surrogate_thresholds", "step_surrogate",
            "batch_exact_pq",
            "iteration_seed", "STRIDE"]
 
@@ -99,6 +99,48 @@ def drop_costs(node_costs: torch.Tensor, edge_costs: torch.Tensor, p: float,
     keep_node = torch.rand((B, 1, h, w), generator=generator, device=dev) >= p
     keep_edge = torch.rand(tuple(edge_costs.shape), generator=generator, device=dev) >= p
     return node_costs * keep_node, edge_costs * keep_edge
+
+
+class _GradientWeights(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by fixed weights."""
+
+    @staticmethod
+    def forward(ctx, x, weights):
+        ctx.save_for_backward(weights)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weights,) = ctx.saved_tensors
+        return grad * weights, None
+
+
+def weight_gradients(node_costs: torch.Tensor, edge_costs: torch.Tensor,
+                     pixel_weights: torch.Tensor, edge_weights: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The costs unchanged, their gradients weighted as the authors' backward pass does
+    (``finetune.gradient_weights``): node gradients times ``pixel_weights`` (0 on void
+    and crowd pixels, 1 elsewhere), edge gradients times the affinity loss weights
+    (0 on edges the affinity loss ignores; the thing and small-instance factors of
+    :mod:`copsctl.data.targets` elsewhere).
+
+    Parameters
+    ----------
+    node_costs : (B, K, h, w) Tensor
+    edge_costs : (B, 2m, h, w) Tensor
+    pixel_weights : (B, h, w) Tensor
+    edge_weights : (B, 2m, h, w) Tensor
+    """
+    B, _, h, w = node_costs.shape
+    if tuple(pixel_weights.shape) != (B, h, w):
+        raise InputError(f"`pixel_weights` (shape {tuple(pixel_weights.shape)}) must have "
+                         f"shape {(B, h, w)}")
+    if edge_weights.shape != edge_costs.shape:
+        raise InputError(f"`edge_weights` (shape {tuple(edge_weights.shape)}) must have the "
+                         f"shape of the edge costs {tuple(edge_costs.shape)}")
+    pw = pixel_weights.to(node_costs.device, node_costs.dtype)[:, None]
+    ew = edge_weights.to(edge_costs.device, edge_costs.dtype)
+    return _GradientWeights.apply(node_costs, pw), _GradientWeights.apply(edge_costs, ew)
 
 
 def layer_costs(costs: dict, cfg: "Recipe", seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,12 +348,16 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
                 return total_loss(losses), {k: v.detach() for k, v in losses.items()}
             seed = iteration_seed(cfg.train.seed, iteration, ctx.rank)
             node, edge = layer_costs(model.costs(outputs), cfg, seed)
+            ground_truth = ground_truth_from_batch(batch)
+            if f.gradient_weights:
+                pixel_w = torch.from_numpy(np.stack([gt.weights for gt in ground_truth]))
+                node, edge = weight_gradients(node, edge, pixel_w, targets["affinity_weights"])
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             metrics: dict = {"time_network": time.perf_counter() - t0}
             # The layer records its timings here; time_backward_solve arrives during
             # backward, before the loop reads the dict.
-            solved = layer(node, edge, ground_truth_from_batch(batch), seed=seed, metrics=metrics)
+            solved = layer(node, edge, ground_truth, seed=seed, metrics=metrics)
             t1 = time.perf_counter()
             # Areas and IoUs need float32 at least: no autocast for the loss.
             with torch.autocast(device_type=ctx.device.type, enabled=False):

@@ -1,8 +1,11 @@
 """The differentiable panoptic quality surrogate, equation (6) of the paper (torch).
 
 Per class ``l`` the predicted segments are matched to the ground-truth segments of that
-class by a maximum-weight bipartite matching on IoU (no 0.5 threshold; pairs that do not
-overlap at all are not matched). With
+class by a maximum-weight bipartite matching on IoU (no 0.5 threshold). By default pairs
+that do not overlap at all are not matched; ``matching="all"`` keeps every pair of the
+assignment, overlapping or not, as the authors' code does (a prediction assigned to a
+ground-truth segment it does not touch then has IoU 0: no true positive, and in the
+official counts no false positive either). With
 
 - ``h(u) = u⁴ / (u⁴ + (1 - u)⁴)``, the soft probability that a matched pair of IoU ``u``
   is a true positive, and
@@ -62,7 +65,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..errors import InputError
 
-__all__ = ["soft_tp", "area_gate", "class_area_thresholds", "Matching", "SurrogateResult",
+__all__ = ["soft_tp", "area_gate", "class_area_thresholds", "Matching", "MATCHINGS", "SurrogateResult",
            "match_segments", "pq_surrogate", "pq_surrogate_mask_grads"]
 
 _FORMULATIONS = ("complete", "paper", "official")
@@ -145,9 +148,14 @@ class SurrogateResult:
     matchings: list[Matching] = field(repr=False)
 
 
+MATCHINGS = ("overlapping", "all")
+"""Which pairs of the per-class assignment count as matched (module docstring)."""
+
+
 def _match(iou: np.ndarray, inter: np.ndarray, pc: np.ndarray, gc: np.ndarray,
-           kept_g: np.ndarray) -> Matching:
-    """Per-class max-weight matching on IoU; pairs without overlap stay unmatched."""
+           kept_g: np.ndarray, matching: str = "overlapping") -> Matching:
+    """Per-class max-weight matching on IoU; with ``matching="overlapping"`` pairs
+    without overlap stay unmatched, with ``"all"`` every assigned pair is kept."""
     S = pc.shape[0]
     mp, mg = [], []
     for c in np.unique(np.concatenate([pc, gc[kept_g]])):
@@ -156,7 +164,7 @@ def _match(iou: np.ndarray, inter: np.ndarray, pc: np.ndarray, gc: np.ndarray,
         if rows.size == 0 or cols.size == 0:
             continue
         r, k = linear_sum_assignment(iou[np.ix_(rows, cols)], maximize=True)
-        overlap = inter[rows[r], cols[k]] > 0
+        overlap = inter[rows[r], cols[k]] > 0 if matching == "overlapping" else slice(None)
         mp.append(rows[r][overlap])
         mg.append(cols[k][overlap])
     mp = np.concatenate(mp).astype(np.int64) if mp else np.zeros(0, np.int64)
@@ -166,7 +174,8 @@ def _match(iou: np.ndarray, inter: np.ndarray, pc: np.ndarray, gc: np.ndarray,
 
 
 def match_segments(pred_segments: np.ndarray, pred_classes, gt_masks: np.ndarray, gt_classes,
-                   pixel_weights: np.ndarray | None = None) -> Matching:
+                   pixel_weights: np.ndarray | None = None,
+                   matching: str = "overlapping") -> Matching:
     """The matching :func:`pq_surrogate` uses, for one image with hard masks (numpy, no torch).
 
     Parameters
@@ -180,6 +189,8 @@ def match_segments(pred_segments: np.ndarray, pred_classes, gt_masks: np.ndarray
     gt_classes : (G,) int ndarray
     pixel_weights : (H, W) float ndarray, optional
         As in :func:`pq_surrogate` (0 on void and crowd pixels).
+    matching : {"overlapping", "all"}
+        As in :func:`pq_surrogate`.
 
     Returns
     -------
@@ -187,6 +198,7 @@ def match_segments(pred_segments: np.ndarray, pred_classes, gt_masks: np.ndarray
         Identical to the one :func:`pq_surrogate` finds for the one-hot masks of
         ``pred_segments`` (IoUs are computed in float64 here).
     """
+    _check_choice(matching, MATCHINGS, "matching")
     seg = np.asarray(pred_segments)
     if seg.ndim != 2 or seg.dtype.kind not in "iu":
         raise InputError(f"`pred_segments` (shape {seg.shape}, dtype {seg.dtype}) must be an "
@@ -214,7 +226,12 @@ def match_segments(pred_segments: np.ndarray, pred_classes, gt_masks: np.ndarray
         if gm.shape[0] else np.zeros((S, 0))
     union = area_p[:, None] + area_g[None, :] - inter
     iou = inter / np.where(union > 0, union, 1.0)
-    return _match(iou, inter, pc, gc, area_g > 0)
+    return _match(iou, inter, pc, gc, area_g > 0, matching)
+
+
+def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
+    if value not in choices:
+        raise InputError(f"`{name}` must be one of {list(choices)}, got {value!r}")
 
 
 def _as_classes(x, n: int, K: int, name: str, b: int) -> np.ndarray:
@@ -272,7 +289,8 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
                  pixel_area: float = 1.0, formulation: str = "complete",
                  matchings: Sequence[Matching] | None = None,
                  gt_slots: Sequence[torch.Tensor] | None = None,
-                 gate: str = "area", eps: float = 0.0) -> SurrogateResult:
+                 gate: str = "area", eps: float = 0.0,
+                 matching: str = "overlapping") -> SurrogateResult:
     """PQ surrogate loss of a batch, pooled per class over its images.
 
     Parameters
@@ -320,15 +338,18 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
     eps : float
         Per-class smoothing: ``PQ_l = (IoU_l + eps) / (denominator_l + eps)`` for the
         classes with ground truth (the authors: 0.1; default 0, the printed form).
+    matching : {"overlapping", "all"}
+        Which pairs of the per-class maximum-IoU assignment are matched when
+        ``matchings`` is not given: those that overlap (default), or all of them, as the
+        authors' code does (module docstring).
 
     Returns
     -------
     SurrogateResult
     """
-    if gate not in _GATES:
-        raise InputError(f"`gate` must be one of {list(_GATES)}, got {gate!r}")
-    if formulation not in _FORMULATIONS:
-        raise InputError(f"`formulation` must be one of {list(_FORMULATIONS)}, got {formulation!r}")
+    _check_choice(gate, _GATES, "gate")
+    _check_choice(formulation, _FORMULATIONS, "formulation")
+    _check_choice(matching, MATCHINGS, "matching")
     B = len(pred_masks)
     for name, seq in (("pred_classes", pred_classes), ("gt_masks", gt_masks),
                       ("gt_classes", gt_classes)):
@@ -394,12 +415,12 @@ def pq_surrogate(pred_masks: Sequence[torch.Tensor], pred_classes: Sequence,
         gate = area_gate(pixel_area * area_p, thresholds[torch.as_tensor(pc, device=device)])
 
         if matchings is None:
-            matching = _match(iou.detach().cpu().numpy(), inter.detach().cpu().numpy(), pc, gc,
-                              kept_g)
+            found_b = _match(iou.detach().cpu().numpy(), inter.detach().cpu().numpy(), pc, gc,
+                             kept_g, matching)
         else:
-            matching = _check_matching(matchings[b], pc, gc, kept_g, b)
-        found.append(matching)
-        mp, mg, un_p, un_g = matching.pred, matching.gt, matching.unmatched_pred, matching.unmatched_gt
+            found_b = _check_matching(matchings[b], pc, gc, kept_g, b)
+        found.append(found_b)
+        mp, mg, un_p, un_g = found_b.pred, found_b.gt, found_b.unmatched_pred, found_b.unmatched_gt
 
         dev = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
 
