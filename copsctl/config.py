@@ -330,6 +330,11 @@ class FinetuneConfig:
         "what perturbed solutions are compared with: forward (Algorithm 1 as printed) or "
         "lifted (the lifted problem solved unperturbed, one more solve per image)",
         choices=("forward", "lifted"))
+    perturbation: str = _key("one_sided",
+        "finite difference of the backward pass: one_sided (Algorithm 1 as printed: "
+        "(s(c + lambda g) - s) / lambda) or two_sided ((s(c + lambda g) - s(c - lambda g)) / "
+        "(2 lambda), no pull towards smaller costs; twice the solves)",
+        choices=("one_sided", "two_sided"))
     cost_norm: float = _key(0.0,
         "rescale each image's costs to this root mean square before the solver (0: off); "
         "stops the interpolation's pull towards ever smaller costs",
@@ -601,6 +606,10 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
         if n and n != m:
             raise InputError(f"{source}: `calibration.{name}` must have one entry per "
                              f"`model.distances` entry ({m}) or none, got {n}")
+    if recipe.finetune.perturbation == "two_sided" and recipe.finetune.backward_reference != "forward":
+        raise InputError(f"{source}: `finetune.perturbation: two_sided` compares the two "
+                         "perturbed solutions with each other; it takes no "
+                         "`finetune.backward_reference` other than forward")
     if len(set(recipe.finetune.trainable)) != len(recipe.finetune.trainable):
         raise InputError(f"{source}: `finetune.trainable` must not repeat a part, "
                          f"got {list(recipe.finetune.trainable)}")

@@ -167,6 +167,36 @@ def test_lifted_reference_is_the_finite_difference_of_one_solver():
         algorithm1([problem], lams, reference="other")
 
 
+def test_two_sided_is_the_central_difference_of_the_perturbed_solutions():
+    """two_sided=True: mean over λ of (W(c + λ g) - W(c - λ g)) / (2 λ), the lifted MWC
+    solved at both signs; the forward solution does not enter."""
+    rng = np.random.default_rng(11)
+    nc, edges, ec, label_class, g = _tiny(rng, h=3, w=3)
+    x = solve_amwc(nc, edges, ec, np.array([False, True, False]))
+    wrong = x.labels.copy()
+    wrong[0] = (wrong[0] + 1) % 3
+    lams = np.array([[0.5, 2.0, 4.0]])
+    ref_v, ref_e = np.zeros_like(nc), np.zeros_like(ec)
+    for lam in lams[0]:
+        plus = solve_mwc(nc[:, label_class] + lam * g.T, edges, ec)
+        minus = solve_mwc(nc[:, label_class] - lam * g.T, edges, ec)
+        ref_v += (np.eye(3)[label_class[plus.labels]] - np.eye(3)[label_class[minus.labels]]) \
+            / (2 * lam * 3)
+        ref_e += (plus.edge_cut.astype(float) - minus.edge_cut) / (2 * lam * 3)
+    assert np.abs(ref_v).sum() > 0
+    for labels in (x.labels, wrong):
+        problem = BackwardProblem(nc, edges.astype(np.int32), ec, labels, x.edge_cut,
+                                  label_class, g)
+        [(gv, ge)], stats = algorithm1([problem], lams, workers=1, two_sided=True)
+        assert stats["solves"] == 6
+        np.testing.assert_allclose(gv, ref_v, atol=1e-12)
+        np.testing.assert_allclose(ge, ref_e, atol=1e-12)
+    with pytest.raises(InputError, match="two_sided"):
+        algorithm1([problem], lams, reference="lifted", two_sided=True)
+    with pytest.raises(InputError, match="two_sided"):
+        AMWCLayer(distances=(1,), partitionable=[False, True], reference="lifted", two_sided=True)
+
+
 def test_more_perturbations_lower_the_variance():
     rng = np.random.default_rng(5)
     nc, edges, ec, label_class, g = _tiny(rng, h=3, w=3)

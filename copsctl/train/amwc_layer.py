@@ -333,7 +333,7 @@ REFERENCES = ("forward", "lifted")
 
 def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
                workers: int | None = None, options: SolverOptions | None = None,
-               reference: str = "forward"
+               reference: str = "forward", two_sided: bool = False
                ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """Algorithm 1 with the robust average (4), for a batch, all solves concurrent.
 
@@ -354,6 +354,14 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
         can return other classes than ``x`` even for ``λ → 0``; with ``"forward"`` such
         differences, which have nothing to do with the loss, enter the gradient with
         weight ``1 / λ`` and dominate it for small ``λ``. One more solve per image.
+    two_sided : bool
+        Solve every draw twice, perturbed by ``+λ ∂L/∂z`` and by ``-λ ∂L/∂z``, and
+        return the central difference ``(s_+ - s_-) / (2 λ)`` instead of
+        ``(s_+ - s) / λ`` (``reference`` is then not used). The one-sided difference
+        always has a non-negative inner product with the costs (``s`` minimises
+        ``<c, .>``, so ``<c, s_+ - s> >= 0``): descending along it shrinks the costs,
+        whatever the loss asks. The central difference has no such sign. Twice the
+        solves.
 
     Returns
     -------
@@ -374,6 +382,9 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
         raise InputError("`lambdas` must be positive")
     if reference not in REFERENCES:
         raise InputError(f"`reference` must be one of {REFERENCES}, got {reference!r}")
+    if two_sided and reference != "forward":
+        raise InputError("`two_sided` compares the two perturbed solutions with each other: "
+                         "it takes no `reference`")
     t0 = time.perf_counter()
     jobs, owners = [], []
     for b, p in enumerate(problems):
@@ -388,6 +399,8 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
         # (J, N) rows: the class costs of each label, then the perturbation per draw.
         base = np.ascontiguousarray(np.asarray(p.node_costs, np.float64).T[lc])
         draws = list(lambdas[b]) + ([0.0] if reference == "lifted" else [])
+        if two_sided:
+            draws = [sign * lam for lam in lambdas[b] for sign in (1.0, -1.0)]
         for lam in draws:
             lifted = base + lam * g if lam else base
             problem = (lifted.T, p.edges, p.edge_costs, np.zeros(lc.shape[0], bool))
@@ -414,10 +427,16 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
     for (b, lam), res in zip(owners, results):
         if lam == 0.0:
             continue
-        x, y = refs[b]
         x_p = np.asarray(problems[b].label_class, np.int64)[res.labels]
         node_grad, edge_grad = grads[b]
-        rows = np.arange(x.shape[0])
+        rows = np.arange(x_p.shape[0])
+        if two_sided:
+            # Each solve enters once with its sign: Σ (s_+ - s_-) / (2 λ n).
+            np.add.at(node_grad, (rows, x_p), 1.0 / (2 * lam * n))
+            edge_grad += res.edge_cut.astype(np.float64) / (2 * lam * n)
+            changed.append(float(np.mean(x_p != refs[b][0])))
+            continue
+        x, y = refs[b]
         np.add.at(node_grad, (rows, x_p), 1.0 / (lam * n))
         np.add.at(node_grad, (rows, x), -1.0 / (lam * n))
         edge_grad += (res.edge_cut.astype(np.float64) - y) / (lam * n)
@@ -585,7 +604,7 @@ class _AMWCFunction(torch.autograd.Function):
         problems = backward_problems(ctx.solutions, ctx.lifted, gm, ctx.nc, ctx.edges, ctx.ec,
                                      ctx.local)
         grads, stats = algorithm1(problems, lambdas, workers=layer.workers, options=layer.options,
-                                  reference=layer.reference)
+                                  reference=layer.reference, two_sided=layer.two_sided)
         ctx.metrics.update(time_backward_solve=stats["seconds"], backward_solves=stats["solves"],
                            changed_nodes=stats["changed_nodes"],
                            reference_changed=stats["reference_changed"])
@@ -616,6 +635,8 @@ class AMWCLayer:
         The solution the perturbed ones are compared with (see :func:`algorithm1`).
     matching : {"overlapping", "all"}
         The surrogate's matching, which decides the lifted label set (:func:`lift_labels`).
+    two_sided : bool
+        Central differences in the backward pass (see :func:`algorithm1`).
 
     Call
     ----
@@ -629,7 +650,8 @@ class AMWCLayer:
     def __init__(self, *, distances: Sequence[int], partitionable, lambda_min: float = 1.0,
                  lambda_max: float = 5000.0, num_perturbations: int = 5,
                  workers: int | None = None, options: SolverOptions | None = None,
-                 reference: str = "forward", matching: str = "overlapping"):
+                 reference: str = "forward", matching: str = "overlapping",
+                 two_sided: bool = False):
         self.distances = tuple(int(d) for d in distances)
         self.partitionable = np.asarray(partitionable, dtype=bool)
         if not (0 < lambda_min <= lambda_max):
@@ -647,6 +669,10 @@ class AMWCLayer:
         if matching not in MATCHINGS:
             raise InputError(f"`matching` must be one of {list(MATCHINGS)}, got {matching!r}")
         self.matching = matching
+        if two_sided and reference != "forward":
+            raise InputError("`two_sided` takes no `reference`: it compares the two perturbed "
+                             "solutions with each other")
+        self.two_sided = bool(two_sided)
 
     @classmethod
     def from_config(cls, cfg: "Recipe", partitionable) -> "AMWCLayer":
@@ -656,7 +682,8 @@ class AMWCLayer:
                    lambda_min=f.lambda_min, lambda_max=f.lambda_max,
                    num_perturbations=f.num_perturbations,
                    workers=cfg.solver.workers or None, options=cfg.solver.options(),
-                   reference=f.backward_reference, matching=f.surrogate_matching)
+                   reference=f.backward_reference, matching=f.surrogate_matching,
+                   two_sided=f.perturbation == "two_sided")
 
     def __call__(self, node_costs: torch.Tensor, edge_costs: torch.Tensor,
                  ground_truth: Sequence[GroundTruth], *, seed: int = 0,
