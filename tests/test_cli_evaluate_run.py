@@ -37,6 +37,12 @@ def test_run_dumps_solves_and_evaluates_into_the_run_folder(run, tmp_path):
     assert (folder / "costs.h5").is_file()
     assert (folder / "pred" / "panoptic_pred.json").is_file()
     assert (folder / "pred" / "recipe.yaml").is_file()
+    # the predictions carry the dataset's file names (the ground truth's PNG names)
+    gt = json.loads((run.parent / "data" / "annotations" / "panoptic_val2017.json").read_text())
+    pred = json.loads((folder / "pred" / "panoptic_pred.json").read_text())
+    names = sorted(a["file_name"] for a in gt["annotations"])
+    assert sorted(a["file_name"] for a in pred["annotations"]) == names
+    assert sorted(p.name for p in (folder / "pred" / "panoptic_pred").iterdir()) == names
     assert "panoptic quality, 2 images" in res.output
     first = json.loads(out.read_text())
     assert set(first) >= {"All", "Things", "Stuff", "semantic"}

@@ -44,6 +44,20 @@ def three_images():
     return out
 
 
+@pytest.mark.parametrize("storage", ["float32", "quantized"])
+def test_the_index_round_trips_in_every_storage(tmp_path, three_images, storage):
+    """Image ids, file names and sizes come back as written, whatever the storage (a
+    quantized file once recorded the name of its last array attribute as every image's
+    file name)."""
+    path = tmp_path / "costs.h5"
+    _write(path, three_images, dtype=storage)
+    with CostFile(path) as cf:
+        assert cf.image_ids == [17, "frankfurt_000001", "17"]
+        assert cf.file_names == ["img0.jpg", "img1.jpg", "img2.jpg"]
+        assert cf.image_sizes.tolist() == [[16, 24], [17, 23], [4, 6]]
+        assert cf.cost_sizes.tolist() == [[4, 6], [5, 3], [4, 6]]
+
+
 def test_round_trip(tmp_path, three_images):
     path = tmp_path / "costs.h5"
     recipe = recipe_from_dict({"data": {"thing_area_threshold": 100,

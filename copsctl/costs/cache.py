@@ -419,8 +419,8 @@ class CostWriter:
                                       **_compression(dataset))
             else:
                 ds = g.create_dataset(dataset, data=data)
-            for name, value in attrs.items():
-                ds.attrs[name] = value
+            for attr, value in attrs.items():
+                ds.attrs[attr] = value
         self._ids.append(key)
         self._seen.add(key)
         self._names.append(name)
