@@ -330,11 +330,10 @@ class FinetuneConfig:
         "what perturbed solutions are compared with: forward (Algorithm 1 as printed) or "
         "lifted (the lifted problem solved unperturbed, one more solve per image)",
         choices=("forward", "lifted"))
-    perturbation: str = _key("one_sided",
-        "finite difference of the backward pass: one_sided (Algorithm 1 as printed: "
-        "(s(c + lambda g) - s) / lambda) or two_sided ((s(c + lambda g) - s(c - lambda g)) / "
-        "(2 lambda), no pull towards smaller costs; twice the solves)",
-        choices=("one_sided", "two_sided"))
+    two_sided: bool = _key(False,
+        "central differences in the backward pass: (s(c + lambda g) - s(c - lambda g)) / "
+        "(2 lambda) instead of Algorithm 1's (s(c + lambda g) - s) / lambda; no pull towards "
+        "smaller costs, twice the solves")
     cost_norm: float = _key(0.0,
         "rescale each image's costs to this root mean square before the solver (0: off); "
         "stops the interpolation's pull towards ever smaller costs",
@@ -606,8 +605,8 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
         if n and n != m:
             raise InputError(f"{source}: `calibration.{name}` must have one entry per "
                              f"`model.distances` entry ({m}) or none, got {n}")
-    if recipe.finetune.perturbation == "two_sided" and recipe.finetune.backward_reference != "forward":
-        raise InputError(f"{source}: `finetune.perturbation: two_sided` compares the two "
+    if recipe.finetune.two_sided and recipe.finetune.backward_reference != "forward":
+        raise InputError(f"{source}: `finetune.two_sided` compares the two "
                          "perturbed solutions with each other; it takes no "
                          "`finetune.backward_reference` other than forward")
     if len(set(recipe.finetune.trainable)) != len(recipe.finetune.trainable):

@@ -114,8 +114,7 @@ def test_shipped_recipes_carry_the_paper_settings():
         assert f.trainable == ("semantic_head", "affinity_head") and f.learn_cost_scale and f.learn_cost_offset
         assert (f.surrogate_gate, f.surrogate_form, f.surrogate_eps, f.cost_dropout,
                 f.min_instance_size) == ("official", "official", 0.1, 0.1, 3)
-        assert (f.surrogate_matching, f.gradient_weights, f.perturbation) == ("all", True,
-                                                                              "one_sided")
+        assert (f.surrogate_matching, f.gradient_weights, f.two_sided) == ("all", True, False)
     syn = load_recipe("synthetic_pretrain")
     assert syn.model.depth == 18 and syn.model.pretrained == "none" and syn.data.crop_size == (128, 128)
 
@@ -179,7 +178,7 @@ def test_rules_between_keys():
     with pytest.raises(InputError, match="`train.warmup_iters` .* must not exceed"):
         load_recipe("synthetic_tiny", ["train.warmup_iters=10"])
     with pytest.raises(InputError, match="two_sided.*backward_reference"):
-        load_recipe(None, ["finetune.perturbation=two_sided", "finetune.backward_reference=lifted"])
+        load_recipe(None, ["finetune.two_sided=true", "finetune.backward_reference=lifted"])
 
 
 def test_parse_override_reads_yaml_types():

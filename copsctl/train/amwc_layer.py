@@ -683,7 +683,7 @@ class AMWCLayer:
                    num_perturbations=f.num_perturbations,
                    workers=cfg.solver.workers or None, options=cfg.solver.options(),
                    reference=f.backward_reference, matching=f.surrogate_matching,
-                   two_sided=f.perturbation == "two_sided")
+                   two_sided=f.two_sided)
 
     def __call__(self, node_costs: torch.Tensor, edge_costs: torch.Tensor,
                  ground_truth: Sequence[GroundTruth], *, seed: int = 0,
