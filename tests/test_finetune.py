@@ -121,6 +121,17 @@ def test_gradient_weights_keep_the_costs_and_weight_their_gradients(setup):
     torch.autograd.backward([wn, we], [gn, ge])
     assert torch.equal(node.grad, gn * pixel_w[:, None])
     assert torch.equal(edge.grad, ge * edge_w)
+    # layer_inputs applies them when the recipe asks for it, with the batch's own weights
+    from copsctl.train.finetune import layer_inputs
+    for on in (False, True):
+        node.grad = edge.grad = None
+        ln, le, truth = layer_inputs({"node_costs": node, "edge_costs": edge}, batch,
+                                     cfg.replace({"finetune.gradient_weights": on}), 0)
+        assert len(truth) == B and torch.equal(ln, node)
+        torch.autograd.backward([ln, le], [gn, ge])
+        own = torch.from_numpy(np.stack([g.weights for g in truth]))[:, None]
+        assert torch.equal(node.grad, gn * own if on else gn)
+        assert torch.equal(edge.grad, ge * edge_w if on else ge)
     with pytest.raises(InputError, match="pixel_weights"):
         weight_gradients(node, edge, pixel_w[:, :-1], edge_w)
     with pytest.raises(InputError, match="edge_weights"):

@@ -93,8 +93,7 @@ class _Probe:
     def __call__(self, batch: dict, *, loss: str | None = None) -> dict:
         """Surrogate and exact PQ of ``batch``; with ``loss``, also backward of that loss."""
         from ..model import total_loss
-        from ..train.amwc_layer import ground_truth_from_batch
-        from ..train.finetune import batch_exact_pq, layer_costs, step_surrogate
+        from ..train.finetune import batch_exact_pq, layer_inputs, step_surrogate
         from ..train.run import targets_to_device
 
         cfg = self.cfg
@@ -104,8 +103,8 @@ class _Probe:
             if loss == "cross_entropy":
                 total_loss(self.ce(outputs, targets)).backward()
                 return {}
-            node, edge = layer_costs(self.model.costs(outputs), cfg, 0)
-            solved = self.layer(node, edge, ground_truth_from_batch(batch), seed=1)
+            node, edge, ground_truth = layer_inputs(self.model.costs(outputs), batch, cfg, 0)
+            solved = self.layer(node, edge, ground_truth, seed=1)
             result = step_surrogate(solved, self.thresholds, cfg)
             if loss is not None:
                 (cfg.finetune.loss_weight * result.loss).backward()

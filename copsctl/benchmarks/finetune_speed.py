@@ -43,16 +43,15 @@ from ..cpus import available_cpus
 
 
 def _step_timed(model, layer, optimizer, batch, thresholds, categories, cfg, seed):
-    from ..train.amwc_layer import ground_truth_from_batch
-    from ..train.finetune import batch_exact_pq, layer_costs, step_surrogate
+    from ..train.finetune import batch_exact_pq, layer_inputs, step_surrogate
 
     t = {}
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    node, edge = layer_costs(model.costs(model(batch["image"])), cfg, seed)
+    node, edge, ground_truth = layer_inputs(model.costs(model(batch["image"])), batch, cfg, seed)
     t["network"] = time.perf_counter() - t0
     metrics: dict = {}
-    solved = layer(node, edge, ground_truth_from_batch(batch), seed=seed, metrics=metrics)
+    solved = layer(node, edge, ground_truth, seed=seed, metrics=metrics)
     t["fwd solve"] = metrics["time_forward_solve"]
     t1 = time.perf_counter()
     res = step_surrogate(solved, thresholds, cfg)

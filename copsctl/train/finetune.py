@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from ..config import Recipe
     from ..panoptic.format import Category
 
-__all__ = ["finetune", "drop_costs", "weight_gradients", "layer_costs", "surrogate_thresholds", "step_surrogate",
+__all__ = ["finetune", "drop_costs", "weight_gradients", "layer_inputs", "surrogate_thresholds", "step_surrogate",
            "batch_exact_pq",
            "iteration_seed", "STRIDE"]
 
@@ -143,11 +143,14 @@ def weight_gradients(node_costs: torch.Tensor, edge_costs: torch.Tensor,
     return _GradientWeights.apply(node_costs, pw), _GradientWeights.apply(edge_costs, ew)
 
 
-def layer_costs(costs: dict, cfg: "Recipe", seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_inputs(costs: dict, batch: dict, cfg: "Recipe", seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, list]:
     """What the AMWC layer gets in a fine-tuning step: the network's node and edge costs
     (:meth:`~copsctl.model.PanopticModel.costs`) after the recipe's cost dropout (masks
-    drawn from ``seed``) and cost normalisation (``finetune.cost_norm``)."""
-    from .amwc_layer import normalize_cost_scale
+    drawn from ``seed``), cost normalisation (``finetune.cost_norm``, ``scale_invariant``)
+    and gradient weights (``finetune.gradient_weights``), and the batch's ground truth
+    (:func:`~copsctl.train.amwc_layer.ground_truth_from_batch`)."""
+    from .amwc_layer import ground_truth_from_batch, normalize_cost_scale
 
     f = cfg.finetune
     node, edge = costs["node_costs"], costs["edge_costs"]
@@ -158,7 +161,11 @@ def layer_costs(costs: dict, cfg: "Recipe", seed: int) -> tuple[torch.Tensor, to
     if f.cost_norm > 0 or f.scale_invariant:
         node, edge = normalize_cost_scale(node, edge, f.cost_norm if f.cost_norm > 0 else None,
                                           cfg.model.distances)
-    return node, edge
+    ground_truth = ground_truth_from_batch(batch)
+    if f.gradient_weights:
+        pixel_w = torch.from_numpy(np.stack([gt.weights for gt in ground_truth]))
+        node, edge = weight_gradients(node, edge, pixel_w, batch["affinity_weights"])
+    return node, edge, ground_truth
 
 
 def surrogate_thresholds(isthing, cfg: "Recipe") -> tuple[np.ndarray, float]:
@@ -282,7 +289,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     """
     from ..model import (PanopticModel, PretrainLoss, finetuning_groups, freeze_for_finetuning,
                          total_loss)
-    from .amwc_layer import AMWCLayer, ground_truth_from_batch
+    from .amwc_layer import AMWCLayer
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -347,11 +354,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
                 losses = ce_loss(outputs, targets)
                 return total_loss(losses), {k: v.detach() for k, v in losses.items()}
             seed = iteration_seed(cfg.train.seed, iteration, ctx.rank)
-            node, edge = layer_costs(model.costs(outputs), cfg, seed)
-            ground_truth = ground_truth_from_batch(batch)
-            if f.gradient_weights:
-                pixel_w = torch.from_numpy(np.stack([gt.weights for gt in ground_truth]))
-                node, edge = weight_gradients(node, edge, pixel_w, targets["affinity_weights"])
+            node, edge, ground_truth = layer_inputs(model.costs(outputs), batch, cfg, seed)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             metrics: dict = {"time_network": time.perf_counter() - t0}
