@@ -333,7 +333,8 @@ class FinetuneConfig:
     two_sided: bool = _key(False,
         "central differences in the backward pass: (s(c + lambda g) - s(c - lambda g)) / "
         "(2 lambda) instead of Algorithm 1's (s(c + lambda g) - s) / lambda; no pull towards "
-        "smaller costs, twice the solves")
+        "smaller costs, twice the solves (drifted faster at lambda up to 5000: "
+        "docs/finetuning.md)")
     cost_norm: float = _key(0.0,
         "rescale each image's costs to this root mean square before the solver (0: off); "
         "stops the interpolation's pull towards ever smaller costs",

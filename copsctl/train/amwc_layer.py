@@ -361,7 +361,8 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
         always has a non-negative inner product with the costs (``s`` minimises
         ``<c, .>``, so ``<c, s_+ - s> >= 0``): descending along it shrinks the costs,
         whatever the loss asks. The central difference has no such sign. Twice the
-        solves.
+        solves. (At λ up to 5 000 the ``-λ`` side changes far more than the ``+λ``
+        side and fine-tuning drifted faster: docs/finetuning.md.)
 
     Returns
     -------

@@ -58,9 +58,8 @@ if TYPE_CHECKING:
     from ..config import Recipe
     from ..panoptic.format import Category
 
-__all__ = ["finetune", "drop_costs", "weight_gradients", "layer_inputs", "surrogate_thresholds", "step_surrogate",
-           "batch_exact_pq",
-           "iteration_seed", "STRIDE"]
+__all__ = ["finetune", "drop_costs", "weight_gradients", "layer_inputs", "surrogate_thresholds",
+           "step_surrogate", "batch_exact_pq", "iteration_seed", "STRIDE"]
 
 STRIDE = 4
 """The network's output stride: costs are at 1/4 of the input resolution."""

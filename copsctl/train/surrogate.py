@@ -65,8 +65,8 @@ from scipy.optimize import linear_sum_assignment
 
 from ..errors import InputError
 
-__all__ = ["soft_tp", "area_gate", "class_area_thresholds", "Matching", "MATCHINGS", "SurrogateResult",
-           "match_segments", "pq_surrogate", "pq_surrogate_mask_grads"]
+__all__ = ["soft_tp", "area_gate", "class_area_thresholds", "Matching", "MATCHINGS",
+           "SurrogateResult", "match_segments", "pq_surrogate", "pq_surrogate_mask_grads"]
 
 _FORMULATIONS = ("complete", "paper", "official")
 _GATES = ("area", "intersection")
