@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import yaml
 
 from ..atomic import atomic_path, write_json
 from ..calibration import Calibration
@@ -285,7 +284,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
                     f"# recipe of {costs}" + (f" with --set {' '.join(overrides)}" if overrides
                                                else "") + "\n"
                     "# copsctl solve reads solver.* and data.{thing,stuff}_area_threshold\n"
-                    + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+                    + recipe.dump())
             summary = {
                 "costs": str(costs), "out": str(out), "pred_json": str(out / PRED_JSON),
                 "pred_dir": str(out / PRED_DIR), "images": n, "workers": workers,
