@@ -213,6 +213,9 @@ class SolverConfig:
         "move whole superpixels before single pixels in the improvement phase")
     piece_moves: bool = _key(SolverOptions.piece_moves,
         "move the pieces of superpixels cut by the pixel moves, then pixels again")
+    boundary_moves: int = _key(SolverOptions.boundary_moves,
+        "longest Kernighan-Lin sequence across a boundary of two clusters (0: none)",
+        check=_non_negative)
     workers: int = _key(0,
         "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
 
@@ -224,7 +227,8 @@ class SolverConfig:
                              precluster_max_thing_size=self.precluster_max_thing_size,
                              precluster_margin=self.precluster_margin,
                              superpixel_moves=self.superpixel_moves,
-                             piece_moves=self.piece_moves)
+                             piece_moves=self.piece_moves,
+                             boundary_moves=self.boundary_moves)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ Phases
    those whose surroundings the pieces changed). A unit's cheapest class outside the
    neighbouring clusters comes from its shortlist of cheapest classes (``TopClasses``),
    all K are scanned only when none of the shortlist may be taken.
+   Last, Kernighan-Lin moves across the boundary of every two clusters that touch along
+   a local edge (sequences of node moves between the two, uphill steps allowed, cut
+   back to their best prefix), then nodes again where they moved.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
 
@@ -52,7 +55,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.math cimport INFINITY
 from libcpp.vector cimport vector
 from libcpp.utility cimport pair
-from libcpp.algorithm cimport push_heap, pop_heap
+from libcpp.algorithm cimport push_heap, pop_heap, sort
 from cython.operator cimport dereference as deref, preincrement as inc
 from posix.time cimport clock_gettime, timespec, CLOCK_THREAD_CPUTIME_ID
 
@@ -108,6 +111,8 @@ cdef struct Stats:
     int64_t heap_pops
     int64_t improve_moves
     int64_t improve_visits
+    int64_t boundary_moves
+    double t_boundary
     double objective_before_improve
 
 
@@ -204,6 +209,7 @@ cdef cppclass NodeGraph:
     vector[int64_t] off
     vector[int32_t] nbr
     vector[double] wt
+    vector[uint8_t] loc   # the node graph only: 1 where the edge is a local one
 
 
 cdef enum:
@@ -445,13 +451,14 @@ cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
         g.off[i + 1] += g.off[i]
     g.nbr.resize(g.off[N])
     g.wt.resize(g.off[N])
+    g.loc.resize(g.off[N])
     fill.resize(N)
     for i in range(N):
         fill[i] = g.off[i]
     for e in range(P.E):
         u = P.edges[2 * e]; v = P.edges[2 * e + 1]
-        g.nbr[fill[u]] = v; g.wt[fill[u]] = P.ec[e]; fill[u] += 1
-        g.nbr[fill[v]] = u; g.wt[fill[v]] = P.ec[e]; fill[v] += 1
+        g.nbr[fill[u]] = v; g.wt[fill[u]] = P.ec[e]; g.loc[fill[u]] = P.local[e]; fill[u] += 1
+        g.nbr[fill[v]] = u; g.wt[fill[v]] = P.ec[e]; g.loc[fill[v]] = P.local[e]; fill[v] += 1
 
 
 cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
@@ -822,6 +829,148 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
     return qn == 0
 
 
+cdef int _kl_scan(const NodeGraph& g, const vector[int32_t]& cl, int32_t n, int32_t X,
+                  int32_t Y, double* wx, double* wy) noexcept nogil:
+    # the summed costs of node n's edges into clusters X and Y
+    cdef int64_t p
+    cdef int32_t c
+    cdef double sx = 0.0, sy = 0.0
+    for p in range(g.off[n], g.off[n + 1]):
+        c = cl[g.nbr[p]]
+        if c == X:
+            sx += g.wt[p]
+        elif c == Y:
+            sy += g.wt[p]
+    wx[0] = sx; wy[0] = sy
+    return 0
+
+
+cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
+                             const vector[int32_t]& clclass, int32_t max_moves,
+                             int32_t max_rounds, uint8_t* changed, Stats* st) except -1 nogil:
+    """Phase 3, last: Kernighan-Lin moves across the boundary of every two clusters that touch
+    along a local edge; returns the number of node moves kept.
+
+    For a pair (X, Y), the nodes of X and Y on their common boundary, and later every
+    node of X or Y next to a moved one along a local edge, are candidates. The candidate whose move to the
+    other cluster (taking its class) lowers the objective most, or raises it least,
+    moves and is locked for the rest of the sequence. The sequence stops after
+    ``max_moves`` moves, or ``max_moves / 5`` moves after its best point, and is cut
+    back to its best prefix, which is kept only if it lowers the objective. So a strip
+    of nodes can shift a boundary where every single move raises the objective. Pairs
+    are visited in order of their cluster ids, in rounds: each round after the first
+    visits only the pairs with a cluster that the round before changed, until a round
+    gains nothing or ``max_rounds`` are done. ``changed`` marks the nodes that moved and
+    their neighbours.
+    """
+    cdef int32_t N = P.N, i, j, u, v, a, b, X, Y, n, src, kx, ky, nseq, bestk, r
+    cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
+    cdef int64_t e, p, q, q0, C = clclass.size(), key, kept = 0
+    cdef double cum, best, d, w, gained
+    cdef vector[pair[int64_t, int32_t]] bnd   # (pair key, boundary node), sorted
+    cdef vector[double] wx, wy, dxy   # per candidate: edge costs into X, into Y; class cost of Y - X
+    cdef vector[int32_t] ver, seq, touched
+    cdef vector[uint8_t] state   # 0 untouched, 1 weights known, 2 moved in this sequence
+    cdef vector[uint8_t] dirty, dirty_next   # clusters changed in this round, the one before
+    cdef vector[HeapEntry] heap   # (-change, (node, version)): the best move on top
+    cdef HeapEntry top
+    wx.resize(N); wy.resize(N); dxy.resize(N)
+    _fill_i32(ver, N, 0)
+    _fill_u8(state, N, 0)
+    _fill_u8(dirty, C, 1)
+    _fill_u8(dirty_next, C, 0)
+    for r in range(max_rounds):
+        bnd.clear()
+        for e in range(P.E):
+            if not P.local[e]:
+                continue
+            u = P.edges[2 * e]; v = P.edges[2 * e + 1]
+            a = cl[u]; b = cl[v]
+            if a == b or not (dirty[a] or dirty[b]):
+                continue
+            key = <int64_t>a * C + b if a < b else <int64_t>b * C + a
+            bnd.push_back(pair[int64_t, int32_t](key, u))
+            bnd.push_back(pair[int64_t, int32_t](key, v))
+        sort(bnd.begin(), bnd.end())
+        gained = 0.0
+        q0 = 0
+        while q0 < <int64_t>bnd.size():
+            key = bnd[q0].first
+            X = <int32_t>(key // C); Y = <int32_t>(key % C)
+            kx = clclass[X]; ky = clclass[Y]
+            heap.clear(); touched.clear(); seq.clear()
+            q = q0
+            while q < <int64_t>bnd.size() and bnd[q].first == key:
+                n = bnd[q].second
+                q += 1
+                if state[n] != 0 or (cl[n] != X and cl[n] != Y):
+                    continue   # listed twice, or moved away by an earlier pair
+                state[n] = 1
+                touched.push_back(n)
+                _kl_scan(g, cl, n, X, Y, &wx[n], &wy[n])
+                dxy[n] = P.nc[n * P.s0 + ky * P.s1] - P.nc[n * P.s0 + kx * P.s1]
+                d = dxy[n] + wx[n] - wy[n] if cl[n] == X else wy[n] - wx[n] - dxy[n]
+                _heap_push(heap, -d, n, ver[n])
+            q0 = q
+            cum = 0.0; best = 0.0; bestk = 0; nseq = 0
+            while nseq < max_moves and nseq - bestk < patience and heap.size() > 0:
+                top = heap[0]
+                pop_heap(heap.begin(), heap.end())
+                heap.pop_back()
+                n = top.second.first
+                if state[n] == 2 or top.second.second != ver[n]:
+                    continue   # stale entry
+                src = cl[n]
+                cl[n] = Y if src == X else X
+                state[n] = 2
+                seq.push_back(n)
+                nseq += 1
+                cum -= top.first
+                if cum < best - GAIN_EPS * (1.0 + abs(best)):
+                    best = cum; bestk = nseq
+                for p in range(g.off[n], g.off[n + 1]):
+                    j = g.nbr[p]
+                    if state[j] == 2 or (cl[j] != X and cl[j] != Y):
+                        continue
+                    if state[j] == 0:
+                        if not g.loc[p]:
+                            continue   # candidates grow along local edges only
+                        state[j] = 1
+                        touched.push_back(j)
+                        _kl_scan(g, cl, j, X, Y, &wx[j], &wy[j])
+                        dxy[j] = P.nc[j * P.s0 + ky * P.s1] - P.nc[j * P.s0 + kx * P.s1]
+                    else:
+                        w = g.wt[p]
+                        if src == X:
+                            wx[j] -= w; wy[j] += w
+                        else:
+                            wy[j] -= w; wx[j] += w
+                    d = dxy[j] + wx[j] - wy[j] if cl[j] == X else wy[j] - wx[j] - dxy[j]
+                    ver[j] += 1
+                    _heap_push(heap, -d, j, ver[j])
+            for i in range(nseq - 1, bestk - 1, -1):
+                n = seq[i]
+                cl[n] = Y if cl[n] == X else X
+            for i in range(bestk):
+                n = seq[i]
+                changed[n] = 1
+                for p in range(g.off[n], g.off[n + 1]):
+                    changed[g.nbr[p]] = 1
+            if bestk > 0:
+                gained += best
+                kept += bestk
+                dirty_next[X] = 1; dirty_next[Y] = 1
+            for i in range(<int32_t>touched.size()):
+                state[touched[i]] = 0
+        if gained == 0.0:
+            break
+        for i in range(<int32_t>C):
+            dirty[i] = dirty_next[i]
+            dirty_next[i] = 0
+    st.boundary_moves += kept
+    return kept
+
+
 cdef int _segments(const Problem& P, const vector[int32_t]& cl,
                     const vector[int32_t]& clclass, int32_t* out_labels,
                     int32_t* out_segments, uint8_t* out_cut) except -1 nogil:
@@ -1001,7 +1150,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
                      double pre_margin,
                      bint improve,
                      int32_t max_rounds, bint sp_moves, bint piece_moves,
-                     int32_t* out_labels,
+                     int32_t kl_moves, int32_t* out_labels,
                      int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     """The whole solve, phase by phase; every buffer is owned by a vector."""
     cdef double t0 = _now(), t1
@@ -1014,6 +1163,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     cdef TopClasses node_top, sp_top
     cdef vector[double] sprows
     cdef vector[AdjMap] adj
+    cdef vector[uint8_t] changed
 
     if pre_margin >= 0 and pre_max > 1:
         # class-agreement superpixels: node classes first, cost rows summed afterwards
@@ -1072,6 +1222,14 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
             _piece_moves(P, M, cid, g, node_top, cl, clclass, clsize, &next_id, max_rounds,
                          &sprows[0] if sp_moves and pre_margin >= 0 else NULL, settled, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
+    if improve and kl_moves > 0 and pre_max > 1 and P.N > 0:
+        # boundary moves, then node moves where they changed the clusters
+        _fill_u8(changed, P.N, 0)
+        if _boundary_moves(P, g, cl, clclass, kl_moves, max_rounds, &changed[0], st) > 0:
+            _count(cl, clsize)
+            _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_top, g, cl, clclass,
+                     clsize, &next_id, <int64_t>max_rounds * P.N, &changed[0], st)
+    t1 = _now(); st.t_boundary = t1 - t0; t0 = t1
 
     _segments(P, cl, clclass, out_labels, out_segments, out_cut)
     t1 = _now(); st.t_output = t1 - t0
@@ -1082,7 +1240,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const uint8_t[::1] local_edges, double precluster_threshold,
           int precluster_max_size, int precluster_max_thing_size,
           double precluster_margin, bint improve, int max_improve_rounds,
-          bint superpixel_moves, bint piece_moves,
+          bint superpixel_moves, bint piece_moves, int boundary_moves,
           int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
@@ -1098,7 +1256,8 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     cdef Stats st
     st.t_precluster = st.t_rag = st.t_gaec = st.t_improve = st.t_output = 0.0
     st.superpixels = st.clusters_after_gaec = st.merges = st.heap_pops = 0
-    st.improve_moves = st.improve_visits = 0
+    st.improve_moves = st.improve_visits = st.boundary_moves = 0
+    st.t_boundary = 0.0
     st.objective_before_improve = 0.0
     cdef Problem P
     P.N = node_costs.shape[0]
@@ -1115,12 +1274,14 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     with nogil:
         _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
                     precluster_margin, improve, max_improve_rounds,
-                    superpixel_moves, piece_moves, &labels[0], &segments[0], cutp, &st)
+                    superpixel_moves, piece_moves, boundary_moves, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,
         "seconds_gaec": st.t_gaec,
         "seconds_improve": st.t_improve,
+        "seconds_boundary": st.t_boundary,
+        "boundary_moves": st.boundary_moves,
         "seconds_output": st.t_output,
         "superpixels": st.superpixels,
         "merges": st.merges,

@@ -81,6 +81,8 @@ def test_never_below_brute_force_optimum_and_feasible(options, min_optimal):
     SolverOptions(), LEGACY, SolverOptions(precluster_margin=1.0),
     SolverOptions(precluster_max_thing_size=1), SolverOptions(precluster_max_size=1),
     SolverOptions(superpixel_moves=False), SolverOptions(piece_moves=False),
+    SolverOptions(boundary_moves=0), SolverOptions(boundary_moves=1),
+    SolverOptions(boundary_moves=7, max_improve_rounds=1),
     SolverOptions(precluster_threshold=0.5, precluster_max_size=8)])
 def test_every_phase_combination_is_feasible_on_grids(options):
     from copsctl.solver import grid_edge_distance, grid_edges
@@ -130,6 +132,51 @@ def test_default_no_worse_than_gaec_with_improvement_on_a_hard_problem():
     reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
     check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
     assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_boundary_moves_lower_the_objective_on_hard_problems(seed):
+    # Kernighan-Lin sequences keep only a prefix that lowers the objective, and the node
+    # moves after them only lower it too: never worse than without them, here better.
+    from copsctl.costs.synthetic import make_problem
+    synth = make_problem("small", seed=seed, difficulty=1.0)
+    nc, ed, ec, pa, local = synth.solver_problem()
+    ec = ec * 0.25
+    with_kl = solve_amwc(nc, ed, ec, pa, local)
+    without = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(boundary_moves=0))
+    check_feasible(ed, pa, with_kl.labels, with_kl.segments, with_kl.edge_cut)
+    assert with_kl.stats["boundary_moves"] > 0
+    assert without.stats["boundary_moves"] == 0
+    assert with_kl.objective < without.objective - 1e-6
+
+
+def test_boundary_moves_shift_a_boundary_that_no_single_move_can():
+    # Two stuff classes on a 12 x 12 grid, local edges only: vertical edges cost 1,
+    # horizontal ones 0.5. Columns 0-3 want class 0 (class 1 costs +2), columns 8-11
+    # class 1 (-2). In columns 4-7, rows 0, 2, 4, 6, 8 prefer class 1 by 0.5 and the
+    # other 7 rows class 0 by 0.1, so each of these columns prefers class 1 as a whole
+    # (by 1.8), but a single node cannot leave its column's class: it would cut two
+    # vertical edges. Every straight boundary cuts 12 horizontal edges (6), so the
+    # optimum is the boundary left of column 4: 4 * -1.8 + 48 * -2 + 6 = -97.2. The
+    # superpixels stop where the pixels' preferences alternate, GAEC and the other moves
+    # leave the boundary at column 8 (-90); the boundary moves shift it column by column.
+    from copsctl.solver import grid_edges
+    h = w = 12
+    ed = grid_edges(h, w, (1,))
+    rows, cols = np.divmod(np.arange(h * w), w)
+    nc = np.zeros((h * w, 2))
+    nc[:, 1] = np.where(cols < 4, 2.0, -2.0)
+    mid = (cols >= 4) & (cols < 8)
+    nc[mid, 1] = np.where((rows[mid] % 2 == 0) & (rows[mid] < 10), -0.5, 0.1)
+    ec = np.where(rows[ed[:, 0]] != rows[ed[:, 1]], 1.0, 0.5)
+    pa = np.array([False, False])
+    local = np.ones(len(ed), dtype=bool)
+    with_kl = solve_amwc(nc, ed, ec, pa, local)
+    without = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(boundary_moves=0))
+    check_feasible(ed, pa, with_kl.labels, with_kl.segments, with_kl.edge_cut)
+    np.testing.assert_array_equal(with_kl.labels, (cols >= 4).astype(np.int32))
+    assert with_kl.objective == pytest.approx(-97.2)
+    assert without.objective == pytest.approx(-90.0)
 
 
 def test_easy_planted_instances_are_solved_optimally():

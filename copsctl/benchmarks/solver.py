@@ -89,9 +89,10 @@ FAMILIES = {
     "mwc-coco": ("coco", (0.0,), 1.0, True),
 }
 
-# The solver's earlier rule, before class-agreement superpixels, superpixel and piece moves.
+# The solver's earlier rule, before class-agreement superpixels, superpixel, piece and
+# boundary moves.
 LEGACY_SOLVER = {"precluster_margin": -1.0, "precluster_max_thing_size": 128,
-                 "superpixel_moves": False, "piece_moves": False}
+                 "superpixel_moves": False, "piece_moves": False, "boundary_moves": 0}
 
 SOLVERS = {
     "default": {},

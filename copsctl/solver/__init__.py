@@ -60,7 +60,8 @@ class SolverOptions:
     improve
         Run the local improvement phase after the contraction: moves of whole superpixels
         (if ``superpixel_moves``), then single-node moves to a neighbouring cluster or
-        class, then moves of pieces (if ``piece_moves``) and of nodes again.
+        class, then moves of pieces (if ``piece_moves``) and of nodes again, then
+        boundary moves (if ``boundary_moves``) and nodes again where they moved.
     max_improve_rounds
         Bound on the unit visits of each improvement pass, in multiples of the unit count.
     superpixel_moves
@@ -69,6 +70,11 @@ class SolverOptions:
         After the node moves, move the pieces they cut the superpixels into (connected
         parts within one cluster), then single nodes again (only when pre-clustering is
         on and a node moved).
+    boundary_moves
+        Longest sequence of Kernighan-Lin moves across the boundary of two touching
+        clusters, after the other moves (only when pre-clustering is on); a sequence also
+        ends ``boundary_moves // 5`` moves after its best point and keeps its best
+        prefix. 0 disables these moves.
     """
 
     precluster_threshold: float = 0.0
@@ -80,6 +86,7 @@ class SolverOptions:
     precluster_margin: float = 0.0
     superpixel_moves: bool = True
     piece_moves: bool = True
+    boundary_moves: int = 200
 
 
 @dataclass
@@ -278,7 +285,7 @@ def _solve_validated(nc, ed, ec, pa, lo, options: SolverOptions) -> AMWCResult:
                          int(options.precluster_max_thing_size), float(options.precluster_margin),
                          bool(options.improve),
                          int(options.max_improve_rounds), bool(options.superpixel_moves),
-                         bool(options.piece_moves),
+                         bool(options.piece_moves), int(options.boundary_moves),
                          labels, segments, edge_cut)
     obj = objective(nc, ed, ec, labels, edge_cut)
     return AMWCResult(labels=labels, segments=segments, edge_cut=edge_cut, objective=obj,
