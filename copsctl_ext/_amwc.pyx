@@ -845,41 +845,121 @@ cdef int _kl_scan(const NodeGraph& g, const vector[int32_t]& cl, int32_t n, int3
     return 0
 
 
+cdef cppclass KLState:
+    # Buffers of the Kernighan-Lin sequences, per node: edge costs into X and Y, class
+    # cost of Y's class minus X's, a version number for the heap's lazy entries and a
+    # state (0 untouched, 1 weights known, 2 moved in this sequence); the moved nodes in
+    # order, the touched ones, and the heap of (-change, (node, version)).
+    vector[double] wx, wy, dxy
+    vector[int32_t] ver, seq, touched
+    vector[uint8_t] state
+    vector[HeapEntry] heap
+
+
+cdef inline int _kl_touch(const Problem& P, const NodeGraph& g, const vector[int32_t]& cl,
+                          KLState& S, int32_t n, int32_t X, int32_t Y, int32_t kx,
+                          int32_t ky) except -1 nogil:
+    # make node n (in X or Y, untouched) a candidate: its weights and its move's change
+    cdef double d
+    S.state[n] = 1
+    S.touched.push_back(n)
+    _kl_scan(g, cl, n, X, Y, &S.wx[n], &S.wy[n])
+    S.dxy[n] = P.nc[n * P.s0 + ky * P.s1] - P.nc[n * P.s0 + kx * P.s1]
+    d = S.dxy[n] + S.wx[n] - S.wy[n] if cl[n] == X else S.wy[n] - S.wx[n] - S.dxy[n]
+    S.ver[n] += 1
+    _heap_push(S.heap, -d, n, S.ver[n])
+
+
+cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
+                         KLState& S, int32_t X, int32_t Y, int32_t kx, int32_t ky,
+                         int32_t max_moves, uint8_t* changed, int32_t* kept) except? 1.0 nogil:
+    """One Kernighan-Lin sequence between clusters X and Y from the candidates in ``S``;
+    keeps its best prefix if that lowers the objective. Returns the change of the
+    objective (<= 0), ``kept`` the number of moves kept; resets ``S``.
+
+    The candidate whose move to the other cluster (taking its class) lowers the
+    objective most, or raises it least, moves and is locked; its untouched neighbours in
+    X or Y along local edges become candidates, and the weights of the known ones are
+    updated along every edge. The sequence stops after ``max_moves`` moves, or
+    ``max_moves / 5`` moves after its best point, and is cut back to its best prefix.
+    """
+    cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
+    cdef int32_t n, j, src, nseq = 0, bestk = 0, i
+    cdef int64_t p
+    cdef double cum = 0.0, best = 0.0, d, w
+    cdef HeapEntry top
+    while nseq < max_moves and nseq - bestk < patience and S.heap.size() > 0:
+        top = S.heap[0]
+        pop_heap(S.heap.begin(), S.heap.end())
+        S.heap.pop_back()
+        n = top.second.first
+        if S.state[n] == 2 or top.second.second != S.ver[n]:
+            continue   # stale entry
+        src = cl[n]
+        cl[n] = Y if src == X else X
+        S.state[n] = 2
+        S.seq.push_back(n)
+        nseq += 1
+        cum -= top.first
+        if cum < best - GAIN_EPS * (1.0 + abs(best)):
+            best = cum; bestk = nseq
+        for p in range(g.off[n], g.off[n + 1]):
+            j = g.nbr[p]
+            if S.state[j] == 2 or (cl[j] != X and cl[j] != Y):
+                continue
+            if S.state[j] == 0:
+                if g.loc[p]:
+                    _kl_touch(P, g, cl, S, j, X, Y, kx, ky)
+                continue
+            w = g.wt[p]
+            if src == X:
+                S.wx[j] -= w; S.wy[j] += w
+            else:
+                S.wy[j] -= w; S.wx[j] += w
+            d = S.dxy[j] + S.wx[j] - S.wy[j] if cl[j] == X else S.wy[j] - S.wx[j] - S.dxy[j]
+            S.ver[j] += 1
+            _heap_push(S.heap, -d, j, S.ver[j])
+    for i in range(nseq - 1, bestk - 1, -1):
+        n = S.seq[i]
+        cl[n] = Y if cl[n] == X else X
+    for i in range(bestk):
+        n = S.seq[i]
+        changed[n] = 1
+        for p in range(g.off[n], g.off[n + 1]):
+            changed[g.nbr[p]] = 1
+    for i in range(<int32_t>S.touched.size()):
+        S.state[S.touched[i]] = 0
+    S.touched.clear(); S.seq.clear(); S.heap.clear()
+    kept[0] = bestk
+    return best if bestk > 0 else 0.0
+
+
 cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                              const vector[int32_t]& clclass, int32_t max_moves,
                              int32_t max_rounds, uint8_t* changed, Stats* st) except -1 nogil:
-    """Phase 3, last: Kernighan-Lin moves across the boundary of every two clusters that touch
-    along a local edge; returns the number of node moves kept.
+    """Phase 3, last: Kernighan-Lin moves (``_kl_sequence``) across the boundary of every
+    two clusters that touch along a local edge; returns the number of node moves kept.
 
-    For a pair (X, Y), the nodes of X and Y on their common boundary, and later every
-    node of X or Y next to a moved one along a local edge, are candidates. The candidate whose move to the
-    other cluster (taking its class) lowers the objective most, or raises it least,
-    moves and is locked for the rest of the sequence. The sequence stops after
-    ``max_moves`` moves, or ``max_moves / 5`` moves after its best point, and is cut
-    back to its best prefix, which is kept only if it lowers the objective. So a strip
-    of nodes can shift a boundary where every single move raises the objective. Pairs
-    are visited in order of their cluster ids, in rounds: each round after the first
-    visits only the pairs with a cluster that the round before changed, until a round
-    gains nothing or ``max_rounds`` are done. ``changed`` marks the nodes that moved and
-    their neighbours.
+    A pair's sequence starts from the nodes of its common boundary, so a strip of nodes
+    can shift a boundary where every single move raises the objective. Pairs are visited
+    in order of their cluster ids, in rounds: each round after the first visits only the
+    pairs with a cluster that the round before changed, until a round gains nothing or
+    ``max_rounds`` are done. ``changed`` marks the nodes that moved and their neighbours.
     """
-    cdef int32_t N = P.N, i, j, u, v, a, b, X, Y, n, src, kx, ky, nseq, bestk, r
-    cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
-    cdef int64_t e, p, q, q0, C = clclass.size(), key, kept = 0
-    cdef double cum, best, d, w, gained
+    cdef int32_t N = P.N, i, u, v, a, b, X, Y, n, kx, ky, r, nk
+    cdef int64_t e, q, q0, C = clclass.size(), key, kept = 0
+    cdef double gained, w
     cdef vector[pair[int64_t, int32_t]] bnd   # (pair key, boundary node), sorted
-    cdef vector[double] wx, wy, dxy   # per candidate: edge costs into X, into Y; class cost of Y - X
-    cdef vector[int32_t] ver, seq, touched
-    cdef vector[uint8_t] state   # 0 untouched, 1 weights known, 2 moved in this sequence
     cdef vector[uint8_t] dirty, dirty_next   # clusters changed in this round, the one before
-    cdef vector[HeapEntry] heap   # (-change, (node, version)): the best move on top
-    cdef HeapEntry top
-    wx.resize(N); wy.resize(N); dxy.resize(N)
-    _fill_i32(ver, N, 0)
-    _fill_u8(state, N, 0)
+    cdef KLState S
+    S.wx.resize(N); S.wy.resize(N); S.dxy.resize(N)
+    _fill_i32(S.ver, N, 0)
+    _fill_u8(S.state, N, 0)
     _fill_u8(dirty, C, 1)
     _fill_u8(dirty_next, C, 0)
     for r in range(max_rounds):
+        gained = 0.0
+        # pairs of clusters touching along a local edge
         bnd.clear()
         for e in range(P.E):
             if not P.local[e]:
@@ -892,76 +972,23 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, vector[int32_
             bnd.push_back(pair[int64_t, int32_t](key, u))
             bnd.push_back(pair[int64_t, int32_t](key, v))
         sort(bnd.begin(), bnd.end())
-        gained = 0.0
         q0 = 0
         while q0 < <int64_t>bnd.size():
             key = bnd[q0].first
             X = <int32_t>(key // C); Y = <int32_t>(key % C)
             kx = clclass[X]; ky = clclass[Y]
-            heap.clear(); touched.clear(); seq.clear()
             q = q0
             while q < <int64_t>bnd.size() and bnd[q].first == key:
                 n = bnd[q].second
                 q += 1
-                if state[n] != 0 or (cl[n] != X and cl[n] != Y):
-                    continue   # listed twice, or moved away by an earlier pair
-                state[n] = 1
-                touched.push_back(n)
-                _kl_scan(g, cl, n, X, Y, &wx[n], &wy[n])
-                dxy[n] = P.nc[n * P.s0 + ky * P.s1] - P.nc[n * P.s0 + kx * P.s1]
-                d = dxy[n] + wx[n] - wy[n] if cl[n] == X else wy[n] - wx[n] - dxy[n]
-                _heap_push(heap, -d, n, ver[n])
+                if S.state[n] == 0 and (cl[n] == X or cl[n] == Y):
+                    _kl_touch(P, g, cl, S, n, X, Y, kx, ky)
             q0 = q
-            cum = 0.0; best = 0.0; bestk = 0; nseq = 0
-            while nseq < max_moves and nseq - bestk < patience and heap.size() > 0:
-                top = heap[0]
-                pop_heap(heap.begin(), heap.end())
-                heap.pop_back()
-                n = top.second.first
-                if state[n] == 2 or top.second.second != ver[n]:
-                    continue   # stale entry
-                src = cl[n]
-                cl[n] = Y if src == X else X
-                state[n] = 2
-                seq.push_back(n)
-                nseq += 1
-                cum -= top.first
-                if cum < best - GAIN_EPS * (1.0 + abs(best)):
-                    best = cum; bestk = nseq
-                for p in range(g.off[n], g.off[n + 1]):
-                    j = g.nbr[p]
-                    if state[j] == 2 or (cl[j] != X and cl[j] != Y):
-                        continue
-                    if state[j] == 0:
-                        if not g.loc[p]:
-                            continue   # candidates grow along local edges only
-                        state[j] = 1
-                        touched.push_back(j)
-                        _kl_scan(g, cl, j, X, Y, &wx[j], &wy[j])
-                        dxy[j] = P.nc[j * P.s0 + ky * P.s1] - P.nc[j * P.s0 + kx * P.s1]
-                    else:
-                        w = g.wt[p]
-                        if src == X:
-                            wx[j] -= w; wy[j] += w
-                        else:
-                            wy[j] -= w; wx[j] += w
-                    d = dxy[j] + wx[j] - wy[j] if cl[j] == X else wy[j] - wx[j] - dxy[j]
-                    ver[j] += 1
-                    _heap_push(heap, -d, j, ver[j])
-            for i in range(nseq - 1, bestk - 1, -1):
-                n = seq[i]
-                cl[n] = Y if cl[n] == X else X
-            for i in range(bestk):
-                n = seq[i]
-                changed[n] = 1
-                for p in range(g.off[n], g.off[n + 1]):
-                    changed[g.nbr[p]] = 1
-            if bestk > 0:
-                gained += best
-                kept += bestk
+            w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves, changed, &nk)
+            if nk > 0:
+                gained += w
+                kept += nk
                 dirty_next[X] = 1; dirty_next[Y] = 1
-            for i in range(<int32_t>touched.size()):
-                state[touched[i]] = 0
         if gained == 0.0:
             break
         for i in range(<int32_t>C):
