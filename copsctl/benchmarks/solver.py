@@ -69,7 +69,6 @@ import dataclasses
 import multiprocessing
 import os
 import platform
-import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -30,7 +30,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -40,10 +40,8 @@ from .loop import RunResult, TrainEvent
 from .run import (check_run_dir, make_optimizer, open_run, resolve_run_recipe, run_loop,
                   save_run_checkpoint, seed_everything, targets_to_device, train_batches)
 
-if TYPE_CHECKING:
-    from ..config import Recipe
-
 __all__ = ["pretrain"]
+
 
 def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = (),
              resume: bool = False, init: str | os.PathLike | None = None,
