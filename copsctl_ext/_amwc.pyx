@@ -56,30 +56,91 @@ from libc.math cimport INFINITY
 from libcpp.vector cimport vector
 from libcpp.utility cimport pair
 from libcpp.algorithm cimport push_heap, pop_heap, sort
-from cython.operator cimport dereference as deref, preincrement as inc
 from posix.time cimport clock_gettime, timespec, CLOCK_THREAD_CPUTIME_ID
 
 ctypedef pair[int32_t, int32_t] IntPair
 ctypedef pair[double, IntPair] HeapEntry
 
 
-cdef extern from "<unordered_map>" nogil:
-    # std::unordered_map<int32_t, double>, declared here so that every allocating call
-    # turns std::bad_alloc into MemoryError (libcpp's declaration of operator[] does not)
-    cdef cppclass AdjMap "std::unordered_map<int32_t, double>":
-        cppclass iterator:
-            pair[int32_t, double]& operator*()
-            iterator operator++()
-            bint operator==(iterator)
-            bint operator!=(iterator)
-        AdjMap() except +
-        double& operator[](const int32_t&) except +
-        iterator begin()
-        iterator end()
-        iterator find(const int32_t&)
-        size_t erase(const int32_t&)
+cdef extern from * nogil:
+    """
+    #include <cstdint>
+    #include <vector>
+    // The adjacency of one cluster in the contraction: neighbour id -> summed edge cost.
+    // Open addressing with linear probing in two parallel arrays (key -1: empty slot,
+    // -2: erased), capacity a power of two, at most 7/10 of the slots used; every
+    // allocation throws std::bad_alloc, which Cython turns into MemoryError.
+    struct AdjMap {
+        std::vector<int32_t> keys;
+        std::vector<double> vals;
+        size_t live = 0, used = 0;  // entries; entries + erased slots
+        size_t size() const { return live; }
+        size_t capacity() const { return keys.size(); }
+        static size_t home(int32_t k, size_t mask) {
+            return (size_t)((uint32_t)k * 2654435769u) & mask;
+        }
+        int64_t find(int32_t k) const {
+            if (keys.empty()) return -1;
+            size_t mask = keys.size() - 1, i = home(k, mask);
+            while (keys[i] != -1) {
+                if (keys[i] == k) return (int64_t)i;
+                i = (i + 1) & mask;
+            }
+            return -1;
+        }
+        void rehash(size_t cap) {
+            std::vector<int32_t> ok(cap, -1);
+            std::vector<double> ov(cap, 0.0);
+            ok.swap(keys); ov.swap(vals);
+            size_t mask = cap - 1;
+            for (size_t j = 0; j < ok.size(); ++j) {
+                if (ok[j] < 0) continue;
+                size_t i = home(ok[j], mask);
+                while (keys[i] != -1) i = (i + 1) & mask;
+                keys[i] = ok[j]; vals[i] = ov[j];
+            }
+            used = live;
+        }
+        void reserve(size_t n) {
+            size_t cap = 8;
+            while (cap * 7 < (n + 1) * 10) cap <<= 1;
+            if (cap > keys.size()) rehash(cap);
+        }
+        // the value of key k, inserted as 0.0 if absent; valid until the next insertion
+        double* slot(int32_t k) {
+            int64_t f = find(k);
+            if (f >= 0) return &vals[(size_t)f];
+            if ((used + 1) * 10 > keys.size() * 7) {
+                size_t cap = 8;
+                while (cap * 7 < (live + 1) * 20) cap <<= 1;  // room to grow to twice
+                rehash(cap);
+            }
+            size_t mask = keys.size() - 1, i = home(k, mask);
+            while (keys[i] >= 0) i = (i + 1) & mask;   // first erased or empty slot
+            if (keys[i] == -1) ++used;
+            keys[i] = k; vals[i] = 0.0; ++live;
+            return &vals[i];
+        }
+        void erase(int32_t k) {
+            int64_t f = find(k);
+            if (f >= 0) { keys[(size_t)f] = -2; --live; }
+        }
+        void release() {
+            std::vector<int32_t>().swap(keys); std::vector<double>().swap(vals);
+            live = used = 0;
+        }
+    };
+    """
+    cdef cppclass AdjMap:
+        vector[int32_t] keys
+        vector[double] vals
         size_t size()
+        size_t capacity()
+        int64_t find(int32_t)
         void reserve(size_t) except +
+        double* slot(int32_t) except +
+        void erase(int32_t)
+        void release()
 
 
 cdef double GAIN_EPS = 1e-9
@@ -511,7 +572,7 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
             adj[a].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
             if with_maps:
-                adj[a][uniq[q]] = usum[q]
+                adj[a].slot(uniq[q])[0] = usum[q]
             mark[uniq[q]] = -1
             sg.nbr.push_back(uniq[q])
             sg.wt.push_back(usum[q])
@@ -542,7 +603,10 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
     cdef double* rs
     cdef vector[HeapEntry] heap
     cdef vector[uint8_t] alive
-    cdef AdjMap.iterator it, it_end, f
+    cdef int64_t q, f, cap
+    cdef const int32_t* keys
+    cdef const double* vals
+    cdef double* pw
     cdef HeapEntry top
     cdef bint pushed
     _fill_u8(alive, M, 1)
@@ -556,16 +620,14 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
         for a in range(M):
             if not alive[a]:
                 continue
-            it = adj[a].begin()
-            it_end = adj[a].end()
-            while it != it_end:
-                b = deref(it).first
+            cap = adj[a].capacity()
+            for q in range(cap):
+                b = adj[a].keys[q]
                 if b > a:
-                    g = _gain(costs, best, second, argbest, part, K, a, b, deref(it).second)
+                    g = _gain(costs, best, second, argbest, part, K, a, b, adj[a].vals[q])
                     if g > GAIN_EPS:
                         _heap_push(heap, g, a, b)
                         pushed = True
-                inc(it)
         if not pushed:
             break
         while not heap.empty():
@@ -578,9 +640,9 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
             if not alive[a] or not alive[b]:
                 continue
             f = adj[a].find(b)
-            if f == adj[a].end():
+            if f < 0:
                 continue
-            w = deref(f).second
+            w = adj[a].vals[f]
             g2 = _gain(costs, best, second, argbest, part, K, a, b, w)
             if g2 <= GAIN_EPS:
                 continue
@@ -601,20 +663,21 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
             merged_into[s] = r
             st.merges += 1
             adj[r].erase(s)
-            it = adj[s].begin()
-            it_end = adj[s].end()
-            while it != it_end:
-                c = deref(it).first
-                if c != r:
+            cap = adj[s].capacity()
+            keys = &adj[s].keys[0] if cap > 0 else NULL
+            vals = &adj[s].vals[0] if cap > 0 else NULL
+            for q in range(cap):
+                c = keys[q]
+                if c >= 0 and c != r:
                     adj[c].erase(s)
-                    w = adj[c][r] + deref(it).second
-                    adj[c][r] = w
-                    adj[r][c] = w
+                    pw = adj[c].slot(r)
+                    w = pw[0] + vals[q]
+                    pw[0] = w
+                    adj[r].slot(c)[0] = w
                     g = _gain(costs, best, second, argbest, part, K, r, c, w)
                     if g > GAIN_EPS:
                         _heap_push(heap, g, r, c)
-                inc(it)
-            adj[s] = AdjMap()
+            adj[s].release()
     # resolve every superpixel to its final cluster
     for a in range(M):
         r = a
