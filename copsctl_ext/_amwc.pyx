@@ -77,7 +77,9 @@ cdef extern from * nogil:
         size_t size() const { return live; }
         size_t capacity() const { return keys.size(); }
         static size_t home(int32_t k, size_t mask) {
-            return (size_t)((uint32_t)k * 2654435769u) & mask;
+            // multiplicative hash, high half folded in: the low bits depend on all of k
+            uint32_t h = (uint32_t)k * 2654435769u;
+            return (size_t)(h ^ (h >> 16)) & mask;
         }
         int64_t find(int32_t k) const {
             if (keys.empty()) return -1;
