@@ -331,6 +331,15 @@ def backward_problems(solutions: Sequence["ImageSolution"], lifted: Sequence["Li
 REFERENCES = ("forward", "lifted")
 
 
+def _check_backward(reference: str, two_sided: bool) -> None:
+    """The rules of the backward pass's settings, for :func:`algorithm1` and the layer."""
+    if reference not in REFERENCES:
+        raise InputError(f"`reference` must be one of {REFERENCES}, got {reference!r}")
+    if two_sided and reference != "forward":
+        raise InputError("`two_sided` compares the two perturbed solutions with each other: "
+                         "it takes no `reference`")
+
+
 def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
                workers: int | None = None, options: SolverOptions | None = None,
                reference: str = "forward", two_sided: bool = False
@@ -381,11 +390,7 @@ def algorithm1(problems: Sequence[BackwardProblem], lambdas: np.ndarray, *,
         raise InputError(f"`lambdas` (shape {lambdas.shape}) must have shape ({len(problems)}, n)")
     if lambdas.size and not (lambdas > 0).all():
         raise InputError("`lambdas` must be positive")
-    if reference not in REFERENCES:
-        raise InputError(f"`reference` must be one of {REFERENCES}, got {reference!r}")
-    if two_sided and reference != "forward":
-        raise InputError("`two_sided` compares the two perturbed solutions with each other: "
-                         "it takes no `reference`")
+    _check_backward(reference, two_sided)
     t0 = time.perf_counter()
     jobs, owners = [], []
     for b, p in enumerate(problems):
@@ -664,16 +669,12 @@ class AMWCLayer:
         self.num_perturbations = int(num_perturbations)
         self.workers = workers
         self.options = options or SolverOptions()
-        if reference not in REFERENCES:
-            raise InputError(f"`reference` must be one of {REFERENCES}, got {reference!r}")
+        _check_backward(reference, two_sided)
         self.reference = reference
+        self.two_sided = bool(two_sided)
         if matching not in MATCHINGS:
             raise InputError(f"`matching` must be one of {list(MATCHINGS)}, got {matching!r}")
         self.matching = matching
-        if two_sided and reference != "forward":
-            raise InputError("`two_sided` takes no `reference`: it compares the two perturbed "
-                             "solutions with each other")
-        self.two_sided = bool(two_sided)
 
     @classmethod
     def from_config(cls, cfg: "Recipe", partitionable) -> "AMWCLayer":
