@@ -737,6 +737,14 @@ cdef double _objective(const Problem& P, const vector[int32_t]& cl,
     return obj
 
 
+cdef inline void _mark_around(const NodeGraph& g, int32_t n, uint8_t* changed) noexcept nogil:
+    # node n and its neighbours: the nodes whose next visit may move them after n moved
+    cdef int64_t p
+    changed[n] = 1
+    for p in range(g.off[n], g.off[n + 1]):
+        changed[g.nbr[p]] = 1
+
+
 cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t K,
                   const uint8_t* part, int32_t M, const TopClasses& top,
                   const NodeGraph& g, vector[int32_t]& cl, vector[int32_t]& clclass,
@@ -894,22 +902,6 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
     return qn == 0
 
 
-cdef int _kl_scan(const NodeGraph& g, const vector[int32_t]& cl, int32_t n, int32_t X,
-                  int32_t Y, double* wx, double* wy) noexcept nogil:
-    # the summed costs of node n's edges into clusters X and Y
-    cdef int64_t p
-    cdef int32_t c
-    cdef double sx = 0.0, sy = 0.0
-    for p in range(g.off[n], g.off[n + 1]):
-        c = cl[g.nbr[p]]
-        if c == X:
-            sx += g.wt[p]
-        elif c == Y:
-            sy += g.wt[p]
-    wx[0] = sx; wy[0] = sy
-    return 0
-
-
 cdef cppclass KLState:
     # Buffers of the Kernighan-Lin sequences, per node: edge costs into X and Y, class
     # cost of Y's class minus X's, a version number for the heap's lazy entries and a
@@ -921,18 +913,33 @@ cdef cppclass KLState:
     vector[HeapEntry] heap
 
 
+cdef inline int _kl_push(const vector[int32_t]& cl, KLState& S, int32_t n,
+                         int32_t X) except -1 nogil:
+    # (re)enter candidate n in the heap with the change of its move to the other cluster
+    cdef double d = S.dxy[n] + S.wx[n] - S.wy[n] if cl[n] == X else S.wy[n] - S.wx[n] - S.dxy[n]
+    S.ver[n] += 1
+    _heap_push(S.heap, -d, n, S.ver[n])
+
+
 cdef inline int _kl_touch(const Problem& P, const NodeGraph& g, const vector[int32_t]& cl,
                           KLState& S, int32_t n, int32_t X, int32_t Y, int32_t kx,
                           int32_t ky) except -1 nogil:
-    # make node n (in X or Y, untouched) a candidate: its weights and its move's change
-    cdef double d
+    # make node n (in X or Y, untouched) a candidate: its edge costs into X and Y, the
+    # class cost difference, its heap entry
+    cdef int64_t p
+    cdef int32_t c
+    cdef double sx = 0.0, sy = 0.0
+    for p in range(g.off[n], g.off[n + 1]):
+        c = cl[g.nbr[p]]
+        if c == X:
+            sx += g.wt[p]
+        elif c == Y:
+            sy += g.wt[p]
+    S.wx[n] = sx; S.wy[n] = sy
+    S.dxy[n] = P.nc[n * P.s0 + ky * P.s1] - P.nc[n * P.s0 + kx * P.s1]
     S.state[n] = 1
     S.touched.push_back(n)
-    _kl_scan(g, cl, n, X, Y, &S.wx[n], &S.wy[n])
-    S.dxy[n] = P.nc[n * P.s0 + ky * P.s1] - P.nc[n * P.s0 + kx * P.s1]
-    d = S.dxy[n] + S.wx[n] - S.wy[n] if cl[n] == X else S.wy[n] - S.wx[n] - S.dxy[n]
-    S.ver[n] += 1
-    _heap_push(S.heap, -d, n, S.ver[n])
+    _kl_push(cl, S, n, X)
 
 
 cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
@@ -951,7 +958,7 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
     cdef int32_t n, j, src, nseq = 0, bestk = 0, i
     cdef int64_t p
-    cdef double cum = 0.0, best = 0.0, d, w
+    cdef double cum = 0.0, best = 0.0, w
     cdef HeapEntry top
     while nseq < max_moves and nseq - bestk < patience and S.heap.size() > 0:
         top = S.heap[0]
@@ -981,17 +988,12 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
                 S.wx[j] -= w; S.wy[j] += w
             else:
                 S.wy[j] -= w; S.wx[j] += w
-            d = S.dxy[j] + S.wx[j] - S.wy[j] if cl[j] == X else S.wy[j] - S.wx[j] - S.dxy[j]
-            S.ver[j] += 1
-            _heap_push(S.heap, -d, j, S.ver[j])
+            _kl_push(cl, S, j, X)
     for i in range(nseq - 1, bestk - 1, -1):
         n = S.seq[i]
         cl[n] = Y if cl[n] == X else X
     for i in range(bestk):
-        n = S.seq[i]
-        changed[n] = 1
-        for p in range(g.off[n], g.off[n + 1]):
-            changed[g.nbr[p]] = 1
+        _mark_around(g, S.seq[i], changed)
     for i in range(<int32_t>S.touched.size()):
         S.state[S.touched[i]] = 0
     S.touched.clear(); S.seq.clear(); S.heap.clear()
@@ -1229,9 +1231,7 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
         _fill_u8(changed, N, 0)
     for i in range(N):
         if settled and cl[i] != pcl[pid[i]]:
-            changed[i] = 1
-            for e in range(g.off[i], g.off[i + 1]):
-                changed[g.nbr[e]] = 1
+            _mark_around(g, i, &changed[0])
         cl[i] = pcl[pid[i]]
     _count(cl, clsize)
     _improve(P.nc, P.s0, P.s1, N, P.K, P.part, M, node_top, g, cl, clclass, clsize,
