@@ -216,6 +216,9 @@ class SolverConfig:
     boundary_moves: int = _key(SolverOptions.boundary_moves,
         "longest Kernighan-Lin sequence across a boundary of two clusters (0: none)",
         check=_non_negative)
+    segment_moves: int = _key(SolverOptions.segment_moves,
+        "largest connected part of a cluster moved as a whole, last (0: none)",
+        check=_non_negative)
     workers: int = _key(0,
         "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
 
@@ -228,7 +231,8 @@ class SolverConfig:
                              precluster_margin=self.precluster_margin,
                              superpixel_moves=self.superpixel_moves,
                              piece_moves=self.piece_moves,
-                             boundary_moves=self.boundary_moves)
+                             boundary_moves=self.boundary_moves,
+                             segment_moves=self.segment_moves)
 
 
 @dataclass(frozen=True)

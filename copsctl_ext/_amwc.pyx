@@ -176,6 +176,8 @@ cdef struct Stats:
     int64_t improve_visits
     int64_t boundary_moves
     double t_boundary
+    int64_t segment_moves
+    double t_segments
     double objective_before_improve
 
 
@@ -944,7 +946,8 @@ cdef inline int _kl_touch(const Problem& P, const NodeGraph& g, const vector[int
 
 cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                          KLState& S, int32_t X, int32_t Y, int32_t kx, int32_t ky,
-                         int32_t max_moves, uint8_t* changed, int32_t* kept) except? 1.0 nogil:
+                         int32_t max_moves, int32_t patience, uint8_t* changed,
+                         int32_t* kept) except? 1.0 nogil:
     """One Kernighan-Lin sequence between clusters X and Y from the candidates in ``S``;
     keeps its best prefix if that lowers the objective. Returns the change of the
     objective (<= 0), ``kept`` the number of moves kept; resets ``S``.
@@ -953,9 +956,8 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     objective most, or raises it least, moves and is locked; its untouched neighbours in
     X or Y along local edges become candidates, and the weights of the known ones are
     updated along every edge. The sequence stops after ``max_moves`` moves, or
-    ``max_moves / 5`` moves after its best point, and is cut back to its best prefix.
+    ``patience`` moves after its best point, and is cut back to its best prefix.
     """
-    cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
     cdef int32_t n, j, src, nseq = 0, bestk = 0, i
     cdef int64_t p
     cdef double cum = 0.0, best = 0.0, w
@@ -1001,20 +1003,35 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     return best if bestk > 0 else 0.0
 
 
-cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
-                             const vector[int32_t]& clclass, int32_t max_moves,
-                             int32_t max_rounds, uint8_t* changed, Stats* st) except -1 nogil:
+cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClasses& top,
+                             vector[int32_t]& cl, vector[int32_t]& clclass, int32_t M,
+                             int32_t* next_id, int32_t max_moves, int32_t max_rounds,
+                             uint8_t* changed, Stats* st) except -1 nogil:
     """Phase 3, last: Kernighan-Lin moves (``_kl_sequence``) across the boundary of every
-    two clusters that touch along a local edge; returns the number of node moves kept.
+    two clusters that touch along a local edge, and from every cluster to each class that
+    some of its nodes prefer to its own; returns the number of node moves kept.
 
     A pair's sequence starts from the nodes of its common boundary, so a strip of nodes
-    can shift a boundary where every single move raises the objective. Pairs are visited
-    in order of their cluster ids, in rounds: each round after the first visits only the
-    pairs with a cluster that the round before changed, until a round gains nothing or
-    ``max_rounds`` are done. ``changed`` marks the nodes that moved and their neighbours.
+    can shift a boundary where every single move raises the objective. A class's
+    sequences start from the nodes of the cluster that list the class before the
+    cluster's own among their cheapest (``top``) and have no local neighbour of that
+    class, one sequence per group of such nodes connected along local edges; the other
+    side is the class's cluster (non-partitionable) or a new cluster of that class, so a
+    part of a cluster can change class as a whole where no cluster of that class touches
+    it (the boundary sequences cover the others). A class sequence also ends ``2 n + 5``
+    moves after its best point, for a group of n nodes: most such groups are single
+    noisy nodes.
+
+    Rounds: the first visits every pair in order of the cluster ids, then the classes'
+    sequences; each later round visits only the pairs with a cluster that the round
+    before changed, until a round gains nothing or ``max_rounds`` are done. ``changed``
+    marks the nodes that moved and their neighbours.
     """
-    cdef int32_t N = P.N, i, u, v, a, b, X, Y, n, kx, ky, r, nk
-    cdef int64_t e, q, q0, C = clclass.size(), key, kept = 0
+    cdef int32_t N = P.N, K = P.K, i, u, v, a, b, X, Y, n, kx, ky, r, nk, t, k
+    cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
+    cdef int64_t e, q, q0, q1, h, p, C, key, kept = 0
+    cdef vector[int32_t] comp
+    cdef vector[uint8_t] seedmark
     cdef double gained, w
     cdef vector[pair[int64_t, int32_t]] bnd   # (pair key, boundary node), sorted
     cdef vector[uint8_t] dirty, dirty_next   # clusters changed in this round, the one before
@@ -1022,10 +1039,12 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, vector[int32_
     S.wx.resize(N); S.wy.resize(N); S.dxy.resize(N)
     _fill_i32(S.ver, N, 0)
     _fill_u8(S.state, N, 0)
-    _fill_u8(dirty, C, 1)
-    _fill_u8(dirty_next, C, 0)
+    _fill_u8(dirty, clclass.size(), 1)
+    _fill_u8(dirty_next, clclass.size(), 0)
+    _fill_u8(seedmark, N, 0)
     for r in range(max_rounds):
         gained = 0.0
+        C = clclass.size()
         # pairs of clusters touching along a local edge
         bnd.clear()
         for e in range(P.E):
@@ -1051,18 +1070,209 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, vector[int32_
                 if S.state[n] == 0 and (cl[n] == X or cl[n] == Y):
                     _kl_touch(P, g, cl, S, n, X, Y, kx, ky)
             q0 = q
-            w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves, changed, &nk)
+            w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves, patience, changed, &nk)
             if nk > 0:
                 gained += w
                 kept += nk
                 dirty_next[X] = 1; dirty_next[Y] = 1
+        # (cluster, class) pairs, first round only: the nodes that prefer the class to
+        # their cluster's
+        bnd.clear()
+        for n in range(N if r == 0 else 0):
+            X = cl[n]
+            kx = clclass[X]
+            for t in range(TOP):
+                k = top.cls[<int64_t>n * TOP + t]
+                if k < 0 or k == kx:
+                    break
+                # a class held next to the node is the boundary sequences' business
+                for p in range(g.off[n], g.off[n + 1]):
+                    if g.loc[p] and clclass[cl[g.nbr[p]]] == k:
+                        break
+                else:
+                    bnd.push_back(pair[int64_t, int32_t](<int64_t>X * K + k, n))
+        sort(bnd.begin(), bnd.end())
+        q0 = 0
+        while q0 < <int64_t>bnd.size():
+            key = bnd[q0].first
+            X = <int32_t>(key // K); ky = <int32_t>(key % K)
+            kx = clclass[X]
+            q = q0
+            while q < <int64_t>bnd.size() and bnd[q].first == key:
+                if cl[bnd[q].second] == X:
+                    seedmark[bnd[q].second] = 1
+                q += 1
+            # one sequence per group of these nodes connected along local edges, so
+            # that separate islands are moved (or not) each on its own merits
+            for q1 in range(q0, q):
+                n = bnd[q1].second
+                if seedmark[n] != 1:
+                    continue
+                comp.clear()
+                comp.push_back(n)
+                seedmark[n] = 2
+                h = 0
+                while h < <int64_t>comp.size():
+                    u = comp[h]
+                    h += 1
+                    for p in range(g.off[u], g.off[u + 1]):
+                        v = g.nbr[p]
+                        if g.loc[p] and seedmark[v] == 1:
+                            seedmark[v] = 2
+                            comp.push_back(v)
+                if P.part[ky]:
+                    # a new cluster, numbered only if the sequence keeps a move
+                    Y = next_id[0]
+                    if <size_t>Y >= clclass.size():
+                        clclass.push_back(-1)
+                        dirty.push_back(0); dirty_next.push_back(0)
+                    clclass[Y] = ky
+                else:
+                    Y = M + ky
+                for h in range(<int64_t>comp.size()):
+                    # an earlier sequence of this cluster may have moved the node
+                    if cl[comp[h]] == X and S.state[comp[h]] == 0:
+                        _kl_touch(P, g, cl, S, comp[h], X, Y, kx, ky)
+                w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves,
+                                 min(patience, 2 * <int32_t>comp.size() + 5), changed, &nk)
+                if nk > 0:
+                    gained += w
+                    kept += nk
+                    dirty_next[X] = 1; dirty_next[Y] = 1
+                    if Y == next_id[0]:
+                        next_id[0] += 1
+                elif Y == next_id[0]:
+                    clclass[Y] = -1
+            for q1 in range(q0, q):
+                seedmark[bnd[q1].second] = 0
+            q0 = q
         if gained == 0.0:
             break
-        for i in range(<int32_t>C):
+        for i in range(<int32_t>dirty.size()):
             dirty[i] = dirty_next[i]
             dirty_next[i] = 0
     st.boundary_moves += kept
     return kept
+
+
+cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
+                            vector[int32_t]& clclass, int32_t M, int32_t* next_id,
+                            int32_t max_size, uint8_t* changed, Stats* st) except -1 nogil:
+    """Phase 3, last: moves of whole small segments; returns the number of nodes moved.
+
+    A segment is a connected part (along local edges) of one cluster; one of at most
+    ``max_size`` nodes moves as a whole to a neighbouring cluster (taking its class), to
+    the cluster of a non-partitionable class or to a new cluster of a partitionable
+    class, whichever lowers the objective most. Each of its nodes alone may be held
+    back by the edges inside it: an island of a class that no cluster around it has,
+    or an instance fragment on the wrong side. Segments are visited once, in order of
+    their first node; ``changed`` marks the moved nodes and their neighbours.
+    """
+    cdef int32_t N = P.N, K = P.K, i, u, v, ru, rv, s, S = 0, c, X, kx, k, tgt, kt, n
+    cdef int64_t e, p, q, m, moved = 0
+    cdef double cur, bestc, cand, wx
+    cdef vector[int32_t] parent, size, seg, soff, members, lcl, lmark
+    cdef vector[double] row, lw
+    parent.resize(N)
+    for i in range(N):
+        parent[i] = i
+    for e in range(P.E):
+        if not P.local[e]:
+            continue
+        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
+        if cl[u] == cl[v]:
+            ru = _find(&parent[0], u)
+            rv = _find(&parent[0], v)
+            if ru != rv:
+                parent[rv] = ru
+    _fill_i32(size, N, 0)
+    for i in range(N):
+        parent[i] = _find(&parent[0], i)
+        size[parent[i]] += 1
+    # number the small segments by first node, their members in node order
+    _fill_i32(seg, N, -1)
+    soff.push_back(0)
+    for i in range(N):
+        ru = parent[i]
+        if size[ru] <= max_size and seg[ru] < 0:
+            seg[ru] = S
+            S += 1
+            soff.push_back(soff[S - 1] + size[ru])
+    if S == 0:
+        return 0
+    members.resize(soff[S])
+    for s in range(S):
+        size[s] = soff[s]   # reused as fill pointers
+    for i in range(N):
+        s = seg[parent[i]]
+        if s >= 0:
+            members[size[s]] = i
+            size[s] += 1
+    for i in range(N):
+        seg[i] = seg[parent[i]]
+    parent.clear(); parent.shrink_to_fit()
+    row.resize(K)
+    _fill_i32(lmark, clclass.size(), -1)
+    for s in range(S):
+        X = cl[members[soff[s]]]
+        kx = clclass[X]
+        # edge costs from the segment to each cluster around it (its own: the rest of X)
+        lcl.clear(); lw.clear()
+        for m in range(soff[s], soff[s + 1]):
+            n = members[m]
+            for p in range(g.off[n], g.off[n + 1]):
+                i = g.nbr[p]
+                if seg[i] == s:
+                    continue
+                c = cl[i]
+                if lmark[c] < 0:
+                    lmark[c] = lcl.size()
+                    lcl.push_back(c)
+                    lw.push_back(g.wt[p])
+                else:
+                    lw[lmark[c]] += g.wt[p]
+        for k in range(K):
+            row[k] = 0.0
+        for m in range(soff[s], soff[s + 1]):
+            n = members[m]
+            for k in range(K):
+                row[k] += P.nc[n * P.s0 + k * P.s1]
+        wx = lw[lmark[X]] if lmark[X] >= 0 else 0.0
+        cur = row[kx] - wx
+        bestc = cur - 1e-9 * (1.0 + abs(cur))
+        tgt = -1; kt = -1
+        for q in range(<int64_t>lcl.size()):
+            c = lcl[q]
+            if c != X and row[clclass[c]] - lw[q] < bestc:
+                bestc = row[clclass[c]] - lw[q]; tgt = c; kt = clclass[c]
+        for k in range(K):
+            if P.part[k]:
+                cand = row[k]
+                c = -2
+            else:
+                c = M + k
+                if c == X:
+                    continue
+                cand = row[k] - (lw[lmark[c]] if lmark[c] >= 0 else 0.0)
+            if cand < bestc:
+                bestc = cand; tgt = c; kt = k
+        for q in range(<int64_t>lcl.size()):
+            lmark[lcl[q]] = -1
+        if tgt == -1:
+            continue
+        if tgt == -2:
+            tgt = next_id[0]
+            next_id[0] += 1
+            if <size_t>tgt >= clclass.size():
+                clclass.push_back(-1); lmark.push_back(-1)
+            clclass[tgt] = kt
+        for m in range(soff[s], soff[s + 1]):
+            n = members[m]
+            cl[n] = tgt
+            _mark_around(g, n, changed)
+        moved += soff[s + 1] - soff[s]
+    st.segment_moves += moved
+    return moved
 
 
 cdef int _segments(const Problem& P, const vector[int32_t]& cl,
@@ -1242,7 +1452,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
                      double pre_margin,
                      bint improve,
                      int32_t max_rounds, bint sp_moves, bint piece_moves,
-                     int32_t kl_moves, int32_t* out_labels,
+                     int32_t kl_moves, int32_t seg_max, int32_t* out_labels,
                      int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     """The whole solve, phase by phase; every buffer is owned by a vector."""
     cdef double t0 = _now(), t1
@@ -1314,14 +1524,23 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
             _piece_moves(P, M, cid, g, node_top, cl, clclass, clsize, &next_id, max_rounds,
                          &sprows[0] if sp_moves and pre_margin >= 0 else NULL, settled, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
-    if improve and kl_moves > 0 and pre_max > 1 and P.N > 0:
-        # boundary moves, then node moves where they changed the clusters
+    if improve and (kl_moves > 0 or seg_max > 0) and pre_max > 1 and P.N > 0:
+        # boundary and segment moves, then node moves where they changed the clusters
         _fill_u8(changed, P.N, 0)
-        if _boundary_moves(P, g, cl, clclass, kl_moves, max_rounds, &changed[0], st) > 0:
+        moves = 0
+        if kl_moves > 0:
+            moves += _boundary_moves(P, g, node_top, cl, clclass, M, &next_id, kl_moves,
+                                     max_rounds, &changed[0], st)
+        t1 = _now(); st.t_boundary = t1 - t0; t0 = t1
+        if seg_max > 0:
+            moves += _segment_moves(P, g, cl, clclass, M, &next_id, seg_max, &changed[0], st)
+        t1 = _now(); st.t_segments = t1 - t0; t0 = t1
+        if moves > 0:
+            clsize.resize(clclass.size())
             _count(cl, clsize)
             _improve(P.nc, P.s0, P.s1, P.N, P.K, P.part, M, node_top, g, cl, clclass,
                      clsize, &next_id, <int64_t>max_rounds * P.N, &changed[0], st)
-    t1 = _now(); st.t_boundary = t1 - t0; t0 = t1
+        t1 = _now(); st.t_boundary += t1 - t0; t0 = t1
 
     _segments(P, cl, clclass, out_labels, out_segments, out_cut)
     t1 = _now(); st.t_output = t1 - t0
@@ -1332,7 +1551,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           const uint8_t[::1] local_edges, double precluster_threshold,
           int precluster_max_size, int precluster_max_thing_size,
           double precluster_margin, bint improve, int max_improve_rounds,
-          bint superpixel_moves, bint piece_moves, int boundary_moves,
+          bint superpixel_moves, bint piece_moves, int boundary_moves, int segment_moves,
           int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
@@ -1349,7 +1568,8 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     st.t_precluster = st.t_rag = st.t_gaec = st.t_improve = st.t_output = 0.0
     st.superpixels = st.clusters_after_gaec = st.merges = st.heap_pops = 0
     st.improve_moves = st.improve_visits = st.boundary_moves = 0
-    st.t_boundary = 0.0
+    st.t_boundary = st.t_segments = 0.0
+    st.segment_moves = 0
     st.objective_before_improve = 0.0
     cdef Problem P
     P.N = node_costs.shape[0]
@@ -1366,7 +1586,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     with nogil:
         _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
                     precluster_margin, improve, max_improve_rounds,
-                    superpixel_moves, piece_moves, boundary_moves, &labels[0], &segments[0], cutp, &st)
+                    superpixel_moves, piece_moves, boundary_moves, segment_moves, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,
@@ -1374,6 +1594,8 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
         "seconds_improve": st.t_improve,
         "seconds_boundary": st.t_boundary,
         "boundary_moves": st.boundary_moves,
+        "seconds_segments": st.t_segments,
+        "segment_moves": st.segment_moves,
         "seconds_output": st.t_output,
         "superpixels": st.superpixels,
         "merges": st.merges,

@@ -61,7 +61,8 @@ class SolverOptions:
         Run the local improvement phase after the contraction: moves of whole superpixels
         (if ``superpixel_moves``), then single-node moves to a neighbouring cluster or
         class, then moves of pieces (if ``piece_moves``) and of nodes again, then
-        boundary moves (if ``boundary_moves``) and nodes again where they moved.
+        boundary moves (if ``boundary_moves``), segment moves (if ``segment_moves``) and
+        nodes again where they moved.
     max_improve_rounds
         Bound on the unit visits of each improvement pass, in multiples of the unit count.
     superpixel_moves
@@ -75,6 +76,11 @@ class SolverOptions:
         clusters, after the other moves (only when pre-clustering is on); a sequence also
         ends ``boundary_moves // 5`` moves after its best point and keeps its best
         prefix. 0 disables these moves.
+    segment_moves
+        Largest segment (a connected part of one cluster, along local edges) moved as a
+        whole to a neighbouring cluster or another class, last (only when pre-clustering
+        is on): an island or instance fragment whose nodes, one at a time, are held by
+        the edges between them. 0 disables these moves.
     """
 
     precluster_threshold: float = 0.0
@@ -87,6 +93,7 @@ class SolverOptions:
     superpixel_moves: bool = True
     piece_moves: bool = True
     boundary_moves: int = 200
+    segment_moves: int = 256
 
 
 @dataclass
@@ -286,6 +293,7 @@ def _solve_validated(nc, ed, ec, pa, lo, options: SolverOptions) -> AMWCResult:
                          bool(options.improve),
                          int(options.max_improve_rounds), bool(options.superpixel_moves),
                          bool(options.piece_moves), int(options.boundary_moves),
+                         int(options.segment_moves),
                          labels, segments, edge_cut)
     obj = objective(nc, ed, ec, labels, edge_cut)
     return AMWCResult(labels=labels, segments=segments, edge_cut=edge_cut, objective=obj,
