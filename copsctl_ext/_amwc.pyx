@@ -504,10 +504,16 @@ cdef int32_t _compact(const Problem& P, vector[int32_t]& parent, ClusterCosts& c
 
 cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
     """The node adjacency (CSR, both directions), read by the region graph and the
-    improvement phase."""
-    cdef int32_t N = P.N, i, u, v
-    cdef int64_t e
-    cdef vector[int64_t] fill
+    improvement phase; a node's entries are in the order of its edges.
+
+    Filled in blocks of 4096 nodes: the edge ends are first bucketed by their node's
+    block (one sequential stream per block), then each block's CSR rows, small enough
+    to stay in cache, are filled from its bucket. Filling the rows straight from the
+    edge list would write each entry to a cache line of its own.
+    """
+    cdef int32_t N = P.N, i, u, n, B, blk
+    cdef int64_t e, q, x, o
+    cdef vector[int64_t] fill, boff, ends
     _fill_i64(g.off, N + 1, 0)
     for e in range(P.E):
         g.off[P.edges[2 * e] + 1] += 1
@@ -520,23 +526,52 @@ cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
     fill.resize(N)
     for i in range(N):
         fill[i] = g.off[i]
+    # bucket the edge ends (2 e + side) by block; a block's ends occupy exactly its
+    # nodes' CSR range, so the buckets' offsets are the CSR offsets of the blocks
+    B = (N + 4095) >> 12
+    boff.resize(B + 1)
+    for blk in range(B + 1):
+        boff[blk] = g.off[blk << 12 if (blk << 12) < N else N]
+    ends.resize(g.off[N])
+    for blk in range(B):
+        fill[blk] = boff[blk]   # fill[] reused as the buckets' fill pointers first
     for e in range(P.E):
-        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
-        g.nbr[fill[u]] = v; g.wt[fill[u]] = P.ec[e]; g.loc[fill[u]] = P.local[e]; fill[u] += 1
-        g.nbr[fill[v]] = u; g.wt[fill[v]] = P.ec[e]; g.loc[fill[v]] = P.local[e]; fill[v] += 1
+        blk = P.edges[2 * e] >> 12
+        ends[fill[blk]] = 2 * e; fill[blk] += 1
+        blk = P.edges[2 * e + 1] >> 12
+        ends[fill[blk]] = 2 * e + 1; fill[blk] += 1
+    for i in range(N):
+        fill[i] = g.off[i]
+    for blk in range(B):
+        for q in range(boff[blk], boff[blk + 1]):
+            x = ends[q]
+            e = x >> 1
+            n = P.edges[x]
+            u = P.edges[x ^ 1]
+            o = fill[n]
+            g.nbr[o] = u; g.wt[o] = P.ec[e]; g.loc[o] = P.local[e]
+            fill[n] = o + 1
 
 
 cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
                         const NodeGraph& g, vector[AdjMap]& adj,
-                        NodeGraph& sg, bint with_maps) except -1 nogil:
+                        NodeGraph& sg, bint with_maps, const NodeGraph* coarse,
+                        const int32_t* coarse_of, const int32_t* unit_of) except -1 nogil:
     """Phase 1: superpixel adjacency with summed parallel edges, as maps for the
     contraction (``adj``) and in CSR form for the superpixel moves (``sg``).
 
     Walks each superpixel's nodes and sums their edges per neighbouring superpixel with a
     marker array, so every map is filled once with distinct keys.
+
+    ``coarse`` (or NULL): the graph of a coarser partition of which some units are whole
+    clusters; ``coarse_of[a]`` is the coarse cluster that unit a is (-1: none),
+    ``unit_of[t]`` the unit that coarse cluster t is (-1: none). A unit that is a whole
+    coarse cluster with only whole coarse neighbours takes that cluster's row, renamed:
+    the walk over its nodes would sum the same edges in the same order.
     """
-    cdef int32_t N = P.N, i, a, b
+    cdef int32_t N = P.N, i, a, b, t
     cdef int64_t p, q, mi
+    cdef bint reuse
     cdef vector[int64_t] moff, fill, mark
     cdef vector[int32_t] members, uniq
     cdef vector[double] usum
@@ -560,18 +595,30 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
     _fill_i64(mark, M, -1)
     for a in range(M):
         uniq.clear(); usum.clear()
-        for mi in range(moff[a], moff[a + 1]):
-            i = members[mi]
-            for p in range(g.off[i], g.off[i + 1]):
-                b = cid[g.nbr[p]]
-                if b == a:
-                    continue
-                if mark[b] < 0:
-                    mark[b] = uniq.size()
-                    uniq.push_back(b)
-                    usum.push_back(g.wt[p])
-                else:
-                    usum[mark[b]] += g.wt[p]
+        reuse = coarse != NULL and coarse_of[a] >= 0
+        if reuse:
+            t = coarse_of[a]
+            for p in range(coarse.off[t], coarse.off[t + 1]):
+                if unit_of[coarse.nbr[p]] < 0:
+                    reuse = False
+                    break
+        if reuse:
+            for p in range(coarse.off[t], coarse.off[t + 1]):
+                uniq.push_back(unit_of[coarse.nbr[p]])
+                usum.push_back(coarse.wt[p])
+        else:
+            for mi in range(moff[a], moff[a + 1]):
+                i = members[mi]
+                for p in range(g.off[i], g.off[i + 1]):
+                    b = cid[g.nbr[p]]
+                    if b == a:
+                        continue
+                    if mark[b] < 0:
+                        mark[b] = uniq.size()
+                        uniq.push_back(b)
+                        usum.push_back(g.wt[p])
+                    else:
+                        usum[mark[b]] += g.wt[p]
         if with_maps:
             adj[a].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
@@ -1388,7 +1435,7 @@ cdef inline size_t clsize_cap(const vector[int32_t]& cl) noexcept nogil:
 
 
 cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
-                      const NodeGraph& g, const TopClasses& node_top,
+                      const NodeGraph& g, const NodeGraph& sg, const TopClasses& node_top,
                       vector[int32_t]& cl, vector[int32_t]& clclass, vector[int32_t]& clsize,
                       int32_t* next_id, int32_t max_rounds, const double* sprows,
                       bint settled, Stats* st) except -1 nogil:
@@ -1400,9 +1447,9 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
     before ran to the end, so no node moves again unless the pieces changed the clusters
     around it.
     """
-    cdef int32_t N = P.N, i, u, v, ru, rv, C
+    cdef int32_t N = P.N, i, u, v, ru, rv, C, a, s
     cdef int64_t e
-    cdef vector[int32_t] parent, root, pid, pcl
+    cdef vector[int32_t] parent, root, pid, pcl, coarse_of, unit_of
     cdef TopClasses ptop
     cdef ClusterCosts pc
     cdef NodeGraph pg
@@ -1428,7 +1475,23 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
         coarse = &cid[0]
     C = _partition_costs(P, root, pid, pc, coarse, sprows)
     root.clear(); root.shrink_to_fit()
-    _region_graph(P, C, pid, g, no_maps, pg, False)
+    # the pieces that are whole superpixels, and which superpixel each is
+    _fill_i32(coarse_of, C, -2)
+    _fill_i32(unit_of, M, -2)
+    for i in range(N):
+        a = pid[i]; s = cid[i]
+        if coarse_of[a] == -2:
+            coarse_of[a] = s
+        elif coarse_of[a] != s:
+            coarse_of[a] = -1
+        if unit_of[s] == -2:
+            unit_of[s] = a
+        elif unit_of[s] != a:
+            unit_of[s] = -1
+    for a in range(C):
+        if coarse_of[a] >= 0 and unit_of[coarse_of[a]] != a:
+            coarse_of[a] = -1
+    _region_graph(P, C, pid, g, no_maps, pg, False, &sg, &coarse_of[0], &unit_of[0])
     pcl.resize(C)
     for i in range(N):
         pcl[pid[i]] = cl[i]
@@ -1486,7 +1549,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     st.superpixels = M
     parent.clear(); parent.shrink_to_fit()
     _node_graph(P, g)
-    _region_graph(P, M, cid, g, adj, sg, True)
+    _region_graph(P, M, cid, g, adj, sg, True, NULL, NULL, NULL)
     sp_moves = sp_moves and improve and pre_max > 1
     if sp_moves:
         # the superpixels' own cost rows, before the contraction sums them into clusters
@@ -1521,7 +1584,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         # pieces differ from the superpixels only where nodes moved
         if piece_moves and pre_max > 1 and st.improve_moves > moves:
             # the class-agreement superpixels' rows are summed as the pieces' are
-            _piece_moves(P, M, cid, g, node_top, cl, clclass, clsize, &next_id, max_rounds,
+            _piece_moves(P, M, cid, g, sg, node_top, cl, clclass, clsize, &next_id, max_rounds,
                          &sprows[0] if sp_moves and pre_margin >= 0 else NULL, settled, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
     if improve and (kl_moves > 0 or seg_max > 0) and pre_max > 1 and P.N > 0:

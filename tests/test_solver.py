@@ -83,6 +83,8 @@ def test_never_below_brute_force_optimum_and_feasible(options, min_optimal):
     SolverOptions(superpixel_moves=False), SolverOptions(piece_moves=False),
     SolverOptions(boundary_moves=0), SolverOptions(boundary_moves=1),
     SolverOptions(boundary_moves=7, max_improve_rounds=1),
+    SolverOptions(segment_moves=0), SolverOptions(segment_moves=1),
+    SolverOptions(segment_moves=10000, boundary_moves=0),
     SolverOptions(precluster_threshold=0.5, precluster_max_size=8)])
 def test_every_phase_combination_is_feasible_on_grids(options):
     from copsctl.solver import grid_edge_distance, grid_edges
@@ -148,6 +150,37 @@ def test_boundary_moves_lower_the_objective_on_hard_problems(seed):
     assert with_kl.stats["boundary_moves"] > 0
     assert without.stats["boundary_moves"] == 0
     assert with_kl.objective < without.objective - 1e-6
+
+
+@pytest.mark.parametrize("seed", [2, 4])
+def test_default_no_worse_than_gaec_with_improvement_at_coco_size(seed):
+    # Regression: the benchmark's COCO-size problems (160 x 160, K = 133) on which the
+    # default was behind plain GAEC + improvement before the class sequences: a strip or
+    # corner of a cluster that prefers a class no cluster around it holds (+0.9, +1.9).
+    from copsctl.benchmarks.solver import family_problem
+    (nc, ed, ec, pa, local), _, _ = family_problem("coco", seed)
+    default = solve_amwc(nc, ed, ec, pa, local)
+    reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
+    before = solve_amwc(nc, ed, ec, pa, local,
+                        options=SolverOptions(boundary_moves=0, segment_moves=0))
+    check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
+    assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
+    assert before.objective > reference.objective + 0.5
+
+
+def test_segment_moves_lower_the_objective_on_a_hard_problem():
+    # A generated hard problem on which a small connected part of a cluster moves as a
+    # whole after every other move: never worse than without, here better.
+    from copsctl.costs.synthetic import make_problem
+    synth = make_problem("small", seed=5, difficulty=1.0)
+    nc, ed, ec, pa, local = synth.solver_problem()
+    ec = ec * 0.25
+    with_seg = solve_amwc(nc, ed, ec, pa, local)
+    without = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(segment_moves=0))
+    check_feasible(ed, pa, with_seg.labels, with_seg.segments, with_seg.edge_cut)
+    assert with_seg.stats["segment_moves"] > 0
+    assert without.stats["segment_moves"] == 0
+    assert with_seg.objective < without.objective - 1e-6
 
 
 def test_boundary_moves_shift_a_boundary_that_no_single_move_can():
