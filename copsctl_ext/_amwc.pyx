@@ -42,7 +42,10 @@ Phases
    all K are scanned only when none of the shortlist may be taken.
    Last, Kernighan-Lin moves across the boundary of every two clusters that touch along
    a local edge (sequences of node moves between the two, uphill steps allowed, cut
-   back to their best prefix), then nodes again where they moved.
+   back to their best prefix) and from a cluster to a class that some of its nodes
+   prefer and no cluster next to them holds; then moves of whole small segments
+   (connected parts of one cluster) to another cluster or class; then nodes again
+   where they moved.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
 
@@ -55,7 +58,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.math cimport INFINITY
 from libcpp.vector cimport vector
 from libcpp.utility cimport pair
-from libcpp.algorithm cimport push_heap, pop_heap, sort
+from libcpp.algorithm cimport push_heap, pop_heap, make_heap, sort
 from posix.time cimport clock_gettime, timespec, CLOCK_THREAD_CPUTIME_ID
 
 ctypedef pair[int32_t, int32_t] IntPair
@@ -419,30 +422,32 @@ cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         for i in range(N):
             sure[i] = cc.second[i] - cc.best[i] >= pre_margin
     cdef const double* ec = P.ec
+    cdef vector[int32_t] cand   # the candidate edges, in input order
     wmax = pre_thr
     for e in range(E):
         if ec[e] > wmax:
-            wmax = ec[e]
+            wmax = ec[e]   # over all edges: the buckets' scale
+        if ec[e] > pre_thr and P.local[e] and (
+                pre_margin < 0 or _sure_pair(P, cc, sure, e)):
+            cand.push_back(<int32_t>e)
     if wmax <= pre_thr:
         return 0
     # counting sort of the candidate edges by descending cost
+    nsel = cand.size()
     scale = (NBUCKET - 1) / (wmax - pre_thr)
     _fill_i64(bucket_start, NBUCKET + 1, 0)
-    for e in range(E):
-        if ec[e] > pre_thr and P.local[e] and (
-                pre_margin < 0 or _sure_pair(P, cc, sure, e)):
-            bk = <int32_t>((wmax - ec[e]) * scale)
-            bucket_start[bk + 1] += 1
-            nsel += 1
+    for i64 in range(nsel):
+        bk = <int32_t>((wmax - ec[cand[i64]]) * scale)
+        bucket_start[bk + 1] += 1
     for bk in range(NBUCKET):
         bucket_start[bk + 1] += bucket_start[bk]
     order.resize(nsel)
-    for e in range(E):
-        if ec[e] > pre_thr and P.local[e] and (
-                pre_margin < 0 or _sure_pair(P, cc, sure, e)):
-            bk = <int32_t>((wmax - ec[e]) * scale)
-            order[bucket_start[bk]] = <int32_t>e
-            bucket_start[bk] += 1
+    for i64 in range(nsel):
+        e = cand[i64]
+        bk = <int32_t>((wmax - ec[e]) * scale)
+        order[bucket_start[bk]] = <int32_t>e
+        bucket_start[bk] += 1
+    cand.clear(); cand.shrink_to_fit()
     cdef double* costs = &cc.costs[0] if pre_margin < 0 else NULL
     for i64 in range(nsel):
         e = order[i64]
@@ -677,10 +682,12 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
                 if b > a:
                     g = _gain(costs, best, second, argbest, part, K, a, b, adj[a].vals[q])
                     if g > GAIN_EPS:
-                        _heap_push(heap, g, a, b)
+                        # the heap is empty here: ordered once below
+                        heap.push_back(HeapEntry(g, IntPair(a, b)))
                         pushed = True
         if not pushed:
             break
+        make_heap(heap.begin(), heap.end())
         while not heap.empty():
             top = heap.front()
             pop_heap(heap.begin(), heap.end())
