@@ -558,6 +558,18 @@ cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
             fill[n] = o + 1
 
 
+cdef inline int _add_pull(vector[int32_t]& mark, vector[int32_t]& keys,
+                          vector[double]& sums, int32_t c, double w) except -1 nogil:
+    # add edge cost w to the sum for cluster c: ``keys`` lists the clusters in order of
+    # first appearance, ``mark[c]`` is c's place there (-1: none yet; the caller resets)
+    if mark[c] < 0:
+        mark[c] = keys.size()
+        keys.push_back(c)
+        sums.push_back(w)
+    else:
+        sums[mark[c]] += w
+
+
 cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
                         const NodeGraph& g, vector[AdjMap]& adj,
                         NodeGraph& sg, bint with_maps, const NodeGraph* coarse,
@@ -577,7 +589,8 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
     cdef int32_t N = P.N, i, a, b, t
     cdef int64_t p, q, mi
     cdef bint reuse
-    cdef vector[int64_t] moff, fill, mark
+    cdef vector[int64_t] moff, fill
+    cdef vector[int32_t] mark
     cdef vector[int32_t] members, uniq
     cdef vector[double] usum
     if with_maps:
@@ -597,7 +610,7 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
     for i in range(N):
         members[fill[cid[i]]] = i
         fill[cid[i]] += 1
-    _fill_i64(mark, M, -1)
+    _fill_i32(mark, M, -1)
     for a in range(M):
         uniq.clear(); usum.clear()
         reuse = coarse != NULL and coarse_of[a] >= 0
@@ -616,14 +629,8 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
                 i = members[mi]
                 for p in range(g.off[i], g.off[i + 1]):
                     b = cid[g.nbr[p]]
-                    if b == a:
-                        continue
-                    if mark[b] < 0:
-                        mark[b] = uniq.size()
-                        uniq.push_back(b)
-                        usum.push_back(g.wt[p])
-                    else:
-                        usum[mark[b]] += g.wt[p]
+                    if b != a:
+                        _add_pull(mark, uniq, usum, b, g.wt[p])
         if with_maps:
             adj[a].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
@@ -801,6 +808,21 @@ cdef inline void _mark_around(const NodeGraph& g, int32_t n, uint8_t* changed) n
         changed[g.nbr[p]] = 1
 
 
+cdef inline int32_t _new_cluster(vector[int32_t]& clclass, vector[int32_t]& lmark,
+                                 vector[int32_t]* clsize, int32_t* next_id,
+                                 int32_t k) except -1 nogil:
+    # the next fresh cluster id, of class k; the per-cluster arrays grow past the room
+    # that ``_cluster_ids`` left (``lmark`` unmarked, ``clsize`` if given empty)
+    cdef int32_t c = next_id[0]
+    next_id[0] += 1
+    if <size_t>c >= clclass.size():
+        clclass.push_back(-1); lmark.push_back(-1)
+        if clsize != NULL:
+            clsize.push_back(0)
+    clclass[c] = k
+    return c
+
+
 cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t K,
                   const uint8_t* part, int32_t M, const TopClasses& top,
                   const NodeGraph& g, vector[int32_t]& cl, vector[int32_t]& clclass,
@@ -872,13 +894,7 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
         # weights from i to each neighbouring cluster
         lcl.clear(); lw.clear()
         for p in range(g.off[i], g.off[i + 1]):
-            c = cl[g.nbr[p]]
-            if lmark[c] < 0:
-                lmark[c] = lcl.size()
-                lcl.push_back(c)
-                lw.push_back(g.wt[p])
-            else:
-                lw[lmark[c]] += g.wt[p]
+            _add_pull(lmark, lcl, lw, cl[g.nbr[p]], g.wt[p])
         wown = lw[lmark[ci]] if lmark[ci] >= 0 else 0.0
         cur = row[ki * s1] - wown
         bestc = cur - 1e-9 * (1.0 + abs(cur))
@@ -937,12 +953,8 @@ cdef int _improve(const double* rows, int64_t s0, int64_t s1, int32_t N, int32_t
         if tgt == -1:
             continue
         if tgt == -2:
-            tgt = next_id[0]
-            next_id[0] += 1
-            if <size_t>tgt >= clclass.size():
-                # a unit may found a new cluster more than once (each move still gains)
-                clclass.push_back(-1); clsize.push_back(0); lmark.push_back(-1)
-            clclass[tgt] = kt
+            # a unit may found a new cluster more than once (each move still gains)
+            tgt = _new_cluster(clclass, lmark, &clsize, next_id, kt)
         clsize[ci] -= 1
         clsize[tgt] += 1
         cl[i] = tgt
@@ -1235,6 +1247,28 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     return kept
 
 
+cdef int _local_parts(const Problem& P, const vector[int32_t]& cl, const int32_t* within,
+                      vector[int32_t]& root) except -1 nogil:
+    """The connected parts, along local edges, of the clusters of ``cl`` (split further by
+    the partition ``within``, or NULL): ``root[i]`` is the root node of node i's part."""
+    cdef int32_t i, u, v, ru, rv
+    cdef int64_t e
+    root.resize(P.N)
+    for i in range(P.N):
+        root[i] = i
+    for e in range(P.E):
+        if not P.local[e]:
+            continue
+        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
+        if cl[u] == cl[v] and (within == NULL or within[u] == within[v]):
+            ru = _find(&root[0], u)
+            rv = _find(&root[0], v)
+            if ru != rv:
+                root[rv] = ru
+    for i in range(P.N):
+        root[i] = _find(&root[0], i)
+
+
 cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                             vector[int32_t]& clclass, int32_t M, int32_t* next_id,
                             int32_t max_size, uint8_t* changed, Stats* st) except -1 nogil:
@@ -1248,32 +1282,20 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
     or an instance fragment on the wrong side. Segments are visited once, in order of
     their first node; ``changed`` marks the moved nodes and their neighbours.
     """
-    cdef int32_t N = P.N, K = P.K, i, u, v, ru, rv, s, S = 0, c, X, kx, k, tgt, kt, n
-    cdef int64_t e, p, q, m, moved = 0
+    cdef int32_t N = P.N, K = P.K, i, ru, s, S = 0, c, X, kx, k, tgt, kt, n
+    cdef int64_t p, q, m, moved = 0
     cdef double cur, bestc, cand, wx
-    cdef vector[int32_t] parent, size, seg, soff, members, lcl, lmark
+    cdef vector[int32_t] root, size, seg, soff, members, lcl, lmark
     cdef vector[double] row, lw
-    parent.resize(N)
-    for i in range(N):
-        parent[i] = i
-    for e in range(P.E):
-        if not P.local[e]:
-            continue
-        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
-        if cl[u] == cl[v]:
-            ru = _find(&parent[0], u)
-            rv = _find(&parent[0], v)
-            if ru != rv:
-                parent[rv] = ru
+    _local_parts(P, cl, NULL, root)
     _fill_i32(size, N, 0)
     for i in range(N):
-        parent[i] = _find(&parent[0], i)
-        size[parent[i]] += 1
+        size[root[i]] += 1
     # number the small segments by first node, their members in node order
     _fill_i32(seg, N, -1)
     soff.push_back(0)
     for i in range(N):
-        ru = parent[i]
+        ru = root[i]
         if size[ru] <= max_size and seg[ru] < 0:
             seg[ru] = S
             S += 1
@@ -1284,13 +1306,13 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
     for s in range(S):
         size[s] = soff[s]   # reused as fill pointers
     for i in range(N):
-        s = seg[parent[i]]
+        s = seg[root[i]]
         if s >= 0:
             members[size[s]] = i
             size[s] += 1
     for i in range(N):
-        seg[i] = seg[parent[i]]
-    parent.clear(); parent.shrink_to_fit()
+        seg[i] = seg[root[i]]
+    root.clear(); root.shrink_to_fit()
     row.resize(K)
     _fill_i32(lmark, clclass.size(), -1)
     for s in range(S):
@@ -1302,15 +1324,8 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
             n = members[m]
             for p in range(g.off[n], g.off[n + 1]):
                 i = g.nbr[p]
-                if seg[i] == s:
-                    continue
-                c = cl[i]
-                if lmark[c] < 0:
-                    lmark[c] = lcl.size()
-                    lcl.push_back(c)
-                    lw.push_back(g.wt[p])
-                else:
-                    lw[lmark[c]] += g.wt[p]
+                if seg[i] != s:
+                    _add_pull(lmark, lcl, lw, cl[i], g.wt[p])
         for k in range(K):
             row[k] = 0.0
         for m in range(soff[s], soff[s + 1]):
@@ -1341,11 +1356,7 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
         if tgt == -1:
             continue
         if tgt == -2:
-            tgt = next_id[0]
-            next_id[0] += 1
-            if <size_t>tgt >= clclass.size():
-                clclass.push_back(-1); lmark.push_back(-1)
-            clclass[tgt] = kt
+            tgt = _new_cluster(clclass, lmark, NULL, next_id, kt)
         for m in range(soff[s], soff[s + 1]):
             n = members[m]
             cl[n] = tgt
@@ -1480,29 +1491,13 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
     before ran to the end, so no node moves again unless the pieces changed the clusters
     around it.
     """
-    cdef int32_t N = P.N, i, u, v, ru, rv, C, a, s
-    cdef int64_t e
-    cdef vector[int32_t] parent, root, pid, pcl, coarse_of, unit_of
+    cdef int32_t N = P.N, i, C, a, s
+    cdef vector[int32_t] root, pid, pcl, coarse_of, unit_of
     cdef TopClasses ptop
     cdef ClusterCosts pc
     cdef NodeGraph pg
     cdef vector[AdjMap] no_maps
-    parent.resize(N)
-    for i in range(N):
-        parent[i] = i
-    for e in range(P.E):
-        if not P.local[e]:
-            continue
-        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
-        if cid[u] == cid[v] and cl[u] == cl[v]:
-            ru = _find(&parent[0], u)
-            rv = _find(&parent[0], v)
-            if ru != rv:
-                parent[rv] = ru
-    root.resize(N)
-    for i in range(N):
-        root[i] = _find(&parent[0], i)
-    parent.clear(); parent.shrink_to_fit()
+    _local_parts(P, cl, &cid[0], root)
     cdef const int32_t* coarse = NULL
     if sprows != NULL:
         coarse = &cid[0]
