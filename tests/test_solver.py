@@ -56,6 +56,14 @@ def random_problem(rng, n, k, p_edge=0.6, scale=1.0):
 LEGACY = SolverOptions(**LEGACY_SOLVER)
 
 
+def hard_problem(seed):
+    """A generated hard problem (weak, noisy edges: difficulty 1, edge costs x 0.25) of
+    the "small" preset, as a solve_amwc argument tuple."""
+    from copsctl.costs.synthetic import make_problem
+    nc, ed, ec, pa, local = make_problem("small", seed=seed, difficulty=1.0).solver_problem()
+    return nc, ed, ec * 0.25, pa, local
+
+
 @pytest.mark.parametrize("options,min_optimal", [
     (SolverOptions(), 0.89), (SolverOptions(precluster_max_size=1), 0.89),
     (SolverOptions(improve=False), 0.8), (LEGACY, 0.89)])
@@ -126,30 +134,28 @@ def test_class_major_node_costs_give_the_same_solution(options):
 def test_default_no_worse_than_gaec_with_improvement_on_a_hard_problem():
     # Regression: a generated hard problem (weak, noisy edges: difficulty 1, edge costs
     # x 0.25) on which the earlier rule lost to plain GAEC + improvement (by 27.6).
-    from copsctl.costs.synthetic import make_problem
-    synth = make_problem("small", seed=2, difficulty=1.0)
-    nc, ed, ec, pa, local = synth.solver_problem()
-    ec = ec * 0.25
+    nc, ed, ec, pa, local = hard_problem(2)
     default = solve_amwc(nc, ed, ec, pa, local)
     reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
     check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
     assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_boundary_moves_lower_the_objective_on_hard_problems(seed):
-    # Kernighan-Lin sequences keep only a prefix that lowers the objective, and the node
-    # moves after them only lower it too: never worse than without them, here better.
-    from copsctl.costs.synthetic import make_problem
-    synth = make_problem("small", seed=seed, difficulty=1.0)
-    nc, ed, ec, pa, local = synth.solver_problem()
-    ec = ec * 0.25
-    with_kl = solve_amwc(nc, ed, ec, pa, local)
-    without = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(boundary_moves=0))
-    check_feasible(ed, pa, with_kl.labels, with_kl.segments, with_kl.edge_cut)
-    assert with_kl.stats["boundary_moves"] > 0
-    assert without.stats["boundary_moves"] == 0
-    assert with_kl.objective < without.objective - 1e-6
+@pytest.mark.parametrize("moves,seed", [("boundary_moves", 0), ("boundary_moves", 1),
+                                        ("boundary_moves", 2), ("boundary_moves", 3),
+                                        ("segment_moves", 5)])
+def test_late_moves_lower_the_objective_on_hard_problems(moves, seed):
+    # The last moves of the improvement phase, on generated hard problems: Kernighan-Lin
+    # sequences keep only a prefix that lowers the objective, a small connected part of a
+    # cluster moves as a whole only when that lowers it, and the node moves after them
+    # only lower it too: never worse than without them, here better.
+    nc, ed, ec, pa, local = hard_problem(seed)
+    with_moves = solve_amwc(nc, ed, ec, pa, local)
+    without = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(**{moves: 0}))
+    check_feasible(ed, pa, with_moves.labels, with_moves.segments, with_moves.edge_cut)
+    assert with_moves.stats[moves] > 0
+    assert without.stats[moves] == 0
+    assert with_moves.objective < without.objective - 1e-6
 
 
 @pytest.mark.parametrize("seed", [2, 4])
@@ -166,21 +172,6 @@ def test_default_no_worse_than_gaec_with_improvement_at_coco_size(seed):
     check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
     assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
     assert before.objective > reference.objective + 0.5
-
-
-def test_segment_moves_lower_the_objective_on_a_hard_problem():
-    # A generated hard problem on which a small connected part of a cluster moves as a
-    # whole after every other move: never worse than without, here better.
-    from copsctl.costs.synthetic import make_problem
-    synth = make_problem("small", seed=5, difficulty=1.0)
-    nc, ed, ec, pa, local = synth.solver_problem()
-    ec = ec * 0.25
-    with_seg = solve_amwc(nc, ed, ec, pa, local)
-    without = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(segment_moves=0))
-    check_feasible(ed, pa, with_seg.labels, with_seg.segments, with_seg.edge_cut)
-    assert with_seg.stats["segment_moves"] > 0
-    assert without.stats["segment_moves"] == 0
-    assert with_seg.objective < without.objective - 1e-6
 
 
 def test_boundary_moves_shift_a_boundary_that_no_single_move_can():
