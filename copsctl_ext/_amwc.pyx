@@ -800,12 +800,14 @@ cdef double _objective(const Problem& P, const vector[int32_t]& cl,
     return obj
 
 
-cdef inline void _mark_around(const NodeGraph& g, int32_t n, uint8_t* changed) noexcept nogil:
+cdef inline void _mark_around(const NodeGraph& g, int32_t n, uint8_t* changed,
+                              uint8_t mark) noexcept nogil:
     # node n and its neighbours: the nodes whose next visit may move them after n moved
+    # (``mark``, non-zero, may tell when)
     cdef int64_t p
-    changed[n] = 1
+    changed[n] = mark
     for p in range(g.off[n], g.off[n + 1]):
-        changed[g.nbr[p]] = 1
+        changed[g.nbr[p]] = mark
 
 
 cdef inline int32_t _new_cluster(vector[int32_t]& clclass, vector[int32_t]& lmark,
@@ -1013,7 +1015,7 @@ cdef inline int _kl_touch(const Problem& P, const NodeGraph& g, const vector[int
 cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                          KLState& S, int32_t X, int32_t Y, int32_t kx, int32_t ky,
                          int32_t max_moves, int32_t patience, uint8_t* changed,
-                         int32_t* kept) except? 1.0 nogil:
+                         uint8_t mark, int32_t* kept) except? 1.0 nogil:
     """One Kernighan-Lin sequence between clusters X and Y from the candidates in ``S``;
     keeps its best prefix if that lowers the objective. Returns the change of the
     objective (<= 0), ``kept`` the number of moves kept; resets ``S``.
@@ -1061,7 +1063,7 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
         n = S.seq[i]
         cl[n] = Y if cl[n] == X else X
     for i in range(bestk):
-        _mark_around(g, S.seq[i], changed)
+        _mark_around(g, S.seq[i], changed, mark)
     for i in range(<int32_t>S.touched.size()):
         S.state[S.touched[i]] = 0
     S.touched.clear(); S.seq.clear(); S.heap.clear()
@@ -1091,8 +1093,11 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
 
     Rounds: the first visits every pair in order of the cluster ids, then the classes'
     sequences; each later round visits only the pairs with a cluster that the round
-    before changed, until a round gains nothing or ``max_rounds`` are done. ``changed``
-    marks the nodes that moved and their neighbours.
+    before changed, and starts a pair's sequence only from the boundary nodes that the
+    round before moved or that neighbour a node it moved (elsewhere on the boundary the
+    sequence would start as it did before), until a round gains nothing or
+    ``max_rounds`` are done. ``changed`` marks the nodes that moved and their
+    neighbours, with the round's number (``1 + r % 255``, never 0).
     """
     cdef int32_t N = P.N, K = P.K, i, u, v, a, b, X, Y, n, kx, ky, r, nk, t, k
     cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
@@ -1112,8 +1117,10 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     _fill_u8(dirty_next, clclass.size(), 0)
     _fill_u8(seedmark, N, 0)
     _fill_i32(incomp, N, 0)
+    cdef uint8_t mark, last = 0   # ``changed`` marks of this round and of the one before
     for r in range(max_rounds):
         gained = 0.0
+        mark = <uint8_t>(1 + r % 255)
         C = clclass.size()
         # pairs of clusters touching along a local edge
         bnd.clear()
@@ -1124,6 +1131,8 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
             a = cl[u]; b = cl[v]
             if a == b or not (dirty[a] or dirty[b]):
                 continue
+            if r > 0 and changed[u] != last and changed[v] != last:
+                continue   # away from the last round's moves: its sequence would repeat
             key = <int64_t>a * C + b if a < b else <int64_t>b * C + a
             bnd.push_back(pair[int64_t, int32_t](key, u))
             bnd.push_back(pair[int64_t, int32_t](key, v))
@@ -1140,7 +1149,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                 if S.state[n] == 0 and (cl[n] == X or cl[n] == Y):
                     _kl_touch(P, g, cl, S, n, X, Y, kx, ky)
             q0 = q
-            w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves, patience, changed, &nk)
+            w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves, patience, changed, mark, &nk)
             if nk > 0:
                 gained += w
                 kept += nk
@@ -1226,7 +1235,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                     if cl[comp[h]] == X and S.state[comp[h]] == 0:
                         _kl_touch(P, g, cl, S, comp[h], X, Y, kx, ky)
                 w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves,
-                                 min(patience, 2 * <int32_t>comp.size() + 5), changed, &nk)
+                                 min(patience, 2 * <int32_t>comp.size() + 5), changed, mark, &nk)
                 if nk > 0:
                     gained += w
                     kept += nk
@@ -1240,6 +1249,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
             q0 = q
         if gained == 0.0:
             break
+        last = mark
         for i in range(<int32_t>dirty.size()):
             dirty[i] = dirty_next[i]
             dirty_next[i] = 0
@@ -1360,7 +1370,7 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
         for m in range(soff[s], soff[s + 1]):
             n = members[m]
             cl[n] = tgt
-            _mark_around(g, n, changed)
+            _mark_around(g, n, changed, 1)
         moved += soff[s + 1] - soff[s]
     st.segment_moves += moved
     return moved
@@ -1532,7 +1542,7 @@ cdef int _piece_moves(const Problem& P, int32_t M, const vector[int32_t]& cid,
         _fill_u8(changed, N, 0)
     for i in range(N):
         if settled and cl[i] != pcl[pid[i]]:
-            _mark_around(g, i, &changed[0])
+            _mark_around(g, i, &changed[0], 1)
         cl[i] = pcl[pid[i]]
     _count(cl, clsize)
     _improve(P.nc, P.s0, P.s1, N, P.K, P.part, M, node_top, g, cl, clclass, clsize,
