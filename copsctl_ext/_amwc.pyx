@@ -149,6 +149,8 @@ cdef extern from * nogil:
 
 
 cdef double GAIN_EPS = 1e-9
+# the short Kernighan-Lin sequences from single boundary nodes (``_boundary_moves``)
+cdef int32_t LOCAL_MOVES = 64, LOCAL_PATIENCE = 8
 
 
 cdef inline double _now() noexcept nogil:
@@ -1015,7 +1017,8 @@ cdef inline int _kl_touch(const Problem& P, const NodeGraph& g, const vector[int
 cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                          KLState& S, int32_t X, int32_t Y, int32_t kx, int32_t ky,
                          int32_t max_moves, int32_t patience, uint8_t* changed,
-                         uint8_t mark, int32_t* kept) except? 1.0 nogil:
+                         uint8_t mark, int32_t* kept, int32_t* seen=NULL,
+                         int32_t stamp=0) except? 1.0 nogil:
     """One Kernighan-Lin sequence between clusters X and Y from the candidates in ``S``;
     keeps its best prefix if that lowers the objective. Returns the change of the
     objective (<= 0), ``kept`` the number of moves kept; resets ``S``.
@@ -1024,7 +1027,8 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     objective most, or raises it least, moves and is locked; its untouched neighbours in
     X or Y along local edges become candidates, and the weights of the known ones are
     updated along every edge. The sequence stops after ``max_moves`` moves, or
-    ``patience`` moves after its best point, and is cut back to its best prefix.
+    ``patience`` moves after its best point, and is cut back to its best prefix. If it
+    keeps nothing and ``seen`` is given, the nodes it touched get ``stamp`` there.
     """
     cdef int32_t n, j, src, nseq = 0, bestk = 0, i
     cdef int64_t p
@@ -1066,6 +1070,8 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
         _mark_around(g, S.seq[i], changed, mark)
     for i in range(<int32_t>S.touched.size()):
         S.state[S.touched[i]] = 0
+        if seen != NULL and bestk == 0:
+            seen[S.touched[i]] = stamp
     S.touched.clear(); S.seq.clear(); S.heap.clear()
     kept[0] = bestk
     return best if bestk > 0 else 0.0
@@ -1080,7 +1086,12 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     some of its nodes prefer to its own; returns the number of node moves kept.
 
     A pair's sequence starts from the nodes of its common boundary, so a strip of nodes
-    can shift a boundary where every single move raises the objective. A class's
+    can shift a boundary where every single move raises the objective. In the first
+    round each boundary node of the pair also starts a short sequence of its own (at
+    most ``LOCAL_MOVES`` moves, ending ``LOCAL_PATIENCE`` after its best point), unless
+    an earlier short sequence of the pair touched it and kept nothing: a small gain at
+    one place of a long boundary is found where the pair's sequence, which takes its
+    moves from the whole boundary, adds other places' losses to it. A class's
     sequences start from the nodes of the cluster that list the class before the
     cluster's own among their cheapest (``top``) and have no local neighbour of that
     class, one sequence per group of such nodes connected along local edges; the other
@@ -1102,7 +1113,8 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     cdef int32_t N = P.N, K = P.K, i, u, v, a, b, X, Y, n, kx, ky, r, nk, t, k
     cdef int32_t patience = max_moves // 5 if max_moves >= 5 else 1
     cdef int64_t e, q, q0, q1, h, p, C, key, kept = 0
-    cdef vector[int32_t] comp, incomp
+    cdef vector[int32_t] comp
+    cdef vector[int32_t] seen   # per node: the stamp of the last pair or group that used it
     cdef vector[uint8_t] seedmark
     cdef int32_t stamp = 0
     cdef double gain, cut
@@ -1116,7 +1128,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     _fill_u8(dirty, clclass.size(), 1)
     _fill_u8(dirty_next, clclass.size(), 0)
     _fill_u8(seedmark, N, 0)
-    _fill_i32(incomp, N, 0)
+    _fill_i32(seen, N, 0)
     cdef uint8_t mark, last = 0   # ``changed`` marks of this round and of the one before
     for r in range(max_rounds):
         gained = 0.0
@@ -1148,12 +1160,30 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                 q += 1
                 if S.state[n] == 0 and (cl[n] == X or cl[n] == Y):
                     _kl_touch(P, g, cl, S, n, X, Y, kx, ky)
-            q0 = q
             w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves, patience, changed, mark, &nk)
             if nk > 0:
                 gained += w
                 kept += nk
                 dirty_next[X] = 1; dirty_next[Y] = 1
+            if r == 0:
+                # Short sequences, each from one boundary node: the pair's sequence takes
+                # its moves from the whole boundary, where one place's losses can hide
+                # another's gain. Nodes that a short sequence touched without keeping a
+                # move do not start one.
+                stamp += 1
+                for q1 in range(q0, q):
+                    n = bnd[q1].second
+                    if seen[n] == stamp or (cl[n] != X and cl[n] != Y):
+                        continue
+                    seen[n] = stamp
+                    _kl_touch(P, g, cl, S, n, X, Y, kx, ky)
+                    w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, LOCAL_MOVES, LOCAL_PATIENCE,
+                                     changed, mark, &nk, &seen[0], stamp)
+                    if nk > 0:
+                        gained += w
+                        kept += nk
+                        dirty_next[X] = 1; dirty_next[Y] = 1
+            q0 = q
         # (cluster, class) pairs, first round only: the nodes that prefer the class to
         # their cluster's
         bnd.clear()
@@ -1206,14 +1236,14 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                 # noisy nodes, and their sequences would keep nothing).
                 stamp += 1
                 for h in range(<int64_t>comp.size()):
-                    incomp[comp[h]] = stamp
+                    seen[comp[h]] = stamp
                 gain = 0.0; cut = 0.0
                 for h in range(<int64_t>comp.size()):
                     u = comp[h]
                     gain += P.nc[u * P.s0 + kx * P.s1] - P.nc[u * P.s0 + ky * P.s1]
                     for p in range(g.off[u], g.off[u + 1]):
                         v = g.nbr[p]
-                        if incomp[v] == stamp:
+                        if seen[v] == stamp:
                             continue
                         if cl[v] == X:
                             cut += g.wt[p]
