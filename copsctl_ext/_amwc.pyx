@@ -1089,9 +1089,10 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     can shift a boundary where every single move raises the objective. In the first
     round each boundary node of the pair also starts a short sequence of its own (at
     most ``LOCAL_MOVES`` moves, ending ``LOCAL_PATIENCE`` after its best point), unless
-    an earlier short sequence of the pair touched it and kept nothing: a small gain at
-    one place of a long boundary is found where the pair's sequence, which takes its
-    moves from the whole boundary, adds other places' losses to it. A class's
+    an earlier short sequence of the pair touched it and kept nothing, or its move alone
+    loses more than its summed edge costs to its own side: a small gain at one place of
+    a long boundary is found where the pair's sequence, which takes its moves from the
+    whole boundary, adds other places' losses to it. A class's
     sequences start from the nodes of the cluster that list the class before the
     cluster's own among their cheapest (``top``) and have no local neighbour of that
     class, one sequence per group of such nodes connected along local edges; the other
@@ -1177,6 +1178,12 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                         continue
                     seen[n] = stamp
                     _kl_touch(P, g, cl, S, n, X, Y, kx, ky)
+                    if -S.heap[0].first > (S.wx[n] if cl[n] == X else S.wy[n]):
+                        # Its move alone loses more than its edges to its own side can
+                        # give back when neighbours follow it: the gain would have to
+                        # come from other nodes, whose own short sequences look for it.
+                        S.state[n] = 0; S.touched.clear(); S.heap.clear()
+                        continue
                     w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, LOCAL_MOVES, LOCAL_PATIENCE,
                                      changed, mark, &nk, &seen[0], stamp)
                     if nk > 0:

@@ -174,6 +174,20 @@ def test_default_no_worse_than_gaec_with_improvement_at_coco_size(seed):
     assert before.objective > reference.objective + 0.5
 
 
+def test_short_boundary_sequences_find_a_gain_on_a_long_boundary():
+    # Regression: the benchmark's Cityscapes-size seed 5 (256 x 512, K = 19), where 5
+    # pixels of one instance belong to the touching instance of the same class. The
+    # pair's sequence takes its moves from their whole common boundary and lost that
+    # gain elsewhere along it (+0.7 against plain GAEC + improvement); the short
+    # sequences from single boundary nodes find it.
+    from copsctl.benchmarks.solver import family_problem
+    (nc, ed, ec, pa, local), _, _ = family_problem("cityscapes", 5)
+    default = solve_amwc(nc, ed, ec, pa, local)
+    reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
+    check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
+    assert default.objective < reference.objective - 1.0
+
+
 def test_boundary_moves_shift_a_boundary_that_no_single_move_can():
     # Two stuff classes on a 12 x 12 grid, local edges only: vertical edges cost 1,
     # horizontal ones 0.5. Columns 0-3 want class 0 (class 1 costs +2), columns 8-11

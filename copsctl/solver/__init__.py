@@ -76,9 +76,10 @@ class SolverOptions:
         clusters, or from a cluster to a class that some of its nodes prefer where no
         cluster next to them has it, after the other moves (only when pre-clustering is
         on); a sequence also ends ``boundary_moves // 5`` moves after its best point
-        and keeps its best prefix. Each boundary node also starts a short sequence of
-        its own once (at most 64 moves, ending 8 after its best point). 0 disables
-        these moves.
+        and keeps its best prefix. Each boundary node whose move alone loses no more
+        than its edge costs to its own side also starts a short sequence of its own
+        once (at most 64 moves, ending 8 after its best point). 0 disables these
+        moves.
     segment_moves
         Largest segment (a connected part of one cluster, along local edges) moved as a
         whole to a neighbouring cluster or another class, last (only when pre-clustering
