@@ -149,8 +149,11 @@ cdef extern from * nogil:
 
 
 cdef double GAIN_EPS = 1e-9
-# the short Kernighan-Lin sequences from single boundary nodes (``_boundary_moves``)
-cdef int32_t LOCAL_MOVES = 64, LOCAL_PATIENCE = 8
+
+cdef enum:
+    # the short Kernighan-Lin sequences from single boundary nodes (``_boundary_moves``)
+    LOCAL_MOVES = 64
+    LOCAL_PATIENCE = 8
 
 
 cdef inline double _now() noexcept nogil:
@@ -985,6 +988,14 @@ cdef cppclass KLState:
     vector[HeapEntry] heap
 
 
+cdef inline void _kl_reset(KLState& S) noexcept nogil:
+    # no candidates, no moves: the state every sequence starts from
+    cdef int32_t i
+    for i in range(<int32_t>S.touched.size()):
+        S.state[S.touched[i]] = 0
+    S.touched.clear(); S.seq.clear(); S.heap.clear()
+
+
 cdef inline int _kl_push(const vector[int32_t]& cl, KLState& S, int32_t n,
                          int32_t X) except -1 nogil:
     # (re)enter candidate n in the heap with the change of its move to the other cluster
@@ -1068,11 +1079,10 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
         cl[n] = Y if cl[n] == X else X
     for i in range(bestk):
         _mark_around(g, S.seq[i], changed, mark)
-    for i in range(<int32_t>S.touched.size()):
-        S.state[S.touched[i]] = 0
-        if seen != NULL and bestk == 0:
+    if seen != NULL and bestk == 0:
+        for i in range(<int32_t>S.touched.size()):
             seen[S.touched[i]] = stamp
-    S.touched.clear(); S.seq.clear(); S.heap.clear()
+    _kl_reset(S)
     kept[0] = bestk
     return best if bestk > 0 else 0.0
 
@@ -1182,7 +1192,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                         # Its move alone loses more than its edges to its own side can
                         # give back when neighbours follow it: the gain would have to
                         # come from other nodes, whose own short sequences look for it.
-                        S.state[n] = 0; S.touched.clear(); S.heap.clear()
+                        _kl_reset(S)
                         continue
                     w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, LOCAL_MOVES, LOCAL_PATIENCE,
                                      changed, mark, &nk, &seen[0], stamp)
