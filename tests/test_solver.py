@@ -64,6 +64,15 @@ def hard_problem(seed):
     return nc, ed, ec * 0.25, pa, local
 
 
+def default_and_reference(problem):
+    """The default's solution (checked feasible) and that of plain GAEC + improvement."""
+    nc, ed, ec, pa, local = problem
+    default = solve_amwc(nc, ed, ec, pa, local)
+    reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
+    check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
+    return default, reference
+
+
 @pytest.mark.parametrize("options,min_optimal", [
     (SolverOptions(), 0.89), (SolverOptions(precluster_max_size=1), 0.89),
     (SolverOptions(improve=False), 0.8), (LEGACY, 0.89)])
@@ -134,10 +143,7 @@ def test_class_major_node_costs_give_the_same_solution(options):
 def test_default_no_worse_than_gaec_with_improvement_on_a_hard_problem():
     # Regression: a generated hard problem (weak, noisy edges: difficulty 1, edge costs
     # x 0.25) on which the earlier rule lost to plain GAEC + improvement (by 27.6).
-    nc, ed, ec, pa, local = hard_problem(2)
-    default = solve_amwc(nc, ed, ec, pa, local)
-    reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
-    check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
+    default, reference = default_and_reference(hard_problem(2))
     assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
 
 
@@ -164,12 +170,9 @@ def test_default_no_worse_than_gaec_with_improvement_at_coco_size(seed):
     # default was behind plain GAEC + improvement before the class sequences: a strip or
     # corner of a cluster that prefers a class no cluster around it holds (+0.9, +1.9).
     from copsctl.benchmarks.solver import family_problem
-    (nc, ed, ec, pa, local), _, _ = family_problem("coco", seed)
-    default = solve_amwc(nc, ed, ec, pa, local)
-    reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
-    before = solve_amwc(nc, ed, ec, pa, local,
-                        options=SolverOptions(boundary_moves=0, segment_moves=0))
-    check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
+    problem, _, _ = family_problem("coco", seed)
+    default, reference = default_and_reference(problem)
+    before = solve_amwc(*problem, options=SolverOptions(boundary_moves=0, segment_moves=0))
     assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
     assert before.objective > reference.objective + 0.5
 
@@ -181,10 +184,7 @@ def test_short_boundary_sequences_find_a_gain_on_a_long_boundary():
     # gain elsewhere along it (+0.7 against plain GAEC + improvement); the short
     # sequences from single boundary nodes find it.
     from copsctl.benchmarks.solver import family_problem
-    (nc, ed, ec, pa, local), _, _ = family_problem("cityscapes", 5)
-    default = solve_amwc(nc, ed, ec, pa, local)
-    reference = solve_amwc(nc, ed, ec, pa, local, options=SolverOptions(precluster_max_size=1))
-    check_feasible(ed, pa, default.labels, default.segments, default.edge_cut)
+    default, reference = default_and_reference(family_problem("cityscapes", 5)[0])
     assert default.objective < reference.objective - 1.0
 
 
