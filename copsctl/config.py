@@ -37,7 +37,7 @@ import yaml
 
 from .atomic import write_text
 from .errors import InputError
-from .solver import SolverOptions
+from .solver import SolverOptions, option_rule
 
 __all__ = [
     "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "CalibrationConfig", "TrainConfig",
@@ -80,6 +80,11 @@ def _positive_items(v) -> str | None:
 
 def _finite_items(v) -> str | None:
     return None if all(math.isfinite(x) for x in v) else "hold finite numbers"
+
+
+def _solver_rule(name: str) -> Callable[[Any], str | None]:
+    # the solver's own rule for its option ``name`` (SolverOptions checks it too)
+    return lambda v: option_rule(name, v)
 
 
 def _lr_factors(v) -> str | None:
@@ -201,12 +206,15 @@ class SolverConfig:
     precluster_threshold: float = _key(SolverOptions.precluster_threshold,
         "edges above this cost are contracted first into superpixels")
     precluster_max_size: int = _key(SolverOptions.precluster_max_size,
-        "largest superpixel of the precluster phase (1 disables it)", check=_positive)
+        "largest superpixel of the precluster phase (1 disables it)",
+        check=_solver_rule("precluster_max_size"))
     improve: bool = _key(SolverOptions.improve, "run the local improvement phase after contraction")
     max_improve_rounds: int = _key(SolverOptions.max_improve_rounds,
-        "bound on improvement node visits, in multiples of the node count", check=_non_negative)
+        "bound on improvement node visits, in multiples of the node count",
+        check=_solver_rule("max_improve_rounds"))
     precluster_max_thing_size: int = _key(SolverOptions.precluster_max_thing_size,
-        "largest superpixel of a partitionable (thing) class", check=_positive)
+        "largest superpixel of a partitionable (thing) class",
+        check=_solver_rule("precluster_max_thing_size"))
     precluster_margin: float = _key(SolverOptions.precluster_margin,
         "pre-cluster pixels preferring one class by at least this margin (< 0: earlier rule)")
     superpixel_moves: bool = _key(SolverOptions.superpixel_moves,
@@ -215,10 +223,10 @@ class SolverConfig:
         "move the pieces of superpixels cut by the pixel moves, then pixels again")
     boundary_moves: int = _key(SolverOptions.boundary_moves,
         "longest Kernighan-Lin sequence across a boundary of two clusters (0: none)",
-        check=_non_negative)
+        check=_solver_rule("boundary_moves"))
     segment_moves: int = _key(SolverOptions.segment_moves,
         "largest connected part of a cluster moved as a whole, last (0: none)",
-        check=_non_negative)
+        check=_solver_rule("segment_moves"))
     workers: int = _key(0,
         "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
 

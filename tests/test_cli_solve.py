@@ -156,7 +156,7 @@ def test_set_overrides_the_stored_recipe_and_is_recorded(costs, tmp_path):
     stamp = (out / "summary.json").stat().st_mtime_ns
     for text, msg in (("train.lr=1", "copsctl solve reads only solver.*"),
                       ("solver.nope=1", "unknown recipe key 'solver.nope'"),
-                      ("solver.precluster_max_size=0", "must be > 0"),
+                      ("solver.precluster_max_size=0", "must be >= 1"),
                       ("data.thing_area_threshold=big", "must be an int")):
         res = runner.invoke(app, ["solve", str(costs), "--out", str(out), "--set", text])
         fails_in_one_line(res, msg)

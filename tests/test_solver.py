@@ -414,6 +414,29 @@ def test_bad_input_is_a_one_line_value_error(field, value, match):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("precluster_margin", float("nan"), r"SolverOptions.precluster_margin = nan: must be a number, not NaN"),
+    ("precluster_threshold", "0.5", r"SolverOptions.precluster_threshold = '0.5': must be a number"),
+    ("precluster_max_size", 0, r"SolverOptions.precluster_max_size = 0: must be >= 1"),
+    ("precluster_max_thing_size", 2.5, r"precluster_max_thing_size = 2.5: must be an integer"),
+    ("max_improve_rounds", -1, r"max_improve_rounds = -1: must be >= 0"),
+    ("boundary_moves", True, r"boundary_moves = True: must be an integer"),
+    ("segment_moves", -2, r"segment_moves = -2: must be >= 0"),
+    ("improve", 1, r"SolverOptions.improve = 1: must be true or false"),
+])
+def test_bad_options_are_a_one_line_input_error(field, value, match):
+    # the kernel trusts its options: a NaN margin took neither pre-clustering rule
+    with pytest.raises(InputError, match=match):
+        SolverOptions(**{field: value})
+    assert SolverOptions(**{field: getattr(SolverOptions(), field)}) == SolverOptions()
+
+
+def test_options_take_numpy_scalars():
+    opts = SolverOptions(precluster_max_size=np.int64(1), improve=np.bool_(False),
+                         precluster_margin=np.float32(0.5))
+    assert (opts.precluster_max_size, bool(opts.improve), opts.precluster_margin) == (1, False, 0.5)
+
+
 def test_solve_many_names_the_bad_problem():
     bad = (np.zeros((2, 1)), np.array([[0, 5]]), np.ones(1), np.array([True]))
     with pytest.raises(InputError, match=r"`problems\[1\]`: `edges` must index nodes"):

@@ -21,8 +21,10 @@ This module never imports torch.
 
 from __future__ import annotations
 
+import math
+import numbers
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
@@ -33,8 +35,8 @@ from .grid import (edge_values_to_maps, grid_edge_distance, grid_edge_mask, grid
                    maps_to_edge_values)
 
 __all__ = [
-    "AMWCResult", "SolverOptions", "solve_amwc", "solve_mwc", "solve_many", "objective",
-    "check_feasible", "grid_edges", "grid_edge_mask", "grid_edge_distance",
+    "AMWCResult", "SolverOptions", "option_rule", "solve_amwc", "solve_mwc", "solve_many",
+    "objective", "check_feasible", "grid_edges", "grid_edge_mask", "grid_edge_distance",
     "maps_to_edge_values", "edge_values_to_maps",
 ]
 
@@ -98,6 +100,29 @@ class SolverOptions:
     piece_moves: bool = True
     boundary_moves: int = 200
     segment_moves: int = 256
+
+    def __post_init__(self):
+        for f in fields(self):
+            rule = option_rule(f.name, getattr(self, f.name))
+            if rule is not None:
+                raise InputError(f"SolverOptions.{f.name} = {getattr(self, f.name)!r}: must {rule}")
+
+
+def option_rule(name: str, value) -> str | None:
+    """The rule that ``value`` breaks as :class:`SolverOptions` field ``name``, phrased to
+    follow "must" (None: it keeps them). :mod:`copsctl.config` checks the recipe's
+    ``solver`` keys with it too."""
+    kind = type(SolverOptions.__dataclass_fields__[name].default)
+    if kind is bool:
+        return None if isinstance(value, (bool, np.bool_)) else "be true or false"
+    if kind is int:
+        if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+            return "be an integer"
+        least = 1 if name in ("precluster_max_size", "precluster_max_thing_size") else 0
+        return None if value >= least else f"be >= {least}"
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return "be a number"
+    return None if not math.isnan(value) else "be a number, not NaN"
 
 
 @dataclass
