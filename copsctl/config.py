@@ -357,7 +357,8 @@ class FinetuneConfig:
         check=_non_negative)
     scale_invariant: bool = _key(False,
         "divide each image's costs by their own root mean square, held constant: the costs "
-        "keep their values, the gradient loses its pull towards ever smaller costs")
+        "keep their values, the gradient loses its pull towards ever smaller costs (not "
+        "with cost_norm)")
 
 
 @dataclass(frozen=True)
@@ -626,6 +627,10 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
         raise InputError(f"{source}: `finetune.two_sided` compares the two "
                          "perturbed solutions with each other; it takes no "
                          "`finetune.backward_reference` other than forward")
+    if recipe.finetune.cost_norm > 0 and recipe.finetune.scale_invariant:
+        raise InputError(f"{source}: `finetune.cost_norm` ({recipe.finetune.cost_norm}) and "
+                         "`finetune.scale_invariant` are two ways to scale the costs; set one "
+                         "(cost_norm 0 or scale_invariant false)")
     if len(set(recipe.finetune.trainable)) != len(recipe.finetune.trainable):
         raise InputError(f"{source}: `finetune.trainable` must not repeat a part, "
                          f"got {list(recipe.finetune.trainable)}")

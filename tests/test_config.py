@@ -173,6 +173,11 @@ def test_bad_files_name_the_file_and_key(tmp_path):
 def test_rules_between_keys():
     with pytest.raises(InputError, match="`data.min_scale` .* must not exceed `data.max_scale`"):
         load_recipe(None, ["data.min_scale=2.0", "data.max_scale=1.5"])
+    with pytest.raises(InputError, match="`finetune.cost_norm` .* and `finetune.scale_invariant` "
+                                         "are two ways to scale the costs; set one"):
+        load_recipe(None, ["finetune.cost_norm=10", "finetune.scale_invariant=true"])
+    assert load_recipe(None, ["finetune.cost_norm=10"]).finetune.cost_norm == 10
+    assert load_recipe(None, ["finetune.scale_invariant=true"]).finetune.scale_invariant
     with pytest.raises(InputError, match="`finetune.lambda_min` .* must not exceed"):
         load_recipe(None, ["finetune.lambda_min=10", "finetune.lambda_max=5"])
     with pytest.raises(InputError, match="`train.warmup_iters` .* must not exceed"):

@@ -157,7 +157,7 @@ def layer_inputs(costs: dict, batch: dict, cfg: "Recipe", seed: int
         gen = torch.Generator(device=node.device)
         gen.manual_seed(seed)
         node, edge = drop_costs(node, edge, f.cost_dropout, gen)
-    if f.cost_norm > 0 or f.scale_invariant:
+    if f.cost_norm > 0 or f.scale_invariant:   # at most one of them (copsctl.config)
         node, edge = normalize_cost_scale(node, edge, f.cost_norm if f.cost_norm > 0 else None,
                                           cfg.model.distances)
     ground_truth = ground_truth_from_batch(batch)
