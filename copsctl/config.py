@@ -74,6 +74,14 @@ def _fraction(v) -> str | None:
     return None if 0 < v <= 1 else "lie in (0, 1]"
 
 
+def _probability(v) -> str | None:
+    return None if 0 <= v < 1 else "lie in [0, 1)"
+
+
+def _seed(v) -> str | None:
+    return None if 0 <= v < 2 ** 63 else "lie in [0, 2**63) (torch's seed range)"
+
+
 def _positive_items(v) -> str | None:
     return None if all(x > 0 for x in v) else "hold positive values only"
 
@@ -163,7 +171,7 @@ class ModelConfig:
     aspp_rates: tuple[int, ...] = _key((6, 12, 18),
         "ASPP dilation rates at output stride 16", check=_positive_items)
     aspp_channels: int = _key(256, "channels of each ASPP branch and of its projection", check=_positive)
-    aspp_dropout: float = _key(0.1, "dropout after the ASPP projection during training", check=_non_negative)
+    aspp_dropout: float = _key(0.1, "dropout after the ASPP projection during training", check=_probability)
     project_channels: tuple[int, int] = _key((32, 64),
         "1x1 projections of the stride-4 and stride-8 backbone features", check=_positive_items)
     semantic_decoder_channels: int = _key(256,
@@ -279,7 +287,7 @@ class TrainConfig:
         "fine-tuning plans 20000 and stops at 3000", check=_non_negative)
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)")
     device: str = _key("auto", "auto (CUDA when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    seed: int = _key(0, "seed of initialisation, data order and augmentation", check=_non_negative)
+    seed: int = _key(0, "seed of initialisation, data order and augmentation", check=_seed)
     log_every: int = _key(20, "iterations between log lines, JSONL and TensorBoard records", check=_positive)
     checkpoint_every: int = _key(5000,
         "iterations between atomic checkpoints (the last iteration always writes one)", check=_positive)
@@ -429,12 +437,43 @@ RECIPE_SECTIONS = tuple(_SECTIONS)
 
 
 # ---------------------------------------------------------------------------------------
-# YAML reading. PyYAML implements YAML 1.1, where "1e-3" (no dot) is a string; recipes
-# are full of such learning rates, so floats are resolved with the YAML 1.2 rule.
+# YAML reading. PyYAML implements YAML 1.1, where "1e-3" (no dot) is a string, "010" is 8
+# and "1:30" is 90; recipes are full of such learning rates, so numbers are resolved with
+# the YAML 1.2 rules (decimal integers, 0o octal, 0x hex). A key given twice in one
+# mapping is an error (PyYAML keeps the last: a repeated section would drop the first).
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"key {key!r} given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+        base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
+        try:
+            return sign * int(digits[2:] if base != 10 else digits, base)
+        except ValueError:  # an explicit !!int tag on something else
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is not an integer", node.start_mark) from None
+
+
+_INT_RE = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 
 
 _FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -442,9 +481,12 @@ _FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""", re.X)
-_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
-                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.yaml_implicit_resolvers = {
+    k: [r for r in v if r[0] not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 def _yaml_load(text: str, source: str):

@@ -134,6 +134,10 @@ def test_shipped_recipes_carry_the_paper_settings():
     ("lr=2", r"--set: key 'lr' must have the form section.key"),
     ("train.lr", r"--set: override 'train.lr' must have the form section.key=value"),
     ("train.lr=[1", r"--set train.lr: not valid YAML"),
+    ("model.aspp_dropout=1", r"`model.aspp_dropout` must lie in \[0, 1\)"),
+    ("train.seed=9223372036854775808", r"`train.seed` must lie in \[0, 2\*\*63\)"),
+    ("solver.boundary_moves=3000000000", r"`solver.boundary_moves` must be <= 2147483647"),
+    ("train.iterations=1:30", r"`train.iterations` must be an int, got '1:30'"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(InputError, match=message):
@@ -184,6 +188,31 @@ def test_rules_between_keys():
         load_recipe("synthetic_tiny", ["train.warmup_iters=10"])
     with pytest.raises(InputError, match="two_sided.*backward_reference"):
         load_recipe(None, ["finetune.two_sided=true", "finetune.backward_reference=lifted"])
+
+
+def test_integers_are_read_as_yaml_1_2_and_keys_given_twice_are_errors(tmp_path):
+    """PyYAML's YAML 1.1 reads 010 as 8 and 1:30 as 90; a repeated section would silently
+    drop the first one."""
+    assert parse_override("train.iterations=010") == ("train.iterations", 10)
+    assert parse_override("data.crop_size=[0640, 0640]") == ("data.crop_size", [640, 640])
+    assert parse_override("train.seed=0x10") == ("train.seed", 16)
+    assert parse_override("train.seed=0o17") == ("train.seed", 15)
+    assert parse_override("train.iterations=1:30") == ("train.iterations", "1:30")
+    twice = write(tmp_path / "twice.yaml", """
+        _BASE_: synthetic_tiny.yaml
+        train:
+          lr: 0.1
+        model:
+          depth: 34
+        train:
+          iterations: 5
+    """)
+    with pytest.raises(InputError, match=r"twice.yaml: not valid YAML \(line 7, .*key 'train' "
+                                         r"given twice"):
+        load_recipe(twice)
+    key_twice = write(tmp_path / "key_twice.yaml", "train:\n  lr: 0.1\n  lr: 0.5\n")
+    with pytest.raises(InputError, match=r"key 'lr' given twice"):
+        load_recipe(key_twice)
 
 
 def test_parse_override_reads_yaml_types():

@@ -422,6 +422,7 @@ def test_bad_input_is_a_one_line_value_error(field, value, match):
     ("max_improve_rounds", -1, r"max_improve_rounds = -1: must be >= 0"),
     ("boundary_moves", True, r"boundary_moves = True: must be an integer"),
     ("segment_moves", -2, r"segment_moves = -2: must be >= 0"),
+    ("boundary_moves", 2 ** 31, r"boundary_moves = 2147483648: must be <= 2147483647"),
     ("improve", 1, r"SolverOptions.improve = 1: must be true or false"),
 ])
 def test_bad_options_are_a_one_line_input_error(field, value, match):

@@ -108,6 +108,9 @@ class SolverOptions:
                 raise InputError(f"SolverOptions.{f.name} = {getattr(self, f.name)!r}: must {rule}")
 
 
+_INT_MAX = 2 ** 31 - 1
+
+
 def option_rule(name: str, value) -> str | None:
     """The rule that ``value`` breaks as :class:`SolverOptions` field ``name``, phrased to
     follow "must" (None: it keeps them). :mod:`copsctl.config` checks the recipe's
@@ -119,7 +122,9 @@ def option_rule(name: str, value) -> str | None:
         if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
             return "be an integer"
         least = 1 if name in ("precluster_max_size", "precluster_max_thing_size") else 0
-        return None if value >= least else f"be >= {least}"
+        if value < least:
+            return f"be >= {least}"
+        return None if value <= _INT_MAX else f"be <= {_INT_MAX} (the kernel's int)"
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         return "be a number"
     return None if not math.isnan(value) else "be a number, not NaN"
