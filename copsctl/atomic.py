@@ -194,8 +194,19 @@ def _writable_dir(path: Path, shown: str) -> None:
                          f"({exc.strerror or type(exc).__name__})") from None
 
 
+_Paths = Mapping[str, "str | os.PathLike | Sequence[str | os.PathLike] | None"]
+
+
+def _named_paths(paths: _Paths | None) -> Iterator[tuple[str, str | os.PathLike]]:
+    for name, value in (paths or {}).items():
+        if value is None:
+            continue
+        yield from ((name, v) for v in ([value] if isinstance(value, (str, os.PathLike))
+                                        else value))
+
+
 def check_output(path: str | os.PathLike | None, option: str | None = None, *,
-                 inputs: Mapping[str, str | os.PathLike | None] | None = None,
+                 inputs: _Paths | None = None, within: _Paths | None = None,
                  folder: bool = False) -> Path | None:
     """Refuse a bad output location before any work is done; return the path.
 
@@ -206,8 +217,12 @@ def check_output(path: str | os.PathLike | None, option: str | None = None, *,
     option
         How the user named it (``"--json"``), for the message.
     inputs
-        ``{option: path}`` of the command's inputs: the output must not be one of them,
-        and a folder output must not hold one (replacing it would delete the input).
+        ``{option: path or paths}`` of the command's inputs and other outputs: the output
+        must not be one of them, and a folder output must not hold one (replacing it would
+        delete the input).
+    within
+        ``{option: folder or folders}`` whose content the command reads or writes as a
+        whole (a PNG folder, an output folder): the output must not lie inside one.
     folder
         The output is a folder (else a file: an existing folder there is refused).
 
@@ -215,7 +230,7 @@ def check_output(path: str | os.PathLike | None, option: str | None = None, *,
     ------
     InputError
         A file output naming an existing folder (or the reverse), an output that is an
-        input, or a location that cannot be written.
+        input or lies inside such a folder, or a location that cannot be written.
     """
     if path is None:
         return None
@@ -227,14 +242,16 @@ def check_output(path: str | os.PathLike | None, option: str | None = None, *,
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"{shown}: exists and is not a folder")
     resolved = path.resolve()
-    for name, inp in (inputs or {}).items():
-        if inp is None:
-            continue
+    for name, inp in _named_paths(inputs):
         inp_resolved = Path(inp).resolve()
         if inp_resolved == resolved or (folder and inp_resolved.is_relative_to(resolved)):
             what = "is also" if inp_resolved == resolved else "holds"
             raise InputError(f"{shown}: {what} {name} {inp}; an output must not overwrite "
                              "the command's inputs or other outputs (choose another path)")
+    for name, inside in _named_paths(within):
+        if resolved.is_relative_to(Path(inside).resolve()):
+            raise InputError(f"{shown}: must not lie inside {name} {inside}, whose files the "
+                             "command reads or writes as a whole (choose a path outside it)")
     _writable_dir(path, shown)
     return path
 

@@ -254,6 +254,45 @@ def test_bad_arguments(tmp_path, args, pattern):
     assert len(lines) == 1 and re.search(pattern, lines[0]), r.stderr
 
 
+def test_json_never_overwrites_an_input_also_an_implied_one(files, tmp_path):
+    """--gt DIR reads DIR.json and DIR/*.png, --pred DIR the same: --json is none of those
+    files and lies in neither folder; one line, exit 2, every file as it was."""
+    gt_json, gt_dir, pred_json, pred_dir = files
+    before = {p: p.read_bytes() for p in (gt_json, pred_json, *sorted(pred_dir.iterdir()))}
+    for args, words in (
+            (["--gt", gt_dir, "--pred", pred_dir, "--json", gt_json], ["is also --gt-json"]),
+            (["--gt", gt_dir, "--pred", pred_dir, "--json", pred_json], ["is also --pred-json"]),
+            (["--gt", gt_dir, "--pred", pred_dir, "--json", pred_dir / "im0_pred.png"],
+             ["must not lie inside --pred"]),
+            (["--gt-json", gt_json, "--pred-json", pred_json, "--json", gt_dir / "x.json"],
+             ["must not lie inside --gt"])):
+        r = _run(*args)
+        assert r.exit_code == 2, r.output
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and all(w in lines[0] for w in words), r.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (gt_dir / "x.json").exists()
+
+
+def test_prediction_categories_are_not_read(files, tmp_path):
+    """The evaluators read only the ground truth's categories: a prediction's broken ones
+    change nothing; integral float colours (numpy-made JSON) are accepted in both."""
+    gt_json, gt_dir, pred_json, pred_dir = files
+    want = _run(*_args(files, tmp_path / "want.json"))
+    assert want.exit_code == 0, want.output
+    d = json.loads(pred_json.read_text())
+    d["categories"] = [{"id": 1, "name": None, "color": "red"}]
+    pred_json.write_text(json.dumps(d))
+    g = json.loads(gt_json.read_text())
+    for c in g["categories"]:
+        c["color"] = [float(v) for v in c["color"]]
+    gt_json.write_text(json.dumps(g))
+    got = _run(*_args(files, tmp_path / "got.json"))
+    assert got.exit_code == 0, got.output
+    assert json.loads((tmp_path / "got.json").read_text()) == json.loads(
+        (tmp_path / "want.json").read_text())
+
+
 def test_bad_workers(files, tmp_path):
     r = _run(*_args(files, tmp_path / "o.json", "--workers", "0"))
     assert r.exit_code == 2 and "--workers must be at least 1, got 0" in r.stderr

@@ -79,3 +79,51 @@ def test_bad_arguments_name_the_flags(run, tmp_path, args, pattern):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(pattern, lines[0]), res.stderr
     assert not (run / "x.json").exists()
+
+
+def test_a_refused_prediction_folder_changes_nothing(run, tmp_path):
+    """The solve's folder check comes before the costs are replaced."""
+    _ok("evaluate", "--run", run, "--device", "cpu", "--workers", 1, "--metrics", "pq")
+    folder = run / "eval_val"
+    costs = (folder / "costs.h5").read_bytes()
+    (folder / "pred" / "my_notes.txt").write_text("mine")
+    try:
+        res = runner.invoke(app, ["evaluate", "--run", str(run), "--device", "cpu",
+                                  "--metrics", "pq", "--set", "solver.boundary_moves=0"])
+        assert res.exit_code == 2 and "my_notes.txt" in res.output, res.output
+        assert (folder / "costs.h5").read_bytes() == costs
+    finally:
+        (folder / "pred" / "my_notes.txt").unlink()
+
+
+def test_dump_costs_refuses_a_dataset_of_other_classes(run, tmp_path):
+    """Same number of classes, other ids or thing flags: channel k would be another class."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(run.parent / "data", data)
+    for split in ("train", "val"):
+        path = data / "annotations" / f"panoptic_{split}2017.json"
+        d = json.loads(path.read_text())
+        stuff = next(c for c in d["categories"] if not c["isthing"])
+        thing = next(c for c in d["categories"] if c["isthing"])
+        stuff["isthing"], thing["isthing"] = 1, 0
+        path.write_text(json.dumps(d))
+    res = runner.invoke(app, ["dump-costs", "--run", str(run), "--out", str(tmp_path / "c.h5"),
+                              "--device", "cpu", "--set", f"data.root={data}"])
+    assert res.exit_code == 2 and "trained on other classes" in res.output, res.output
+    assert not (tmp_path / "c.h5").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--num-workers", "-1"], ["--num-workers must be >= 0"]),
+    (["--storage", "float64"], ["--storage must be one of", "quantized"]),
+    (["--calibration", "cal.yaml", "--no-calibration"], ["contradict"]),
+])
+def test_dump_costs_option_errors(run, tmp_path, args, words):
+    from cli_checks import fails_in_one_line
+
+    res = runner.invoke(app, ["dump-costs", "--run", str(run), "--out", str(tmp_path / "c.h5"),
+                              *args])
+    fails_in_one_line(res, *words)
+    assert not (tmp_path / "c.h5").exists()

@@ -185,6 +185,43 @@ def test_corrupt_image_exits_2_and_keeps_finished(run, images, tmp_path):
     assert sorted(im["id"] for im in data["images"]) == ["street", "tall"]
 
 
+def test_a_new_image_under_a_finished_name_is_predicted(run, images, tmp_path):
+    """Finished means the same file name and size: another picture called tall.jpg (a new
+    camera's IMG_0001.jpg) is predicted again, not given the old one's prediction."""
+    folder, _ = images
+    out, other = tmp_path / "out", tmp_path / "other"
+    _ok(_invoke("predict", "--run", run, folder / "tall.jpg", "--out", out))
+    other.mkdir()
+    Image.open(folder / "street.jpg").save(other / "tall.jpg")
+    res = _ok(_invoke("predict", "--run", run, other / "tall.jpg", "--out", out))
+    assert "predicted 1 images" in res.output
+    entry, = json.loads((out / "panoptic_pred.json").read_text())["images"]
+    assert (entry["height"], entry["width"]) == (50, 96)
+    assert read_id_png(out / "panoptic_pred" / "tall.png").shape == (50, 96)
+
+
+def test_a_failure_before_the_first_image_leaves_no_folder(run, images, tmp_path):
+    """A new --out that nothing was finished in is removed on an error, so the next run
+    (with other settings too) starts afresh; a folder of someone else's PNGs without
+    predict's JSON is refused; --out under a file is a one-line error."""
+    folder, _ = images
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((folder / "street.jpg").read_bytes()[:300])
+    out = tmp_path / "out"
+    fails_in_one_line(_invoke("predict", "--run", run, broken, "--out", out),
+                      "not a readable image")
+    assert not out.exists()
+    foreign = tmp_path / "foreign"
+    (foreign / "panoptic_pred").mkdir(parents=True)
+    (foreign / "panoptic_pred" / "tall.png").write_bytes(b"someone else's")
+    fails_in_one_line(_invoke("predict", "--run", run, folder / "tall.jpg", "--out", foreign),
+                      "holds no panoptic_pred.json")
+    assert (foreign / "panoptic_pred" / "tall.png").read_bytes() == b"someone else's"
+    (tmp_path / "file").write_text("x")
+    fails_in_one_line(_invoke("predict", "--run", run, folder / "tall.jpg", "--out",
+                              tmp_path / "file" / "sub"), "--out", "is not a folder")
+
+
 def test_interrupt_keeps_finished_images_listed(run, images, tmp_path):
     folder, _ = images
     out = tmp_path / "out"
@@ -267,6 +304,71 @@ def test_collect_inputs_folders_globs_and_duplicate_stems(images, tmp_path):
     (tmp_path / "street.png").write_bytes(single.read_bytes())
     with pytest.raises(InputError, match="same name stem 'street'"):
         collect_inputs([folder, tmp_path / "street.png"])
+
+
+def test_image_ids_duplicates_and_hidden_files(images, tmp_path):
+    """COCO digits and Cityscapes' _leftImg8bit give the ground truth's ids; two names of
+    one id are refused; hidden files (macOS ._NAME.jpg) in a folder are skipped, as a
+    pattern skips them; a stem of non-ASCII digits is a string id, not a crash."""
+    _, single = images
+    photo = single.read_bytes()
+    named = tmp_path / "named"
+    named.mkdir()
+    for name in ("000000000285.png", "frankfurt_000000_000294_leftImg8bit.png", "²³.png",
+                 "._000000000285.png"):
+        (named / name).write_bytes(photo)
+    got = collect_inputs([named])
+    assert [im.image_id for im in got] == [285, "frankfurt_000000_000294", "²³"]
+    (tmp_path / "285.png").write_bytes(photo)
+    with pytest.raises(InputError, match="same image id 285"):
+        collect_inputs([named, tmp_path / "285.png"])
+    (tmp_path / "frankfurt_000000_000294.png").write_bytes(photo)
+    with pytest.raises(InputError, match="same image id 'frankfurt_000000_000294'"):
+        collect_inputs([named, tmp_path / "frankfurt_000000_000294.png"])
+
+
+def test_sixteen_bit_grey_keeps_its_high_byte(tmp_path):
+    """Pillow's own RGB conversion of an I;16 PNG clips every value above 255 to white."""
+    from copsctl.data.datasets import read_image
+
+    ramp = (np.arange(256, dtype=np.uint16) * 257).reshape(1, 256).repeat(3, axis=0)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I;16")
+    rgb = read_image(tmp_path / "grey16.png")
+    assert rgb.shape == (3, 256, 3) and rgb.dtype == np.uint8
+    assert (rgb == np.arange(256, dtype=np.uint8)[None, :, None]).all()
+
+
+def test_an_oversized_image_is_a_one_line_error(tmp_path):
+    """Pillow's decompression-bomb guard (not an OSError) is an InputError everywhere."""
+    import struct
+    import zlib
+
+    from copsctl.data.datasets import read_image
+    from copsctl.panoptic.format import read_id_png
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 30000x30000 RGB
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(bytes(10))) + chunk(b"IEND", b""))
+    for read in (read_image, read_id_png):
+        with pytest.raises(InputError, match="bomb.png: not a readable"):
+            read(bomb)
+
+
+def test_json_must_not_overwrite_an_input_image(run, images, tmp_path):
+    folder, _ = images
+    target = folder / "street.jpg"
+    before = target.read_bytes()
+    fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", tmp_path / "o",
+                              "--json", target), "--json", "is also INPUT")
+    fails_in_one_line(_invoke("predict", "--run", run, folder, "--out", tmp_path / "o",
+                              "--json", tmp_path / "o" / "s.json"), "must not lie inside --out")
+    assert target.read_bytes() == before and not (tmp_path / "o").exists()
 
 
 def test_the_calibration_beside_a_run_reaches_predict_and_export(run, images, tmp_path):

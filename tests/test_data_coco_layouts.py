@@ -116,3 +116,24 @@ def test_missing_root_points_at_set_data_root(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "nowhere: dataset root folder does not exist (data.root; set " \
         "it with --set data.root=DIR)" in lines[0], res.stderr
+
+
+def test_json_of_evaluate_and_check_data_never_overwrites_the_dataset(tmp_path):
+    """The recipe's ground truth is an input like a typed one: --json may not be its JSON
+    or lie in its PNG or image folder; one line, exit 2, the dataset as it was."""
+    write_coco(tmp_path, "val2017")
+    gt_json = tmp_path / "annotations" / "panoptic_val2017.json"
+    before = gt_json.read_bytes()
+    common = ["--recipe", "coco_pretrain", "--set", f"data.root={tmp_path}"]
+    for args, words in (
+            (["evaluate", *common, "--pred-json", str(gt_json), "--json", str(gt_json)],
+             ["is also --gt-json"]),
+            (["check-data", *common, "--split", "val2017", "--json", str(gt_json)],
+             ["is also the val2017 ground truth"]),
+            (["check-data", *common, "--split", "val2017", "--json",
+              str(tmp_path / "val2017" / "x.json")], ["must not lie inside the val2017 images"])):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and all(w in lines[0] for w in words), res.stderr
+    assert gt_json.read_bytes() == before and not (tmp_path / "val2017" / "x.json").exists()

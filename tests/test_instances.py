@@ -137,9 +137,11 @@ def test_scores_on_only_some_thing_segments_are_an_error(tmp_path):
 CITY = "copsville"
 
 
-def _cityscapes_set(root, n=3, H=64, W=128, seed=0):
+def _cityscapes_set(root, n=3, H=64, W=128, seed=0, caravan=False):
     """Cityscapes instanceIds ground truth (converted to panoptic by cityscapesscripts)
-    and a scored panoptic prediction; returns the paths and the instanceIds files."""
+    and a scored panoptic prediction; returns the paths and the instanceIds files. With
+    ``caravan``, every image has a caravan instance (void in the panoptic ground truth)
+    that a car segment of the prediction covers."""
     from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
 
     rng = np.random.default_rng(seed)
@@ -170,6 +172,11 @@ def _cityscapes_set(root, n=3, H=64, W=128, seed=0):
             sid = int(rng.integers(1, 2 ** 24))
             segs[sid] = (plabel, float(rng.uniform(0.05, 1.0)))
             pr[max(0, y + dy):y + dy + h, max(0, x + dx):x + dx + w] = sid
+        if caravan:
+            inst[H // 2: H // 2 + 8, W - 20: W - 6] = 29000
+            sid = int(rng.integers(1, 2 ** 24))
+            segs[sid] = (26, 0.95)
+            pr[H // 2: H // 2 + 8, W - 20: W - 6] = sid
         inst[H - 10:, : W // 4] = 26                  # a crowd of cars
         inst[H - 6:, W // 2: W // 2 + 20] = 9         # parking: ignored, void in panoptic
         inst[:4, :10] = 0                             # unlabeled
@@ -231,12 +238,23 @@ def _official_instance_ap(root, pred_maps, pred_segs, gt_files, monkeypatch):
         return cs.evaluateImgLists(pred_files, [str(f) for f in gt_files], cs.args)
 
 
-def test_cityscapes_ap_equals_cityscapesscripts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("originals", [True, False])
+def test_cityscapes_ap_equals_cityscapesscripts(tmp_path, monkeypatch, originals):
+    """With gtFine/val beside the panoptic ground truth, its instanceIds files are read,
+    so a car predicted on a caravan (void in the panoptic ground truth) is the official
+    tool's false positive; without them the files are rebuilt from the panoptic ground
+    truth (here without caravans: the same numbers), with a note."""
     pytest.importorskip("cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling")
     from cityscapesscripts.helpers.labels import name2label
 
-    gt_json, pred_json, pred_maps, pred_segs, gt_files = _cityscapes_set(tmp_path)
+    gt_json, pred_json, pred_maps, pred_segs, gt_files = _cityscapes_set(tmp_path,
+                                                                        caravan=originals)
+    if not originals:
+        moved = tmp_path / "gtFine" / "original_val"
+        (tmp_path / "gtFine" / "val").rename(moved)
+        gt_files = [moved / f.parent.name / f.name for f in gt_files]
     res = evaluate_files(gt_json, pred_json, metrics=["pq"], cityscapes_ap=True)
+    assert any("rebuilt from the panoptic" in n for n in res.notes) == (not originals)
     official = _official_instance_ap(tmp_path, pred_maps, pred_segs, gt_files, monkeypatch)
     avg = official["averages"]
     assert res.cityscapes.ap == pytest.approx(avg["allAp"], abs=1e-12)

@@ -194,6 +194,36 @@ def test_4_an_output_that_is_an_input_is_refused(data, run_dir, costs, tmp_path)
            "is also --out")
 
 
+def test_4_no_output_overwrites_a_file_of_the_run_it_reads(data, run_dir, tmp_path):
+    """Every command that reads --run takes all the run's files as inputs: its recipe,
+    checkpoint and log, not only the checkpoint; one line, exit 2, the run as it was."""
+    before = _tree(run_dir)
+    ckpt, recipe, log = (run_dir / n for n in ("checkpoint.pt", "recipe.yaml", "metrics.jsonl"))
+    img = data / "val2017" / sorted(os.listdir(data / "val2017"))[0]
+    for args in (["dump-costs", "--run", run_dir, "--out", tmp_path / "c.h5", "--json", ckpt],
+                 ["dump-costs", "--run", run_dir, "--out", recipe],
+                 ["dump-costs", "--run", run_dir, "--out", log],
+                 ["export", "--run", run_dir, "--out", recipe],
+                 ["predict", "--run", run_dir, img, "--out", tmp_path / "p", "--json", ckpt],
+                 ["calibrate", "--run", run_dir, "--out", ckpt],
+                 ["calibrate", "--run", run_dir, "--json", recipe]):
+        _fails(_run(*args), "is also --run", run_dir)
+    assert _tree(run_dir) == before
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "p").exists()
+
+
+def test_4_calibrate_keeps_out_of_the_ground_truth_folder(costs, tmp_path):
+    res = _run("make-costs", "--out", tmp_path / "m.h5", "--images", 2, "--gt-out", tmp_path / "gt")
+    assert res.exit_code == 0, res.output
+    pngs = sorted((tmp_path / "gt" / "panoptic_gt").iterdir())
+    before = _tree(tmp_path / "gt")
+    for option in ("--out", "--json"):
+        args = ["calibrate", tmp_path / "m.h5", "--gt-json", tmp_path / "gt" / "panoptic_gt.json",
+                "--out", tmp_path / "cal.yaml", option, pngs[0]]
+        _fails(_run(*args), "must not lie inside --gt")
+    assert _tree(tmp_path / "gt") == before and not (tmp_path / "cal.yaml").exists()
+
+
 # 5 ------------------------------------------------------------------------------------
 
 
@@ -284,8 +314,13 @@ def test_7_evaluate_rejects_json_fields_of_the_wrong_type(data, tmp_path, where,
               "annotation": pred["annotations"][0], "category": pred["categories"][0]}[where]
     target[field] = value
     (tmp_path / "p.json").write_text(json.dumps(pred))
+    pngs = data / "annotations" / "panoptic_val2017"
+    if where == "category":  # only the ground truth's categories are read
+        _fails(_run("evaluate", "--gt-json", tmp_path / "p.json", "--gt", pngs, "--pred-json", gt,
+                    "--pred", pngs), "p.json", rule)
+        return
     _fails(_run("evaluate", "--gt-json", gt, "--pred-json", tmp_path / "p.json",
-                "--pred", data / "annotations" / "panoptic_val2017"), "p.json", rule)
+                "--pred", pngs), "p.json", rule)
 
 
 def _edit_index(path: Path, name: str, values) -> None:
@@ -311,6 +346,28 @@ def test_7_and_12_bad_cost_file_indexes_are_one_line_errors(costs, tmp_path):
         if name == "image_size":  # names the image and its file
             assert "image 'tiny_s0_000000' (tiny_s0_000000.png)" in line
         assert not (tmp_path / "o").exists()
+
+
+def test_7_a_cost_file_damaged_anywhere_is_read_or_a_one_line_error(costs, tmp_path):
+    """64 bytes overwritten every 512 bytes, one place at a time: HDF5's errors on damaged
+    metadata (RuntimeError, KeyError, OSError from h5py) are InputErrors too."""
+    from copsctl.costs.cache import CostFile
+
+    src = costs.read_bytes()
+    refused = 0
+    for offset in range(0, len(src), 512):
+        damaged = bytearray(src)
+        damaged[offset:offset + 64] = b"\x5a" * 64
+        path = tmp_path / "damaged.h5"
+        path.write_bytes(bytes(damaged))
+        try:
+            with CostFile(path) as cf:
+                for i in range(len(cf)):
+                    cf.read(i)
+        except InputError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            refused += 1
+    assert refused >= 5
 
 
 def test_7_negative_seeds_are_one_line_errors(tmp_path):
@@ -463,3 +520,19 @@ def test_check_output_unit(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_out_of_memory_is_a_one_line_error():
+    """A size too large for the machine ends like bad input: one line, exit code 2."""
+    from copsctl.errors import reporting_errors
+
+    said = []
+
+    def allocate():
+        raise MemoryError("Unable to allocate 1.2 TiB for an array")
+
+    with pytest.raises(SystemExit) as exit_:
+        reporting_errors(allocate, lambda kind, msg: said.append((kind, msg)))()
+    assert exit_.value.code == 2
+    assert said == [("error", "out of memory (Unable to allocate 1.2 TiB for an array); smaller "
+                              "images, sizes or batches need less")]

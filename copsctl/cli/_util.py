@@ -39,25 +39,20 @@ def write_json_option(path, obj) -> None:
     console.print(f"wrote {path}")
 
 
-def check_json_option(path, **inputs) -> None:
+def check_json_option(path, *, within=None, **inputs) -> None:
     """Check ``--json PATH`` before any work (:func:`copsctl.atomic.check_output`).
 
-    ``inputs`` maps option names (``--out``; underscores for dashes) to the command's
-    inputs and other outputs, which ``--json`` must not overwrite.
+    ``inputs`` maps option names (``out`` for ``--out``; underscores for dashes) to the
+    command's inputs and other outputs, which ``--json`` must not overwrite; ``within``
+    maps option names to folders it must not lie inside (a run folder, a folder that is
+    read or replaced as a whole).
     """
     from ..atomic import check_output
 
-    check_output(path, "--json", inputs={"--" + k.replace("_", "-"): v for k, v in inputs.items()})
+    def named(paths):
+        return {"--" + k.replace("_", "-"): v for k, v in (paths or {}).items()}
 
-
-def check_json_outside(path, folder, folder_option: str, **inputs) -> None:
-    """Refuse ``--json`` inside a folder that must hold only the command's own files."""
-    from pathlib import Path
-
-    if path is not None and Path(path).resolve().is_relative_to(Path(folder).resolve()):
-        raise InputError(f"--json {path}: must not lie inside {folder_option} {folder} "
-                         "(a run folder holds only its own files)")
-    check_json_option(path, **inputs)
+    check_output(path, "--json", inputs=named(inputs), within=named(within))
 
 
 def with_device(overrides, device):

@@ -47,10 +47,20 @@ def calibrate_command(
     if (costs is None) == (run is None):
         raise InputError("pass either COSTS (with --gt-json or --gt) or --run RUN")
     check_workers(workers)
-    inputs = {"COSTS": costs, "--gt-json": gt_json, "--gt": gt}
-    check_output(out if out is not None or run is None else run / CALIBRATION_NAME, "--out",
-                 inputs=inputs)
-    check_output(out_json, "--json", inputs={**inputs, "--out": out})
+    # Inputs: the run's files but the calibration (its default --out), or the costs and
+    # the ground truth's JSON and PNG folder (also the one implied).
+    if run is not None:
+        from ..train.checkpoint import run_inputs
+
+        inputs = {"--run": [f for f in run_inputs(run) if f.name != CALIBRATION_NAME]}
+        within = {}
+    else:
+        gt_pair = (set_paths(gt_json, gt, "ground truth") if gt_json is not None
+                   or gt is not None else (None, None))
+        inputs, within = {"COSTS": costs, "--gt-json": gt_pair[0]}, {"--gt": gt_pair[1]}
+    out_path = out if out is not None or run is None else run / CALIBRATION_NAME
+    check_output(out_path, "--out", inputs=inputs, within=within)
+    check_output(out_json, "--json", inputs={**inputs, "--out": out_path}, within=within)
     if run is not None:
         if gt_json is not None or gt is not None:
             raise InputError("--run takes its ground truth from the run's dataset; drop "

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ._app import app
+from ..errors import InputError
 from ._progress import count_progress
 from ._util import RUN_HELP, SET_HELP, check_json_option, cli_errors, console, write_json_option
 
@@ -44,8 +45,17 @@ def dump_costs_command(
 ) -> None:
     """Write the network's node and edge costs for every image of a split (then: copsctl solve)."""
     from ..costs.network import dump_costs
+    from ..train.checkpoint import run_inputs
 
-    check_json_option(out_json, out=out, run=run, weights=weights)
+    from ..costs.cache import STORAGES
+
+    if no_calibration and calibration is not None:
+        raise InputError("--calibration and --no-calibration contradict each other; pass one")
+    if num_workers is not None and num_workers < 0:
+        raise InputError(f"--num-workers must be >= 0, got {num_workers}")
+    if storage not in STORAGES:
+        raise InputError(f"--storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    check_json_option(out_json, out=out, run=run_inputs(run), weights=weights)
     with count_progress("dumping costs") as progress:
         summary = dump_costs(out, run=run, weights=weights, recipe=recipe, overrides=overrides,
                              split=split, batch_size=batch_size, device=device, limit=limit,

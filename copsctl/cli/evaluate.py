@@ -11,7 +11,7 @@ import typer
 from ._app import app
 from ..errors import InputError
 from ._util import (GT_HELP, GT_JSON_HELP, PRED_HELP, PRED_JSON_HELP, check_json_option,
-                    check_json_outside, cli_errors, console, err_console)
+                    cli_errors, console, err_console)
 from ._progress import count_progress
 
 
@@ -72,8 +72,8 @@ def evaluate_command(
 
     from ..atomic import write_json
     from ..cpus import available_cpus, check_workers
-    from ..metrics.evaluation import evaluate, keep_freed_memory, parse_metrics
-    from ..metrics.pq import MissingPredictionWarning
+    from ..metrics.evaluation import evaluate_files, keep_freed_memory, parse_metrics
+    from ..metrics.pq import MissingPredictionWarning, ground_truth_from_recipe, resolve_paths
 
     wanted = parse_metrics(metrics)
     check_workers(workers)
@@ -83,26 +83,33 @@ def evaluate_command(
         if given:
             raise InputError(f"--run evaluates the run's own predictions on its dataset; drop "
                              f"{given[0]}")
-        check_json_outside(out_json, run, "--run", run=run)
+        from ..train.run import RECIPE_NAME
+
+        check_json_option(out_json, within={"run": run})
+        if out_json is not None and (run / RECIPE_NAME).is_file():
+            _check_json(out_json, *ground_truth_from_recipe(run / RECIPE_NAME, split, overrides))
         pred, split = _costs_and_predictions(run, split, overrides, device=device,
                                              batch_size=batch_size, workers=workers)
-    else:
-        if pred_json is None and pred is None and gt_json is None and gt is None \
-                and recipe is None:
-            raise InputError(_NO_INPUT)
-        check_json_option(out_json, gt_json=gt_json, gt=gt, pred_json=pred_json, pred=pred)
+    elif pred_json is None and pred is None and gt_json is None and gt is None \
+            and recipe is None:
+        raise InputError(_NO_INPUT)
     if gt_json is None and gt is None and recipe is None:
         if pred is None:
             raise InputError("ground truth: pass --gt-json G (or --gt DIR), or --recipe NAME "
                              "[--split S], or --pred of a copsctl solve folder")
         recipe, split = _stored_recipe(pred, split, overrides)
+    # The JSON and PNG folder of both sides, also those implied (--gt DIR -> DIR.json, a
+    # solve folder, the recipe's dataset): --json must not overwrite any of them.
+    gt_json, gt, pred_json, pred = resolve_paths(
+        gt_json=gt_json, gt_dir=gt, pred_json=pred_json, pred_dir=pred, recipe=recipe,
+        split=split, overrides=overrides)
+    _check_json(out_json, gt_json, gt, pred_json, pred)
     keep_freed_memory()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingPredictionWarning)
-        result = evaluate(gt_json=gt_json, gt_dir=gt, pred_json=pred_json, pred_dir=pred,
-                          recipe=recipe, split=split, overrides=overrides, metrics=wanted,
-                          workers=available_cpus() if workers is None else workers,
-                          allow_missing=allow_missing, cityscapes_ap=cityscapes_ap)
+        result = evaluate_files(gt_json, pred_json, gt, pred, metrics=wanted,
+                                workers=available_cpus() if workers is None else workers,
+                                allow_missing=allow_missing, cityscapes_ap=cityscapes_ap)
     for w in caught:
         err_console.print(f"[bold yellow]warning:[/] {w.message}", soft_wrap=True)
     for note in result.notes:
@@ -176,6 +183,7 @@ def evaluate_command(
 def _costs_and_predictions(run: Path, split, overrides, *, device, batch_size, workers):
     """dump-costs then solve of a run's split into RUN/eval_<split>/; the prediction folder
     and the split."""
+    from ..atomic import check_output_folder
     from ..config import load_recipe
     from ..costs.network import dump_costs
     from ..panoptic.solve import solve_costs
@@ -187,6 +195,8 @@ def _costs_and_predictions(run: Path, split, overrides, *, device, batch_size, w
     split = split or load_recipe(run / RECIPE_NAME, overrides).data.val_split
     folder = run / f"{EVAL_PREFIX}{split}"
     costs, pred = folder / "costs.h5", folder / "pred"
+    # The solve's check of its folder, before the costs are replaced: a refusal changes nothing.
+    check_output_folder(pred, "--out", "solve", inputs={"COSTS": costs})
     with count_progress("dumping costs") as progress:
         summary = dump_costs(costs, run=run, overrides=overrides, split=split,
                              batch_size=batch_size, device=device, progress=progress)
@@ -199,6 +209,12 @@ def _costs_and_predictions(run: Path, split, overrides, *, device, batch_size, w
     console.print(f"solved {solved['images']} images ({solved['seconds_per_image']:.3f} s per "
                   f"image, {solved['workers']} workers) -> {pred}")
     return pred, split
+
+
+def _check_json(out_json, gt_json, gt_dir, pred_json=None, pred_dir=None) -> None:
+    """``--json`` is none of the JSON files read and lies in none of the PNG folders."""
+    check_json_option(out_json, within={"gt": gt_dir, "pred": pred_dir}, gt_json=gt_json,
+                      pred_json=pred_json)
 
 
 def _stored_recipe(pred_dir: Path, split, overrides):

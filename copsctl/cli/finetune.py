@@ -10,7 +10,7 @@ import typer
 from ._app import app
 from ._progress import TrainProgress, report_run
 from ._util import (DEVICE_HELP, RESUME_HELP, RUN_JSON_HELP, RUN_OUT_HELP, SET_HELP,
-                    check_json_outside, cli_errors, with_device)
+                    check_json_option, cli_errors, with_device)
 
 @app.command("finetune")
 @cli_errors
@@ -39,7 +39,7 @@ def finetune_command(
     """
     from ..train.finetune import finetune
 
-    check_json_outside(out_json, out, "--out", recipe=recipe, weights=weights)
+    check_json_option(out_json, within={"out": out}, recipe=recipe, weights=weights)
     overrides = with_device(overrides, device)
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,

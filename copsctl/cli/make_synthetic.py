@@ -40,7 +40,7 @@ def make_synthetic_command(
     """Write a synthetic panoptic dataset: train and val splits in the COCO panoptic layout."""
     from ..data.synthetic import make_synthetic
 
-    check_json_option(out_json, out=out)
+    check_json_option(out_json, within={"out": out})
     summary = make_synthetic(out, train=train, val=val, size=_parse_size(size), seed=seed,
                              small_fraction=small_fraction, overwrite=overwrite)
     console.print(f"wrote {summary['train']} train and {summary['val']} val images "

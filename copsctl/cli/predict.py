@@ -44,8 +44,13 @@ def predict_command(
         None, "--json", help="Also write the summary (images, timings) as JSON here."),
 ) -> None:
     """Panoptic segmentation of plain images with a trained model (no dataset needed)."""
-    from ..panoptic.images import predict_images
+    from ..atomic import check_output
+    from ..panoptic.images import collect_inputs, predict_images
+    from ..train.checkpoint import run_inputs
 
+    check_output(out_json, "--json", inputs={"INPUT": [im.path for im in collect_inputs(inputs)],
+                                             "--run": run_inputs(run), "--weights": weights},
+                 within={"--out": out})
     start = time.perf_counter()
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),

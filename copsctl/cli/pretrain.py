@@ -10,7 +10,7 @@ import typer
 from ._app import app
 from ._progress import TrainProgress, report_run
 from ._util import (DEVICE_HELP, RESUME_HELP, RUN_JSON_HELP, RUN_OUT_HELP, SET_HELP,
-                    check_json_outside, cli_errors, with_device)
+                    check_json_option, cli_errors, with_device)
 
 @app.command("pretrain")
 @cli_errors
@@ -35,7 +35,7 @@ def pretrain_command(
     """
     from ..train.pretrain import pretrain
 
-    check_json_outside(out_json, out, "--out", recipe=recipe, init=init)
+    check_json_option(out_json, within={"out": out}, recipe=recipe, init=init)
     overrides = with_device(overrides, device)
     with TrainProgress("pretrain") as bar:
         result = pretrain(recipe, out, overrides=overrides, resume=resume, init=init,

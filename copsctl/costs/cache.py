@@ -85,6 +85,7 @@ costs, 16.3 MB per image in float32):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -449,6 +450,17 @@ class CostWriter:
         atomic.__exit__(None, None, None)
 
 
+@contextlib.contextmanager
+def _corrupt_is_input_error(where: str):
+    """HDF5's errors on damaged metadata (OSError, RuntimeError, KeyError from h5py) as
+    one :class:`InputError` naming ``where``."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{where} (truncated or corrupt?): {first}") from None
+
+
 class CostFile:
     """Read a cost file; images are read one at a time, on demand.
 
@@ -471,7 +483,8 @@ class CostFile:
             raise InputError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): "
                              f"{str(exc).splitlines()[0]}") from None
         try:
-            self._load_header()
+            with _corrupt_is_input_error(str(self.path)):
+                self._load_header()
         except BaseException:
             self._file.close()
             raise
@@ -633,13 +646,13 @@ class CostFile:
         arrays = []
         for name, first in (("node_costs", K), ("edge_costs", m2)):
             key = f"images/{i:06d}/{name}"
-            if key not in self._file:
-                raise InputError(f"{where}: dataset '{key}' is missing")
-            ds = self._file[key]
-            if ds.shape != (first, h, w) or ds.dtype.kind not in "fiu":
-                raise InputError(f"{where}: '{key}' (shape {ds.shape}, dtype {ds.dtype}) must be "
-                                 f"a numeric array of shape ({first}, {h}, {w})")
-            try:
+            with _corrupt_is_input_error(f"{where}: cannot read '{key}'"):
+                if key not in self._file:
+                    raise InputError(f"{where}: dataset '{key}' is missing")
+                ds = self._file[key]
+                if ds.shape != (first, h, w) or ds.dtype.kind not in "fiu":
+                    raise InputError(f"{where}: '{key}' (shape {ds.shape}, dtype {ds.dtype}) "
+                                     f"must be a numeric array of shape ({first}, {h}, {w})")
                 raw = ds[()]
                 if raw.dtype.kind == "f":
                     arr = raw.astype(np.float32, copy=False)
@@ -648,9 +661,6 @@ class CostFile:
                 else:
                     arr = raw.astype(np.float32)
                     arr *= self._step(ds, key, where, channels=m2).astype(np.float32)
-            except OSError as exc:
-                raise InputError(f"{where}: cannot read '{key}' (truncated or corrupt?): "
-                                 f"{str(exc).splitlines()[0]}") from None
             if not np.isfinite(arr).all():
                 raise InputError(f"{where}: '{key}' must be finite (found NaN or inf)")
             arrays.append(arr)

@@ -179,7 +179,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         start-up), ``device``, ``recipe_hash`` (of the resolved recipe stored in the file).
     """
     from ..calibration import calibration_for
-    from ..train.checkpoint import resolve_model
+    from ..train.checkpoint import checkpoint_class_table, resolve_model, run_inputs
     from ..train.data import make_dataset, open_split
     from ..train.distributed import resolve_device
 
@@ -194,6 +194,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     from ..atomic import check_output
 
     check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
+                                       "--run": run_inputs(run),
                                        "--recipe": recipe if recipe and os.path.isfile(recipe)
                                        else None})
     reader = open_split(cfg, split)
@@ -201,6 +202,13 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     if dataset.thing_classes.shape[0] != model.num_classes:
         raise InputError(f"{weights}: the model predicts {model.num_classes} classes, the "
                          f"{split} split of {cfg.data.root} has {dataset.thing_classes.shape[0]}")
+    stored = checkpoint_class_table(ckpt)
+    table = reader.class_table
+    if stored is not None and (stored.category_ids, stored.isthing) != (table.category_ids,
+                                                                        table.isthing):
+        raise InputError(f"{weights}: the model was trained on other classes than the {split} "
+                         f"split of {cfg.data.root} (category ids or thing flags differ: "
+                         "channel k would be read as another class)")
     n = len(dataset) if not limit else min(limit, len(dataset))
     workers = cfg.data.num_workers if num_workers is None else int(num_workers)
     categories = reader.class_table.to_categories()

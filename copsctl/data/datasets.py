@@ -90,15 +90,25 @@ class PanopticSample:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG or JPEG image as an (H, W, 3) uint8 ndarray (grey images are expanded)."""
+    """Read a PNG or JPEG image as an (H, W, 3) uint8 ndarray.
+
+    Grey, palette and alpha images are converted to RGB; a 16-bit grey PNG keeps its high
+    byte (Pillow's own conversion would clip every value above 255 to white), as Pillow
+    does for 16-bit RGB. The stored orientation is kept (no EXIF rotation): labels are
+    drawn on the stored pixels.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: image file does not exist")
     try:
         with Image.open(path) as im:
             im.load()
-            arr = np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
+            if im.mode.startswith("I"):  # "I;16", "I;16B", ...; "I" in older Pillow
+                grey = np.asarray(im).astype(np.int64) >> 8
+                arr = np.repeat(grey.clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+            else:
+                arr = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from None
     return arr
 
@@ -180,8 +190,8 @@ class PanopticReader:
         self.png_dir = Path(png_dir)
         self.image_dir = Path(image_dir)
         self.layout = layout
-        pset = load_panoptic_json(self.json_path, self.png_dir,
-                                  categories_required=class_table is None)
+        needed = "required" if class_table is None else "optional"
+        pset = load_panoptic_json(self.json_path, self.png_dir, categories=needed)
         if class_table is None:
             if not pset.categories:
                 raise InputError(f"{self.json_path}: 'categories' list is empty")

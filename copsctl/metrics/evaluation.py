@@ -168,10 +168,11 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
 
     tmp = cs_files = None
     if cityscapes_ap and scored:
-        from .instances import CityscapesInstanceFiles
+        from .instances import CityscapesInstanceFiles, cityscapes_originals
 
         tmp = tempfile.TemporaryDirectory(prefix="copsctl-cityscapes-")
-        cs_files = CityscapesInstanceFiles(tmp.name, categories)
+        cs_files = CityscapesInstanceFiles(tmp.name, categories,
+                                           originals=cityscapes_originals(gt_json))
 
     def one(item):
         index, task = item
@@ -198,7 +199,7 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
                            bool(task.gt.crowd[r])) for r in range(len(task.gt.ids))],
                          pred_ids,
                          [(int(task.pred.ids[r]), int(cat_id[task.pred.category[r]]),
-                           float(task.pred_scores[r])) for r in p_rows])
+                           float(task.pred_scores[r])) for r in p_rows], task.image_id)
         return out
 
     try:
@@ -235,6 +236,12 @@ def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
                                           cat_id[thing].tolist())
         if cs_files is not None:
             result["cityscapes"] = cs_files.evaluate()
+            if cs_files.num_originals < len(tasks):
+                notes.append(f"Cityscapes AP: {len(tasks) - cs_files.num_originals} of "
+                             f"{len(tasks)} images without their gtFine instanceIds file "
+                             "beside the ground truth, rebuilt from the panoptic one, where "
+                             "caravans and trailers are void (a prediction on one is no false "
+                             "positive there)")
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -15,8 +15,11 @@ Two ways, both on the thing categories of the ground-truth category list:
   sets: a ``*_gtFine_instanceIds.png`` per ground-truth image (``label * 1000 + k`` for
   thing instance ``k``, the label id for stuff and crowd regions, 0 for void) and per
   prediction a text file listing one binary mask PNG per predicted thing segment with
-  its label id and score. This is the AP Panoptic-DeepLab reports on Cityscapes; the
-  category ids must be Cityscapes label ids.
+  its label id and score. Where Cityscapes' own ``gtFine/<split>`` annotations lie
+  beside the panoptic ground truth, their instanceIds files are read instead
+  (:func:`cityscapes_originals`): ``createPanopticImgs`` makes the caravan and trailer
+  instances void, which the tool does not. This is the AP Panoptic-DeepLab reports on
+  Cityscapes; the category ids must be Cityscapes label ids.
 
 Masks are run-length encoded straight from the id maps (:func:`rle_encode`), in the
 column-major order of COCO's RLE, without building a binary mask per segment.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -39,7 +43,7 @@ from ..errors import InputError
 from ..panoptic.format import Category
 
 __all__ = ["InstanceResult", "CityscapesResult", "rle_encode", "coco_ap",
-           "CityscapesInstanceFiles"]
+           "CityscapesInstanceFiles", "cityscapes_originals"]
 
 
 def rle_encode(ids: np.ndarray, seg_ids: Sequence[int]) -> list[dict]:
@@ -210,6 +214,16 @@ def _write_json_with_numpy(obj, path) -> None:
         json.dump(obj, f, default=default)
 
 
+def cityscapes_originals(gt_json: str | os.PathLike) -> Path | None:
+    """Cityscapes' own annotation folder of the split beside a panoptic ground truth that
+    ``createPanopticImgs`` made (``gtFine/cityscapes_panoptic_val.json`` ->
+    ``gtFine/val``), when it exists."""
+    gt_json = Path(gt_json)
+    m = re.fullmatch(r"cityscapes_panoptic_(.+)\.json", gt_json.name)
+    folder = gt_json.parent / m[1] if m else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
 class CityscapesInstanceFiles:
     """Writes cityscapesscripts' instance-level files into ``folder`` and evaluates them.
 
@@ -224,9 +238,16 @@ class CityscapesInstanceFiles:
     categories : sequence of Category
         The ground truth's category list; every id must be a Cityscapes label id, and
         every thing category one of Cityscapes' instance classes.
+    originals : path-like, optional
+        The folder of Cityscapes' own annotations of the split (``gtFine/val``, holding
+        ``<city>/<image id>_gtFine_instanceIds.png``): where an image's file is there, the
+        tool reads it, not one rebuilt from the panoptic ground truth, in which
+        ``createPanopticImgs`` has made the caravan and trailer instances void
+        (:func:`cityscapes_originals`).
     """
 
-    def __init__(self, folder: str | os.PathLike, categories: Sequence[Category]):
+    def __init__(self, folder: str | os.PathLike, categories: Sequence[Category],
+                 originals: str | os.PathLike | None = None):
         try:
             from cityscapesscripts.helpers.labels import id2label
         except ImportError:
@@ -247,21 +268,69 @@ class CityscapesInstanceFiles:
         self.pred_dir = self.folder / "pred"
         self.gt_dir.mkdir(parents=True, exist_ok=True)
         self.pred_dir.mkdir(parents=True, exist_ok=True)
+        self.originals = Path(originals) if originals is not None else None
+        self.num_originals = 0
         self._gt_files: dict[int, Path] = {}
         self._pred_files: dict[int, Path] = {}
 
     def add(self, index: int, gt_ids: np.ndarray, gt_segments: Sequence[tuple[int, int, bool]],
-            pred_ids: np.ndarray, pred_segments: Sequence[tuple[int, int, float]]) -> None:
+            pred_ids: np.ndarray, pred_segments: Sequence[tuple[int, int, float]],
+            image_id: str | int | None = None) -> None:
         """Write the files of image ``index``.
 
         ``gt_segments`` lists ``(id, category_id, iscrowd)`` of every ground-truth segment,
-        ``pred_segments`` ``(id, category_id, score)`` of the predicted thing segments.
+        ``pred_segments`` ``(id, category_id, score)`` of the predicted thing segments;
+        ``image_id`` finds the image's file among the ``originals``.
         """
         from PIL import Image
 
-        thing = {c.id for c in self.categories if c.isthing}
         # cityscapesscripts finds files by the name pattern <city>_<seq>_<frame>_*.
         stem = f"copsctl_{index:06d}_000000"
+        original = self._original(image_id, np.shape(gt_ids))
+        if original is not None:
+            gt_file = original
+        else:
+            gt_file = self.gt_dir / f"{stem}_gtFine_instanceIds.png"
+            self._write_gt(gt_file, gt_ids, gt_segments, index)
+        lines = []
+        pred = np.asarray(pred_ids)
+        for j, (sid, cid, score) in enumerate(pred_segments):
+            name = f"{stem}_{j:04d}.png"
+            Image.fromarray(((pred == sid) * 255).astype(np.uint8), mode="L").save(
+                self.pred_dir / name)
+            lines.append(f"{name} {int(cid)} {float(score)!r}\n")
+        pred_file = self.pred_dir / f"{stem}_pred.txt"
+        pred_file.write_text("".join(lines))
+        self._gt_files[index] = gt_file
+        self._pred_files[index] = pred_file
+
+    def _original(self, image_id, shape) -> Path | None:
+        """Cityscapes' own instanceIds file of an image, if there (and of its size)."""
+        from PIL import Image
+
+        if self.originals is None or not isinstance(image_id, str):
+            return None
+        path = (self.originals / image_id.split("_")[0]
+                / f"{image_id}_gtFine_instanceIds.png")
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as im:
+                size = im.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{path}: not a readable PNG ({exc})") from None
+        if size[::-1] != tuple(shape):
+            raise InputError(f"{path}: size {size[1]}x{size[0]} (HxW) differs from the "
+                             f"panoptic ground truth of {image_id!r}, {shape[0]}x{shape[1]}")
+        self.num_originals += 1
+        return path
+
+    def _write_gt(self, gt_file: Path, gt_ids: np.ndarray,
+                  gt_segments: Sequence[tuple[int, int, bool]], index: int) -> None:
+        """An instanceIds PNG rebuilt from the panoptic ground truth."""
+        from PIL import Image
+
+        thing = {c.id for c in self.categories if c.isthing}
         ids = np.asarray(gt_ids)
         uniq, inverse = np.unique(ids, return_inverse=True)
         value = np.zeros(uniq.size, np.int64)  # void stays 0 (Cityscapes' "unlabeled")
@@ -280,19 +349,7 @@ class CityscapesInstanceFiles:
                 value[j] = cid * 1000 + k
             else:
                 value[j] = cid
-        gt_file = self.gt_dir / f"{stem}_gtFine_instanceIds.png"
         Image.fromarray(value[inverse].reshape(ids.shape).astype(np.uint16)).save(gt_file)
-        lines = []
-        pred = np.asarray(pred_ids)
-        for j, (sid, cid, score) in enumerate(pred_segments):
-            name = f"{stem}_{j:04d}.png"
-            Image.fromarray(((pred == sid) * 255).astype(np.uint8), mode="L").save(
-                self.pred_dir / name)
-            lines.append(f"{name} {int(cid)} {float(score)!r}\n")
-        pred_file = self.pred_dir / f"{stem}_pred.txt"
-        pred_file.write_text("".join(lines))
-        self._gt_files[index] = gt_file
-        self._pred_files[index] = pred_file
 
     def evaluate(self) -> CityscapesResult:
         """Run ``evalInstanceLevelSemanticLabeling.evaluateImgLists`` on the files."""

@@ -573,7 +573,7 @@ def file_tasks(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
     image through :func:`read_pair` and :func:`file_overlaps`.
     """
     gt_set = load_panoptic_json(gt_json, gt_dir)
-    pred_set = load_panoptic_json(pred_json, pred_dir, categories_required=False)
+    pred_set = load_panoptic_json(pred_json, pred_dir, categories="ignored")
     if not gt_set.categories:
         raise InputError(f"{gt_json}: the ground truth lists no categories")
     for folder, name in ((gt_set.png_dir, "ground-truth"), (pred_set.png_dir, "prediction")):

@@ -173,8 +173,10 @@ def _json_category(c, where: str) -> Category:
     where = f"{where}: category {cid}"
     color = c.get("color", (128, 128, 128))
     _require(isinstance(color, (list, tuple)) and len(color) == 3 and all(
-        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color),
+        isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer()
+        and 0 <= v <= 255 for v in color),
         f"{where}: 'color' must be a list of 3 integers in [0, 255], got {color!r}")
+    color = tuple(int(v) for v in color)  # integral floats (3.0) too, as for ids
     name = c.get("name", cid)
     _require(isinstance(name, (str, int)) and not isinstance(name, bool),
              f"{where}: 'name' must be a string, got {name!r}")
@@ -185,12 +187,19 @@ def _json_category(c, where: str) -> Category:
 
 
 def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike | None = None,
-                       categories_required: bool = True) -> PanopticSet:
+                       categories: str = "required") -> PanopticSet:
     """Read and check a COCO panoptic JSON file.
+
+    ``categories`` says what the caller needs of the JSON's ``categories`` list:
+    ``"required"``, ``"optional"`` (none is an empty list) or ``"ignored"`` (not read, an
+    empty list: a prediction's, as the evaluators read only the ground truth's).
 
     Raises :class:`InputError` naming the file and the broken rule when the file is
     missing, not JSON, or lacks the COCO panoptic structure.
     """
+    if categories not in ("required", "optional", "ignored"):
+        raise ValueError(f"categories must be 'required', 'optional' or 'ignored', got "
+                         f"{categories!r}")
     json_path = Path(json_path)
     if not json_path.is_file():
         raise InputError(f"{json_path}: panoptic JSON file does not exist")
@@ -199,12 +208,14 @@ def load_panoptic_json(json_path: str | os.PathLike, png_dir: str | os.PathLike 
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{json_path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{json_path}: cannot be read ({exc.strerror or exc})") from None
     _require(isinstance(data, dict) and isinstance(data.get("annotations"), list),
              f"{json_path}: must be a JSON object with an 'annotations' list")
     cats = []
-    raw_cats = data.get("categories")
+    raw_cats = data.get("categories") if categories != "ignored" else []
     if raw_cats is None:
-        _require(not categories_required, f"{json_path}: must have a 'categories' list")
+        _require(categories == "optional", f"{json_path}: must have a 'categories' list")
         raw_cats = []
     _require(isinstance(raw_cats, list), f"{json_path}: 'categories' must be a list")
     for c in raw_cats:
@@ -252,7 +263,7 @@ def read_id_png(path: str | os.PathLike, expected_size: tuple[int, int] | None =
             # Pillow keeps RGB pixels as 4 bytes; exporting them as RGBX is a plain copy
             # and gives the little-endian word R + 256 G + 256² B + 256³ X directly.
             raw = im.tobytes("raw", "RGBX")
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(f"{path}: not a readable PNG ({exc})") from None

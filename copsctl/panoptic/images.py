@@ -14,8 +14,10 @@ the input's own size, exactly as ``copsctl solve`` does. Output folder::
     OUT/summary.json           timings of the last run
 
 Image ids and file names come from the input names: the id of ``000000139.jpg`` is the
-integer 139 (the COCO convention, so ``copsctl evaluate`` matches a COCO ground truth),
-the id of ``street.jpg`` is the string ``"street"``.
+integer 139 (the COCO convention), the id of
+``frankfurt_000000_000294_leftImg8bit.png`` is ``"frankfurt_000000_000294"`` (the
+Cityscapes convention), so ``copsctl evaluate`` matches either ground truth; the id of
+``street.jpg`` is the string ``"street"``.
 
 **Small segments.** The recipe's thresholds (``data.thing_area_threshold``,
 ``data.stuff_area_threshold``) are areas at the resolution the network sees; an input
@@ -42,6 +44,8 @@ import glob
 import hashlib
 import json
 import os
+import shutil
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,7 +55,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, check_output, is_leftover, write_json
 from ..cpus import available_cpus, check_workers
 from ..errors import InputError
 from .format import Annotation, Category, PanopticWriter, Segment, image_entry
@@ -65,6 +69,7 @@ OVERLAY_DIR = "overlays"
 SUMMARY_JSON = "summary.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Suffixes (any case) of the images taken from a folder or a glob pattern."""
+_CITYSCAPES_SUFFIX = "_leftImg8bit"
 
 _FLUSH_SECONDS = 5.0
 _INFO_KEY = "copsctl_predict"
@@ -82,7 +87,11 @@ class InputImage:
 
     @property
     def image_id(self) -> int | str:
-        return int(self.stem) if self.stem.isdigit() else self.stem
+        """The COCO id of a digits-only stem, else the stem without Cityscapes'
+        ``_leftImg8bit`` (the ids of the two datasets' ground truth)."""
+        if self.stem.isascii() and self.stem.isdigit():
+            return int(self.stem)
+        return self.stem.removesuffix(_CITYSCAPES_SUFFIX) or self.stem
 
 
 def _is_image(path: Path) -> bool:
@@ -93,15 +102,17 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[InputImage]:
     """Expand image files, folders and glob patterns into the list of input images.
 
     A file is taken as given (its content decides whether it is an image); a folder gives
-    its JPEG and PNG files (not recursing), sorted by name; a pattern with ``*``, ``?`` or
-    ``[`` gives its matching image files, sorted (``**`` recurses). An input is given once
-    even when named twice.
+    its JPEG and PNG files (not recursing; not hidden ones, whose names start with ``.``,
+    as a pattern skips them), sorted by name; a pattern with ``*``, ``?`` or ``[`` gives
+    its matching image files, sorted (``**`` recurses). An input is given once even when
+    named twice.
 
     Raises
     ------
     InputError
         No inputs, a path that does not exist, a folder or pattern without images, or two
-        inputs with the same stem (their outputs would have the same name).
+        inputs with the same stem (their outputs would have the same name) or the same
+        image id (``1.jpg`` and ``0001.jpg``).
     """
     if not inputs:
         raise InputError("give at least one INPUT (image file, folder or glob pattern)")
@@ -110,7 +121,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[InputImage]:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if _is_image(p))
+            found = sorted(p for p in path.iterdir()
+                           if not p.name.startswith(".") and _is_image(p))
             if not found:
                 raise InputError(f"{path}: folder holds no JPEG or PNG image")
         elif path.is_file():
@@ -122,30 +134,34 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[InputImage]:
         else:
             raise InputError(f"{path}: no such file or folder")
         paths.extend(found)
-    images, by_stem = [], {}
+    images, by_stem, by_id = [], {}, {}
     for path in paths:
         key = path.resolve()
-        stem = path.stem
-        if stem in by_stem:
-            if by_stem[stem] == key:
+        image = InputImage(path=path, stem=path.stem)
+        if image.stem in by_stem:
+            if by_stem[image.stem] == key:
                 continue
-            raise InputError(f"{path}: has the same name stem {stem!r} as {by_stem[stem]} (outputs "
-                             "are named by the stem; rename one of them)")
-        by_stem[stem] = key
-        images.append(InputImage(path=path, stem=stem))
+            raise InputError(f"{path}: has the same name stem {image.stem!r} as "
+                             f"{by_stem[image.stem]} (outputs are named by the stem; rename one "
+                             "of them)")
+        if image.image_id in by_id:
+            raise InputError(f"{path}: has the same image id {image.image_id!r} as "
+                             f"{by_id[image.image_id]} (ids come from the names; rename one of "
+                             "them)")
+        by_stem[image.stem], by_id[image.image_id] = key, path
+        images.append(image)
     return images
 
 
-def _read_input(image: InputImage) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of one input (grey, palette and RGBA images converted)."""
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from an image's header, None when it cannot be read."""
     from PIL import Image
 
-    from ..data.datasets import read_image
-
     try:
-        return read_image(image.path)
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{image.path}: not a readable image ({exc})") from None
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 # ---------------------------------------------------------------------------- output folder
@@ -157,21 +173,23 @@ class _PredictionFolder:
     def __init__(self, out: Path, settings: dict, categories: Sequence[Category]):
         self.out = out
         self.settings = settings
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out}: exists and is not a folder")
+        self.created = not out.exists()
         json_path = out / PRED_JSON
         earlier = []
         if json_path.is_file():
             earlier = self._load(json_path)
-        elif out.is_dir() and any(p.name not in (PRED_DIR, OVERLAY_DIR) for p in out.iterdir()):
+        elif out.is_dir() and any(not is_leftover(p.name) and (
+                p.name not in (PRED_DIR, OVERLAY_DIR) or not p.is_dir()
+                or any(not is_leftover(q.name) for q in p.iterdir())) for p in out.iterdir()):
             raise InputError(f"--out {out}: folder is not empty and holds no {PRED_JSON}; "
                              "refusing to write into it")
         self.writer = PanopticWriter(json_path, out / PRED_DIR, categories,
                                      info={_INFO_KEY: settings}, atomic=True)
         for entry, annotation in earlier:
             self.writer.record(entry, annotation)
-        self._last_flush = time.monotonic()
-        self._dirty = False
+        # Listed before the first PNG is written: a folder of PNGs without the JSON is never
+        # one of predict's (it is refused above), also after a SIGKILL.
+        self.flush()
 
     def _load(self, json_path: Path) -> list[tuple[dict, dict]]:
         """The finished images an earlier run listed: ``(images entry, annotation)``."""
@@ -198,8 +216,15 @@ class _PredictionFolder:
         return earlier
 
     def finished(self, image: InputImage, overlay: bool) -> bool:
-        return f"{image.stem}.png" in self.writer and (
-            not overlay or (self.out / OVERLAY_DIR / f"{image.stem}.png").is_file())
+        """The image is listed, from a file of the same name and size, with its PNGs."""
+        name = f"{image.stem}.png"
+        if name not in self.writer:
+            return False
+        entry = self.writer.images[name]
+        if entry.get("file_name") != image.path.name or (
+                (entry.get("height"), entry.get("width")) != _image_size(image.path)):
+            return False
+        return not overlay or (self.out / OVERLAY_DIR / name).is_file()
 
     def add(self, entry: dict, annotation: dict) -> None:
         """List an image whose PNG is written; rewrite the JSON every few seconds."""
@@ -380,7 +405,8 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     import torch
 
     from ..costs.network import batch_costs
-    from ..train.checkpoint import checkpoint_class_table, resolve_model
+    from ..data.datasets import read_image
+    from ..train.checkpoint import checkpoint_class_table, resolve_model, run_inputs
     from ..train.distributed import resolve_device
 
     t_start = time.perf_counter()
@@ -391,6 +417,9 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     if size is not None and size < 32:
         raise InputError(f"--size must be at least 32 pixels, got {size}")
     images = collect_inputs(inputs)
+    check_output(out, "--out", folder=True,
+                 inputs={"INPUT": [im.path for im in images], "--run": run_inputs(run),
+                         "--weights": weights})
     dev = resolve_device(device)
     model, ckpt, cfg, path = resolve_model(run, weights, device=dev)
     table = checkpoint_class_table(ckpt)
@@ -422,7 +451,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     def decode(image: InputImage):
         t0 = time.perf_counter()
         try:
-            rgb = _read_input(image)
+            rgb = read_image(image.path)
         except InputError as exc:
             return image, None, None, None, str(exc), time.perf_counter() - t0
         x, scaled = _network_input(rgb, size, pad_multiple)
@@ -509,11 +538,16 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
             f.cancel()
         reader.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
-        # Keep what the solver threads finished before an error or Ctrl-C ended the run.
+        # Keep what the solver threads finished before an error or Ctrl-C ended the run;
+        # a folder this run made and finished nothing in is removed.
         for f in pending:
             if f.done() and not f.cancelled() and f.exception() is None:
                 collect(f, report=False)
-        folder.flush()
+        if folder.created and not len(folder.writer) and (
+                error is not None or sys.exc_info()[0] is not None):
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            folder.flush()
     if error is not None:
         raise error
     seconds = time.perf_counter() - t_start

@@ -201,10 +201,7 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         if v is not None and (not np.isfinite(v) or v < 0):
             raise InputError(f"{name} must be a non-negative number, got {v}")
     check_output_folder(out, "--out", "solve", overwrite=overwrite, inputs={"COSTS": costs})
-    check_output(summary_json, "--json", inputs={"COSTS": costs})
-    if summary_json is not None and Path(summary_json).resolve().is_relative_to(out.resolve()):
-        raise InputError(f"--json {summary_json}: must not lie inside --out {out}, which is "
-                         "replaced as a whole")
+    check_output(summary_json, "--json", inputs={"COSTS": costs}, within={"--out": out})
 
     with CostFile(costs) as cf:
         recipe = cost_file_recipe(cf)

@@ -41,13 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_output
 from ..errors import InputError
+from .logging import METRICS_NAME, TENSORBOARD_DIR
 
-__all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "rng_state", "set_rng_state",
-           "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_recipe",
-           "checkpoint_class_table", "run_weights", "resolve_model", "export_model",
-           "MODEL_KIND"]
+__all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "RECIPE_NAME", "RUN_FILES", "rng_state",
+           "set_rng_state", "save_checkpoint", "load_checkpoint", "load_model",
+           "checkpoint_recipe", "checkpoint_class_table", "run_inputs", "run_weights",
+           "resolve_model", "export_model", "MODEL_KIND"]
 
 FORMAT = "copsctl-checkpoint"
 VERSION = 1
@@ -58,6 +59,11 @@ BEST_NAME = "best.pt"
 validation metrics), no optimizer state."""
 """File name of a run's latest checkpoint inside its run folder."""
 MODEL_KIND = "model"
+RECIPE_NAME = "recipe.yaml"
+"""File name of a run's recipe inside its run folder."""
+RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR, BEST_NAME,
+             "calibration.yaml")
+"""What a run folder may hold, besides ``eval_*`` folders; anything else is not a run."""
 """``kind`` of a model file written by :func:`export_model`."""
 
 
@@ -134,7 +140,9 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        if "weights_only" in str(exc):  # torch's advice to load unsafely is not ours to give
+            first = "not a file of tensors and plain data, which is all a checkpoint holds"
         raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") \
             from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -224,6 +232,14 @@ def load_model(path: str | os.PathLike, *, recipe=None, num_classes: int | None 
     return model.to(device).eval(), ckpt, recipe
 
 
+def run_inputs(run: str | os.PathLike | None) -> list[Path]:
+    """The :data:`RUN_FILES` a run folder holds: inputs of every command that reads the
+    run, which none of its outputs may overwrite (empty for None)."""
+    if run is None:
+        return []
+    return [Path(run) / name for name in RUN_FILES if (Path(run) / name).exists()]
+
+
 def run_weights(run: str | os.PathLike | None, weights: str | os.PathLike | None
                 ) -> tuple[Path, Path | None]:
     """The weights file of ``--run RUN | --weights FILE`` and the run's recipe file.
@@ -245,7 +261,7 @@ def run_weights(run: str | os.PathLike | None, weights: str | os.PathLike | None
     if not path.is_file():
         raise InputError(f"--run {run}: holds no {CHECKPOINT_NAME} (has the run written a "
                          "checkpoint yet?)")
-    return path, run / "recipe.yaml"
+    return path, run / RECIPE_NAME
 
 
 def resolve_model(run: str | os.PathLike | None = None,
@@ -306,9 +322,7 @@ def export_model(out: str | os.PathLike, *, run: str | os.PathLike | None = None
     if table is None:
         raise InputError(f"{path}: holds no class table (a bare state dict); export a "
                          "checkpoint of copsctl pretrain or finetune")
-    out = Path(out)
-    if out.exists() and out.resolve() == path.resolve():
-        raise InputError(f"--out {out}: is the source checkpoint itself")
+    out = check_output(out, "--out", inputs={"--run": run_inputs(run), "--weights": path})
     save_checkpoint(out, {"kind": MODEL_KIND, "iteration": ckpt.get("iteration"),
                           "model": ckpt["model"], "recipe": cfg.dump(),
                           "categories": table.to_json(), "exported_from": str(path)})

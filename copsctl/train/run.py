@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .logging import METRICS_NAME, TENSORBOARD_DIR, MetricsLogger
+from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, RECIPE_NAME, RUN_FILES, load_checkpoint,
+                         rng_state, save_checkpoint, set_rng_state)
+from .logging import MetricsLogger
 from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
 from .schedule import WarmupPolySchedule
 
@@ -44,10 +45,6 @@ __all__ = ["RECIPE_NAME", "RUN_FILES", "EVAL_PREFIX", "RESUMABLE_KEYS", "seed_ev
            "run_checkpoint", "train_batches", "make_optimizer", "save_run_checkpoint", "run_loop"]
 
 
-RECIPE_NAME = "recipe.yaml"
-RUN_FILES = (RECIPE_NAME, CHECKPOINT_NAME, METRICS_NAME, TENSORBOARD_DIR, BEST_NAME,
-             "calibration.yaml")
-"""What a run folder may hold, besides ``EVAL_PREFIX*`` folders; anything else is not a run."""
 
 EVAL_PREFIX = "eval_"
 """``copsctl evaluate --run RUN --split S`` writes its costs and predictions in RUN/eval_S/."""

@@ -72,7 +72,7 @@ def _annotation(pset, image_id, json_path: Path):
 
 
 def _read_set_image(json_path: Path, png_dir: Path, image_id, size) -> tuple[np.ndarray, list]:
-    pset = load_panoptic_json(json_path, png_dir, categories_required=False)
+    pset = load_panoptic_json(json_path, png_dir, categories="optional")
     ann = _annotation(pset, image_id, json_path)
     return read_id_png(png_dir / ann.file_name, expected_size=size), list(ann.segments)
 
