@@ -536,3 +536,17 @@ def test_out_of_memory_is_a_one_line_error():
     assert exit_.value.code == 2
     assert said == [("error", "out of memory (Unable to allocate 1.2 TiB for an array); smaller "
                               "images, sizes or batches need less")]
+
+    def cpu_allocator():  # what torch's CPU allocator raises
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 10995116277760 bytes.")
+
+    with pytest.raises(SystemExit):
+        reporting_errors(cpu_allocator, lambda kind, msg: said.append((kind, msg)))()
+    assert said[-1][1].startswith("out of memory ([enforce fail")
+
+    def bug():
+        raise RuntimeError("a bug, not a lack of memory")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        reporting_errors(bug, lambda kind, msg: said.append((kind, msg)))()
