@@ -787,7 +787,8 @@ def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict
         if not base_path.is_file() and "/" not in base and os.sep not in base:
             # A bare name not beside the file: a packaged recipe (a user's recipe may
             # inherit from synthetic_tiny.yaml without copying it).
-            packaged = _packaged_recipes() / base
+            # The packaged name with or without .yaml, as --recipe takes it.
+            packaged = _packaged_recipes() / (base if base.endswith(".yaml") else f"{base}.yaml")
             if packaged.is_file():
                 base_path = Path(str(packaged))
         if not base_path.is_file():

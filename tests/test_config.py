@@ -210,6 +210,8 @@ def test_integers_are_read_as_yaml_1_2_and_keys_given_twice_are_errors(tmp_path)
     with pytest.raises(InputError, match=r"twice.yaml: not valid YAML \(line 7, .*key 'train' "
                                          r"given twice"):
         load_recipe(twice)
+    bare = write(tmp_path / "bare.yaml", "_BASE_: synthetic_tiny\ntrain:\n  lr: 0.5\n")
+    assert load_recipe(bare).train.lr == 0.5  # a packaged base by name, as --recipe takes it
     key_twice = write(tmp_path / "key_twice.yaml", "train:\n  lr: 0.1\n  lr: 0.5\n")
     with pytest.raises(InputError, match=r"key 'lr' given twice"):
         load_recipe(key_twice)
