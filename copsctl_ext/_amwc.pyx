@@ -389,6 +389,16 @@ cdef int _node_best(const Problem& P, ClusterCosts& cc, TopClasses& top) except 
         cc.argbest[i] = top.cls[<int64_t>i * TOP]
 
 
+cdef inline int32_t _bucket(double d, double scale) noexcept nogil:
+    """Pre-clustering bucket (of 1024) of a cost difference ``d >= 0``; NaN-proof."""
+    cdef double t = d * scale
+    if not (t > 0):
+        return 0
+    if t >= 1023:
+        return 1023
+    return <int32_t>t
+
+
 cdef inline bint _sure_pair(const Problem& P, const ClusterCosts& cc,
                             const vector[uint8_t]& sure, int64_t e) noexcept nogil:
     cdef int32_t u = P.edges[2 * e], v = P.edges[2 * e + 1]
@@ -437,19 +447,21 @@ cdef int _precluster(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
             cand.push_back(<int32_t>e)
     if wmax <= pre_thr:
         return 0
-    # counting sort of the candidate edges by descending cost
+    # counting sort of the candidate edges by descending cost; the halves keep a difference
+    # of two finite costs finite (1e308 - -1e308 overflows; a NaN bucket would index
+    # anywhere), and scaling by 1/2 is exact, so the buckets are those of the differences
     nsel = cand.size()
-    scale = (NBUCKET - 1) / (wmax - pre_thr)
+    scale = (NBUCKET - 1) / (0.5 * wmax - 0.5 * pre_thr)
     _fill_i64(bucket_start, NBUCKET + 1, 0)
     for i64 in range(nsel):
-        bk = <int32_t>((wmax - ec[cand[i64]]) * scale)
+        bk = _bucket(0.5 * wmax - 0.5 * ec[cand[i64]], scale)
         bucket_start[bk + 1] += 1
     for bk in range(NBUCKET):
         bucket_start[bk + 1] += bucket_start[bk]
     order.resize(nsel)
     for i64 in range(nsel):
         e = cand[i64]
-        bk = <int32_t>((wmax - ec[e]) * scale)
+        bk = _bucket(0.5 * wmax - 0.5 * ec[e], scale)
         order[bucket_start[bk]] = <int32_t>e
         bucket_start[bk] += 1
     cand.clear(); cand.shrink_to_fit()

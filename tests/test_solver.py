@@ -456,3 +456,39 @@ def test_check_feasible_detects_violations():
         check_feasible(ed, pa, [0, 0, 1], [0, 0, 1], [0, 0])
     with pytest.raises(ValueError, match="connected"):
         check_feasible(np.array([[0, 1]]), np.array([True]), [0, 0, 0], [0, 0, 0], [0])
+
+
+def test_node_costs_with_strides_of_no_whole_double_are_read_right():
+    """A field of a structured array has byte strides the kernel cannot count in doubles:
+    it gets a copy, and the same solution as the contiguous costs."""
+    rng = np.random.default_rng(5)
+    rows = np.zeros((40, 3), dtype=[("cost", "f8"), ("flag", "i4")])
+    rows["cost"] = rng.normal(size=(40, 3))
+    view = rows["cost"]
+    assert view.strides[1] % 8
+    edges = np.array([[i, i + 1] for i in range(39)])
+    ec = rng.normal(size=39)
+    part = np.array([True, False, False])
+    a = solve_amwc(view, edges, ec, part)
+    b = solve_amwc(np.ascontiguousarray(view), edges, ec, part)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.objective == b.objective
+
+
+def test_the_kernel_survives_cost_differences_that_overflow():
+    """Pre-clustering buckets by (largest cost - cost) / (largest cost - threshold): a
+    difference beyond float64 made a NaN bucket index (SIGSEGV); now a feasible solution."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, copsctl.solver as S\n"
+        "edges = np.array([[0, 1], [1, 2]])\n"
+        "r = S.solve_amwc(np.zeros((3, 2)), edges, np.array([1e308, -9e307]),\n"
+        "                 np.array([True, False]),\n"
+        "                 options=S.SolverOptions(precluster_threshold=-1e308))\n"
+        "S.check_feasible(edges, [True, False], r.labels, r.segments, r.edge_cut)\n"
+        "print('feasible')\n")
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "feasible" in res.stdout, (res.returncode, res.stderr)

@@ -13,8 +13,11 @@ Sign convention, stated once: a node cost is paid for the class chosen (lower is
 likely); an edge cost is paid when the edge is cut, so a **positive edge cost is
 attractive** (it prefers the endpoints together) and a negative one repulsive.
 
-Duplicate edges (the same pair listed twice, in either orientation) are allowed and
-their costs are summed. Self-loops are rejected.
+Duplicate edges (the same pair listed twice, in either orientation) are allowed: the
+objective pays each copy that is cut, so their costs add up. The pre-clustering phase
+judges each copy alone, though (a copy of +1 beside one of -3 may be contracted), so sum
+them first for the best solutions (``np.unique`` of the sorted pairs); the graphs of
+:mod:`copsctl.solver.grid` have none. Self-loops are rejected.
 
 This module never imports torch.
 """
@@ -168,8 +171,11 @@ def _as_node_costs(node_costs) -> np.ndarray:
         raise InputError("`node_costs` must have at least one node (N >= 1): the graph is empty")
     if arr.shape[1] == 0:
         raise InputError("`node_costs` must have at least one class (K >= 1), got K = 0")
-    # any memory layout: the kernel reads strided rows, so (K, N) network output needs no copy
+    # any memory layout: the kernel reads strided rows, so (K, N) network output needs no
+    # copy; but it counts strides in whole doubles (a field of a structured array is not)
     arr = np.asarray(arr, dtype=np.float64)
+    if any(s % arr.itemsize for s in arr.strides):
+        arr = np.ascontiguousarray(arr)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise InputError(f"`node_costs` must be finite, found {arr[tuple(bad)]} at "
@@ -343,7 +349,8 @@ def solve_amwc(node_costs, edges, edge_costs, partitionable, local_edges=None,
     node_costs : (N, K) float ndarray
         Cost of giving node ``i`` class ``k``.
     edges : (E, 2) int ndarray
-        Node pairs; duplicates are summed, self-loops rejected.
+        Node pairs; duplicates add up (sum them first: module docstring), self-loops
+        rejected.
     edge_costs : (E,) float ndarray
         Cost paid when the edge is cut (positive = attractive).
     partitionable : (K,) bool ndarray
