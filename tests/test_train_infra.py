@@ -191,6 +191,48 @@ def test_loop_stops_cleanly_on_sigint_and_resumes_identically():
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
+@pytest.mark.parametrize("at", [4, 6])
+def test_a_validation_cut_short_by_ctrl_c_is_done_on_resume(tmp_path, at):
+    """The checkpoint is written before the validation; a Ctrl-C inside it (the validation
+    gives up: None) stops the run there, also at the last iteration, and the resumed run
+    validates that iteration first: the log ends as the uninterrupted run's."""
+    with MetricsLogger(tmp_path / "a", tensorboard=False) as log:
+        full, model_a, *_ = _toy(iterations=6, checkpoint_every=2, validate_every=4, logger=log)
+        full.run()
+    want = [(r["iteration"], r["group"], r.get("score")) for r in
+            read_metrics(tmp_path / "a" / METRICS_NAME)]
+    with MetricsLogger(tmp_path / "b", tensorboard=False) as log:
+        part, model_b, opt_b, saved, _ = _toy(iterations=6, checkpoint_every=2,
+                                              validate_every=4, logger=log)
+
+        def cut_short(it):
+            if it == at:
+                signal.raise_signal(signal.SIGINT)
+                return None
+            return {"score": float(it)}
+
+        part.validate_fn = cut_short
+        result = part.run()
+    assert result.interrupted and result.iteration == at
+    assert saved[-1][0] == at and saved[-1][1]["validation_due"]
+    with MetricsLogger(tmp_path / "b", resume_iteration=at, tensorboard=False) as log:
+        rest, model_b, _, _, validated = _toy(start=at, iterations=6, checkpoint_every=2,
+                                              validate_every=4, logger=log, model=model_b,
+                                              opt=opt_b, loop_state=saved[-1][1])
+        assert not rest.run().interrupted
+    assert validated[0] == at
+    got = [(r["iteration"], r["group"], r.get("score")) for r in
+           read_metrics(tmp_path / "b" / METRICS_NAME)]
+    assert got == want
+    assert torch.equal(model_a.weight, model_b.weight)
+    # resumed again from the same checkpoint, the logged validation is not repeated
+    with MetricsLogger(tmp_path / "b", resume_iteration=6, tensorboard=False) as log:
+        again, *_, validated = _toy(start=6, iterations=6, logger=log,
+                                    loop_state={"validation_due": True})
+        again.run()
+    assert validated == []
+
+
 def test_loop_rejects_bad_cadence():
     with pytest.raises(InputError, match="log_every"):
         _toy(log_every=0)

@@ -62,9 +62,11 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_NAME
+        kept = []
         if resume_iteration is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= resume_iteration]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._kept = {(r.get("iteration", 0), r.get("group", "train")) for r in kept}
         self._file = open(self.path, "a")
         self._writer = None
         if tensorboard:
@@ -85,6 +87,10 @@ class MetricsLogger:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         return record
+
+    def has(self, iteration: int, group: str) -> bool:
+        """Whether the log a resumed run kept holds a record of ``group`` at ``iteration``."""
+        return (int(iteration), group) in self._kept
 
     def flush(self) -> None:
         self._file.flush()

@@ -210,6 +210,7 @@ class TrainLoop:
         self.save_fn, self.validate_fn = save_fn, validate_fn
         self.logger, self.progress = logger, progress
         self._window = _Window.from_state(loop_state)
+        self._validation_due = bool((loop_state or {}).get("validation_due", False))
         self._flag: _StopFlag | None = None
 
     @property
@@ -233,9 +234,9 @@ class TrainLoop:
             return flag.set
         return self.ctx.mean({"stop": float(flag.set)})["stop"] > 0
 
-    def _save(self, iteration: int) -> None:
+    def _save(self, iteration: int, validation_due: bool = False) -> None:
         if self.save_fn is not None:
-            self.save_fn(iteration, self._window.state())
+            self.save_fn(iteration, {**self._window.state(), "validation_due": validation_due})
         self._emit("checkpoint", iteration)
 
     def _log(self, iteration: int, lr: float) -> dict[str, float]:
@@ -253,10 +254,13 @@ class TrainLoop:
             self._emit("log", iteration, metrics)
         return metrics
 
-    def _validate(self, iteration: int) -> dict[str, float] | None:
+    def _validate(self, iteration: int, redo: bool = False) -> dict[str, float] | None:
+        """Validate on rank 0; ``redo``: a resumed run's validation of its checkpoint's
+        iteration, skipped when the log already holds it."""
         result = None
         if self.validate_fn is not None:
-            if self.ctx.is_main:
+            done = redo and self.logger is not None and self.logger.has(iteration, "val")
+            if self.ctx.is_main and not done:
                 result = self.validate_fn(iteration)
                 if result is not None:
                     if self.logger is not None:
@@ -275,6 +279,13 @@ class TrainLoop:
         self._emit("start", it)
         with _StopFlag() as flag:
             self._flag = flag
+            if self._validation_due and it > 0:
+                # The checkpoint was written just before a validation that a stop may have
+                # cut short: do it now, from the same state, unless the log holds it.
+                last_val = self._validate(it, redo=True)
+                if self._should_stop(flag):
+                    self._emit("interrupted", it)
+                    return LoopResult(it, True, last_train, last_val)
             while it < self.iterations:
                 t0 = time.perf_counter()
                 batch = next(self.batches)
@@ -294,14 +305,17 @@ class TrainLoop:
                 self._emit("step", it)
 
                 last = it == self.iterations
+                validate = bool(self.validate_every and it % self.validate_every == 0) or last
                 if it % self.log_every == 0 or last:
                     last_train = self._log(it, lr)
-                if it % self.checkpoint_every == 0 or last:
-                    self._save(it)
+                if it % self.checkpoint_every == 0 or last or validate:
+                    # Before a validation, so that a run stopped inside it resumes from the
+                    # state it began in and does it again (validation_due).
+                    self._save(it, validation_due=validate and self.validate_fn is not None)
                     saved_at = it
-                if (self.validate_every and it % self.validate_every == 0) or last:
+                if validate:
                     last_val = self._validate(it) or last_val
-                if not last and self._should_stop(flag):
+                if self._should_stop(flag) and (not last or self.validate_fn is not None):
                     if saved_at != it:
                         self._save(it)
                     self._emit("interrupted", it)
