@@ -87,6 +87,27 @@ def test_refuses_a_non_empty_run_folder_and_a_changed_recipe_on_resume(run, data
     fails_in_one_line(_pretrain("--out", foreign, "--resume"), "not a run folder", "notes.txt")
 
 
+def test_resume_on_a_dataset_of_other_classes_is_refused(run, data, tmp_path):
+    """data.root may change on resume (the data moved), its classes may not: another class
+    count failed in load_state_dict, renumbered ids relabelled the channels silently."""
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    for split in ("train", "val"):
+        path = other / "annotations" / f"panoptic_{split}2017.json"
+        d = json.loads(path.read_text())
+        old_id = d["categories"][-1]["id"]
+        d["categories"][-1]["id"] = old_id + 100
+        for a in d["annotations"]:
+            for seg in a["segments_info"]:
+                if seg["category_id"] == old_id:
+                    seg["category_id"] = old_id + 100
+        path.write_text(json.dumps(d))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    fails_in_one_line(_pretrain("--out", run, "--resume", "--set", f"data.root={other}"),
+                      "--resume", "trained on 8 classes", str(other))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_interrupted_run_resumed_equals_uninterrupted_run(data, tmp_path, monkeypatch):
     sets = ["--set", f"data.root={data}", "--set", "train.iterations=5", "--set",
             "train.checkpoint_every=2", "--set", "train.log_every=2", "--set",

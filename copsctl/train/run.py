@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, RECIPE_NAME, RUN_FILES, load_checkpoint,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, RECIPE_NAME, RUN_FILES,
+                         checkpoint_class_table, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .logging import MetricsLogger
 from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
 from .schedule import WarmupPolySchedule
@@ -148,6 +149,14 @@ def open_run(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, resume:
     train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
                                                              say=checked.append)
     ckpt, start = run_checkpoint(out, has_ckpt, kind)
+    stored = checkpoint_class_table(ckpt) if ckpt is not None else None
+    if stored is not None and (stored.category_ids, stored.isthing) != (class_table.category_ids,
+                                                                        class_table.isthing):
+        raise InputError(f"--resume {out}: the run was trained on {stored.num_classes} classes "
+                         f"(category ids {list(stored.category_ids)}), the dataset at "
+                         f"{cfg.data.root} has {class_table.num_classes} (ids "
+                         f"{list(class_table.category_ids)}) or other thing flags; data.root may "
+                         "move the data, not change it")
     return train_dataset, val_dataset, class_table, ckpt, start, checked
 
 
