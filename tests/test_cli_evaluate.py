@@ -200,8 +200,8 @@ def _break_size(files):
 
 
 def _break_mode(files):
-    Image.fromarray(np.zeros((16, 20, 4), np.uint8), mode="RGBA").save(files[3] / "im2_pred.png")
-    return r"image 'im2': .*im2_pred.png: panoptic PNG must be RGB mode, got RGBA"
+    Image.fromarray(np.zeros((16, 20), np.uint8), mode="L").save(files[3] / "im2_pred.png")
+    return r"image 'im2': .*im2_pred.png: panoptic PNG must be RGB \(or RGBA\) mode, got L"
 
 
 def _break_gt_json(files):
@@ -272,6 +272,20 @@ def test_json_never_overwrites_an_input_also_an_implied_one(files, tmp_path):
         assert len(lines) == 1 and all(w in lines[0] for w in words), r.stderr
     assert {p: p.read_bytes() for p in before} == before
     assert not (gt_dir / "x.json").exists()
+
+
+def test_rgba_pngs_are_read_by_their_rgb(files, tmp_path):
+    """panopticapi reads the ids from R, G and B of any PNG it can open as an array."""
+    want = _run(*_args(files, tmp_path / "want.json"))
+    assert want.exit_code == 0, want.output
+    for png in files[3].iterdir():
+        rgb = np.asarray(Image.open(png))
+        alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+        Image.fromarray(np.concatenate([rgb, alpha], axis=2), mode="RGBA").save(png)
+    got = _run(*_args(files, tmp_path / "got.json"))
+    assert got.exit_code == 0, got.output
+    assert json.loads((tmp_path / "got.json").read_text()) == json.loads(
+        (tmp_path / "want.json").read_text())
 
 
 def test_prediction_categories_are_not_read(files, tmp_path):

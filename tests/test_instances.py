@@ -118,6 +118,21 @@ def test_without_scores_ap_is_left_out_with_a_note(tmp_path):
     assert js["instances"] is None and js["notes"] == res.notes
 
 
+def test_a_prediction_without_thing_segments_scores_ap_zero(tmp_path):
+    """Zero detections against ground-truth instances: COCOeval's AP 0 (not left out as if
+    the segments lacked scores)."""
+    paths = _scored_set(tmp_path, n=2)
+    d = json.loads(paths[2].read_text())
+    for a in d["annotations"]:
+        a["segments_info"] = []
+        Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(paths[3] / a["file_name"])
+    paths[2].write_text(json.dumps(d))
+    res = evaluate_files(paths[0], paths[2], paths[1], paths[3])
+    assert res.instances is not None and res.instances.num_detections == 0
+    assert res.instances.num_gt > 0 and res.instances.ap == 0.0
+    assert not res.notes
+
+
 def test_scores_on_only_some_thing_segments_are_an_error(tmp_path):
     paths = _scored_set(tmp_path, n=2)
     d = json.loads(paths[2].read_text())

@@ -457,7 +457,7 @@ def test_wrong_png_size_and_mode(small_set):
     with pytest.raises(InputError, match=r"image 'city_000000_000019': .*PNG size 16x23"):
         evaluate_files(gt_json, pred_json, gt_dir, pred_dir)
     Image.fromarray(np.zeros((16, 24), np.uint8), mode="L").save(pred_dir / name)
-    with pytest.raises(InputError, match=r"image 'city_000000_000019': .*must be RGB mode, got L"):
+    with pytest.raises(InputError, match=r"image 'city_000000_000019': .*must be RGB \(or RGBA\) mode, got L"):
         evaluate_files(gt_json, pred_json, gt_dir, pred_dir)
 
 

@@ -106,8 +106,9 @@ class Evaluation:
 
 
 def _check_scores(tasks, thing: np.ndarray, pred_json) -> bool:
-    """True when predicted segments carry scores, every thing segment among them; False
-    when no predicted segment has one."""
+    """True when every predicted thing segment carries a score (also when there is none:
+    zero detections score AP 0); False when some lack one and no predicted segment has
+    one."""
     scored = 0
     first_missing = None
     for t in tasks:
@@ -121,7 +122,7 @@ def _check_scores(tasks, thing: np.ndarray, pred_json) -> bool:
         raise InputError(f"{pred_json}: image {image_id!r}: thing segment {sid} has no `score` "
                          f"while {scored} other segments have one (instance AP ranks by "
                          "score: give every predicted thing segment one, or none)")
-    return scored > 0
+    return scored > 0 or first_missing is None
 
 
 def evaluate_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,

@@ -246,8 +246,8 @@ def read_id_png(path: str | os.PathLike, expected_size: tuple[int, int] | None =
                 dtype=np.int64) -> np.ndarray:
     """Read a panoptic PNG into an (H, W) id map.
 
-    ``expected_size`` is (H, W); a PNG of another size or not in RGB mode is an
-    :class:`InputError` naming the file. ``dtype`` is ``np.int64`` (default) or
+    ``expected_size`` is (H, W); a PNG of another size or not in RGB mode (RGBA is read
+    as its RGB, as panopticapi does) is an :class:`InputError` naming the file. ``dtype`` is ``np.int64`` (default) or
     ``np.uint32`` (ids are below 256**3; saves a conversion where speed matters).
     """
     path = Path(path)
@@ -256,9 +256,11 @@ def read_id_png(path: str | os.PathLike, expected_size: tuple[int, int] | None =
     try:
         with Image.open(path) as im:
             mode = im.mode
-            if mode != "RGB":
-                raise InputError(f"{path}: panoptic PNG must be RGB mode, got {mode}")
+            if mode not in ("RGB", "RGBA"):
+                raise InputError(f"{path}: panoptic PNG must be RGB (or RGBA) mode, got {mode}")
             im.load()
+            if mode == "RGBA":  # the ids are in R, G, B; panopticapi ignores the alpha too
+                im = im.convert("RGB")
             w, h = im.size
             # Pillow keeps RGB pixels as 4 bytes; exporting them as RGBX is a plain copy
             # and gives the little-endian word R + 256 G + 256² B + 256³ X directly.
