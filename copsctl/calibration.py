@@ -37,6 +37,9 @@ CALIBRATION_NAME = "calibration.yaml"
 ``finetune`` and ``predict`` pick it up beside a run's checkpoint."""
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One calibration: ``node_scale`` and, per distance, ``edge_scale`` and ``edge_offset``."""
@@ -63,16 +66,19 @@ class Calibration:
         return cls(node, scale, offset)
 
     def check(self, m: int, source: str) -> "Calibration":
-        """Self, after checking the lengths and values against ``m`` distances."""
-        if len(self.edge_scale) != m or len(self.edge_offset) != m:
-            raise InputError(f"{source}: calibration has {len(self.edge_scale)} edge scales and "
-                             f"{len(self.edge_offset)} edge offsets, the costs {m} distances")
-        nums = (self.node_scale, *self.edge_scale, *self.edge_offset)
-        if not all(math.isfinite(v) for v in nums) or self.node_scale <= 0 or \
-                min(self.edge_scale, default=1) <= 0:
+        """Self for ``m`` distances, an empty ``edge_scale`` or ``edge_offset`` filled (1
+        and 0 for all, as in a recipe), after checking the lengths and values."""
+        scale = self.edge_scale or (1.0,) * (len(self.edge_offset) or m)
+        cal = Calibration(self.node_scale, scale, self.edge_offset or (0.0,) * len(scale))
+        if len(cal.edge_scale) != m or len(cal.edge_offset) != m:
+            raise InputError(f"{source}: calibration has {len(cal.edge_scale)} edge scales and "
+                             f"{len(cal.edge_offset)} edge offsets, the costs {m} distances")
+        nums = (cal.node_scale, *cal.edge_scale, *cal.edge_offset)
+        if not all(math.isfinite(v) and abs(v) < _FLOAT32_MAX for v in nums) or \
+                cal.node_scale <= 0 or min(cal.edge_scale) <= 0:
             raise InputError(f"{source}: calibration scales must be positive and every value "
-                             "finite")
-        return self
+                             "finite in float32 (the costs' type)")
+        return cal
 
     def apply(self, node_costs: np.ndarray, edge_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The calibrated cost maps of one image: (K, h, w) and (2m, h, w), grid layout."""

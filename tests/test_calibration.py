@@ -119,7 +119,8 @@ def test_bad_calibration_files_are_one_line_errors(shifted, tmp_path):
     for text, rule in (("calibration: 3\n", "must hold a `calibration:` mapping"),
                        ("calibration: {node_scale: x}\n", "must be a number"),
                        ("calibration: {nosuch: 1}\n", "unknown key"),
-                       ("calibration: {edge_offset: [1, 2]}\n", "distances")):
+                       ("calibration: {edge_offset: [1, 2]}\n", "distances"),
+                       ("calibration: {node_scale: 1.0e+300}\n", "finite in float32")):
         bad.write_text(text)
         res = runner.invoke(app, ["solve", str(root / "shifted.h5"), "--out",
                                   str(tmp_path / "p"), "--calibration", str(bad)])
@@ -179,3 +180,13 @@ def test_calibrate_never_overwrites_its_inputs_or_a_folder(shifted, tmp_path):
                                   info["gt_json"], "--out", str(out)])
         assert res.exit_code == 2 and rule in res.output and "Traceback" not in res.output, res.output
     assert (root / "shifted.h5").read_bytes() == before
+
+
+def test_a_calibration_of_node_scale_only_fills_the_edges_as_a_recipe_does():
+    """Empty edge_scale / edge_offset mean 1 and 0 for every distance, in a file too."""
+    from copsctl.calibration import Calibration
+
+    cal = Calibration(2.0).check(3, "--calibration")
+    assert cal == Calibration(2.0, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert Calibration(1.0, (), (0.5, 0.5)).check(2, "x") == Calibration(1.0, (1.0, 1.0),
+                                                                         (0.5, 0.5))

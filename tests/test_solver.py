@@ -492,3 +492,9 @@ def test_the_kernel_survives_cost_differences_that_overflow():
     res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
                          text=True)
     assert res.returncode == 0 and "feasible" in res.stdout, (res.returncode, res.stderr)
+    # subnormal costs: 1023 / (largest cost - threshold) is inf, 0 * inf a NaN bucket
+    tiny = code.replace("np.array([1e308, -9e307])", "np.array([1e-310, 1e-310])").replace(
+        "precluster_threshold=-1e308", "precluster_threshold=0.0")
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", tiny], capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "feasible" in res.stdout, (res.returncode, res.stderr)

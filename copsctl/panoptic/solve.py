@@ -222,7 +222,8 @@ def solve_costs(costs: str | os.PathLike, out: str | os.PathLike, *, workers: in
         if calibration is not None:
             m = len(cf.distances)
             base = Calibration.from_section(recipe.calibration, m)
-            relative = calibration.check(m, "--calibration").relative_to(base)
+            calibration = calibration.check(m, "--calibration")
+            relative = calibration.relative_to(base)
             recipe = recipe.replace({f"calibration.{k}": v
                                      for k, v in calibration.to_section().items()})
         if workers is None:
