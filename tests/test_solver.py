@@ -498,3 +498,19 @@ def test_the_kernel_survives_cost_differences_that_overflow():
     res = subprocess.run([sys.executable, "-W", "ignore", "-c", tiny], capture_output=True,
                          text=True)
     assert res.returncode == 0 and "feasible" in res.stdout, (res.returncode, res.stderr)
+
+
+def test_api_inputs_of_the_wrong_kind_are_input_errors():
+    from copsctl.solver.grid import grid_graph
+
+    nc, part = np.zeros((2, 2)), np.array([True, False])
+    assert solve_amwc(nc, [], [], part).labels.tolist() == [0, 0]  # [] is float64 to numpy
+    with pytest.raises(InputError, match=r"`problems\[0\]` must be .* got a int"):
+        solve_many([5])
+    with pytest.raises(InputError, match="`options` must be a SolverOptions"):
+        solve_amwc(nc, [], [], part, options={"improve": False})
+    for size, match in (((-2, 3, (1,)), "grid size must be positive integers"),
+                        ((3.7, 3, (1,)), "grid size must be positive integers"),
+                        ((3, 3, (1.5,)), "`distances` must be distinct positive integers")):
+        with pytest.raises(InputError, match=match):
+            grid_graph(*size)

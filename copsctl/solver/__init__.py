@@ -185,8 +185,8 @@ def _as_node_costs(node_costs) -> np.ndarray:
 
 def _as_edges(edges, num_nodes: int) -> np.ndarray:
     arr = np.asarray(edges)
-    if arr.size == 0:
-        arr = arr.reshape(0, 2)
+    if arr.size == 0:  # no edges, of any dtype ([] is float64 to numpy)
+        arr = np.zeros((0, 2), dtype=np.int32)
     if arr.dtype.kind not in "iu":
         raise InputError(f"`edges` must be an integer array, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] != 2:
@@ -239,6 +239,19 @@ def _as_local_edges(local_edges, num_edges: int) -> np.ndarray:
         raise InputError(f"`local_edges` (shape {arr.shape}) must have shape ({num_edges},), "
                          "one flag per edge")
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _as_options(options) -> SolverOptions:
+    if options is None:
+        return SolverOptions()
+    if not isinstance(options, SolverOptions):
+        raise InputError(f"`options` must be a SolverOptions (SolverOptions(**fields)), got "
+                         f"{type(options).__name__}")
+    return options
+
+
+def _describe(p) -> str:
+    return f"{len(p)} items" if isinstance(p, (tuple, list)) else f"a {type(p).__name__}"
 
 
 def _validate(node_costs, edges, edge_costs, partitionable, local_edges=None):
@@ -377,7 +390,7 @@ def solve_amwc(node_costs, edges, edge_costs, partitionable, local_edges=None,
     ([0, 0, 1], [0, 0, 1], -1.0)
     """
     valid = _validate(node_costs, edges, edge_costs, partitionable, local_edges)
-    return _solve_validated(*valid, options or SolverOptions())
+    return _solve_validated(*valid, _as_options(options))
 
 
 def solve_mwc(node_costs, edges, edge_costs, local_edges=None,
@@ -400,12 +413,12 @@ def solve_many(problems: Sequence, workers: int | None = None,
     with ``local_edges`` as a fifth item; the results come back in the same order.
     ``workers`` defaults to the number of CPUs this process may use.
     """
-    opts = options or SolverOptions()
+    opts = _as_options(options)
     validated = []
     for i, p in enumerate(problems):
-        if len(p) not in (4, 5):
+        if not isinstance(p, (tuple, list)) or len(p) not in (4, 5):
             raise InputError(f"`problems[{i}]` must be (node_costs, edges, edge_costs, "
-                             f"partitionable[, local_edges]), got {len(p)} items")
+                             f"partitionable[, local_edges]), got {_describe(p)}")
         try:
             validated.append(_validate(*p))
         except InputError as exc:

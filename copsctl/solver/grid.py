@@ -16,6 +16,7 @@ so a positive cost is attractive.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -23,7 +24,19 @@ import numpy as np
 from ..errors import InputError
 
 
+def _whole(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer()
+
+
+def _check_size(height, width) -> tuple[int, int]:
+    if not (_whole(height) and _whole(width)) or height < 1 or width < 1:
+        raise InputError(f"grid size must be positive integers, got {height}x{width}")
+    return int(height), int(width)
+
+
 def _check_distances(distances: Sequence[int]) -> tuple[int, ...]:
+    if not all(_whole(d) for d in distances):
+        raise InputError(f"`distances` must be distinct positive integers, got {list(distances)}")
     ds = tuple(int(d) for d in distances)
     if not ds:
         raise InputError("`distances` must name at least one distance")
@@ -123,4 +136,4 @@ def grid_graph(height: int, width: int, distances: Sequence[int]) -> GridGraph:
     The local edges are what :func:`copsctl.solver.solve_amwc` should receive as
     ``local_edges`` on grids: superpixels grown along short edges stay compact.
     """
-    return _grid_graph(int(height), int(width), _check_distances(distances))
+    return _grid_graph(*_check_size(height, width), _check_distances(distances))
