@@ -243,9 +243,21 @@ def _break_image_size(root):
     return "differs from the image size"
 
 
+def _empty_split(split):
+    def breaker(root):
+        path = root / "annotations" / f"panoptic_{split}2017.json"
+        d = json.loads(path.read_text())
+        d["images"], d["annotations"] = [], []
+        path.write_text(json.dumps(d))
+        return f"split '{split}' holds no images"
+    breaker.__name__ = f"_break_empty_{split}"
+    return breaker
+
+
 @pytest.mark.parametrize("breaker", [_break_missing_image, _break_corrupt_label_pngs,
                                      _break_corrupt_images, _break_corrupt_json,
-                                     _break_image_size])
+                                     _break_image_size, _empty_split("train"),
+                                     _empty_split("val")])
 def test_broken_dataset_is_one_line_exit_2_and_writes_nothing(data, tmp_path, breaker):
     root = tmp_path / "data"
     shutil.copytree(data, root)

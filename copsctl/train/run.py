@@ -186,9 +186,12 @@ def open_run_data(cfg: "Recipe", ctx: "DistContext", *,
     from .data import make_dataset, open_split
 
     train_reader = open_split(cfg, cfg.data.train_split)
+    _require_images(train_reader, cfg.data.train_split, "training", "data.train_split")
     val_dataset = None
     if ctx.is_main:
-        val_dataset = make_dataset(cfg, open_split(cfg, cfg.data.val_split), train=False)
+        val_reader = open_split(cfg, cfg.data.val_split)
+        _require_images(val_reader, cfg.data.val_split, "validation", "data.val_split")
+        val_dataset = make_dataset(cfg, val_reader, train=False)
         if val_dataset.reader.class_table != train_reader.class_table:
             raise InputError(f"{val_dataset.reader.json_path}: categories differ from those "
                              f"of {train_reader.json_path}")
@@ -206,6 +209,12 @@ def open_run_data(cfg: "Recipe", ctx: "DistContext", *,
 
     ctx.run_on_main(check)
     return make_dataset(cfg, train_reader, train=True), val_dataset, train_reader.class_table
+
+
+def _require_images(reader, split: str, use: str, key: str) -> None:
+    if len(reader) == 0:
+        raise InputError(f"{reader.json_path}: split {split!r} holds no images; {use} needs "
+                         f"some (`{key}` names the split)")
 
 
 def run_checkpoint(out: Path, has_checkpoint: bool, kind: str) -> tuple[dict | None, int]:
