@@ -108,6 +108,27 @@ def test_resume_on_a_dataset_of_other_classes_is_refused(run, data, tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_a_run_folder_another_process_trains_in_is_refused(data, tmp_path):
+    """Two commands started together both found the folder empty and trained in it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", out, "--set",
+                                    f"data.root={data}"), "another copsctl command")
+        assert list(out.iterdir()) == []
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_interrupted_run_resumed_equals_uninterrupted_run(data, tmp_path, monkeypatch):
     sets = ["--set", f"data.root={data}", "--set", "train.iterations=5", "--set",
             "train.checkpoint_every=2", "--set", "train.log_every=2", "--set",

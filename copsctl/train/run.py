@@ -20,6 +20,7 @@ the rest is shared and lives here, in the order a command uses it:
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import time
 from pathlib import Path
@@ -105,6 +106,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
     from ..atomic import check_output, is_leftover, remove_leftovers
 
     check_output(run_dir, "--out", folder=True)
+    if run_dir.is_dir():
+        claim_run_dir(run_dir)
     if resume:
         remove_leftovers(run_dir)
     entries = sorted(p.name for p in run_dir.iterdir() if not is_leftover(p.name)) \
@@ -121,6 +124,35 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
     if entries and RECIPE_NAME not in entries:
         raise InputError(f"--out {run_dir}: holds no {RECIPE_NAME}; cannot resume it")
     return (run_dir / CHECKPOINT_NAME).is_file()
+
+
+_CLAIMED: dict[Path, int] = {}
+
+
+def claim_run_dir(run_dir: Path, must_be_empty: bool = False) -> None:
+    """Hold an exclusive lock on an existing run folder for the rest of this process
+    (:func:`check_run_dir` takes it, and the first write again for a folder made then): a
+    second command training in it at the same time is refused, though both would find it
+    empty when started together. ``must_be_empty``: check that again under the lock."""
+    from ..atomic import is_leftover
+
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        return
+    key = run_dir.resolve()
+    if key not in _CLAIMED:
+        fd = os.open(run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(f"--out {run_dir}: another copsctl command is training in this "
+                             "folder; wait for it to end or choose another folder") from None
+        _CLAIMED[key] = fd
+    if must_be_empty and any(not is_leftover(p.name) for p in run_dir.iterdir()):
+        raise InputError(f"--out {run_dir}: folder is not empty; pass --resume to continue "
+                         "the run in it, or choose a new folder")
 
 
 def targets_to_device(batch: dict, device: torch.device) -> dict:
@@ -359,6 +391,7 @@ def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Mo
     logger = None
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(out, must_be_empty=not resume)
         save_recipe(cfg, out / RECIPE_NAME)
         logger = MetricsLogger(out, resume_iteration=start if resume else None)
         if ckpt is not None:
