@@ -87,6 +87,21 @@ def test_refuses_a_non_empty_run_folder_and_a_changed_recipe_on_resume(run, data
     fails_in_one_line(_pretrain("--out", foreign, "--resume"), "not a run folder", "notes.txt")
 
 
+def test_an_edited_recipe_yaml_is_refused_on_resume(run, tmp_path):
+    """recipe.yaml is the run's record: the checkpoint's stored recipe decides, and an edit
+    (or a file cut short, whose missing sections would take the defaults) is refused."""
+    edited = tmp_path / "run"
+    shutil.copytree(run, edited)
+    text = (edited / "recipe.yaml").read_text()
+    assert "\n  lr: 0.001  #" in text
+    (edited / "recipe.yaml").write_text(text.replace("\n  lr: 0.001  #", "\n  lr: 0.5  #"))
+    fails_in_one_line(_pretrain("--out", edited, "--resume"), "train.lr", "0.5",
+                      "must not be edited")
+    (edited / "recipe.yaml").write_text(text[: len(text) // 3])
+    res = _pretrain("--out", edited, "--resume")
+    assert res.exit_code == 2 and "must not be edited" in res.output, res.output
+
+
 def test_resume_on_a_dataset_of_other_classes_is_refused(run, data, tmp_path):
     """data.root may change on resume (the data moved), its classes may not: another class
     count failed in load_state_dict, renumbered ids relabelled the channels silently."""

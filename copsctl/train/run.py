@@ -31,8 +31,8 @@ import torch
 
 from ..errors import InputError
 from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, RECIPE_NAME, RUN_FILES,
-                         checkpoint_class_table, load_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+                         checkpoint_class_table, checkpoint_recipe, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .logging import MetricsLogger
 from .loop import LoopResult, RunResult, TrainEvent, TrainLoop
 from .schedule import WarmupPolySchedule
@@ -84,6 +84,18 @@ def resolve_run_recipe(recipe: str | None, overrides: Sequence[str], run_dir: Pa
                              "run folder can do without it)")
         return load_recipe(recipe, overrides)
     saved = load_recipe(saved_path)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    stored = checkpoint_recipe(load_checkpoint(ckpt_path), str(ckpt_path)) \
+        if ckpt_path.is_file() else None
+    # recipe.yaml is the run's record, not a place to change it: the checkpoint's copy
+    # says what it was trained with (resumable keys may differ until the next checkpoint).
+    edited = [k for k in _recipe_diff(stored, saved) if k not in RESUMABLE_KEYS] \
+        if stored is not None else []
+    if edited:
+        k = edited[0]
+        raise InputError(f"--resume: {saved_path} has `{k}` = {saved.get(k)!r}, but "
+                         f"{ckpt_path.name} was trained with {stored.get(k)!r}; a run's "
+                         f"{RECIPE_NAME} must not be edited (restore it, or start a new run)")
     if recipe is None and not overrides:
         return saved
     wanted = load_recipe(recipe, overrides) if recipe is not None else saved.replace(list(overrides))
