@@ -47,14 +47,8 @@ def dump_costs_command(
     from ..costs.network import dump_costs
     from ..train.checkpoint import run_inputs
 
-    from ..costs.cache import STORAGES
-
     if no_calibration and calibration is not None:
         raise InputError("--calibration and --no-calibration contradict each other; pass one")
-    if num_workers is not None and num_workers < 0:
-        raise InputError(f"--num-workers must be >= 0, got {num_workers}")
-    if storage not in STORAGES:
-        raise InputError(f"--storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     check_json_option(out_json, out=out, run=run_inputs(run), weights=weights)
     with count_progress("dumping costs") as progress:
         summary = dump_costs(out, run=run, weights=weights, recipe=recipe, overrides=overrides,

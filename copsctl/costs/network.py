@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .cache import CostWriter
+from .cache import STORAGES, CostWriter
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -186,6 +186,10 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
     t0 = time.perf_counter()
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
+    if num_workers is not None and num_workers < 0:
+        raise InputError(f"--num-workers must be >= 0, got {num_workers}")
+    if dtype not in STORAGES:  # before the model is loaded (CostWriter checks it there)
+        raise InputError(f"--storage must be one of {', '.join(STORAGES)}, got {dtype!r}")
     dev = resolve_device(device)
     model, ckpt, cfg, weights = resolve_model(run, weights, recipe=recipe, overrides=overrides,
                                               device=dev, calibration=calibration)
@@ -203,9 +207,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         raise InputError(f"{weights}: the model predicts {model.num_classes} classes, the "
                          f"{split} split of {cfg.data.root} has {dataset.thing_classes.shape[0]}")
     stored = checkpoint_class_table(ckpt)
-    table = reader.class_table
-    if stored is not None and (stored.category_ids, stored.isthing) != (table.category_ids,
-                                                                        table.isthing):
+    if stored is not None and not stored.same_classes(reader.class_table):
         raise InputError(f"{weights}: the model was trained on other classes than the {split} "
                          f"split of {cfg.data.root} (category ids or thing flags differ: "
                          "channel k would be read as another class)")

@@ -135,6 +135,11 @@ class ClassTable:
     def stuff_category_ids(self) -> tuple[int, ...]:
         return tuple(c for c, t in zip(self.category_ids, self.isthing) if not t)
 
+    def same_classes(self, other: "ClassTable") -> bool:
+        """The same category ids with the same thing flags, in the same order: a network
+        trained on one reads its channels as the other's classes (names may differ)."""
+        return (self.category_ids, self.isthing) == (other.category_ids, other.isthing)
+
     def index_of(self, category_id: int) -> int:
         """Contiguous index of ``category_id``; an unknown id is an :class:`InputError`."""
         try:

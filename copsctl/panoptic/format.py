@@ -247,8 +247,9 @@ def read_id_png(path: str | os.PathLike, expected_size: tuple[int, int] | None =
     """Read a panoptic PNG into an (H, W) id map.
 
     ``expected_size`` is (H, W); a PNG of another size or not in RGB mode (RGBA is read
-    as its RGB, as panopticapi does) is an :class:`InputError` naming the file. ``dtype`` is ``np.int64`` (default) or
-    ``np.uint32`` (ids are below 256**3; saves a conversion where speed matters).
+    as its RGB, as panopticapi does) is an :class:`InputError` naming the file. ``dtype``
+    is ``np.int64`` (default) or ``np.uint32`` (ids are below 256**3; saves a conversion
+    where speed matters).
     """
     path = Path(path)
     if not path.is_file():

@@ -167,6 +167,16 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 # ---------------------------------------------------------------------------- output folder
 
 
+def _holds_files(entry: Path) -> bool:
+    """An entry of an output folder without its JSON is something: not a leftover, nor
+    an empty (or leftovers-only) PNG or overlay folder."""
+    if is_leftover(entry.name):
+        return False
+    if entry.name in (PRED_DIR, OVERLAY_DIR) and entry.is_dir():
+        return any(not is_leftover(q.name) for q in entry.iterdir())
+    return True
+
+
 class _PredictionFolder:
     """The prediction folder: what is finished, and the JSON that lists it."""
 
@@ -178,9 +188,7 @@ class _PredictionFolder:
         earlier = []
         if json_path.is_file():
             earlier = self._load(json_path)
-        elif out.is_dir() and any(not is_leftover(p.name) and (
-                p.name not in (PRED_DIR, OVERLAY_DIR) or not p.is_dir()
-                or any(not is_leftover(q.name) for q in p.iterdir())) for p in out.iterdir()):
+        elif out.is_dir() and any(_holds_files(p) for p in out.iterdir()):
             raise InputError(f"--out {out}: folder is not empty and holds no {PRED_JSON}; "
                              "refusing to write into it")
         self.writer = PanopticWriter(json_path, out / PRED_DIR, categories,

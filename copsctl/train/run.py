@@ -194,8 +194,7 @@ def open_run(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, resume:
                                                              say=checked.append)
     ckpt, start = run_checkpoint(out, has_ckpt, kind)
     stored = checkpoint_class_table(ckpt) if ckpt is not None else None
-    if stored is not None and (stored.category_ids, stored.isthing) != (class_table.category_ids,
-                                                                        class_table.isthing):
+    if stored is not None and not stored.same_classes(class_table):
         raise InputError(f"--resume {out}: the run was trained on {stored.num_classes} classes "
                          f"(category ids {list(stored.category_ids)}), the dataset at "
                          f"{cfg.data.root} has {class_table.num_classes} (ids "
