@@ -195,6 +195,36 @@ def test_visualize_run_pretraining_and_finetuning_curves(tmp_path):
     assert _not_blank(_pixels(tmp_path / "ft.png"))
 
 
+def test_visualize_run_gaps_for_undrawable_values_and_skips_bad_iterations(tmp_path):
+    # ±1e308 crashed matplotlib's axis arithmetic (linear and log axes), a JSON bool was
+    # taken as iteration 1; both are gaps or skipped now, with a note for the skipped
+    run = tmp_path / "odd"
+    _write_log(run, [{"iteration": i, "group": "train", "loss": v, "loss_semantic": 1e-300 * i}
+                     for i, v in enumerate([1.0, 1e308, -1e308, 2.0, None, True, 0.5], 1)])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 8, "group": "train", "loss": Infinity, "loss_semantic": NaN}\n')
+        for it in ("true", "1.5", '"9"', "-1", "1" + "0" * 400):
+            f.write(f'{{"iteration": {it}, "group": "train", "loss": 1.0}}\n')
+        f.write('{"iteration": 8, "group": "val", "PQ": 1e308}\n')
+    out = tmp_path / "odd.png"
+    res = runner.invoke(app, ["visualize", "run", str(run), "--out", str(out), "--json",
+                              str(tmp_path / "odd.json")])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and "Warning" not in res.output
+    assert "skipped 5 records whose iteration is not a whole number in [0, 2**63) (first: True)" \
+        in res.output
+    info = json.loads((tmp_path / "odd.json").read_text())
+    assert (info["train_records"], info["val_records"], info["last_iteration"]) == (8, 1, 8)
+    assert len(info["notes"]) == 1
+    assert _pixels(out).std() > 10
+    # only undrawable iterations: the error says why there is no training record
+    _write_log(tmp_path / "bool", [{"iteration": True, "group": "train", "loss": 1e308}])
+    res = runner.invoke(app, ["visualize", "run", str(tmp_path / "bool"), "--out",
+                              str(tmp_path / "bool.png")])
+    fails_in_one_line(res, "holds no training record yet", "skipped 1 record", "(first: True)")
+    assert not (tmp_path / "bool.png").exists()
+
+
 def test_visualize_run_bad_input_exits_2(tmp_path):
     out = tmp_path / "c.png"
     res = runner.invoke(app, ["visualize", "run", str(tmp_path / "none"), "--out", str(out)])

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from ._app import App, app
 from ._util import (GT_HELP, GT_JSON_HELP, PRED_HELP, PRED_JSON_HELP, SET_HELP, cli_errors,
-                    console, write_json_option)
+                    console, err_console, write_json_option)
 
 visualize_app = App(name="visualize", no_args_is_help=True,
                     help="Pictures (PNG): an image's costs and prediction, a run's "
@@ -73,6 +74,8 @@ def run_command(
     check_output(out, "--out", inputs={"RUN_DIR": run_dir})
     check_output(out_json, "--json", inputs={"--out": out})
     r = run_figure(run_dir, out)
+    for note in r["notes"]:
+        err_console.print(f"[bold]note:[/] {escape(note)}", soft_wrap=True)
     console.print(f"wrote {r['out']} ({r['train_records']} training and {r['val_records']} "
                   f"validation records, up to iteration {r['last_iteration']})")
     write_json_option(out_json, r)
