@@ -245,3 +245,17 @@ def test_visualize_pipeline_and_the_committed_picture(tmp_path):
     committed = Path(__file__).resolve().parent.parent / "docs" / "pipeline.png"
     assert _pixels(committed).shape == _pixels(out).shape
     assert committed.stat().st_size < 200_000
+
+
+def test_visualize_pipeline_default_out_is_pipeline_png_in_the_current_folder(tmp_path,
+                                                                            monkeypatch):
+    # it was docs/pipeline.png, creating a docs folder wherever the command ran
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["visualize", "pipeline"])
+    assert res.exit_code == 0, res.output
+    assert "wrote pipeline.png" in res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline.png"]
+    assert _not_blank(_pixels(tmp_path / "pipeline.png"))
+    res = runner.invoke(app, ["visualize", "pipeline", "--help"], terminal_width=200)
+    assert "by default in the current folder" in res.output
+    assert "[default: pipeline.png]" in res.output

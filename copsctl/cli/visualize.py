@@ -84,7 +84,9 @@ def run_command(
 @visualize_app.command("pipeline")
 @cli_errors
 def pipeline_command(
-    out: Path = typer.Option(Path("docs/pipeline.png"), "--out", help="PNG file to write."),
+    out: Path = typer.Option(Path("pipeline.png"), "--out", help="PNG file to write, by default "
+                             "in the current folder (the repository's picture: --out "
+                             "docs/pipeline.png)."),
 ) -> None:
     """The pipeline diagram: image -> network -> costs -> solver -> panoptic -> PQ, and back."""
     from ..atomic import check_output

@@ -9,5 +9,5 @@ One module per picture (import them directly):
 - :mod:`~copsctl.visualize.curves`: a run's training curves, and for fine-tuning the
   surrogate against the exact PQ (``copsctl visualize run``).
 - :mod:`~copsctl.visualize.pipeline`: the pipeline diagram (``copsctl visualize
-  pipeline``, committed as ``docs/pipeline.png``).
+  pipeline``, committed as ``docs/pipeline.png``, drawn with ``--out docs/pipeline.png``).
 """

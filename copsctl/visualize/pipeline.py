@@ -1,4 +1,6 @@
-"""The COPS pipeline as a picture: ``copsctl visualize pipeline`` (``docs/pipeline.png``).
+"""The COPS pipeline as a picture: ``copsctl visualize pipeline`` (the repository's
+``docs/pipeline.png`` is drawn with ``--out docs/pipeline.png``; the default is
+``pipeline.png`` in the current folder).
 
 Forward path, left to right: image -> network -> costs (HDF5 cost file) -> AMWC solver ->
 panoptic PNG + JSON -> exact PQ, each box labelled with the ``copsctl`` command that runs
