@@ -5,7 +5,9 @@ comment. A recipe file (YAML) only overrides keys and may inherit from another f
 with ``_BASE_: other.yaml`` (a path relative to the file that names it). Command-line
 overrides are dotted ``key=value`` strings whose value is read by the key's declared
 type: a string key takes the text as it is (``data.root=/x/syn #2``, ``data.root=123``),
-other keys read it as YAML (``train.lr=5e-4``, ``data.crop_size=[128,128]``). A
+other keys read it as YAML (``train.lr=5e-4``, ``data.crop_size=[128,128]``). In a file
+too, a string key takes its plain (unquoted) scalar as text: ``root: 123`` is the folder
+``123``. A
 ``_BASE_`` name not found beside the file is looked up among the packaged recipes.
 
 Resolution order, later wins: code defaults -> the base chain, outermost base first ->
@@ -84,6 +86,15 @@ def _seed(v) -> str | None:
 
 def _positive_items(v) -> str | None:
     return None if all(x > 0 for x in v) else "hold positive values only"
+
+
+def _rates(v) -> str | None:
+    return "name at least one rate" if not v else _positive_items(v)
+
+
+def _perturbations(v) -> str | None:
+    # the bound of the solver's integer options (its kernel's int); more is no sane count
+    return None if 1 <= v <= 2 ** 31 - 1 else "lie in [1, 2**31 - 1]"
 
 
 def _finite_items(v) -> str | None:
@@ -169,7 +180,7 @@ class ModelConfig:
     output_stride: int = _key(16,
         "backbone output stride; the last stage(s) are dilated to reach it", choices=(8, 16, 32))
     aspp_rates: tuple[int, ...] = _key((6, 12, 18),
-        "ASPP dilation rates at output stride 16", check=_positive_items)
+        "ASPP dilation rates at output stride 16 (at least one)", check=_rates)
     aspp_channels: int = _key(256, "channels of each ASPP branch and of its projection", check=_positive)
     aspp_dropout: float = _key(0.1, "dropout after the ASPP projection during training", check=_probability)
     project_channels: tuple[int, int] = _key((32, 64),
@@ -307,7 +318,8 @@ class FinetuneConfig:
         "smallest interpolation range lambda, drawn uniformly per perturbation", check=_positive)
     lambda_max: float = _key(5000.0, "largest interpolation range lambda", check=_positive)
     num_perturbations: int = _key(5,
-        "N: perturbed solves averaged per image in the backward pass (eq. 4)", check=_positive)
+        "N: perturbed solves averaged per image in the backward pass (eq. 4)",
+        check=_perturbations)
     trainable: tuple[str, ...] = _key(
         ("semantic_head", "affinity_head", "semantic_decoder_last", "affinity_decoder_last"),
         "model parts trained; all others and every batch-norm layer are frozen", check=_parts)
@@ -461,6 +473,23 @@ class _Loader(yaml.SafeLoader):
                         "while reading a mapping", node.start_mark,
                         f"key {key!r} given twice", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_document(self, node):
+        # A string key's plain scalar is its text, as --set reads it: `root: 123` is the
+        # folder "123" (YAML's int was refused as one). A copy: an alias may share the node.
+        if isinstance(node, yaml.MappingNode):
+            for section, entries in node.value:
+                if not (isinstance(section, yaml.ScalarNode) and section.value in _SECTIONS
+                        and isinstance(entries, yaml.MappingNode)):
+                    continue
+                hints = _hints(section.value)
+                for i, (key, value) in enumerate(entries.value):
+                    if (isinstance(key, yaml.ScalarNode) and hints.get(key.value) is str
+                            and isinstance(value, yaml.ScalarNode) and value.style is None):
+                        entries.value[i] = (key, yaml.ScalarNode(
+                            "tag:yaml.org,2002:str", value.value, value.start_mark,
+                            value.end_mark))
+        return super().construct_document(node)
 
     def construct_yaml_int(self, node):
         text = self.construct_scalar(node)

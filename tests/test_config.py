@@ -138,6 +138,11 @@ def test_shipped_recipes_carry_the_paper_settings():
     ("train.seed=9223372036854775808", r"`train.seed` must lie in \[0, 2\*\*63\)"),
     ("solver.boundary_moves=3000000000", r"`solver.boundary_moves` must be <= 2147483647"),
     ("train.iterations=1:30", r"`train.iterations` must be an int, got '1:30'"),
+    ("model.aspp_rates=[]", r"`model.aspp_rates` must name at least one rate; got \[\]"),
+    ("model.aspp_rates=[6, 0]", r"`model.aspp_rates` must hold positive values only"),
+    ("finetune.num_perturbations=100000000000",
+     r"`finetune.num_perturbations` must lie in \[1, 2\*\*31 - 1\]; got 100000000000"),
+    ("finetune.num_perturbations=0", r"`finetune.num_perturbations` must lie in \[1, 2\*\*31 - 1\]"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(InputError, match=message):
@@ -215,6 +220,29 @@ def test_integers_are_read_as_yaml_1_2_and_keys_given_twice_are_errors(tmp_path)
     key_twice = write(tmp_path / "key_twice.yaml", "train:\n  lr: 0.1\n  lr: 0.5\n")
     with pytest.raises(InputError, match=r"key 'lr' given twice"):
         load_recipe(key_twice)
+
+
+def test_string_keys_in_a_file_take_the_text_as_set_does(tmp_path):
+    """`root: 123` was refused as an int while --set data.root=123 was the folder 123."""
+    f = write(tmp_path / "r.yaml", """
+        data:
+          root: &n 123
+          train_split: 007
+          val_json: true
+          val_images:
+          train_images: "0x10"
+        train:
+          seed: *n
+    """)
+    r = load_recipe(f)
+    same = load_recipe(None, ["data.root=123", "data.train_split=007", "data.val_json=true",
+                              "data.val_images=", "data.train_images=0x10", "train.seed=123"])
+    assert r == same
+    assert (r.data.root, r.data.train_split, r.data.val_json) == ("123", "007", "true")
+    assert r.train.seed == 123  # the alias of the same scalar stays an int for an int key
+    listed = write(tmp_path / "list.yaml", "data:\n  root: [a]\n")
+    with pytest.raises(InputError, match=r"list.yaml: `data.root` must be a string, got \['a'\]"):
+        load_recipe(listed)
 
 
 def test_parse_override_reads_yaml_types():
