@@ -369,3 +369,20 @@ def test_device_option_sets_train_device(data, tmp_path):
                                   "--out", str(tmp_path / "never")])
         fails_in_one_line(res, "--device must be one of auto, cpu, cuda, got 'gpu'")
     assert not (tmp_path / "never").exists()
+
+
+def test_cuda_missing_is_named_as_the_user_gave_the_device(run, data, tmp_path, monkeypatch):
+    # the message named `device` (the library's argument) whatever the user had typed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in ("pretrain", "finetune"):
+        res = runner.invoke(app, [command, "--recipe", "synthetic_tiny", "--set",
+                                  f"data.root={data}", "--device", "cuda", "--out",
+                                  str(tmp_path / "never")])
+        fails_in_one_line(res, "error: --device cuda: CUDA is not available on this machine")
+    res = _pretrain("--recipe", "synthetic_tiny", "--set", f"data.root={data}", "--set",
+                    "train.device=cuda", "--out", tmp_path / "never")
+    fails_in_one_line(res, "error: `train.device` = cuda: CUDA is not available")
+    res = runner.invoke(app, ["dump-costs", "--run", str(run), "--device", "cuda", "--out",
+                              str(tmp_path / "never.h5")])
+    fails_in_one_line(res, "error: --device cuda: CUDA is not available")
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.h5").exists()

@@ -250,6 +250,18 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+def test_resolve_device_names_the_setting_as_given(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="^`device` = cuda: CUDA is not available"):
+        resolve_device("cuda")  # the library's own argument, called directly
+    with pytest.raises(InputError, match="^--device cuda: CUDA is not available"):
+        resolve_device("cuda", option="--device")
+    with pytest.raises(InputError, match="^`train.device` = cuda:1: CUDA is not available"):
+        resolve_device("cuda:1", option="`train.device`")
+    with pytest.raises(InputError, match="^--device must be auto, cpu or cuda, got 'tpu'"):
+        resolve_device("tpu", option="--device")
+
+
 def test_load_model_from_a_bare_state_dict_needs_a_fitting_recipe(tmp_path):
     import warnings
 

@@ -56,14 +56,17 @@ def check_json_option(path, *, within=None, **inputs) -> None:
 
 
 def with_device(overrides, device):
-    """``--set`` overrides plus ``train.device`` from a command's ``--device`` (which wins)."""
+    """``--set`` overrides plus ``train.device`` from a command's ``--device`` (which wins),
+    checked here so that a device this machine lacks is named as the user gave it."""
     if device is None:
         return list(overrides)
     from ..config import TrainConfig
+    from ..train.distributed import resolve_device
 
     choices = TrainConfig.__dataclass_fields__["device"].metadata["choices"]
     if device not in choices:
         raise InputError(f"--device must be one of {', '.join(choices)}, got {device!r}")
+    resolve_device(device, option="--device")
     return [*overrides, f"train.device={device}"]
 
 

@@ -190,7 +190,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         raise InputError(f"--num-workers must be >= 0, got {num_workers}")
     if dtype not in STORAGES:  # before the model is loaded (CostWriter checks it there)
         raise InputError(f"--storage must be one of {', '.join(STORAGES)}, got {dtype!r}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, option="--device")
     model, ckpt, cfg, weights = resolve_model(run, weights, recipe=recipe, overrides=overrides,
                                               device=dev, calibration=calibration)
     cal_path = calibration_for(weights, calibration)

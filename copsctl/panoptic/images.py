@@ -428,7 +428,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     check_output(out, "--out", folder=True,
                  inputs={"INPUT": [im.path for im in images], "--run": run_inputs(run),
                          "--weights": weights})
-    dev = resolve_device(device)
+    dev = resolve_device(device, option="--device")
     model, ckpt, cfg, path = resolve_model(run, weights, device=dev)
     table = checkpoint_class_table(ckpt)
     if table is None:

@@ -30,21 +30,25 @@ __all__ = ["DistContext", "setup", "resolve_device"]
 _TIMEOUT = datetime.timedelta(hours=3)
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` -> the device of this process."""
+def resolve_device(device: str, local_rank: int = 0, *, option: str = "`device`") -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` -> the device of this process.
+
+    ``option`` names the setting in messages as the user gave it: a command's
+    ``"--device"``, the recipe's ``"`train.device`"``; by default this argument.
+    """
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(f"`device` must be auto, cpu or cuda, got {device!r}")
+        raise InputError(f"{option} must be auto, cpu or cuda, got {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
+        shown = f"{option} {device}" if option.startswith("--") else f"{option} = {device}"
         if not torch.cuda.is_available():
-            raise InputError(f"`device` = {device}: CUDA is not available on this machine "
-                             "(use cpu or auto)")
+            raise InputError(f"{shown}: CUDA is not available on this machine (use cpu or auto)")
         if device == "cuda":
             device = f"cuda:{local_rank}"
         index = torch.device(device).index or 0
         if index >= torch.cuda.device_count():
-            raise InputError(f"`device` = {device}: only {torch.cuda.device_count()} GPU(s) visible")
+            raise InputError(f"{shown}: only {torch.cuda.device_count()} GPU(s) visible")
     return torch.device(device)
 
 
@@ -127,7 +131,7 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def setup(device: str = "auto") -> DistContext:
+def setup(device: str = "auto", *, option: str = "`device`") -> DistContext:
     """Read torchrun's environment, pick this process's device, join the process group.
 
     Parameters
@@ -135,13 +139,15 @@ def setup(device: str = "auto") -> DistContext:
     device
         ``train.device``: auto, cpu or cuda. Under torchrun with CUDA each process takes
         the GPU ``LOCAL_RANK``.
+    option
+        How messages name ``device`` (:func:`resolve_device`).
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size:
         raise InputError(f"RANK={rank} and WORLD_SIZE={world_size} must satisfy 0 <= RANK < WORLD_SIZE")
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, option=option)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     ctx = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)

@@ -303,7 +303,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     if cal_path is not None and new_run:
         say(f"starting from the cost calibration in {cal_path}")
-    ctx = setup(cfg.train.device)
+    ctx = setup(cfg.train.device, option="`train.device`")
     try:
         train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
             out, cfg, ctx, "finetune", resume=resume, progress=progress)

@@ -91,7 +91,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         # from the run_on_main check below (or torchrun ends them when rank 0 exits).
         check_run_dir(out, resume)
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
-    ctx = setup(cfg.train.device)
+    ctx = setup(cfg.train.device, option="`train.device`")
     if ctx.device.type == "cuda":
         # Fixed crop sizes: let cuDNN pick the fastest kernels once.
         torch.backends.cudnn.benchmark = True
