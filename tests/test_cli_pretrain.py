@@ -386,3 +386,23 @@ def test_cuda_missing_is_named_as_the_user_gave_the_device(run, data, tmp_path, 
                               str(tmp_path / "never.h5")])
     fails_in_one_line(res, "error: --device cuda: CUDA is not available")
     assert not (tmp_path / "never").exists() and not (tmp_path / "never.h5").exists()
+
+
+def test_a_damaged_checkpoint_is_refused_in_one_line_on_resume(run, tmp_path):
+    # cut short, a pickle torch trips over (it said "KeyError: 174812789"), entries of the
+    # wrong kind (tracebacks from the optimizer, the RNG or the loop state)
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    before = {p.name: p.read_bytes() for p in broken.iterdir() if p.is_file()}
+    with open(run / "checkpoint.pt", "rb") as f:
+        head = f.read(100_000)
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    for write in (lambda p: p.write_bytes(head),
+                  lambda p: p.write_bytes(b"\x80\x02j\x35\x6a\x6b\x0a."),
+                  lambda p: torch.save({**ckpt, "optimizer": "x"}, p),
+                  lambda p: torch.save({**ckpt, "loop": [1]}, p)):
+        write(broken / "checkpoint.pt")
+        fails_in_one_line(_pretrain("--out", broken, "--resume"),
+                          f"{broken / 'checkpoint.pt'}: not a readable copsctl checkpoint (")
+        assert {p.name: p.read_bytes() for p in broken.iterdir()
+                if p.is_file() and p.name != "checkpoint.pt"} == before

@@ -75,15 +75,62 @@ def test_checkpoint_is_written_atomically_and_checked(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(InputError, match="junk.pt: not a readable copsctl checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")
-    with pytest.raises(InputError, match="not a copsctl checkpoint"):
+    with pytest.raises(InputError, match="not a readable copsctl checkpoint .*without the entry "
+                                         "format='copsctl-checkpoint'"):
         load_checkpoint(tmp_path / "sd.pt")
     assert set(load_checkpoint(tmp_path / "sd.pt", allow_state_dict=True)["model"]) == {"w"}
     torch.save({"format": "copsctl-checkpoint", "version": 99}, tmp_path / "v.pt")
     with pytest.raises(InputError, match="version 99"):
         load_checkpoint(tmp_path / "v.pt")
+
+
+def test_damaged_or_foreign_checkpoints_are_one_line_naming_the_file(tmp_path):
+    """Random bytes, a file cut short or garbled, a pickle torch trips over (it said
+    "KeyError: 174812789"), a torch file of another object and a copsctl mapping holding
+    the wrong kinds of entries: each one InputError line, no torch warning."""
+    import warnings
+
+    from copsctl.train.checkpoint import load_model
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"kind": "pretrain", "iteration": 2,
+                           "model": {f"w{i}": torch.full((64,), float(i)) for i in range(40)},
+                           "categories": [{"id": 1, "name": "a", "isthing": True}]})
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    garbled = bytearray(data)
+    garbled[len(data) // 3: len(data) // 3 + 4096] = rng.bytes(4096)  # spans zip headers
+    files = {"random": rng.bytes(2048), "empty": b"", "cut": data[: len(data) // 2],
+             "garbled": bytes(garbled), "memo": b"\x80\x02j\x35\x6a\x6b\x0a."}
+    for name, content in files.items():
+        (tmp_path / f"{name}.pt").write_bytes(content)
+    torch.save([1, 2], tmp_path / "list.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    ckpt = load_checkpoint(good)
+    entries = {"model": "weights", "iteration": "2", "categories": [{"id": "a"}],
+               "rng": ["x"], "optimizer": {"state": []}, "recipe": 5, "world_size": 0}
+    for key, value in entries.items():
+        torch.save({**ckpt, key: value}, tmp_path / f"bad_{key}.pt")
+        files[f"bad_{key}"] = None
+    torch.save({k: v for k, v in ckpt.items() if k != "model"}, tmp_path / "no_model.pt")
+    for name in [*files, "list", "tensor", "no_model"]:
+        path = tmp_path / f"{name}.pt"
+        for read in (lambda: load_checkpoint(path, needs=("model",)), lambda: load_model(path)):
+            with warnings.catch_warnings(record=True) as caught, \
+                    pytest.raises(InputError) as info:
+                warnings.simplefilter("always")
+                read()
+            message = str(info.value)
+            assert message.startswith(f"{path}: not a readable copsctl checkpoint ("), message
+            assert "\n" not in message and not caught, (message, caught)
+    assert "(it holds no `model` entry)" in str(pytest.raises(
+        InputError, load_checkpoint, tmp_path / "no_model.pt", needs=("model",)).value)
+    assert "its `iteration` entry is not a whole number" in str(pytest.raises(
+        InputError, load_checkpoint, tmp_path / "bad_iteration.pt").value)
+    assert load_checkpoint(good, needs=("model", "iteration"))["iteration"] == 2
 
 
 # ------------------------------------------------------------------------------ metrics log

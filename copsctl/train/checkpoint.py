@@ -29,14 +29,21 @@ the model keeps in its state dict (such as the cost calibration of
 
 :func:`load_model` builds a :class:`~copsctl.model.PanopticModel` from such a file (or
 from a bare ``state_dict`` file plus a recipe) for cost dumps and fine-tuning.
+
+:func:`load_checkpoint` refuses, in one line naming the file as not a readable copsctl
+checkpoint, a file torch cannot read (damaged, cut short, another kind of file), one
+holding anything but a mapping with the ``format`` entry, and one whose entries are not
+of the kinds in the table (or lack one the caller reads), before anything reads them.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +53,7 @@ from ..errors import InputError
 from .logging import METRICS_NAME, TENSORBOARD_DIR
 
 __all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "RECIPE_NAME", "RUN_FILES", "rng_state",
-           "set_rng_state", "save_checkpoint", "load_checkpoint", "load_model",
+           "set_rng_state", "save_checkpoint", "load_checkpoint", "load_weights", "load_model",
            "checkpoint_recipe", "checkpoint_class_table", "run_inputs", "run_weights",
            "resolve_model", "export_model", "MODEL_KIND"]
 
@@ -115,7 +122,58 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(body, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) -> dict[str, Any]:
+def _whole(v, least: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _named_tensors(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                       for k, t in v.items())
+
+
+def _optimizer_state(v) -> bool:
+    return (isinstance(v, dict) and isinstance(v.get("state"), dict)
+            and isinstance(v.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                    for g in v["param_groups"]))
+
+
+def _rng_states(v) -> bool:
+    def one(state) -> bool:  # what set_rng_state reads
+        if not (isinstance(state, dict) and isinstance(state.get("numpy"), dict)):
+            return False
+        n = state["numpy"]
+        return (isinstance(state.get("python"), (list, tuple))
+                and isinstance(state.get("torch"), torch.Tensor)
+                and isinstance(n.get("kind"), str) and isinstance(n.get("keys"), torch.Tensor)
+                and all(isinstance(n.get(k), (int, float)) for k in
+                        ("pos", "has_gauss", "cached_gaussian")))
+    return isinstance(v, list) and all(one(state) for state in v)
+
+
+# What each entry of a copsctl checkpoint (module table, and best.pt's ``val``, a
+# fine-tuning run's ``init_weights``, a model file's ``exported_from``) must hold; an
+# entry holding None counts as absent. A file breaking this is damaged or not copsctl's.
+_ENTRIES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (lambda v: isinstance(v, str), "text"),
+    "iteration": (_whole, "a whole number >= 0"),
+    "model": (_named_tensors, "a state dict of named tensors"),
+    "optimizer": (_optimizer_state, "an optimizer state dict"),
+    "scaler": (lambda v: isinstance(v, dict), "a mapping"),
+    "rng": (_rng_states, "a list of random states"),
+    "loop": (lambda v: isinstance(v, dict), "a mapping"),
+    "recipe": (lambda v: isinstance(v, str), "YAML text"),
+    "categories": (lambda v: isinstance(v, list), "a list of categories"),
+    "world_size": (lambda v: _whole(v, 1), "a whole number >= 1"),
+    "val": (lambda v: isinstance(v, dict) and isinstance(v.get("PQ", 0.0), (int, float)),
+            "validation metrics"),
+    "init_weights": (lambda v: isinstance(v, str), "text"),
+    "exported_from": (lambda v: isinstance(v, str), "text"),
+}
+
+
+def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False,
+                    needs: Sequence[str] = ()) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Parameters
@@ -124,11 +182,15 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) 
         The file.
     allow_state_dict
         Also accept a bare model ``state_dict`` (returned as ``{"model": state_dict}``).
+    needs
+        Entries the caller reads (e.g. ``("model",)``): a checkpoint without one is refused.
 
     Raises
     ------
     InputError
-        Missing, unreadable or foreign file, or a checkpoint of another schema version.
+        Missing file; one that is not a readable copsctl checkpoint (damaged, cut short,
+        of another kind, or holding an entry of the wrong kind or no entry it ``needs``);
+        a checkpoint of another schema version.
     """
     path = Path(path)
     if path.is_dir():
@@ -137,23 +199,62 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) 
                          f"--run {path} (dump-costs), or give its checkpoint, {hint}")
     if not path.is_file():
         raise InputError(f"{path}: checkpoint file does not exist")
+
+    def unreadable(why: str) -> InputError:
+        return InputError(f"{path}: not a readable copsctl checkpoint ({why})")
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of the odd bytes it reads in a damaged file
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        # The first sentence: torch's zip reader goes on about "an internal miniz error".
+        first = re.split(r"(?<=\w)\. ", str(exc).splitlines()[0], maxsplit=1)[0][:160] \
+            if str(exc) else ""
         if "weights_only" in str(exc):  # torch's advice to load unsafely is not ours to give
-            first = "not a file of tensors and plain data, which is all a checkpoint holds"
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") \
-            from None
+            first = "objects other than tensors and plain data, which is all a checkpoint holds"
+        raise unreadable(f"damaged, cut short or another kind of file; {type(exc).__name__}"
+                         + (f": {first}" if first else "")) from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version") != VERSION:
             raise InputError(f"{path}: checkpoint version {obj.get('version')!r} is not supported "
                              f"(this copsctl reads version {VERSION})")
+        for name, (rule, what) in _ENTRIES.items():
+            if obj.get(name) is not None and not rule(obj[name]):
+                raise unreadable(f"its `{name}` entry is not {what}")
+        for name in needs:
+            if obj.get(name) is None:
+                raise unreadable(f"it holds no `{name}` entry")
+        if obj.get("categories") is not None:
+            from ..data.categories import ClassTable
+
+            try:
+                ClassTable.from_json(obj["categories"])
+            except InputError as exc:
+                raise unreadable("its `categories` entry is not a class table: "
+                                 + str(exc).removeprefix("categories: ")) from None
         return obj
-    if allow_state_dict and isinstance(obj, dict) and obj and \
-            all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if allow_state_dict and isinstance(obj, dict) and obj and _named_tensors(obj):
         return {"model": obj}
-    raise InputError(f"{path}: not a copsctl checkpoint (no format={FORMAT!r} entry)")
+    held = ("a mapping without" if isinstance(obj, dict) else
+            f"an object of type {type(obj).__name__}, not a mapping with")
+    raise unreadable(f"it holds {held} the entry format={FORMAT!r}"
+                     + ("; nor is it a state dict of named tensors" if allow_state_dict else ""))
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str | os.PathLike) -> None:
+    """Put the state dict ``state`` into ``model``; InputError naming ``source`` when the
+    names or shapes of its tensors differ from the model's."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        raise InputError(f"{source}: weights do not fit the recipe's model "
+                         f"({lines[0] if lines else str(exc).splitlines()[0]})") from None
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise InputError(f"{source}: weights do not fit the recipe's model ({what}; "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected keys)")
 
 
 def checkpoint_recipe(ckpt: dict[str, Any], source: str):
@@ -193,7 +294,7 @@ def load_model(path: str | os.PathLike, *, recipe=None, num_classes: int | None 
     """
     from ..model import PanopticModel
 
-    ckpt = load_checkpoint(path, allow_state_dict=True)
+    ckpt = load_checkpoint(path, allow_state_dict=True, needs=("model",))
     stored = checkpoint_recipe(ckpt, str(path))
     recipe = recipe if recipe is not None else stored
     if recipe is None:
@@ -219,16 +320,7 @@ def load_model(path: str | os.PathLike, *, recipe=None, num_classes: int | None 
                              f"{getattr(stored.model, diff)!r}, the recipe says "
                              f"{getattr(recipe.model, diff)!r}")
     model = PanopticModel.from_config(recipe, num_classes, from_checkpoint=True)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
-        raise InputError(f"{path}: weights do not fit the recipe's model "
-                         f"({lines[0] if lines else str(exc).splitlines()[0]})") from None
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise InputError(f"{path}: weights do not fit the recipe's model ({what}; "
-                         f"{len(missing)} missing, {len(unexpected)} unexpected keys)")
+    load_weights(model, state, path)
     return model.to(device).eval(), ckpt, recipe
 
 

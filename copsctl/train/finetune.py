@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .checkpoint import CHECKPOINT_NAME, checkpoint_class_table, load_model
+from .checkpoint import CHECKPOINT_NAME, checkpoint_class_table, load_model, load_weights
 from .distributed import setup
 from .loop import RunResult, TrainEvent
 from .run import (RECIPE_NAME, make_optimizer, open_run, resolve_run_recipe, run_loop,
@@ -315,7 +315,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
                 warnings.simplefilter("ignore")
                 model = PanopticModel.from_config(cfg, class_table.num_classes,
                                                   from_checkpoint=True)
-            model.load_state_dict(ckpt["model"])
+            load_weights(model, ckpt["model"], out / CHECKPOINT_NAME)
             init_weights = str(ckpt.get("init_weights", ""))
             if weights is not None and ctx.is_main:
                 say(f"resuming from {out / CHECKPOINT_NAME}; --weights is not used")

@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import InputError
+from .checkpoint import CHECKPOINT_NAME, load_weights
 from .distributed import setup
 from .loop import RunResult, TrainEvent
 from .run import (check_run_dir, make_optimizer, open_run, resolve_run_recipe, run_loop,
@@ -111,7 +112,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
                 model = PanopticModel.from_config(cfg, class_table.num_classes,
                                                   from_checkpoint=ckpt is not None)
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
+            load_weights(model, ckpt["model"], out / CHECKPOINT_NAME)
         model.to(ctx.device)
         if ctx.distributed and ctx.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -262,7 +262,8 @@ def _require_images(reader, split: str, use: str, key: str) -> None:
 
 def run_checkpoint(out: Path, has_checkpoint: bool, kind: str) -> tuple[dict | None, int]:
     """The run's checkpoint (None for a new run) and the iteration it continues from."""
-    ckpt = load_checkpoint(out / CHECKPOINT_NAME) if has_checkpoint else None
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME, needs=("kind", "iteration", "model",
+                                                          "optimizer")) if has_checkpoint else None
     if ckpt is not None and ckpt.get("kind") != kind:
         raise InputError(f"{out / CHECKPOINT_NAME}: written by {ckpt.get('kind')!r}, not by {kind}")
     return ckpt, int(ckpt["iteration"]) if ckpt is not None else 0
