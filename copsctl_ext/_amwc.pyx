@@ -234,6 +234,24 @@ cdef inline double _gain(double* costs, double* best, double* second, int32_t* a
     return best[a] + best[b] - merged + w
 
 
+cdef inline double _order(const int32_t* argbest, const uint8_t* part, int32_t a, int32_t b,
+                          double w, double g, bint edge_order) noexcept nogil:
+    """Heap key of the merge of a and b (edge cost w, gain g > 0).
+
+    The gain, except with ``edge_order`` for two clusters that prefer one
+    non-partitionable class: their gain is w plus the cheaper way to keep them apart,
+    which grows with their summed class margins, so big superpixels of one stuff class
+    would merge before any others. Across a region whose noisy pixels prefer another
+    class, their superpixels would so join that class's cluster through long-range
+    edges first, and the region would end in the wrong class; keyed by w, such merges
+    come in the order of their edges, as between single pixels. Every merge still
+    has a positive gain.
+    """
+    if edge_order and argbest[a] == argbest[b] and not part[argbest[a]] and w < g:
+        return w
+    return g
+
+
 cdef inline bint _gain_positive(double* costs, double* best, double* second, int32_t* argbest,
                                const uint8_t* part, int32_t K, int32_t a, int32_t b,
                                double w) noexcept nogil:
@@ -666,14 +684,16 @@ cdef inline int _heap_push(vector[HeapEntry]& heap, double g, int32_t a,
 
 
 cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& adj,
-                vector[int32_t]& merged_into, Stats* st) except -1 nogil:
-    """Phase 2: greedy additive edge contraction of the superpixels.
+                vector[int32_t]& merged_into, bint edge_order, Stats* st) except -1 nogil:
+    """Phase 2: greedy additive edge contraction of the superpixels, merges taken in the
+    order of ``_order`` (their gains, or with ``edge_order`` their edge costs for two
+    clusters of one stuff class).
 
     Consumes ``adj``; ``merged_into[a]`` is the final cluster (a surviving superpixel id)
     of superpixel a.
     """
     cdef int32_t K = P.K, a, b, c, k, r, s
-    cdef double w, g, g2
+    cdef double w, g, g2, pr
     cdef const uint8_t* part = P.part
     cdef double* costs = &cc.costs[0]
     cdef double* best = &cc.best[0]
@@ -707,7 +727,8 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
                     g = _gain(costs, best, second, argbest, part, K, a, b, adj[a].vals[q])
                     if g > GAIN_EPS:
                         # the heap is empty here: ordered once below
-                        heap.push_back(HeapEntry(g, IntPair(a, b)))
+                        pr = _order(argbest, part, a, b, adj[a].vals[q], g, edge_order)
+                        heap.push_back(HeapEntry(pr, IntPair(a, b)))
                         pushed = True
         if not pushed:
             break
@@ -728,8 +749,9 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
             g2 = _gain(costs, best, second, argbest, part, K, a, b, w)
             if g2 <= GAIN_EPS:
                 continue
-            if g2 < top.first - 1e-9 * (1.0 + abs(top.first)):
-                _heap_push(heap, g2, a, b)
+            pr = _order(argbest, part, a, b, w, g2, edge_order)
+            if pr < top.first - 1e-9 * (1.0 + abs(top.first)):
+                _heap_push(heap, pr, a, b)
                 continue
             # merge the cluster with the smaller adjacency into the larger
             if adj[a].size() >= adj[b].size():
@@ -758,7 +780,7 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
                     adj[r].slot(c)[0] = w
                     g = _gain(costs, best, second, argbest, part, K, r, c, w)
                     if g > GAIN_EPS:
-                        _heap_push(heap, g, r, c)
+                        _heap_push(heap, _order(argbest, part, r, c, w, g, edge_order), r, c)
             adj[s].release()
     # resolve every superpixel to its final cluster
     for a in range(M):
@@ -1341,31 +1363,44 @@ cdef int _local_parts(const Problem& P, const vector[int32_t]& cl, const int32_t
 cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                             vector[int32_t]& clclass, int32_t M, int32_t* next_id,
                             int32_t max_size, uint8_t* changed, Stats* st) except -1 nogil:
-    """Phase 3, last: moves of whole small segments; returns the number of nodes moved.
+    """Phase 3, last: moves of whole segments; returns the number of nodes moved.
 
     A segment is a connected part (along local edges) of one cluster; one of at most
     ``max_size`` nodes moves as a whole to a neighbouring cluster (taking its class), to
     the cluster of a non-partitionable class or to a new cluster of a partitionable
     class, whichever lowers the objective most. Each of its nodes alone may be held
     back by the edges inside it: an island of a class that no cluster around it has,
-    or an instance fragment on the wrong side. Segments are visited once, in order of
-    their first node; ``changed`` marks the moved nodes and their neighbours.
+    or an instance fragment on the wrong side. A larger segment is tried too when it
+    is not its cluster's largest (a stuff cluster holds every region of its class, and
+    a region that the contraction gave the wrong class is a part of it joined to the
+    rest by long-range edges only, where the boundary moves cannot shift it whole); it
+    may only join a neighbouring cluster, so only those clusters' classes are summed
+    over its nodes. Segments are visited once, in order of their first node;
+    ``changed`` marks the moved nodes and their neighbours.
     """
     cdef int32_t N = P.N, K = P.K, i, ru, s, S = 0, c, X, kx, k, tgt, kt, n
     cdef int64_t p, q, m, moved = 0
-    cdef double cur, bestc, cand, wx
-    cdef vector[int32_t] root, size, seg, soff, members, lcl, lmark
+    cdef double cur, bestc, cand, wx, sk
+    cdef bint big
+    cdef vector[int32_t] root, size, seg, soff, members, lcl, lmark, largest, kmark
     cdef vector[double] row, lw
     _local_parts(P, cl, NULL, root)
     _fill_i32(size, N, 0)
     for i in range(N):
         size[root[i]] += 1
-    # number the small segments by first node, their members in node order
+    # each cluster's largest part (of equal ones, the first found)
+    _fill_i32(largest, clclass.size(), -1)
+    for i in range(N):
+        if root[i] == i:
+            c = cl[i]
+            if largest[c] < 0 or size[i] > size[largest[c]]:
+                largest[c] = i
+    # number the segments by first node, their members in node order
     _fill_i32(seg, N, -1)
     soff.push_back(0)
     for i in range(N):
         ru = root[i]
-        if size[ru] <= max_size and seg[ru] < 0:
+        if seg[ru] < 0 and (size[ru] <= max_size or largest[cl[ru]] != ru):
             seg[ru] = S
             S += 1
             soff.push_back(soff[S - 1] + size[ru])
@@ -1383,6 +1418,7 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
         seg[i] = seg[root[i]]
     root.clear(); root.shrink_to_fit()
     row.resize(K)
+    _fill_i32(kmark, K, 0)
     _fill_i32(lmark, clclass.size(), -1)
     for s in range(S):
         X = cl[members[soff[s]]]
@@ -1395,12 +1431,26 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
                 i = g.nbr[p]
                 if seg[i] != s:
                     _add_pull(lmark, lcl, lw, cl[i], g.wt[p])
-        for k in range(K):
-            row[k] = 0.0
-        for m in range(soff[s], soff[s + 1]):
-            n = members[m]
+        big = soff[s + 1] - soff[s] > max_size
+        if big:
+            # the own class and the neighbouring clusters' classes only
+            kmark[kx] = 1
+            for q in range(<int64_t>lcl.size()):
+                kmark[clclass[lcl[q]]] = 1
             for k in range(K):
-                row[k] += P.nc[n * P.s0 + k * P.s1]
+                if kmark[k]:
+                    sk = 0.0
+                    for m in range(soff[s], soff[s + 1]):
+                        sk += P.nc[members[m] * P.s0 + k * P.s1]
+                    row[k] = sk
+                    kmark[k] = 0
+        else:
+            for k in range(K):
+                row[k] = 0.0
+            for m in range(soff[s], soff[s + 1]):
+                n = members[m]
+                for k in range(K):
+                    row[k] += P.nc[n * P.s0 + k * P.s1]
         wx = lw[lmark[X]] if lmark[X] >= 0 else 0.0
         cur = row[kx] - wx
         bestc = cur - 1e-9 * (1.0 + abs(cur))
@@ -1409,7 +1459,7 @@ cdef int64_t _segment_moves(const Problem& P, const NodeGraph& g, vector[int32_t
             c = lcl[q]
             if c != X and row[clclass[c]] - lw[q] < bestc:
                 bestc = row[clclass[c]] - lw[q]; tgt = c; kt = clclass[c]
-        for k in range(K):
+        for k in range(K if not big else 0):
             if P.part[k]:
                 cand = row[k]
                 c = -2
@@ -1654,7 +1704,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         _top_classes(&sprows[0], P.K, 1, M, P.K, sp_top)
     t1 = _now(); st.t_rag = t1 - t0; t0 = t1
 
-    _gaec(P, M, cc, adj, merged_into, st)
+    _gaec(P, M, cc, adj, merged_into, pre_max > 1 and pre_margin >= 0, st)
     adj.clear(); adj.shrink_to_fit()
     t1 = _now(); st.t_gaec = t1 - t0; t0 = t1
 

@@ -89,7 +89,9 @@ class SolverOptions:
         Largest segment (a connected part of one cluster, along local edges) moved as a
         whole to a neighbouring cluster or another class, last (only when pre-clustering
         is on): an island or instance fragment whose nodes, one at a time, are held by
-        the edges between them. 0 disables these moves.
+        the edges between them. A larger segment that is not its cluster's largest (a
+        region joined to the rest of its cluster by long-range edges only) is tried
+        too, towards the neighbouring clusters only. 0 disables these moves.
     """
 
     precluster_threshold: float = 0.0
