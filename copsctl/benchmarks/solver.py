@@ -196,6 +196,17 @@ def reference_speedup(workers: int, repeat: int) -> float:
     return t1 / tw
 
 
+def multiway_cut_costs(node_costs: np.ndarray, synth) -> tuple[np.ndarray, np.ndarray]:
+    """The backward pass's multiway cut on a synthetic problem: ``(node costs (N, S), no
+    partitionable label (S,))`` with one label per ground-truth segment, costing the
+    segment's class, minus 0.5 inside the segment."""
+    segments = synth.gt_segments.ravel()
+    onehot = np.zeros((node_costs.shape[0], synth.gt_segment_class.shape[0]))
+    onehot[np.arange(node_costs.shape[0]), segments] = 1.0
+    nc = node_costs[:, synth.gt_segment_class] - 0.5 * onehot
+    return nc, np.zeros(nc.shape[1], dtype=bool)
+
+
 def family_problem(name: str, seed: int):
     """``(problem tuple for solve_amwc, ground-truth objective, edge accuracy)``."""
     from copsctl.solver import objective
@@ -208,10 +219,7 @@ def family_problem(name: str, seed: int):
     gt_segments = synth.gt_segments.ravel()
     gt_labels = synth.gt_labels.ravel()
     if mwc:
-        onehot = np.zeros((nc.shape[0], synth.gt_segment_class.shape[0]))
-        onehot[np.arange(nc.shape[0]), gt_segments] = 1.0
-        nc = nc[:, synth.gt_segment_class] - 0.5 * onehot
-        part = np.zeros(nc.shape[1], dtype=bool)
+        nc, part = multiway_cut_costs(nc, synth)
         gt_labels = gt_segments
     cut = gt_segments[edges[:, 0]] != gt_segments[edges[:, 1]]
     gt_obj = objective(nc, edges, ec, gt_labels, cut)
