@@ -163,6 +163,14 @@ class AMWCResult:
         return int(self.segments.max()) + 1 if self.segments.size else 0
 
 
+def _finite_sum(arr: np.ndarray) -> bool:
+    """Whether the sum of ``arr`` is finite: then every element is, which this proves
+    without an element-wise temporary; a sum that overflows (elements near 1e308) does
+    not, so callers fall back to the element-wise test."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(arr.sum()))
+
+
 def _as_node_costs(node_costs) -> np.ndarray:
     arr = np.asarray(node_costs)
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
@@ -178,7 +186,7 @@ def _as_node_costs(node_costs) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float64)
     if any(s % arr.itemsize for s in arr.strides):
         arr = np.ascontiguousarray(arr)
-    if not np.isfinite(arr).all():
+    if not _finite_sum(arr) and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise InputError(f"`node_costs` must be finite, found {arr[tuple(bad)]} at "
                          f"{tuple(int(b) for b in bad)}")
@@ -215,7 +223,7 @@ def _as_edge_costs(edge_costs, num_edges: int) -> np.ndarray:
         raise InputError(f"`edge_costs` (shape {arr.shape}) must have shape ({num_edges},), "
                          "one cost per edge")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
+    if not _finite_sum(arr) and not np.isfinite(arr).all():
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
         raise InputError(f"`edge_costs` must be finite, found {arr[bad]} at edge {bad}")
     return arr
