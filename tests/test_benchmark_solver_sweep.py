@@ -35,3 +35,15 @@ def test_the_sweep_prints_every_problem_and_the_summary(tmp_path, capsys):
         assert r["delta"] == r["default"] - r["gaec_imp"]
         assert f"| tiny | {r['seed']} |" in text
     assert "| tiny | 3 |" in text   # the summary row: 3 problems
+
+
+def test_a_jsonl_that_cannot_be_opened_is_one_line_and_exit_code_2(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "missing" / "sweep.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "copsctl.benchmarks.solver_sweep", "--presets",
+                           "tiny", "--seeds", "0", "1", "--jsonl", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr and not bad.parent.exists()

@@ -62,7 +62,13 @@ def main(argv=None) -> None:
         parser.error("--seeds must be FIRST < END, both >= 0")
     from copsctl.solver import SolverOptions, solve_amwc
 
-    out = open(args.jsonl, "a") if args.jsonl else None
+    from copsctl.errors import InputError
+
+    try:
+        out = open(args.jsonl, "a") if args.jsonl else None
+    except OSError as exc:
+        raise InputError(f"--jsonl {args.jsonl}: cannot be opened for appending "
+                         f"({exc.strerror})") from None
     reference = SolverOptions(precluster_max_size=1)
     deltas: dict[str, list[float]] = {p: [] for p in args.presets}
     print("| preset | seed | difficulty | edges x | accuracy | MWC | Δ obj | default s | "
@@ -92,6 +98,8 @@ def main(argv=None) -> None:
         d = np.asarray(d)
         print(f"| {preset} | {d.size} | {int((d > 1e-6).sum())} | {int((d > 1).sum())} | "
               f"{int((d > 10).sum())} | {d.max():+.2f} | {d.sum():+.1f} |")
+    if out:
+        out.close()
 
 
 if __name__ == "__main__":
