@@ -629,6 +629,15 @@ def _coerce_scalar(value, tp, wrong):
     raise wrong()
 
 
+# Counts and sizes (iterations, batch size, channels, pixels) beyond int32 are no sane
+# setting, and some would reach a library call that takes a C integer.
+_COUNT_MAX = 2 ** 31 - 1
+
+
+def _is_int_key(tp) -> bool:
+    return tp is int or (typing.get_origin(tp) is tuple and typing.get_args(tp)[0] is int)
+
+
 def _hints(section: str) -> dict[str, Any]:
     return typing.get_type_hints(_SECTIONS[section])
 
@@ -667,6 +676,12 @@ def _validate_layer(layer, source: str) -> dict[str, dict[str, Any]]:
                 broken = meta["check"](value)
                 if broken:
                     raise InputError(f"{source}: `{dotted}` must {broken}; got {_yaml_scalar(value)}")
+            if meta["check"] is not _seed and _is_int_key(hints[name]):
+                items = value if isinstance(value, tuple) else (value,)
+                big = next((x for x in items if abs(x) > _COUNT_MAX), None)
+                if big is not None:
+                    raise InputError(f"{source}: `{dotted}` must be <= 2147483647 (2**31 - 1: "
+                                     f"no count or size of a recipe is larger); got {big}")
             out.setdefault(section, {})[name] = value
     return out
 

@@ -143,6 +143,11 @@ def test_shipped_recipes_carry_the_paper_settings():
     ("finetune.num_perturbations=100000000000",
      r"`finetune.num_perturbations` must lie in \[1, 2\*\*31 - 1\]; got 100000000000"),
     ("finetune.num_perturbations=0", r"`finetune.num_perturbations` must lie in \[1, 2\*\*31 - 1\]"),
+    # counts beyond int32 reached a C-integer library call (a traceback) or no sane run
+    ("train.batch_size=100000000000000000000",
+     r"`train.batch_size` must be <= 2147483647 \(2\*\*31 - 1: .*\); got 100000000000000000000"),
+    ("train.iterations=2147483648", r"`train.iterations` must be <= 2147483647"),
+    ("data.crop_size=[64, 4294967296]", r"`data.crop_size` must be <= 2147483647 .*; got 4294967296"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(InputError, match=message):
