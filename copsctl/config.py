@@ -902,9 +902,11 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: Sequence[str
     return _build(merged, source)
 
 
-def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
-    """Write the resolved recipe's YAML (with comments) atomically to ``path``."""
-    write_text(path, f"# resolved copsctl recipe, hash {recipe.hash()}\n" + recipe.dump())
+def save_recipe(recipe: Recipe, path: str | os.PathLike, note: str = "") -> None:
+    """Write the resolved recipe's YAML (with comments) atomically to ``path``; ``note``
+    is one more comment line at the top."""
+    head = f"# resolved copsctl recipe, hash {recipe.hash()}\n" + (f"# {note}\n" if note else "")
+    write_text(path, head + recipe.dump())
 
 
 def describe_keys() -> list[tuple[str, Any, str, str]]:

@@ -452,3 +452,38 @@ def test_small_predictions_leave_the_loss_and_free_their_ground_truth():
     # Prediction 2 (matched to gt 0) and 1 are dropped; 3 becomes 1.
     assert d.pred.tolist() == [0] and d.gt.tolist() == [1] and d.iou.tolist() == [0.9]
     assert d.unmatched_pred.tolist() == [1] and d.unmatched_gt.tolist() == [0, 2]
+
+
+def test_a_run_folder_is_resumed_only_by_the_command_that_made_it(setup, tmp_path):
+    """recipe.yaml notes the command of its run: ``pretrain --resume`` on a fine-tuning
+    folder that has no checkpoint yet (stopped before the first one) trained a pre-training
+    run into it; with a checkpoint, its kind was already checked."""
+    from cli_checks import fails_in_one_line
+
+    root, overrides, _, _ = setup
+    ft = tmp_path / "ft"
+    res = runner.invoke(app, _args(root, overrides, ft, "train.iterations=1") +
+                        ["--weights", str(root / "pre.pt")])
+    assert res.exit_code == 0, res.output
+    assert "# run folder of copsctl finetune\n" in (ft / "recipe.yaml").read_text()
+    pre = tmp_path / "pre"
+    args = ["pretrain", "--recipe", "synthetic_tiny", "--out", str(pre)]
+    for o in overrides + ["train.iterations=1", "train.val_images=1"]:
+        args += ["--set", o]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (ft / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in ft.iterdir() if p.is_file()}
+    fails_in_one_line(runner.invoke(app, ["pretrain", "--out", str(ft), "--resume"]),
+                      str(ft), "copsctl finetune run", "copsctl finetune --resume")
+    assert {p.name: p.read_bytes() for p in ft.iterdir() if p.is_file()} == before
+    for cut in (False, True):
+        if cut:
+            (pre / "checkpoint.pt").unlink()
+        fails_in_one_line(runner.invoke(app, ["finetune", "--out", str(pre), "--resume"]),
+                          str(pre), "copsctl pretrain run", "copsctl pretrain --resume")
+    # a folder of a version that wrote no note is resumed as before
+    text = (pre / "recipe.yaml").read_text().replace("# run folder of copsctl pretrain\n", "")
+    (pre / "recipe.yaml").write_text(text)
+    res = runner.invoke(app, ["pretrain", "--out", str(pre), "--resume"])
+    assert res.exit_code == 0, res.output

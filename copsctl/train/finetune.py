@@ -384,7 +384,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
 
         for msg in checked:
             say(msg)
-        return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
+        return run_loop(out, cfg, ctx, "finetune", model=model, net=net, optimizer=optimizer, scaler=scaler,
                         amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
                         val_dataset=val_dataset, class_table=class_table, keep_best=f.keep_best,
                         ckpt=ckpt, start=start, resume=resume,

@@ -90,7 +90,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
     if os.environ.get("RANK", "0") == "0":
         # Report a wrong run folder before recipe problems; the other ranks learn of it
         # from the run_on_main check below (or torchrun ends them when rank 0 exits).
-        check_run_dir(out, resume)
+        check_run_dir(out, resume, "pretrain")
     cfg = resolve_run_recipe(recipe, overrides, out, resume)
     ctx = setup(cfg.train.device, option="`train.device`")
     if ctx.device.type == "cuda":
@@ -138,7 +138,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
 
         for msg in checked:
             say(msg)
-        return run_loop(out, cfg, ctx, model=model, net=net, optimizer=optimizer, scaler=scaler,
+        return run_loop(out, cfg, ctx, "pretrain", model=model, net=net, optimizer=optimizer, scaler=scaler,
                         amp=amp, step_fn=step_fn, batches=batches, save_fn=save_fn,
                         val_dataset=val_dataset, class_table=class_table, ckpt=ckpt, start=start,
                         resume=resume,

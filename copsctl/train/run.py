@@ -108,8 +108,30 @@ def resolve_run_recipe(recipe: str | None, overrides: Sequence[str], run_dir: Pa
     return wanted
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> bool:
+_KIND_NOTE = "run folder of copsctl {}"
+
+
+def recipe_run_kind(path: Path) -> str | None:
+    """The command (pretrain, finetune) whose run folder holds the recipe at ``path``, as
+    its note says (None: no note, a folder of a version that wrote none)."""
+    prefix = "# " + _KIND_NOTE.format("")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip() or None
+    except OSError:
+        return None
+    return None
+
+
+def check_run_dir(run_dir: Path, resume: bool, kind: str | None = None) -> bool:
     """Check the run folder for a new or resumed run; return whether a checkpoint exists.
+
+    ``kind`` (pretrain, finetune): the command resuming it; a folder whose recipe says it
+    is another command's run is refused, checkpoint or not.
 
     When resuming, the temporaries of a write the interrupted run did not finish (a
     checkpoint being saved when it was killed) are removed (:func:`copsctl.atomic.recover`):
@@ -135,6 +157,10 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
                          "--resume continues a folder written by copsctl pretrain")
     if entries and RECIPE_NAME not in entries:
         raise InputError(f"--out {run_dir}: holds no {RECIPE_NAME}; cannot resume it")
+    other = recipe_run_kind(run_dir / RECIPE_NAME) if entries else None
+    if kind is not None and other is not None and other != kind:
+        raise InputError(f"--out {run_dir}: a copsctl {other} run ({RECIPE_NAME} says so), "
+                         f"not one of copsctl {kind}; resume it with copsctl {other} --resume")
     return (run_dir / CHECKPOINT_NAME).is_file()
 
 
@@ -187,7 +213,7 @@ def open_run(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, resume:
         As :func:`open_run_data` and :func:`run_checkpoint` return them; ``checked`` holds
         the input check's report, to be said only once every check has passed.
     """
-    has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume))
+    has_ckpt = ctx.run_on_main(lambda: check_run_dir(out, resume, kind))
     check_batch_size(cfg, ctx)
     checked: list[str] = []
     train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
@@ -354,7 +380,7 @@ def _best_pq(out: Path) -> float | None:
     return float(load_checkpoint(path).get("val", {}).get("PQ", float("-inf")))
 
 
-def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Module,
+def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, model: torch.nn.Module,
              net: torch.nn.Module, optimizer, scaler, amp: bool,
              step_fn: Callable, batches: Iterator[dict], save_fn: Callable[[int, dict], None],
              val_dataset, ckpt: dict | None, start: int, resume: bool, t_start: float,
@@ -372,6 +398,8 @@ def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Mo
         As in :class:`~copsctl.train.loop.TrainLoop`.
     val_dataset
         The val split (main process), validated with exact PQ through the solver.
+    kind : str
+        The command (pretrain, finetune), noted in the run's recipe for ``--resume``.
     class_table
         The dataset's classes (stored in ``best.pt``).
     start_message : str, optional
@@ -404,7 +432,7 @@ def run_loop(out: Path, cfg: "Recipe", ctx: "DistContext", *, model: torch.nn.Mo
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         claim_run_dir(out, must_be_empty=not resume)
-        save_recipe(cfg, out / RECIPE_NAME)
+        save_recipe(cfg, out / RECIPE_NAME, note=_KIND_NOTE.format(kind))
         logger = MetricsLogger(out, resume_iteration=start if resume else None)
         if ckpt is not None:
             say(f"resuming {out} at iteration {start} of {cfg.train.iterations}")
