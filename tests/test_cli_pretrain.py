@@ -406,3 +406,25 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_on_resume(run, tmp_path):
                           f"{broken / 'checkpoint.pt'}: not a readable copsctl checkpoint (")
         assert {p.name: p.read_bytes() for p in broken.iterdir()
                 if p.is_file() and p.name != "checkpoint.pt"} == before
+
+
+def test_outputs_that_would_overwrite_the_dataset_are_refused(run, data, tmp_path):
+    """pretrain's --json and dump-costs' --out and --json were checked against the
+    command's other files, not against the dataset: the split's panoptic JSON was
+    replaced at the end of the run."""
+    gt = data / "annotations" / "panoptic_val2017.json"
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    new = tmp_path / "new"
+    fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", new, "--set",
+                                f"data.root={data}", "--json", gt), "--json", "val ground truth")
+    fails_in_one_line(_pretrain("--recipe", "synthetic_tiny", "--out", new, "--set",
+                                f"data.root={data}", "--json", data / "train2017" / "r.json"),
+                      "--json", "must not lie inside the train images")
+    assert not new.exists()
+    for extra in (["--out", gt], ["--out", tmp_path / "c.h5", "--json",
+                                  data / "annotations" / "panoptic_val2017" / "s.json"]):
+        fails_in_one_line(runner.invoke(app, ["dump-costs", "--run", str(run), "--set",
+                                              f"data.root={data}", *map(str, extra)]),
+                          "val ground truth" if extra[1] == gt else "val panoptic PNGs")
+    assert not (tmp_path / "c.h5").exists()
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before

@@ -26,10 +26,9 @@ def check_data_command(
 ) -> None:
     """The check pretrain and finetune run before they write anything: every image and
     panoptic PNG decoded, sizes compared, every segment id looked up in the JSON."""
-    from ..atomic import check_output
     from ..config import load_recipe
     from ..cpus import check_workers
-    from ..data.check import check_readers
+    from ..data.check import check_output_beside_data, check_readers
     from ..train.data import open_split
 
     check_json_option(out_json)
@@ -37,10 +36,7 @@ def check_data_command(
     cfg = load_recipe(recipe, overrides)
     names = list(dict.fromkeys(splits or [cfg.data.train_split, cfg.data.val_split]))
     readers = {name: open_split(cfg, name) for name in names}
-    check_output(out_json, "--json",
-                 inputs={f"the {n} ground truth": r.json_path for n, r in readers.items()},
-                 within={**{f"the {n} panoptic PNGs": r.png_dir for n, r in readers.items()},
-                         **{f"the {n} images": r.image_dir for n, r in readers.items()}})
+    check_output_beside_data(out_json, "--json", readers)
     with count_progress("checking data") as progress:
         result = check_readers(readers, workers=workers, progress=progress)
     per_split = ", ".join(f"{n} {s}" for s, n in result["images"].items())

@@ -55,7 +55,7 @@ def dump_costs_command(
                              split=split, batch_size=batch_size, device=device, limit=limit,
                              num_workers=num_workers, dtype=storage,
                              calibration=False if no_calibration else calibration,
-                             progress=progress)
+                             json_out=out_json, progress=progress)
     console.print(f"wrote costs of {summary['images']} {summary['split']} images to "
                   f"{summary['out']} ({summary['images_per_s']:.1f} images/s on "
                   f"{summary['device']}, checkpoint iteration {summary['iteration']})")

@@ -43,6 +43,7 @@ def finetune_command(
     overrides = with_device(overrides, device)
     with TrainProgress("finetune") as bar:
         result = finetune(recipe, out, weights=weights, overrides=overrides, resume=resume,
-                          calibration=False if no_calibration else calibration, progress=bar,
+                          calibration=False if no_calibration else calibration,
+                          json_out=out_json, progress=bar,
                           log=lambda msg: bar.console.print(msg))
     report_run(result, "finetune", out, out_json)

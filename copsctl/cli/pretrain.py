@@ -39,6 +39,6 @@ def pretrain_command(
     overrides = with_device(overrides, device)
     with TrainProgress("pretrain") as bar:
         result = pretrain(recipe, out, overrides=overrides, resume=resume, init=init,
-                          progress=bar,
+                          json_out=out_json, progress=bar,
                           log=lambda msg: bar.console.print(msg))
     report_run(result, "pretrain", out, out_json)

@@ -135,6 +135,7 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                batch_size: int = 4, device: str = "auto", limit: int = 0,
                num_workers: int | None = None, dtype: str = "quantized", amp: bool = True,
                calibration: "str | os.PathLike | bool | None" = None,
+               json_out: str | os.PathLike | None = None,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the cost cache of a trained network over one split.
 
@@ -167,6 +168,9 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
         A calibration file (``copsctl calibrate``) to apply; None: the one beside the
         checkpoint (``calibration.yaml`` in the run folder) if there is one; False: none
         but the recipe's.
+    json_out : path-like, optional
+        Where the caller will write the summary (``--json``): checked with ``out``
+        against the inputs and the split's files before any work, not written here.
     progress : callable, optional
         ``progress(done, total)`` after each image.
 
@@ -195,13 +199,14 @@ def dump_costs(out: str | os.PathLike, *, run: str | os.PathLike | None = None,
                                               device=dev, calibration=calibration)
     cal_path = calibration_for(weights, calibration)
     split = split or cfg.data.val_split
-    from ..atomic import check_output
+    from ..data.check import check_output_beside_data
 
-    check_output(out, "--out", inputs={"--weights" if run is None else "--run checkpoint": weights,
-                                       "--run": run_inputs(run),
-                                       "--recipe": recipe if recipe and os.path.isfile(recipe)
-                                       else None})
     reader = open_split(cfg, split)
+    inputs = {"--weights" if run is None else "--run checkpoint": weights,
+              "--run": run_inputs(run),
+              "--recipe": recipe if recipe and os.path.isfile(recipe) else None}
+    check_output_beside_data(out, "--out", {split: reader}, inputs=inputs)
+    check_output_beside_data(json_out, "--json", {split: reader}, inputs={**inputs, "--out": out})
     dataset = make_dataset(cfg, reader, train=False)
     if dataset.thing_classes.shape[0] != model.num_classes:
         raise InputError(f"{weights}: the model predicts {model.num_classes} classes, the "

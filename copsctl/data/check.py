@@ -21,7 +21,22 @@ from typing import Callable, Sequence
 from ..cpus import available_cpus
 from .datasets import PanopticReader
 
-__all__ = ["check_readers"]
+__all__ = ["check_readers", "check_output_beside_data"]
+
+
+def check_output_beside_data(path, option: str, readers: dict[str, PanopticReader], *,
+                             inputs: dict | None = None, folder: bool = False) -> None:
+    """:func:`copsctl.atomic.check_output` of an output of a command that reads
+    ``readers`` (``{split name: reader}``): it must not be a split's panoptic JSON, nor lie
+    inside its panoptic PNG or image folder (nor, as a folder, hold one); ``inputs``: the
+    command's other inputs and outputs."""
+    from ..atomic import check_output
+
+    check_output(path, option, folder=folder,
+                 inputs={**(inputs or {}),
+                         **{f"the {n} ground truth": r.json_path for n, r in readers.items()}},
+                 within={**{f"the {n} panoptic PNGs": r.png_dir for n, r in readers.items()},
+                         **{f"the {n} images": r.image_dir for n, r in readers.items()}})
 
 def _open(item: tuple[PanopticReader, int]) -> None:
     reader, index = item

@@ -256,6 +256,7 @@ def _initial_model(cfg: "Recipe", weights: str | Path | None, num_classes: int, 
 def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None = None,
              overrides: Sequence[str] = (), resume: bool = False,
              calibration: "str | Path | bool | None" = None,
+             json_out: str | Path | None = None,
              progress: Callable[[TrainEvent], None] | None = None,
              log: Callable[[str], None] | None = None) -> RunResult:
     """Fine-tune a pre-trained network through the solver (module notes).
@@ -279,7 +280,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
         Start from this cost calibration (a ``copsctl calibrate`` file, put into the run's
         recipe); None: ``calibration.yaml`` beside ``weights`` if there is one; False: the
         recipe's. A resumed run checks it against the calibration it started from.
-    progress, log : callable, optional
+    json_out, progress, log
         As in :func:`copsctl.train.pretrain.pretrain`.
 
     Returns
@@ -306,7 +307,7 @@ def finetune(recipe: str | None, out: str | Path, *, weights: str | Path | None 
     ctx = setup(cfg.train.device, option="`train.device`")
     try:
         train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
-            out, cfg, ctx, "finetune", resume=resume, progress=progress)
+            out, cfg, ctx, "finetune", resume=resume, json_out=json_out, progress=progress)
         if ckpt is None:
             model = _initial_model(cfg, weights, class_table.num_classes, class_table)
             init_weights = str(weights)

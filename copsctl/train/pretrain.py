@@ -46,6 +46,7 @@ __all__ = ["pretrain"]
 
 def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = (),
              resume: bool = False, init: str | os.PathLike | None = None,
+             json_out: str | os.PathLike | None = None,
              progress: Callable[[TrainEvent], None] | None = None,
              log: Callable[[str], None] | None = None) -> RunResult:
     """Pre-train the COPS network; see the module notes for the run folder.
@@ -64,6 +65,10 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         Start a new run from the model weights of this checkpoint (a copsctl checkpoint
         or ``copsctl export`` file, or a bare state dict); its optimizer state and
         iteration are not used. The recipe's ``model`` section must fit the weights.
+    json_out : path-like, optional
+        Where the caller will write the result (``--json``): checked against the
+        dataset's files before anything is written (:func:`~copsctl.train.run.open_run`),
+        not written here.
     progress : callable, optional
         Receives the loop's :class:`TrainEvent` (rank 0 only).
     log : callable, optional
@@ -98,7 +103,7 @@ def pretrain(recipe: str | None, out: str | Path, *, overrides: Sequence[str] = 
         torch.backends.cudnn.benchmark = True
     try:
         train_dataset, val_dataset, class_table, ckpt, start, checked = open_run(
-            out, cfg, ctx, "pretrain", resume=resume, progress=progress)
+            out, cfg, ctx, "pretrain", resume=resume, json_out=json_out, progress=progress)
         batches = train_batches(train_dataset, cfg, ctx, start)
 
         seed_everything(cfg.train.seed)

@@ -201,10 +201,12 @@ def targets_to_device(batch: dict, device: torch.device) -> dict:
 
 
 def open_run(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, resume: bool,
+             json_out: str | os.PathLike | None = None,
              progress: Callable[[TrainEvent], None] | None = None):
     """Everything a run reads, before anything is written: the run folder
     (:func:`check_run_dir`, on rank 0), the batch size (:func:`check_batch_size`), the
-    datasets (:func:`open_run_data`) and, when resuming, the run's checkpoint
+    datasets (:func:`open_run_data`), that ``json_out`` (``--json``) is none of the
+    datasets' files (on rank 0) and, when resuming, the run's checkpoint
     (:func:`run_checkpoint`).
 
     Returns
@@ -218,6 +220,11 @@ def open_run(out: Path, cfg: "Recipe", ctx: "DistContext", kind: str, *, resume:
     checked: list[str] = []
     train_dataset, val_dataset, class_table = open_run_data(cfg, ctx, progress=progress,
                                                              say=checked.append)
+    if ctx.is_main:
+        from ..data.check import check_output_beside_data
+
+        check_output_beside_data(json_out, "--json", {cfg.data.train_split: train_dataset.reader,
+                                                      cfg.data.val_split: val_dataset.reader})
     ckpt, start = run_checkpoint(out, has_ckpt, kind)
     stored = checkpoint_class_table(ckpt) if ckpt is not None else None
     if stored is not None and not stored.same_classes(class_table):
