@@ -116,6 +116,15 @@ def test_pretrained_bad_files(tmp_path):
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="corrupt.pth: cannot read a state dict"):
         ResNetBackbone(depth=18, pretrained=str(corrupt))
+    # one flipped byte in a weight: torch.load read it as another weight
+    from damage import flip_member_byte
+
+    good = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), good)
+    flip_member_byte(good, tmp_path / "flipped.pth", "/data/0")
+    with pytest.raises(InputError, match=r"flipped.pth: cannot read a state dict \(damaged: "
+                                         r"member 'data/0' fails its CRC-32 check\)"):
+        ResNetBackbone(depth=18, pretrained=str(tmp_path / "flipped.pth"))
     other = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), other)
     with pytest.raises(InputError, match="not a ResNet-18 state dict"):

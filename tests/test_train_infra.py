@@ -133,16 +133,9 @@ def test_damaged_or_foreign_checkpoints_are_one_line_naming_the_file(tmp_path):
     assert load_checkpoint(good, needs=("model", "iteration"))["iteration"] == 2
     # One byte flipped inside a tensor's data: torch.load read it as a wrong weight; the
     # archive's CRC-32 of that member tells.
-    import zipfile
+    from damage import flip_member_byte
 
-    with zipfile.ZipFile(good) as archive:
-        member = next(i for i in archive.infolist() if i.filename.endswith("/data/5"))
-    h = member.header_offset   # the local header: its name and extra field lengths
-    start = h + 30 + int.from_bytes(data[h + 26: h + 28], "little") \
-        + int.from_bytes(data[h + 28: h + 30], "little")
-    flipped = bytearray(data)
-    flipped[start + 10] ^= 0x40
-    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    flip_member_byte(good, tmp_path / "flipped.pt", "/data/5")
     message = str(pytest.raises(InputError, load_checkpoint, tmp_path / "flipped.pt").value)
     assert message == (f"{tmp_path / 'flipped.pt'}: not a readable copsctl checkpoint (damaged: "
                        "member 'data/5' fails its CRC-32 check)"), message

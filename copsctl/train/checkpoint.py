@@ -52,7 +52,7 @@ from ..atomic import atomic_path, check_output
 from ..errors import InputError
 from .logging import METRICS_NAME, TENSORBOARD_DIR
 
-__all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "RECIPE_NAME", "RUN_FILES", "rng_state",
+__all__ = ["damaged_member", "FORMAT", "VERSION", "CHECKPOINT_NAME", "RECIPE_NAME", "RUN_FILES", "rng_state",
            "set_rng_state", "save_checkpoint", "load_checkpoint", "load_weights", "load_model",
            "checkpoint_recipe", "checkpoint_class_table", "run_inputs", "run_weights",
            "resolve_model", "export_model", "MODEL_KIND"]
@@ -203,7 +203,7 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False,
     def unreadable(why: str) -> InputError:
         return InputError(f"{path}: not a readable copsctl checkpoint ({why})")
 
-    damaged = _damaged_member(path)
+    damaged = damaged_member(path)
     if damaged is not None:
         raise unreadable(f"damaged: {damaged}")
     try:
@@ -245,7 +245,7 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False,
                      + ("; nor is it a state dict of named tensors" if allow_state_dict else ""))
 
 
-def _damaged_member(path: Path) -> str | None:
+def damaged_member(path: str | os.PathLike) -> str | None:
     """Why the zip archive that ``torch.save`` wrote fails its own CRC-32 checks, or None.
 
     torch's reader does not check them: a flipped byte inside a tensor loaded as a wrong
