@@ -1,6 +1,7 @@
 """The AMWC / MWC solver against brute-force optima, its constraints and its input checks."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -444,13 +445,18 @@ GOOD = dict(node_costs=np.zeros((3, 2)), edges=np.array([[0, 1], [1, 2]]),
     ("edges", np.array([0, 1, 2]), r"`edges` \(shape \(3,\)\) must have shape \(E, 2\)"),
     ("edge_costs", np.array([1.0, np.nan]), r"`edge_costs` must be finite, found nan at edge 1"),
     ("edge_costs", np.ones(3), r"`edge_costs` \(shape \(3,\)\) must have shape \(2,\)"),
+    # finite, but their sums overflow: the objective was -inf, with numpy's overflow warning
+    ("node_costs", np.full((3, 2), -1e308),
+     r"`node_costs` and `edge_costs` \(largest magnitude 1e\+308\) must be small enough that "
+     r"sums of them stay finite"),
     ("partitionable", np.array([True]), r"`partitionable` \(shape \(1,\)\) must have shape \(2,\)"),
     ("partitionable", np.array([1, 0]), r"`partitionable` must be a bool array"),
 ])
 def test_bad_input_is_a_one_line_value_error(field, value, match):
     args = dict(GOOD)
     args[field] = value
-    with pytest.raises(ValueError, match=match) as info:
+    with pytest.raises(ValueError, match=match) as info, warnings.catch_warnings():
+        warnings.simplefilter("error")
         solve_amwc(**args)
     assert isinstance(info.value, InputError)
     assert "\n" not in str(info.value)

@@ -274,7 +274,8 @@ def _validate(node_costs, edges, edge_costs, partitionable, local_edges=None):
 
 
 def objective(node_costs, edges, edge_costs, labels, edge_cut) -> float:
-    """Value of (2): node costs of the chosen classes plus the costs of the cut edges."""
+    """Value of (2): node costs of the chosen classes plus the costs of the cut edges
+    (+-inf, without a warning, where finite costs add up beyond float64)."""
     nc = np.asarray(node_costs, dtype=np.float64)
     labels = np.asarray(labels)
     if labels.shape != (nc.shape[0],):
@@ -284,8 +285,9 @@ def objective(node_costs, edges, edge_costs, labels, edge_cut) -> float:
     if cut.shape != ec.shape:
         raise InputError(f"`edge_cut` (shape {cut.shape}) must have the shape of `edge_costs` "
                          f"{ec.shape}")
-    node_term = float(nc[np.arange(nc.shape[0]), labels.astype(np.int64)].sum())
-    return node_term + float(ec[cut].sum())
+    with np.errstate(over="ignore", invalid="ignore"):
+        node_term = float(nc[np.arange(nc.shape[0]), labels.astype(np.int64)].sum())
+        return node_term + float(ec[cut].sum())
 
 
 def check_feasible(edges, partitionable, labels, segments, edge_cut=None) -> None:
@@ -359,6 +361,13 @@ def _solve_validated(nc, ed, ec, pa, lo, options: SolverOptions) -> AMWCResult:
                          int(options.segment_moves),
                          labels, segments, edge_cut)
     obj = objective(nc, ed, ec, labels, edge_cut)
+    if not np.isfinite(obj):
+        # finite costs whose sums overflow: the kernel's cluster sums did too, so its
+        # labels mean nothing
+        raise InputError(f"`node_costs` and `edge_costs` (largest magnitude "
+                         f"{max(np.abs(nc).max(), np.abs(ec).max(initial=0.0)):.3g}) must be small "
+                         "enough that sums of them stay finite: the objective overflows "
+                         "float64; scale the costs down")
     return AMWCResult(labels=labels, segments=segments, edge_cut=edge_cut, objective=obj,
                       stats=stats)
 
