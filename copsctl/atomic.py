@@ -49,7 +49,7 @@ from .errors import InputError
 
 __all__ = ["MANIFEST", "atomic_path", "atomic_paths", "write_json", "write_text", "recover",
            "is_leftover", "remove_leftovers", "check_output", "check_output_folder",
-           "write_manifest", "fault_point"]
+           "write_manifest", "fault_point", "damaged_zip_member"]
 
 MANIFEST = ".copsctl-output.json"
 """The file in an output folder naming the command that wrote it and every file it wrote."""
@@ -415,3 +415,26 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+# ---------------------------------------------------------------------------- reading back
+
+def damaged_zip_member(path: str | os.PathLike) -> str | None:
+    """Why the zip archive that ``torch.save`` wrote (a checkpoint, a weights file) fails
+    its own CRC-32 checks, or None.
+
+    torch's reader does not check them: a flipped byte inside a tensor loaded as a wrong
+    weight. Files that are not zip archives (torch's legacy format) are left to
+    ``torch.load``.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:  # not a zip archive, or its directory damaged: torch.load says
+        return None
+    except Exception as exc:  # a member cut short, garbled compressed data, encryption
+        return f"its archive cannot be read ({type(exc).__name__})"
+    # members are named ROOT/data/7 after the file the archive was written as
+    return f"member {bad.split('/', 1)[-1]!r} fails its CRC-32 check" if bad is not None else None

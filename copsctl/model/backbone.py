@@ -75,9 +75,9 @@ def load_imagenet_state_dict(depth: int, pretrained: str) -> dict[str, torch.Ten
         path = Path(pretrained)
         if not path.is_file():
             raise InputError(f"`model.pretrained` = {pretrained!r}: not imagenet, none or an existing file")
-        from ..train.checkpoint import damaged_member
+        from ..atomic import damaged_zip_member
 
-        damaged = damaged_member(path)
+        damaged = damaged_zip_member(path)
         if damaged is not None:
             raise InputError(f"{path}: cannot read a state dict (damaged: {damaged}); "
                              "`model.pretrained` must name a torch.save'd ResNet state dict")

@@ -48,11 +48,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, check_output
+from ..atomic import atomic_path, check_output, damaged_zip_member
 from ..errors import InputError
 from .logging import METRICS_NAME, TENSORBOARD_DIR
 
-__all__ = ["damaged_member", "FORMAT", "VERSION", "CHECKPOINT_NAME", "RECIPE_NAME", "RUN_FILES", "rng_state",
+__all__ = ["FORMAT", "VERSION", "CHECKPOINT_NAME", "RECIPE_NAME", "RUN_FILES", "rng_state",
            "set_rng_state", "save_checkpoint", "load_checkpoint", "load_weights", "load_model",
            "checkpoint_recipe", "checkpoint_class_table", "run_inputs", "run_weights",
            "resolve_model", "export_model", "MODEL_KIND"]
@@ -203,7 +203,7 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False,
     def unreadable(why: str) -> InputError:
         return InputError(f"{path}: not a readable copsctl checkpoint ({why})")
 
-    damaged = damaged_member(path)
+    damaged = damaged_zip_member(path)
     if damaged is not None:
         raise unreadable(f"damaged: {damaged}")
     try:
@@ -243,26 +243,6 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False,
             f"an object of type {type(obj).__name__}, not a mapping with")
     raise unreadable(f"it holds {held} the entry format={FORMAT!r}"
                      + ("; nor is it a state dict of named tensors" if allow_state_dict else ""))
-
-
-def damaged_member(path: str | os.PathLike) -> str | None:
-    """Why the zip archive that ``torch.save`` wrote fails its own CRC-32 checks, or None.
-
-    torch's reader does not check them: a flipped byte inside a tensor loaded as a wrong
-    weight. Files that are not zip archives (torch's legacy format) are left to
-    ``torch.load``.
-    """
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except zipfile.BadZipFile:  # not a zip archive, or its directory damaged: torch.load says
-        return None
-    except Exception as exc:  # a member cut short, garbled compressed data, encryption
-        return f"its archive cannot be read ({type(exc).__name__})"
-    # members are named ROOT/data/7 after the file the archive was written as
-    return f"member {bad.split('/', 1)[-1]!r} fails its CRC-32 check" if bad is not None else None
 
 
 def load_weights(model: torch.nn.Module, state: dict, source: str | os.PathLike) -> None:
