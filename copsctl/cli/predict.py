@@ -44,13 +44,8 @@ def predict_command(
         None, "--json", help="Also write the summary (images, timings) as JSON here."),
 ) -> None:
     """Panoptic segmentation of plain images with a trained model (no dataset needed)."""
-    from ..atomic import check_output
-    from ..panoptic.images import collect_inputs, predict_images
-    from ..train.checkpoint import run_inputs
+    from ..panoptic.images import predict_images
 
-    check_output(out_json, "--json", inputs={"INPUT": [im.path for im in collect_inputs(inputs)],
-                                             "--run": run_inputs(run), "--weights": weights},
-                 within={"--out": out})
     start = time.perf_counter()
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -64,7 +59,8 @@ def predict_command(
 
         summary = predict_images(inputs, out, run=run, weights=weights, size=size,
                                  batch_size=batch_size, device=device, workers=workers,
-                                 overlay=overlay, skip_bad=skip_bad, progress=progress)
+                                 overlay=overlay, skip_bad=skip_bad, json_out=out_json,
+                                 progress=progress)
     skipped = f", {summary['skipped']} already done" if summary["skipped"] else ""
     console.print(f"predicted {summary['images']} images{skipped} -> {summary['pred_json']} "
                   f"({summary['images_per_s']:.2f} images/s on {summary['device']}, size "

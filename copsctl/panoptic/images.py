@@ -364,6 +364,7 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
                    weights: str | os.PathLike | None = None, size: int | None = None,
                    batch_size: int = 4, device: str = "auto", workers: int | None = None,
                    overlay: bool = False, skip_bad: bool = False, amp: bool = True,
+                   json_out: str | os.PathLike | None = None,
                    progress: Callable[[int, int], None] | None = None) -> dict:
     """Predict the panoptic segmentation of plain images with a trained model.
 
@@ -391,6 +392,9 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         Go on past unreadable images (listed in the result) instead of stopping.
     amp : bool
         float16 autocast on CUDA.
+    json_out : path-like, optional
+        Where the caller will write the summary (``--json``): checked against the inputs
+        and ``out`` before any work, not written here.
     progress : callable, optional
         ``progress(done, total)`` after each finished image (``total``: the images this
         run has to do).
@@ -425,9 +429,9 @@ def predict_images(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     if size is not None and size < 32:
         raise InputError(f"--size must be at least 32 pixels, got {size}")
     images = collect_inputs(inputs)
-    check_output(out, "--out", folder=True,
-                 inputs={"INPUT": [im.path for im in images], "--run": run_inputs(run),
-                         "--weights": weights})
+    named = {"INPUT": [im.path for im in images], "--run": run_inputs(run), "--weights": weights}
+    check_output(json_out, "--json", inputs=named, within={"--out": out})
+    check_output(out, "--out", folder=True, inputs=named)
     dev = resolve_device(device, option="--device")
     model, ckpt, cfg, path = resolve_model(run, weights, device=dev)
     table = checkpoint_class_table(ckpt)
