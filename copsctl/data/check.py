@@ -25,18 +25,19 @@ __all__ = ["check_readers", "check_output_beside_data"]
 
 
 def check_output_beside_data(path, option: str, readers: dict[str, PanopticReader], *,
-                             inputs: dict | None = None, folder: bool = False) -> None:
-    """:func:`copsctl.atomic.check_output` of an output of a command that reads
+                             inputs: dict | None = None) -> None:
+    """:func:`copsctl.atomic.check_output` of an output file of a command that reads
     ``readers`` (``{split name: reader}``): it must not be a split's panoptic JSON, nor lie
-    inside its panoptic PNG or image folder (nor, as a folder, hold one); ``inputs``: the
-    command's other inputs and outputs."""
+    inside its panoptic PNG or image folder; ``inputs``: the command's other inputs and
+    outputs."""
     from ..atomic import check_output
 
-    check_output(path, option, folder=folder,
+    check_output(path, option,
                  inputs={**(inputs or {}),
                          **{f"the {n} ground truth": r.json_path for n, r in readers.items()}},
                  within={**{f"the {n} panoptic PNGs": r.png_dir for n, r in readers.items()},
                          **{f"the {n} images": r.image_dir for n, r in readers.items()}})
+
 
 def _open(item: tuple[PanopticReader, int]) -> None:
     reader, index = item
