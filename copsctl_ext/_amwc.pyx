@@ -1145,7 +1145,9 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     it (the boundary sequences cover the others). Most such groups are single noisy
     nodes: a group is skipped where moving it alone would cut more than 4 times its
     class gain in edge costs, and a class sequence ends ``2 n + 5`` moves after its best
-    point, for a group of n nodes.
+    point, for a group of n nodes (also where that is more than a pair's patience: a
+    large group must often move whole, its surroundings after it, before the objective
+    drops below the start).
 
     Rounds: the first visits every pair in order of the cluster ids, then the classes'
     sequences; each later round visits only the pairs with a cluster that the round
@@ -1315,8 +1317,10 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                     # an earlier sequence of this cluster may have moved the node
                     if cl[comp[h]] == X and S.state[comp[h]] == 0:
                         _kl_touch(P, g, cl, S, comp[h], X, Y, kx, ky)
+                # patience 2 n + 5, not the pairs' 40: a group of n must often move
+                # whole (and its surroundings after it) before the objective drops
                 w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, max_moves,
-                                 min(patience, 2 * <int32_t>comp.size() + 5), changed, mark, &nk)
+                                 2 * <int32_t>comp.size() + 5, changed, mark, &nk)
                 if nk > 0:
                     gained += w
                     kept += nk

@@ -220,6 +220,20 @@ def test_a_large_part_of_a_cluster_that_is_not_its_largest_moves_whole():
     assert default.objective < without.objective - 50.0
 
 
+def test_a_class_sequence_of_a_large_group_may_rise_for_longer_than_the_pairs_patience():
+    # Regression: seed 137 of the "small" sweep (a backward-pass multiway cut, 64 x 128
+    # nodes), where a strip of one label (98 pixels at the left border) was merged into
+    # its neighbour's cluster. 66 of its pixels list it before their cluster's label; a
+    # class sequence from them rises for 50 moves and drops below zero after 74, but it
+    # stopped 40 moves after its best point (the start): 139 units behind plain GAEC +
+    # improvement. With patience 2 n + 5 for a group of n it keeps 125 moves.
+    from copsctl.benchmarks.solver_sweep import sweep_problem
+    problem, settings = sweep_problem("small", 137)
+    assert settings["mwc"]
+    default, reference = default_and_reference(problem)
+    assert default.objective < reference.objective - 50.0
+
+
 def test_short_boundary_sequences_find_a_gain_on_a_long_boundary():
     # Regression: the benchmark's Cityscapes-size seed 5 (256 x 512, K = 19), where 5
     # pixels of one instance belong to the touching instance of the same class. The
