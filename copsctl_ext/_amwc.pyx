@@ -1146,11 +1146,11 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     a long boundary is found where the pair's sequence, which takes its moves from the
     whole boundary, adds other places' losses to it. A class's
     sequences start from the nodes of the cluster that list the class before the
-    cluster's own among their cheapest (``top``) and have no local neighbour of that
-    class, one sequence per group of such nodes connected along local edges; the other
-    side is the class's cluster (non-partitionable) or a new cluster of that class, so a
-    part of a cluster can change class as a whole where no cluster of that class touches
-    it (the boundary sequences cover the others). Most such groups are single noisy
+    cluster's own among their cheapest (``top``), one sequence per group of such nodes
+    connected along local edges; the other side is the class's cluster
+    (non-partitionable) or a new cluster of that class, so a part of a cluster can change
+    class as a whole, also where a cluster of that class touches it (a pair's sequences
+    start from single boundary nodes or the whole boundary). Most such groups are single noisy
     nodes: a group is skipped where moving it alone would cut more than 4 times its
     class gain in edge costs, and a class sequence ends ``2 n + 5`` moves after its best
     point, for a group of n nodes (also where that is more than a pair's patience: a
@@ -1255,12 +1255,9 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                 k = top.cls[<int64_t>n * TOP + t]
                 if k < 0 or k == kx:
                     break
-                # a class held next to the node is the boundary sequences' business
-                for p in range(g.off[n], g.off[n + 1]):
-                    if g.loc[p] and clclass[cl[g.nbr[p]]] == k:
-                        break
-                else:
-                    bnd.push_back(pair[int64_t, int32_t](<int64_t>X * K + k, n))
+                # also where a neighbour holds the class: the boundary sequences start
+                # from single nodes or the whole boundary, not from such a group
+                bnd.push_back(pair[int64_t, int32_t](<int64_t>X * K + k, n))
         sort(bnd.begin(), bnd.end())
         q0 = 0
         while q0 < <int64_t>bnd.size():
