@@ -1063,7 +1063,7 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
                          KLState& S, int32_t X, int32_t Y, int32_t kx, int32_t ky,
                          int32_t max_moves, int32_t patience, uint8_t* changed,
                          uint8_t mark, int32_t* kept, int32_t* seen=NULL,
-                         int32_t stamp=0, bint streak=False) except? 1.0 nogil:
+                         int32_t stamp=0) except? 1.0 nogil:
     """One Kernighan-Lin sequence between clusters X and Y from the candidates in ``S``;
     keeps its best prefix if that lowers the objective. Returns the change of the
     objective (<= 0), ``kept`` the number of moves kept; resets ``S``.
@@ -1072,16 +1072,14 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     objective most, or raises it least, moves and is locked; its untouched neighbours in
     X or Y along local edges become candidates, and the weights of the known ones are
     updated along every edge. The sequence stops after ``max_moves`` moves, or
-    ``patience`` moves after its best point (with ``streak``: after ``patience`` moves
-    in a row that each raise the objective), and is cut back to its best prefix. If it
+    ``patience`` moves after its best point, and is cut back to its best prefix. If it
     keeps nothing and ``seen`` is given, the nodes it touched get ``stamp`` there.
     """
-    cdef int32_t n, j, src, nseq = 0, bestk = 0, i, rise = 0   # rise: moves in a row up
+    cdef int32_t n, j, src, nseq = 0, bestk = 0, i
     cdef int64_t p
     cdef double cum = 0.0, best = 0.0, w
     cdef HeapEntry top
-    while (nseq < max_moves and S.heap.size() > 0
-           and (rise < patience if streak else nseq - bestk < patience)):
+    while nseq < max_moves and nseq - bestk < patience and S.heap.size() > 0:
         top = S.heap[0]
         pop_heap(S.heap.begin(), S.heap.end())
         S.heap.pop_back()
@@ -1094,10 +1092,6 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
         S.seq.push_back(n)
         nseq += 1
         cum -= top.first
-        if top.first < 0:
-            rise += 1
-        else:
-            rise = 0
         if cum < best - GAIN_EPS * (1.0 + abs(best)):
             best = cum; bestk = nseq
         for p in range(g.off[n], g.off[n + 1]):
@@ -1138,9 +1132,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     A pair's sequence starts from the nodes of its common boundary, so a strip of nodes
     can shift a boundary where every single move raises the objective. In the first
     round each boundary node of the pair also starts a short sequence of its own (at
-    most ``LOCAL_MOVES`` moves, ending after ``LOCAL_PATIENCE`` moves in a row that each
-    raise the objective: where the moves' changes alternate, as where a tongue of one
-    side reaches into the other, the sequence climbs for longer before it gains), unless
+    most ``LOCAL_MOVES`` moves, ending ``LOCAL_PATIENCE`` after its best point), unless
     an earlier short sequence of the pair touched it and kept nothing, or its move alone
     loses more than its summed edge costs to its own side: a small gain at one place of
     a long boundary is found where the pair's sequence, which takes its moves from the
@@ -1239,7 +1231,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
                         _kl_reset(S)
                         continue
                     w = _kl_sequence(P, g, cl, S, X, Y, kx, ky, LOCAL_MOVES, LOCAL_PATIENCE,
-                                     changed, mark, &nk, &seen[0], stamp, True)
+                                     changed, mark, &nk, &seen[0], stamp)
                     if nk > 0:
                         gained += w
                         kept += nk

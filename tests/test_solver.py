@@ -234,17 +234,6 @@ def test_a_class_sequence_of_a_large_group_may_rise_for_longer_than_the_pairs_pa
     assert default.objective < reference.objective - 50.0
 
 
-def test_short_sequences_climb_while_their_moves_alternate():
-    # Regression: seed 298 of the "small" sweep (difficulty 1, edges x2). A short
-    # sequence from one boundary node whose moves' changes alternate (as where a tongue
-    # of one cluster reaches into the other) climbs for more than 8 moves before it
-    # gains; it stopped 8 moves after its best point (the start), 0.5 units below plain
-    # GAEC + improvement. Stopped only by 8 rising moves in a row, it is 27.3 below.
-    from copsctl.benchmarks.solver_sweep import sweep_problem
-    default, reference = default_and_reference(sweep_problem("small", 298)[0])
-    assert default.objective < reference.objective - 20.0
-
-
 def test_class_sequences_start_also_beside_a_pixel_of_the_class():
     # Regression: seed 74 of the "tiny" sweep (24 x 32 nodes). Pixels that list a class
     # before their cluster's but have a neighbour of that class were left to the pairs'
