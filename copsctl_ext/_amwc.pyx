@@ -1142,12 +1142,12 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     connected along local edges; the other side is the class's cluster
     (non-partitionable) or a new cluster of that class, so a part of a cluster can change
     class as a whole, also where a cluster of that class touches it (a pair's sequences
-    start from single boundary nodes or the whole boundary). Most such groups are single noisy
-    nodes: a group is skipped where moving it alone would cut more than 4 times its
-    class gain in edge costs, and a class sequence ends ``2 n + 5`` moves after its best
-    point, for a group of n nodes (also where that is more than a pair's patience: a
-    large group must often move whole, its surroundings after it, before the objective
-    drops below the start).
+    start from single boundary nodes or the whole boundary, never from such a group).
+    Most such groups are single noisy nodes: a group is skipped where moving it alone
+    would cut more than 4 times its class gain in edge costs, and a class sequence ends
+    ``2 n + 5`` moves after its best point, for a group of n nodes (also where that is
+    more than a pair's patience: a large group must often move whole, its surroundings
+    after it, before the objective drops below the start).
 
     Rounds: the first visits every pair in order of the cluster ids, then the classes'
     sequences; each later round visits only the pairs with a cluster that the round
