@@ -415,6 +415,14 @@ class Recipe:
         merged = _merge(self.to_dict(), _validate_layer(layer, source))
         return _build(merged)
 
+    def overrides(self, section: str) -> list[str]:
+        """``--set`` strings (``section.key=value``) that put this recipe's ``section`` into another."""
+        if section not in _SECTIONS:
+            raise InputError(f"`section` must be one of {list(_SECTIONS)}, got {section!r}")
+        values = getattr(self, section)
+        return [f"{section}.{f.name}={_yaml_scalar(getattr(values, f.name))}"
+                for f in dataclasses.fields(values)]
+
     def dump(self, comments: bool = True) -> str:
         """YAML text of every key; ``load_recipe`` on this text gives back an equal recipe."""
         lines = []

@@ -45,6 +45,7 @@ continues from it on the next run when its recipe is unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -303,7 +304,8 @@ def run_demo(out: str | os.PathLike = "demo_out", *, quick: bool = False,
         weights = out / "runs" / stage / "checkpoint.pt"
         names = [stage]
         if stage == "pretrain":
-            rows.append(_calibrate_and_score(out, spec, data_dir, stages, workers, log))
+            rows.append(_calibrate_and_score(out, recipes[stage][2], spec, data_dir, stages,
+                                             workers, log))
             names.append(CALIBRATED)
         for name in names:
             for kind, path in (("run", out / "runs" / stage),
@@ -403,31 +405,42 @@ def _train_and_score(out: Path, stage: str, recipe, spec: DemoSize, data_dir: Pa
     stages.run(stage, key, [ckpt, run_json],
                lambda: _train(stage, recipe, run_dir, weights, stages.resuming, log,
                               progress))
-    return _score(out, stage, run_dir, spec, data_dir, stages, workers, calibration=False,
+    return _score(out, stage, recipe[2], run_dir, spec, data_dir, stages, workers,
+                  calibration=False,
                   iterations=int(_read_json(run_json)["iteration"]),
                   train_seconds=_step_seconds(run_dir))
 
 
-def _calibrate_and_score(out: Path, spec: DemoSize, data_dir: Path, stages: _Stages, workers,
-                         log) -> StageResult:
+def _calibrate_and_score(out: Path, recipe, spec: DemoSize, data_dir: Path, stages: _Stages,
+                         workers, log) -> StageResult:
     """Fit the pre-trained network's cost calibration on train images, then score it."""
     from .costs.calibrate import calibrate_run
 
     run_dir = out / "runs" / "pretrain"
     target = run_dir / CALIBRATION_NAME
     stages.run("calibrate", {"checkpoint": _fingerprint(run_dir / "checkpoint.pt"),
-                             "images": spec.calibration_images},
+                             "images": spec.calibration_images, "solver": _solver_key(recipe)},
                [target], lambda: calibrate_run(run_dir, split="train",
                                                images=spec.calibration_images,
-                                               workers=workers, log=log))
-    return _score(out, CALIBRATED, run_dir, spec, data_dir, stages, workers,
+                                               workers=workers,
+                                               overrides=recipe.overrides("solver"), log=log))
+    return _score(out, CALIBRATED, recipe, run_dir, spec, data_dir, stages, workers,
                   calibration=target, iterations=0, train_seconds=0.0)
 
 
-def _score(out: Path, name: str, run_dir: Path, spec: DemoSize, data_dir: Path,
+def _solver_key(recipe) -> dict:
+    """The solver settings of ``recipe`` that change a solution (not its thread count)."""
+    return dataclasses.asdict(recipe.solver.options())
+
+
+def _score(out: Path, name: str, recipe, run_dir: Path, spec: DemoSize, data_dir: Path,
            stages: _Stages, workers, *, calibration, iterations: int,
            train_seconds: float) -> StageResult:
-    """The val split of a trained run through the pipeline: costs, solve, PQ, pictures."""
+    """The val split of a trained run through the pipeline: costs, solve, PQ, pictures.
+
+    Solved with the solver section of ``recipe`` (the demo's resolved recipe of the stage),
+    which a ``--set solver.*`` on a reused run changes, not with the one saved in the run.
+    """
     from .costs.network import dump_costs
     from .metrics.pq import evaluate
     from .panoptic.solve import solve_costs
@@ -450,8 +463,10 @@ def _score(out: Path, name: str, run_dir: Path, spec: DemoSize, data_dir: Path,
     if calibration:
         key["calibration"] = _fingerprint(calibration)
     stages.run(f"{stage}-costs", key, [costs, costs_json], dump)
-    stages.run(f"{stage}-solve", {"costs": _fingerprint(costs)}, [pred / "summary.json"],
-               lambda: solve_costs(costs, pred, workers=workers))
+    stages.run(f"{stage}-solve", {"costs": _fingerprint(costs), "solver": _solver_key(recipe)},
+               [pred / "summary.json"],
+               lambda: solve_costs(costs, pred, workers=workers,
+                                   overrides=recipe.overrides("solver")))
 
     def score() -> None:
         result = evaluate(gt_json=gt_json, pred_dir=pred)

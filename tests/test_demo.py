@@ -134,6 +134,18 @@ def test_demo_quick_writes_every_artifact_and_reuses_stages(tmp_path):
     assert report["ran"] == [s for s in STAGES if s.startswith("finetune")]
     assert load_recipe(out / "runs" / "finetune" / "recipe.yaml").finetune.lambda_max == 10
 
+    # a solver setting re-solves every row and refits the calibration with it (the solve
+    # stages read the demo's recipe, not the one the reused pre-training run saved), but
+    # neither pre-trains again nor dumps the pre-trained costs again
+    res = _demo(out, "--set", "finetune.lambda_max=10", "--set", "solver.segment_moves=0",
+                "--json", str(tmp_path / "r3.json"))
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r3.json").read_text())
+    assert report["ran"] == [s for s in STAGES if s not in ("data", "pretrain", "pretrain-costs")]
+    for name in ("pretrain", "calibrated", "finetune"):
+        solved = json.loads((out / "pred" / name / "summary.json").read_text())
+        assert solved["solver_options"]["segment_moves"] == 0
+
 
 def test_demo_bad_input_exits_2_and_writes_nothing(tmp_path):
     out = tmp_path / "demo"

@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..calibration import CALIBRATION_NAME, Calibration, load_calibration
 from ..cpus import available_cpus
@@ -205,7 +205,7 @@ def _search(score: Callable[[Calibration], dict], m: int, *, rounds: int, tol: f
 def calibrate_run(run: str | os.PathLike, *, split: str = "train", images: int = 0,
                   out: str | os.PathLike | None = None, rounds: int = 2,
                   workers: int | None = None, batch_size: int = 4, device: str = "auto",
-                  log: Callable[[str], None] | None = None,
+                  overrides: Sequence[str] = (), log: Callable[[str], None] | None = None,
                   progress: Callable[[int, dict], None] | None = None) -> tuple[CalibrationFit, Calibration, Path]:
     """Calibrate a run's checkpoint on one split of its dataset (``copsctl calibrate --run``).
 
@@ -213,6 +213,8 @@ def calibrate_run(run: str | os.PathLike, *, split: str = "train", images: int =
     the calibration on them (:func:`fit_calibration`), composes it with the calibration
     the costs already had and writes the result to ``out`` (default
     ``RUN/calibration.yaml``), where ``dump-costs``, ``finetune`` and ``predict`` find it.
+    ``overrides`` (``section.key=value``) change the run's recipe for the dump and the fit,
+    e.g. its ``solver`` keys.
 
     Returns
     -------
@@ -236,15 +238,15 @@ def calibrate_run(run: str | os.PathLike, *, split: str = "train", images: int =
     out = Path(out) if out is not None else run / CALIBRATION_NAME
     if out.is_dir():
         raise InputError(f"--out {out}: is a folder; name the calibration file to write")
-    cfg = load_recipe(recipe_path)
-    gt_json, gt_dir = ground_truth_from_recipe(recipe_path, split)
+    cfg = load_recipe(recipe_path, list(overrides))
+    gt_json, gt_dir = ground_truth_from_recipe(recipe_path, split, overrides)
     with tempfile.TemporaryDirectory(prefix="copsctl-calibrate-") as tmp:
         costs = Path(tmp) / "costs.h5"
         say(f"dumping the costs of {images or 'all'} {split} images")
         # The run's recipe and the calibration already beside the checkpoint, if any:
         # the fit is relative to those costs.
         summary = dump_costs(costs, run=run, split=split, limit=images, batch_size=batch_size,
-                             device=device)
+                             device=device, overrides=overrides)
         base = cfg.calibration
         if summary.get("calibration"):
             base = load_calibration(summary["calibration"])
