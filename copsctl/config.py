@@ -246,6 +246,8 @@ class SolverConfig:
     segment_moves: int = _key(SolverOptions.segment_moves,
         "largest connected part of a cluster moved as a whole, last (0: none)",
         check=_solver_rule("segment_moves"))
+    instance_splits: bool = _key(SolverOptions.instance_splits,
+        "split thing clusters by GAEC on their pixels where the cut gains, last")
     workers: int = _key(0,
         "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
 
@@ -259,7 +261,8 @@ class SolverConfig:
                              superpixel_moves=self.superpixel_moves,
                              piece_moves=self.piece_moves,
                              boundary_moves=self.boundary_moves,
-                             segment_moves=self.segment_moves)
+                             segment_moves=self.segment_moves,
+                             instance_splits=self.instance_splits)
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,7 @@ cdef struct Stats:
     int64_t boundary_moves
     double t_boundary
     int64_t segment_moves
+    int64_t split_moves
     double t_segments
     double objective_before_improve
 
@@ -1339,6 +1340,105 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
     return kept
 
 
+cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
+                              vector[int32_t]& clclass, int32_t* next_id,
+                              uint8_t* changed) except -1 nogil:
+    """Phase 3, last: split the clusters of partitionable classes by GAEC on their nodes;
+    returns the number of nodes that changed cluster.
+
+    The contraction on superpixels may join two touching instances of one class early,
+    across a boundary whose local edges attract while the long-range edges between the
+    two repel, and no move of nodes or segments undoes such a merge. Per cluster with a
+    repelling edge inside (any other cut costs at least 0), GAEC on its own nodes (the
+    edges inside it, a multicut: every merge gains its edge cost) ends with
+    sub-clusters between which no merge gains, so their summed cut is at most 0 and the
+    split never raises the objective; a cluster whose sub-clusters cut less than 0 is
+    split into them (the sub-cluster of its first node keeps its id). One GAEC over all
+    such nodes at once: no edge joins two clusters, so it is each cluster's own.
+    """
+    cdef int32_t N = P.N, U = 0, i, j, c, r
+    cdef int64_t p, q, moved = 0
+    cdef vector[int32_t] unit, mark, uniq, merged_into, root_id
+    cdef vector[double] usum, cut
+    cdef vector[uint8_t] repels, first_done
+    cdef vector[AdjMap] adj
+    cdef ClusterCosts sc
+    cdef Problem Q
+    cdef Stats dummy
+    cdef uint8_t one = 1
+    _fill_u8(repels, clclass.size(), 0)
+    for i in range(N):
+        c = cl[i]
+        if P.part[clclass[c]] and not repels[c]:
+            for p in range(g.off[i], g.off[i + 1]):
+                if g.wt[p] < 0 and cl[g.nbr[p]] == c:
+                    repels[c] = 1
+                    break
+    _fill_i32(unit, N, -1)
+    for i in range(N):
+        if repels[cl[i]]:
+            unit[i] = U
+            U += 1
+    if U < 2:
+        return 0
+    adj.resize(U)
+    _fill_i32(mark, U, -1)
+    for i in range(N):
+        if unit[i] < 0:
+            continue
+        c = cl[i]
+        uniq.clear(); usum.clear()
+        for p in range(g.off[i], g.off[i + 1]):
+            j = g.nbr[p]
+            if cl[j] == c:
+                _add_pull(mark, uniq, usum, unit[j], g.wt[p])
+        adj[unit[i]].reserve(uniq.size())
+        for q in range(<int64_t>uniq.size()):
+            adj[unit[i]].slot(uniq[q])[0] = usum[q]
+            mark[uniq[q]] = -1
+    # one class, partitionable, no class costs: GAEC is then a multicut's
+    Q.N = U; Q.K = 1; Q.part = &one
+    sc.costs.assign(U, 0.0)
+    sc.best.assign(U, 0.0)
+    sc.second.assign(U, INFINITY)
+    _fill_i32(sc.argbest, U, 0)
+    dummy.merges = dummy.heap_pops = dummy.clusters_after_gaec = 0
+    _gaec(Q, U, sc, adj, merged_into, False, &dummy)
+    cut.assign(clclass.size(), 0.0)
+    for i in range(N):
+        if unit[i] < 0:
+            continue
+        r = merged_into[unit[i]]
+        for p in range(g.off[i], g.off[i + 1]):
+            j = g.nbr[p]
+            if j > i and cl[j] == cl[i] and merged_into[unit[j]] != r:
+                cut[cl[i]] += g.wt[p]
+    _fill_i32(root_id, U, -1)
+    _fill_u8(first_done, clclass.size(), 0)
+    for i in range(N):
+        if unit[i] < 0:
+            continue
+        c = cl[i]
+        if not cut[c] < -GAIN_EPS:
+            continue
+        r = merged_into[unit[i]]
+        if root_id[r] < 0:
+            if not first_done[c]:
+                first_done[c] = 1
+                root_id[r] = c
+            else:
+                root_id[r] = next_id[0]
+                next_id[0] += 1
+                if <size_t>root_id[r] >= clclass.size():
+                    clclass.push_back(-1)
+                clclass[root_id[r]] = clclass[c]
+        if root_id[r] != c:
+            cl[i] = root_id[r]
+            moved += 1
+            _mark_around(g, i, changed, 1)
+    return moved
+
+
 cdef int _local_parts(const Problem& P, const vector[int32_t]& cl, const int32_t* within,
                       vector[int32_t]& root) except -1 nogil:
     """The connected parts, along local edges, of the clusters of ``cl`` (split further by
@@ -1663,7 +1763,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
                      double pre_margin,
                      bint improve,
                      int32_t max_rounds, bint sp_moves, bint piece_moves,
-                     int32_t kl_moves, int32_t seg_max, int32_t* out_labels,
+                     int32_t kl_moves, int32_t seg_max, bint splits, int32_t* out_labels,
                      int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     """The whole solve, phase by phase; every buffer is owned by a vector."""
     cdef double t0 = _now(), t1
@@ -1735,8 +1835,9 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
             _piece_moves(P, M, cid, g, sg, node_top, cl, clclass, clsize, &next_id, max_rounds,
                          &sprows[0] if sp_moves and pre_margin >= 0 else NULL, settled, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
-    if improve and (kl_moves > 0 or seg_max > 0) and pre_max > 1 and P.N > 0:
-        # boundary and segment moves, then node moves where they changed the clusters
+    if improve and (kl_moves > 0 or seg_max > 0 or splits) and pre_max > 1 and P.N > 0:
+        # boundary and segment moves and splits, then node moves where they changed the
+        # clusters
         _fill_u8(changed, P.N, 0)
         moves = 0
         if kl_moves > 0:
@@ -1745,6 +1846,9 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         t1 = _now(); st.t_boundary = t1 - t0; t0 = t1
         if seg_max > 0:
             moves += _segment_moves(P, g, cl, clclass, M, &next_id, seg_max, &changed[0], st)
+        if splits:
+            st.split_moves = _instance_splits(P, g, cl, clclass, &next_id, &changed[0])
+            moves += st.split_moves
         t1 = _now(); st.t_segments = t1 - t0; t0 = t1
         if moves > 0:
             clsize.resize(clclass.size())
@@ -1763,7 +1867,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           int precluster_max_size, int precluster_max_thing_size,
           double precluster_margin, bint improve, int max_improve_rounds,
           bint superpixel_moves, bint piece_moves, int boundary_moves, int segment_moves,
-          int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
+          bint instance_splits, int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
     Preconditions (checked by :func:`copsctl.solver.solve_amwc`, not here): N >= 1,
@@ -1780,7 +1884,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     st.superpixels = st.clusters_after_gaec = st.merges = st.heap_pops = 0
     st.improve_moves = st.improve_visits = st.boundary_moves = 0
     st.t_boundary = st.t_segments = 0.0
-    st.segment_moves = 0
+    st.segment_moves = st.split_moves = 0
     st.objective_before_improve = 0.0
     cdef Problem P
     P.N = node_costs.shape[0]
@@ -1797,7 +1901,8 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     with nogil:
         _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
                     precluster_margin, improve, max_improve_rounds,
-                    superpixel_moves, piece_moves, boundary_moves, segment_moves, &labels[0], &segments[0], cutp, &st)
+                    superpixel_moves, piece_moves, boundary_moves, segment_moves,
+                    instance_splits, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,
@@ -1807,6 +1912,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
         "boundary_moves": st.boundary_moves,
         "seconds_segments": st.t_segments,
         "segment_moves": st.segment_moves,
+        "split_moves": st.split_moves,
         "seconds_output": st.t_output,
         "superpixels": st.superpixels,
         "merges": st.merges,

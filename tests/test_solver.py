@@ -103,6 +103,8 @@ def test_never_below_brute_force_optimum_and_feasible(options, min_optimal):
     SolverOptions(boundary_moves=7, max_improve_rounds=1),
     SolverOptions(segment_moves=0), SolverOptions(segment_moves=1),
     SolverOptions(segment_moves=10000, boundary_moves=0),
+    SolverOptions(instance_splits=False),
+    SolverOptions(instance_splits=True, boundary_moves=0, segment_moves=0),
     SolverOptions(precluster_threshold=0.5, precluster_max_size=8)])
 def test_every_phase_combination_is_feasible_on_grids(options):
     from copsctl.solver import grid_edge_distance, grid_edges
@@ -243,6 +245,22 @@ def test_class_sequences_start_also_beside_a_pixel_of_the_class():
     from copsctl.benchmarks.solver_sweep import sweep_problem
     default, reference = default_and_reference(sweep_problem("tiny", 74)[0])
     assert default.objective < reference.objective - 10.0
+
+
+def test_touching_instances_joined_by_the_contraction_are_split():
+    # Regression: seed 141 of the "tiny" sweep, where two touching instances of one thing
+    # class ended in one cluster: the local edges across their boundary attract, the
+    # long-range edges between them repel, and no move of nodes or segments separates
+    # them (2.8 units behind plain GAEC + improvement, one segment fewer). The multicut
+    # on the cluster's own pixels splits 32 of them off.
+    from copsctl.benchmarks.solver_sweep import sweep_problem
+    problem = sweep_problem("tiny", 141)[0]
+    default, reference = default_and_reference(problem)
+    without = solve_amwc(*problem, options=SolverOptions(instance_splits=False))
+    assert default.stats["split_moves"] > 0
+    assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
+    assert without.objective > reference.objective + 2.0
+    assert default.num_segments > without.num_segments
 
 
 def test_short_boundary_sequences_find_a_gain_on_a_long_boundary():

@@ -66,8 +66,8 @@ class SolverOptions:
         Run the local improvement phase after the contraction: moves of whole superpixels
         (if ``superpixel_moves``), then single-node moves to a neighbouring cluster or
         class, then moves of pieces (if ``piece_moves``) and of nodes again, then
-        boundary moves (if ``boundary_moves``), segment moves (if ``segment_moves``) and
-        nodes again where they moved.
+        boundary moves (if ``boundary_moves``), segment moves (if ``segment_moves``),
+        instance splits (if ``instance_splits``) and nodes again where they moved.
     max_improve_rounds
         Bound on the unit visits of each improvement pass, in multiples of the unit count.
     superpixel_moves
@@ -92,6 +92,12 @@ class SolverOptions:
         the edges between them. A larger segment that is not its cluster's largest (a
         region joined to the rest of its cluster by long-range edges only) is tried
         too, towards the neighbouring clusters only. 0 disables these moves.
+    instance_splits
+        Last of all (only when pre-clustering is on), split every cluster of a
+        partitionable class that holds a repelling edge by plain GAEC on its own nodes
+        (a multicut on the edges inside it), where the cut between the parts costs less
+        than 0: two touching instances that the contraction joined early, which no move
+        of nodes or segments separates.
     """
 
     precluster_threshold: float = 0.0
@@ -105,6 +111,7 @@ class SolverOptions:
     piece_moves: bool = True
     boundary_moves: int = 200
     segment_moves: int = 256
+    instance_splits: bool = True
 
     def __post_init__(self):
         for f in fields(self):
@@ -358,7 +365,7 @@ def _solve_validated(nc, ed, ec, pa, lo, options: SolverOptions) -> AMWCResult:
                          bool(options.improve),
                          int(options.max_improve_rounds), bool(options.superpixel_moves),
                          bool(options.piece_moves), int(options.boundary_moves),
-                         int(options.segment_moves),
+                         int(options.segment_moves), bool(options.instance_splits),
                          labels, segments, edge_cut)
     obj = objective(nc, ed, ec, labels, edge_cut)
     if not np.isfinite(obj):
