@@ -154,6 +154,8 @@ cdef enum:
     # the short Kernighan-Lin sequences from single boundary nodes (``_boundary_moves``)
     LOCAL_MOVES = 64
     LOCAL_PATIENCE = 8
+    # the instance splits take part of at most N / SPLIT_SHARE nodes (``_instance_splits``)
+    SPLIT_SHARE = 4
 
 
 cdef inline double _now() noexcept nogil:
@@ -186,6 +188,8 @@ cdef struct Stats:
     double t_boundary
     int64_t segment_moves
     int64_t split_moves
+    int64_t split_candidates
+    int64_t split_nodes
     double t_segments
     double objective_before_improve
 
@@ -1342,7 +1346,7 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
 
 cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                               vector[int32_t]& clclass, int32_t* next_id,
-                              uint8_t* changed) except -1 nogil:
+                              uint8_t* changed, Stats* st) except -1 nogil:
     """Phase 3, last: split the clusters of partitionable classes by GAEC on their nodes;
     returns the number of nodes that changed cluster.
 
@@ -1354,10 +1358,13 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
     sub-clusters between which no merge gains, so their summed cut is at most 0 and the
     split never raises the objective; a cluster whose sub-clusters cut less than 0 is
     split into them (the sub-cluster of its first node keeps its id). One GAEC over all
-    such nodes at once: no edge joins two clusters, so it is each cluster's own.
+    such nodes at once: no edge joins two clusters, so it is each cluster's own. At most
+    N / SPLIT_SHARE nodes take part, the smallest clusters first.
     """
     cdef int32_t N = P.N, U = 0, i, j, c, r
-    cdef int64_t p, q, moved = 0
+    cdef int64_t p, q, moved = 0, total = 0
+    cdef vector[int64_t] sizes
+    cdef vector[pair[int64_t, int32_t]] order
     cdef vector[int32_t] unit, mark, uniq, merged_into, root_id
     cdef vector[double] usum, cut
     cdef vector[uint8_t] repels, first_done
@@ -1374,6 +1381,24 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
                 if g.wt[p] < 0 and cl[g.nbr[p]] == c:
                     repels[c] = 1
                     break
+    # at most N / SPLIT_SHARE nodes, the smallest clusters first: where thing classes
+    # cover most of the image the multicut would cost more than plain GAEC on it all
+    sizes.assign(clclass.size(), 0)
+    for i in range(N):
+        if repels[cl[i]]:
+            sizes[cl[i]] += 1
+    for c in range(<int32_t>clclass.size()):
+        if repels[c]:
+            order.push_back(pair[int64_t, int32_t](sizes[c], c))
+    sort(order.begin(), order.end())
+    for q in range(<int64_t>order.size()):
+        c = order[q].second
+        st.split_candidates += sizes[c]
+        if total + sizes[c] > N // SPLIT_SHARE:
+            repels[c] = 0
+        else:
+            total += sizes[c]
+    st.split_nodes = total
     _fill_i32(unit, N, -1)
     for i in range(N):
         if repels[cl[i]]:
@@ -1847,7 +1872,7 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         if seg_max > 0:
             moves += _segment_moves(P, g, cl, clclass, M, &next_id, seg_max, &changed[0], st)
         if splits:
-            st.split_moves = _instance_splits(P, g, cl, clclass, &next_id, &changed[0])
+            st.split_moves = _instance_splits(P, g, cl, clclass, &next_id, &changed[0], st)
             moves += st.split_moves
         t1 = _now(); st.t_segments = t1 - t0; t0 = t1
         if moves > 0:
@@ -1884,7 +1909,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     st.superpixels = st.clusters_after_gaec = st.merges = st.heap_pops = 0
     st.improve_moves = st.improve_visits = st.boundary_moves = 0
     st.t_boundary = st.t_segments = 0.0
-    st.segment_moves = st.split_moves = 0
+    st.segment_moves = st.split_moves = st.split_candidates = st.split_nodes = 0
     st.objective_before_improve = 0.0
     cdef Problem P
     P.N = node_costs.shape[0]
@@ -1913,6 +1938,8 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
         "seconds_segments": st.t_segments,
         "segment_moves": st.segment_moves,
         "split_moves": st.split_moves,
+        "split_candidates": st.split_candidates,
+        "split_nodes": st.split_nodes,
         "seconds_output": st.t_output,
         "superpixels": st.superpixels,
         "merges": st.merges,

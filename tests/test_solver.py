@@ -263,6 +263,25 @@ def test_touching_instances_joined_by_the_contraction_are_split():
     assert default.num_segments > without.num_segments
 
 
+def test_instance_splits_take_part_of_at_most_a_quarter_of_the_nodes():
+    # Where thing classes cover most of the image (here: every class partitionable), the
+    # multicut on the thing clusters' pixels would cost more than plain GAEC on the whole
+    # problem; the smallest clusters take part first, up to N / 4 nodes. The splits still
+    # never raise the objective.
+    from copsctl.benchmarks.solver_sweep import sweep_problem
+    problem = list(sweep_problem("tiny", 2)[0])
+    n = problem[0].shape[0]
+    normal = solve_amwc(*problem, options=SolverOptions())
+    assert normal.stats["split_nodes"] == normal.stats["split_candidates"] <= n // 4
+    problem[3] = np.ones_like(problem[3])
+    default = solve_amwc(*problem, options=SolverOptions())
+    without = solve_amwc(*problem, options=SolverOptions(instance_splits=False))
+    assert default.stats["split_candidates"] > n // 2
+    assert 0 < default.stats["split_nodes"] <= n // 4
+    assert default.stats["split_moves"] > 0
+    assert default.objective < without.objective
+
+
 def test_short_boundary_sequences_find_a_gain_on_a_long_boundary():
     # Regression: the benchmark's Cityscapes-size seed 5 (256 x 512, K = 19), where 5
     # pixels of one instance belong to the touching instance of the same class. The
