@@ -113,6 +113,36 @@ def test_calibrate_and_solve_round_trip_through_files(shifted, tmp_path):
     assert pq == pytest.approx(fit["pq_after"]["pq"], abs=1e-12)
 
 
+def test_calibrate_fits_with_the_set_solver_keys(shifted, tmp_path):
+    # --set changes the cost file's solving keys for the fit, as for copsctl solve: the
+    # fit's starting PQ is that of solve --set with the same keys on the same costs.
+    root, info = shifted
+    sets = ["--set", "data.thing_area_threshold=1000000", "--set", "solver.segment_moves=0"]
+    fits = {}
+    for name, extra in (("default", []), ("set", sets)):
+        res = runner.invoke(app, ["calibrate", str(root / "shifted.h5"), "--gt-json",
+                                  info["gt_json"], "--gt", info["gt_dir"], "--out",
+                                  str(tmp_path / f"{name}.yaml"), "--workers", "1", "--rounds",
+                                  "0", "--json", str(tmp_path / f"{name}.json"), *extra])
+        assert res.exit_code == 0, res.output
+        fits[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    res = runner.invoke(app, ["solve", str(root / "shifted.h5"), "--out", str(tmp_path / "pred"),
+                              "--workers", "1", *sets])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "--gt-json", info["gt_json"], "--gt", info["gt_dir"],
+                              "--pred", str(tmp_path / "pred"), "--json", str(tmp_path / "pq.json")])
+    assert res.exit_code == 0, res.output
+    pq = json.loads((tmp_path / "pq.json").read_text())["All"]["pq"]
+    assert fits["set"]["pq_before"]["pq"] == pytest.approx(pq, abs=1e-12)
+    assert fits["set"]["pq_before"]["pq"] != fits["default"]["pq_before"]["pq"]
+    res = runner.invoke(app, ["calibrate", str(root / "shifted.h5"), "--gt-json", info["gt_json"],
+                              "--gt", info["gt_dir"], "--out", str(tmp_path / "bad.yaml"),
+                              "--set", "train.lr=1"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "train.lr" in lines[0], res.output
+    assert not (tmp_path / "bad.yaml").exists()
+
+
 def test_bad_calibration_files_are_one_line_errors(shifted, tmp_path):
     root, _ = shifted
     bad = tmp_path / "bad.yaml"

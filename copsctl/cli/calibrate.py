@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -29,6 +29,10 @@ def calibrate_command(
     rounds: int = typer.Option(2, "--rounds", help="Rounds of the per-distance search."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Solver threads (default: all CPUs)."),
     device: str = typer.Option("auto", "--device", help="With --run: auto, cpu or cuda."),
+    overrides: List[str] = typer.Option(
+        [], "--set", help="Override a recipe key, section.key=value; repeatable. With --run a "
+        "key of the run's recipe (e.g. solver.boundary_moves=0); with COSTS solver.<key> or "
+        "data.thing_area_threshold / data.stuff_area_threshold of the cost file's recipe."),
     out_json: Optional[Path] = typer.Option(None, "--json", help="Also write the fit as JSON here."),
 ) -> None:
     """Fit node-cost scale and per-distance edge-cost offsets and scales that maximise exact PQ.
@@ -66,7 +70,8 @@ def calibrate_command(
             raise InputError("--run takes its ground truth from the run's dataset; drop "
                              + ("--gt-json" if gt_json is not None else "--gt"))
         fit, full, path = calibrate_run(run, split=split, images=images, out=out, rounds=rounds,
-                                        workers=workers, device=device, log=console.print)
+                                        workers=workers, device=device, overrides=overrides,
+                                        log=console.print)
     else:
         if gt_json is None and gt is None:
             raise InputError("COSTS needs its ground truth: pass --gt-json FILE (or --gt DIR)")
@@ -78,7 +83,7 @@ def calibrate_command(
             stored = recipe.calibration if recipe is not None else None
             m = len(cf.distances)
         fit = fit_calibration(costs, gt_json, gt, images=images, rounds=rounds,
-                              workers=workers)
+                              workers=workers, overrides=overrides)
         full = Calibration.from_section(stored, m).then(fit.calibration)
         full.save(out, f"copsctl calibrate {costs}: {fit.images} images, exact PQ "
                        f"{100 * fit.pq_before['pq']:.2f} -> {100 * fit.pq_after['pq']:.2f}")

@@ -88,7 +88,7 @@ def _check_search(images: int, rounds: int) -> None:
 def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
                     gt_dir: str | os.PathLike | None = None, *, images: int = 0,
                     rounds: int = 2, workers: int | None = None, tol: float = 1e-4,
-                    fit_scales: bool = True,
+                    fit_scales: bool = True, overrides: Sequence[str] = (),
                     progress: Callable[[int, dict], None] | None = None) -> CalibrationFit:
     """Fit the calibration of a cost file's costs that maximises exact PQ (module notes).
 
@@ -109,6 +109,9 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
         Smallest PQ gain (fraction) that moves a parameter.
     fit_scales : bool
         Also search a scale per distance (after the offsets).
+    overrides : sequence of str
+        ``solver.<key>=value`` and area-threshold changes of the file's recipe, as
+        ``copsctl solve --set`` takes them (:func:`copsctl.panoptic.solve.apply_solve_overrides`).
     progress : callable, optional
         ``progress(candidates_scored, best_so_far)``.
 
@@ -121,7 +124,7 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
     """
     from .cache import CostFile
     from ..panoptic.format import load_panoptic_json, read_id_png
-    from ..panoptic.solve import cost_file_recipe
+    from ..panoptic.solve import apply_solve_overrides, cost_file_recipe
 
     costs = Path(costs)
     _check_search(images, rounds)
@@ -130,7 +133,7 @@ def fit_calibration(costs: str | os.PathLike, gt_json: str | os.PathLike,
     gt_set = load_panoptic_json(gt_json, gt_dir)
     by_id = {str(a.image_id): a for a in gt_set.annotations}
     with CostFile(costs) as cf:
-        recipe = cost_file_recipe(cf)
+        recipe = apply_solve_overrides(cost_file_recipe(cf), overrides)
         n = len(cf) if not images else min(int(images), len(cf))
         if n == 0:
             raise InputError(f"{costs}: cost file holds no images")
