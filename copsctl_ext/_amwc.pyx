@@ -191,6 +191,7 @@ cdef struct Stats:
     int64_t split_candidates
     int64_t split_nodes
     double t_segments
+    double t_splits
     double objective_before_improve
 
 
@@ -1871,10 +1872,11 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         t1 = _now(); st.t_boundary = t1 - t0; t0 = t1
         if seg_max > 0:
             moves += _segment_moves(P, g, cl, clclass, M, &next_id, seg_max, &changed[0], st)
+        t1 = _now(); st.t_segments = t1 - t0; t0 = t1
         if splits:
             st.split_moves = _instance_splits(P, g, cl, clclass, &next_id, &changed[0], st)
             moves += st.split_moves
-        t1 = _now(); st.t_segments = t1 - t0; t0 = t1
+        t1 = _now(); st.t_splits = t1 - t0; t0 = t1
         if moves > 0:
             clsize.resize(clclass.size())
             _count(cl, clsize)
@@ -1908,7 +1910,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     st.t_precluster = st.t_rag = st.t_gaec = st.t_improve = st.t_output = 0.0
     st.superpixels = st.clusters_after_gaec = st.merges = st.heap_pops = 0
     st.improve_moves = st.improve_visits = st.boundary_moves = 0
-    st.t_boundary = st.t_segments = 0.0
+    st.t_boundary = st.t_segments = st.t_splits = 0.0
     st.segment_moves = st.split_moves = st.split_candidates = st.split_nodes = 0
     st.objective_before_improve = 0.0
     cdef Problem P
@@ -1936,6 +1938,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
         "seconds_boundary": st.t_boundary,
         "boundary_moves": st.boundary_moves,
         "seconds_segments": st.t_segments,
+        "seconds_splits": st.t_splits,
         "segment_moves": st.segment_moves,
         "split_moves": st.split_moves,
         "split_candidates": st.split_candidates,

@@ -99,7 +99,8 @@ class SolverOptions:
         than 0: two touching instances that the contraction joined early, which no move
         of nodes or segments separates. The smallest such clusters take part first, up
         to a quarter of all nodes (``stats``: ``split_candidates`` nodes in such
-        clusters, ``split_nodes`` of them taking part, ``split_moves`` relabelled).
+        clusters, ``split_nodes`` of them taking part, ``split_moves`` relabelled,
+        ``seconds_splits`` the phase's thread CPU time).
     """
 
     precluster_threshold: float = 0.0
