@@ -1368,26 +1368,26 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
     cdef vector[pair[int64_t, int32_t]] order
     cdef vector[int32_t] unit, mark, uniq, merged_into, root_id
     cdef vector[double] usum, cut
-    cdef vector[uint8_t] repels, first_done
+    cdef vector[int32_t] kept
+    cdef vector[uint8_t] repels
     cdef vector[AdjMap] adj
     cdef ClusterCosts sc
     cdef Problem Q
     cdef Stats dummy
     cdef uint8_t one = 1
     _fill_u8(repels, clclass.size(), 0)
-    for i in range(N):
-        c = cl[i]
-        if P.part[clclass[c]] and not repels[c]:
-            for p in range(g.off[i], g.off[i + 1]):
-                if g.wt[p] < 0 and cl[g.nbr[p]] == c:
-                    repels[c] = 1
-                    break
-    # at most N / SPLIT_SHARE nodes, the smallest clusters first: where thing classes
-    # cover most of the image the multicut would cost more than plain GAEC on it all
     sizes.assign(clclass.size(), 0)
     for i in range(N):
-        if repels[cl[i]]:
-            sizes[cl[i]] += 1
+        c = cl[i]
+        if P.part[clclass[c]]:
+            sizes[c] += 1
+            if not repels[c]:
+                for p in range(g.off[i], g.off[i + 1]):
+                    if g.wt[p] < 0 and cl[g.nbr[p]] == c:
+                        repels[c] = 1
+                        break
+    # at most N / SPLIT_SHARE nodes, the smallest clusters first: where thing classes
+    # cover most of the image the multicut would cost more than plain GAEC on it all
     for c in range(<int32_t>clclass.size()):
         if repels[c]:
             order.push_back(pair[int64_t, int32_t](sizes[c], c))
@@ -1440,7 +1440,7 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
             if j > i and cl[j] == cl[i] and merged_into[unit[j]] != r:
                 cut[cl[i]] += g.wt[p]
     _fill_i32(root_id, U, -1)
-    _fill_u8(first_done, clclass.size(), 0)
+    _fill_i32(kept, clclass.size(), -1)   # >= 0: c's own id went to a sub-cluster
     for i in range(N):
         if unit[i] < 0:
             continue
@@ -1449,15 +1449,11 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
             continue
         r = merged_into[unit[i]]
         if root_id[r] < 0:
-            if not first_done[c]:
-                first_done[c] = 1
+            if kept[c] < 0:
+                kept[c] = r
                 root_id[r] = c
             else:
-                root_id[r] = next_id[0]
-                next_id[0] += 1
-                if <size_t>root_id[r] >= clclass.size():
-                    clclass.push_back(-1)
-                clclass[root_id[r]] = clclass[c]
+                root_id[r] = _new_cluster(clclass, kept, NULL, next_id, clclass[c])
         if root_id[r] != c:
             cl[i] = root_id[r]
             moved += 1
