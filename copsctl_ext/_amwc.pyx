@@ -54,11 +54,11 @@ sequences them), so an allocation failure anywhere frees everything and surfaces
 ``MemoryError``.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.math cimport INFINITY
 from libcpp.vector cimport vector
 from libcpp.utility cimport pair
-from libcpp.algorithm cimport push_heap, pop_heap, make_heap, sort
+from libcpp.algorithm cimport sort
 from posix.time cimport clock_gettime, timespec, CLOCK_THREAD_CPUTIME_ID
 
 ctypedef pair[int32_t, int32_t] IntPair
@@ -68,6 +68,8 @@ ctypedef pair[double, IntPair] HeapEntry
 cdef extern from * nogil:
     """
     #include <cstdint>
+    #include <memory>
+    #include <utility>
     #include <vector>
     // The adjacency of one cluster in the contraction: neighbour id -> summed edge cost.
     // Open addressing with linear probing in two parallel arrays (key -1: empty slot,
@@ -135,6 +137,61 @@ cdef extern from * nogil:
             live = used = 0;
         }
     };
+    // A max-heap of (priority, (a, b)) entries with four children per node: half the
+    // levels of a binary heap, so a pop (the common operation) moves fewer entries. Its
+    // order is std::pair's, a total order on distinct entries, so the entries come out
+    // in the same sequence as from std::push_heap / pop_heap.
+    // An allocator whose resize leaves new elements of plain types uninitialised, for
+    // buffers that are written in full before they are read: zeroing tens of MB first
+    // would cost as much as filling them.
+    template <class T> struct RawAlloc : std::allocator<T> {
+        template <class U> struct rebind { typedef RawAlloc<U> other; };
+        RawAlloc() = default;
+        template <class U> RawAlloc(const RawAlloc<U>&) noexcept {}
+        template <class U> void construct(U* p) noexcept { ::new ((void*)p) U; }
+        template <class U, class... A> void construct(U* p, A&&... a) {
+            ::new ((void*)p) U(std::forward<A>(a)...);
+        }
+    };
+
+    typedef std::pair<double, std::pair<int32_t, int32_t>> Heap4Entry;
+    static inline void heap4_up(std::vector<Heap4Entry>& h, size_t i) {
+        Heap4Entry e = h[i];
+        while (i > 0) {
+            size_t p = (i - 1) >> 2;
+            if (!(h[p] < e)) break;
+            h[i] = h[p]; i = p;
+        }
+        h[i] = e;
+    }
+    static inline void heap4_down(std::vector<Heap4Entry>& h, size_t i) {
+        size_t n = h.size();
+        Heap4Entry e = h[i];
+        for (;;) {
+            size_t c = 4 * i + 1;
+            if (c >= n) break;
+            size_t m = c, end = c + 4 < n ? c + 4 : n;
+            for (size_t j = c + 1; j < end; ++j)
+                if (h[m] < h[j]) m = j;
+            if (!(e < h[m])) break;
+            h[i] = h[m]; i = m;
+        }
+        h[i] = e;
+    }
+    static inline void heap4_push(std::vector<Heap4Entry>& h, const Heap4Entry& e) {
+        h.push_back(e);
+        heap4_up(h, h.size() - 1);
+    }
+    static inline void heap4_pop(std::vector<Heap4Entry>& h) {
+        // drop the top entry (read it from h[0] first)
+        h[0] = h.back();
+        h.pop_back();
+        if (h.size() > 1) heap4_down(h, 0);
+    }
+    static inline void heap4_make(std::vector<Heap4Entry>& h) {
+        if (h.size() < 2) return;
+        for (size_t i = (h.size() - 2) / 4 + 1; i-- > 0;) heap4_down(h, i);
+    }
     """
     cdef cppclass AdjMap:
         vector[int32_t] keys
@@ -146,6 +203,11 @@ cdef extern from * nogil:
         double* slot(int32_t) except +
         void erase(int32_t)
         void release()
+    cdef cppclass RawAlloc[T]:
+        pass
+    void heap4_push(vector[HeapEntry]&, const HeapEntry&) except +
+    void heap4_pop(vector[HeapEntry]&)
+    void heap4_make(vector[HeapEntry]&)
 
 
 cdef double GAIN_EPS = 1e-9
@@ -156,6 +218,8 @@ cdef enum:
     LOCAL_PATIENCE = 8
     # the instance splits take part of at most N / SPLIT_SHARE nodes (``_instance_splits``)
     SPLIT_SHARE = 4
+    # the edge list is bucketed in chunks of this many edges (``_node_graph``)
+    NODE_GRAPH_CHUNK = 1 << 30
 
 
 cdef inline double _now() noexcept nogil:
@@ -304,9 +368,9 @@ cdef cppclass NodeGraph:
     # The node adjacency in CSR form, both directions: the neighbours of node i are
     # nbr[off[i] : off[i + 1]] with edge costs wt[...] (duplicate edges stay separate).
     vector[int64_t] off
-    vector[int32_t] nbr
-    vector[double] wt
-    vector[uint8_t] loc   # the node graph only: 1 where the edge is a local one
+    vector[int32_t, RawAlloc[int32_t]] nbr
+    vector[double, RawAlloc[double]] wt
+    vector[uint8_t, RawAlloc[uint8_t]] loc   # the node graph only: 1 where the edge is local
 
 
 cdef enum:
@@ -552,14 +616,17 @@ cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
     """The node adjacency (CSR, both directions), read by the region graph and the
     improvement phase; a node's entries are in the order of its edges.
 
-    Filled in blocks of 4096 nodes: the edge ends are first bucketed by their node's
-    block (one sequential stream per block), then each block's CSR rows, small enough
-    to stay in cache, are filled from its bucket. Filling the rows straight from the
-    edge list would write each entry to a cache line of its own.
+    Filled in blocks of 4096 nodes: the edge ends (2 e + side, 32 bits, the edge list
+    taken in chunks of NODE_GRAPH_CHUNK edges) are first bucketed by their node's block
+    (one sequential stream per block), then each block's CSR rows, small enough to stay
+    in cache, are filled from its bucket. Filling the rows straight from the edge list
+    would write each entry to a cache line of its own.
     """
     cdef int32_t N = P.N, i, u, n, B, blk
-    cdef int64_t e, q, x, o
-    cdef vector[int64_t] fill, boff, ends
+    cdef int64_t e, e0, e1, q, o
+    cdef uint32_t x
+    cdef vector[int64_t] fill, boff
+    cdef vector[uint32_t, RawAlloc[uint32_t]] ends
     _fill_i64(g.off, N + 1, 0)
     for e in range(P.E):
         g.off[P.edges[2 * e] + 1] += 1
@@ -572,31 +639,35 @@ cdef int _node_graph(const Problem& P, NodeGraph& g) except -1 nogil:
     fill.resize(N)
     for i in range(N):
         fill[i] = g.off[i]
-    # bucket the edge ends (2 e + side) by block; a block's ends occupy exactly its
-    # nodes' CSR range, so the buckets' offsets are the CSR offsets of the blocks
     B = (N + 4095) >> 12
     boff.resize(B + 1)
-    for blk in range(B + 1):
-        boff[blk] = g.off[blk << 12 if (blk << 12) < N else N]
-    ends.resize(g.off[N])
-    for blk in range(B):
-        fill[blk] = boff[blk]   # fill[] reused as the buckets' fill pointers first
-    for e in range(P.E):
-        blk = P.edges[2 * e] >> 12
-        ends[fill[blk]] = 2 * e; fill[blk] += 1
-        blk = P.edges[2 * e + 1] >> 12
-        ends[fill[blk]] = 2 * e + 1; fill[blk] += 1
-    for i in range(N):
-        fill[i] = g.off[i]
-    for blk in range(B):
-        for q in range(boff[blk], boff[blk + 1]):
+    ends.resize(2 * min(P.E, <int64_t>NODE_GRAPH_CHUNK))
+    e0 = 0
+    while e0 < P.E:
+        e1 = min(P.E, e0 + <int64_t>NODE_GRAPH_CHUNK)
+        # the chunk's ends per block, then the buckets' offsets
+        for blk in range(B + 1):
+            boff[blk] = 0
+        for e in range(e0, e1):
+            boff[(P.edges[2 * e] >> 12) + 1] += 1
+            boff[(P.edges[2 * e + 1] >> 12) + 1] += 1
+        for blk in range(B):
+            boff[blk + 1] += boff[blk]
+        for e in range(e0, e1):
+            x = <uint32_t>(2 * (e - e0))
+            blk = P.edges[2 * e] >> 12
+            ends[boff[blk]] = x; boff[blk] += 1
+            blk = P.edges[2 * e + 1] >> 12
+            ends[boff[blk]] = x + 1; boff[blk] += 1
+        for q in range(2 * (e1 - e0)):   # bucket by bucket
             x = ends[q]
-            e = x >> 1
-            n = P.edges[x]
-            u = P.edges[x ^ 1]
+            e = e0 + (x >> 1)
+            n = P.edges[2 * e + (x & 1)]
+            u = P.edges[2 * e + 1 - (x & 1)]
             o = fill[n]
             g.nbr[o] = u; g.wt[o] = P.ec[e]; g.loc[o] = P.local[e]
             fill[n] = o + 1
+        e0 = e1
 
 
 cdef inline int _add_pull(vector[int32_t]& mark, vector[int32_t]& keys,
@@ -685,8 +756,7 @@ cdef int _region_graph(const Problem& P, int32_t M, const vector[int32_t]& cid,
 
 cdef inline int _heap_push(vector[HeapEntry]& heap, double g, int32_t a,
                             int32_t b) except -1 nogil:
-    heap.push_back(HeapEntry(g, IntPair(a, b)))
-    push_heap(heap.begin(), heap.end())
+    heap4_push(heap, HeapEntry(g, IntPair(a, b)))
 
 
 cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& adj,
@@ -738,11 +808,10 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
                         pushed = True
         if not pushed:
             break
-        make_heap(heap.begin(), heap.end())
+        heap4_make(heap)
         while not heap.empty():
             top = heap.front()
-            pop_heap(heap.begin(), heap.end())
-            heap.pop_back()
+            heap4_pop(heap)
             st.heap_pops += 1
             a = top.second.first
             b = top.second.second
@@ -1087,8 +1156,7 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     cdef HeapEntry top
     while nseq < max_moves and nseq - bestk < patience and S.heap.size() > 0:
         top = S.heap[0]
-        pop_heap(S.heap.begin(), S.heap.end())
-        S.heap.pop_back()
+        heap4_pop(S.heap)
         n = top.second.first
         if S.state[n] == 2 or top.second.second != S.ver[n]:
             continue   # stale entry
