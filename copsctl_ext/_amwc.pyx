@@ -315,7 +315,8 @@ cdef inline double _order(const int32_t* argbest, const uint8_t* part, int32_t a
     class, their superpixels would so join that class's cluster through long-range
     edges first, and the region would end in the wrong class; keyed by w, such merges
     come in the order of their edges, as between single pixels. Every merge still
-    has a positive gain.
+    has a positive gain. Where no local edge was contracted (every unit one node) the
+    order is the gain's, as in plain GAEC.
     """
     if edge_order and argbest[a] == argbest[b] and not part[argbest[a]] and w < g:
         return w
@@ -1895,7 +1896,9 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
         _top_classes(&sprows[0], P.K, 1, M, P.K, sp_top)
     t1 = _now(); st.t_rag = t1 - t0; t0 = t1
 
-    _gaec(P, M, cc, adj, merged_into, pre_max > 1 and pre_margin >= 0, st)
+    # ordered by edge cost only where there are superpixels (see ``_order``): on
+    # single nodes (no local edge contracted) by gain, as plain GAEC
+    _gaec(P, M, cc, adj, merged_into, pre_max > 1 and pre_margin >= 0 and M < P.N, st)
     adj.clear(); adj.shrink_to_fit()
     t1 = _now(); st.t_gaec = t1 - t0; t0 = t1
 
