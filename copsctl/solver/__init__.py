@@ -401,7 +401,11 @@ def solve_amwc(node_costs, edges, edge_costs, partitionable, local_edges=None,
         Edges eligible for the pre-clustering phase (default: all). On pixel grids with
         long-range edges pass the short ones (``grid_edge_distance(...) == 1``): superpixels
         should be compact, and long edges are better judged by the contraction phase, where
-        they are summed per cluster pair.
+        they are summed per cluster pair. On graphs that are not grids (no notion of a
+        short edge) pass all false: nothing is pre-clustered and the contraction runs on
+        the nodes, as plain GAEC; superpixels grown along arbitrary edges are not compact,
+        and on random graphs the default is then behind plain GAEC with local search and
+        several times slower.
     options : SolverOptions, optional
 
     Returns
