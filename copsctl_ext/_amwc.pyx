@@ -272,14 +272,43 @@ cdef inline void _update_best(double* row, int32_t K, double* best, double* seco
     best[0] = b; second[0] = s; argbest[0] = a
 
 
+cdef inline double _min_sum(const double* ra, const double* rb, int32_t K) noexcept nogil:
+    """min over k of ra[k] + rb[k], in four running minima: one minimum waits on the
+    compare before it, four keep four in flight (the same minimum: the costs are finite)."""
+    cdef double m0 = INFINITY, m1 = INFINITY, m2 = INFINITY, m3 = INFINITY, v
+    cdef int32_t k = 0
+    while k + 4 <= K:
+        v = ra[k] + rb[k]
+        if v < m0:
+            m0 = v
+        v = ra[k + 1] + rb[k + 1]
+        if v < m1:
+            m1 = v
+        v = ra[k + 2] + rb[k + 2]
+        if v < m2:
+            m2 = v
+        v = ra[k + 3] + rb[k + 3]
+        if v < m3:
+            m3 = v
+        k += 4
+    while k < K:
+        v = ra[k] + rb[k]
+        if v < m0:
+            m0 = v
+        k += 1
+    if m1 < m0:
+        m0 = m1
+    if m3 < m2:
+        m2 = m3
+    return m2 if m2 < m0 else m0
+
+
 cdef inline double _gain(double* costs, double* best, double* second, int32_t* argbest,
                          const uint8_t* part, int32_t K, int32_t a, int32_t b,
                          double w) noexcept nogil:
     """Objective decrease of merging clusters a and b joined by total edge cost w."""
-    cdef int32_t ka = argbest[a], kb = argbest[b], k
+    cdef int32_t ka = argbest[a], kb = argbest[b]
     cdef double sep, merged, v
-    cdef double* ra
-    cdef double* rb
     if ka == kb:
         # Same preferred class: merged cost is best[a] + best[b].
         if part[ka]:
@@ -294,13 +323,7 @@ cdef inline double _gain(double* costs, double* best, double* second, int32_t* a
         # The merged cost is at least best[a] + best[b], so the gain is at most w: not
         # positive, whatever the exact value (callers only act on positive gains).
         return w
-    ra = costs + <int64_t>a * K
-    rb = costs + <int64_t>b * K
-    merged = INFINITY
-    for k in range(K):
-        v = ra[k] + rb[k]
-        if v < merged:
-            merged = v
+    merged = _min_sum(costs + <int64_t>a * K, costs + <int64_t>b * K, K)
     return best[a] + best[b] - merged + w
 
 
