@@ -809,8 +809,8 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
     cdef double* pw
     cdef HeapEntry top
     cdef bint pushed
-    # Entries naming a merged-away cluster are dropped when popped; most are (90 % and
-    # more on the benchmark problems), and each such pop costs a sift through the whole
+    # Entries naming a merged-away cluster are dropped when popped; most are (82-96 % of
+    # the pops on the benchmark problems), and each such pop costs a sift through the whole
     # heap. ``inheap[a]`` counts the entries naming a; when the entries of dead clusters
     # (an upper bound: an entry whose two ends died counts twice) exceed half the heap,
     # they are filtered out and the rest re-heaped in linear time. The entries left come
