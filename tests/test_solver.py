@@ -198,6 +198,49 @@ def test_default_no_worse_than_gaec_with_improvement_without_local_edges(seed):
     assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
 
 
+def greedy_multicut(n, edges, weights):
+    """Greedy additive edge contraction of a multicut, the plain way: merge the two
+    clusters joined by the largest summed edge cost while it is positive."""
+    adj = {i: {} for i in range(n)}
+    for (u, v), w in zip(edges.tolist(), weights.tolist()):
+        adj[u][v] = adj[u].get(v, 0.0) + w
+        adj[v][u] = adj[v].get(u, 0.0) + w
+    label = np.arange(n)
+    while True:
+        w, a, b = max(((w, a, b) for a, nb in adj.items() for b, w in nb.items()),
+                      default=(0.0, -1, -1))
+        if w <= 0:
+            break
+        for c, wc in adj.pop(b).items():   # b into a
+            del adj[c][b]
+            if c != a:
+                adj[a][c] = adj[a].get(c, 0.0) + wc
+                adj[c][a] = adj[a][c]
+        label[label == b] = a
+    return label
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_plain_gaec_of_a_multicut_is_the_greedy_contraction(seed):
+    # One partitionable class and no class costs: plain GAEC is the greedy multicut
+    # contraction, whose merges are unique with distinct summed costs. Most heap entries
+    # here name a merged-away cluster before they are popped, so the heap is filtered
+    # and rebuilt on the way (``_gaec``; a filter that also drops live entries fails).
+    rng = np.random.default_rng(seed)
+    n = 300
+    u, v = rng.integers(0, n, 8 * n), rng.integers(0, n, 8 * n)
+    pairs = np.unique(np.sort(np.stack([u[u != v], v[u != v]], axis=1), axis=1), axis=0)
+    weights = rng.normal(0.3, 1.0, len(pairs))
+    result = solve_amwc(np.zeros((n, 1)), pairs, weights, np.array([True]),
+                        options=SolverOptions(precluster_max_size=1, improve=False))
+    expected = greedy_multicut(n, pairs, weights)
+    assert result.stats["heap_pops"] > 500
+    # the same partition, whatever the cluster ids
+    same = result.segments[:, None] == result.segments[None, :]
+    assert np.array_equal(same, expected[:, None] == expected[None, :])
+    assert 1 < len(set(expected.tolist())) < n
+
+
 def noisy_problem(preset, seed, difficulty, edge_factor, accuracy):
     """A generated problem with noisy node costs (pixel accuracy ``accuracy``) and edge
     costs scaled by ``edge_factor``, as a solve_amwc argument tuple."""
