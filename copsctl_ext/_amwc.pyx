@@ -783,6 +783,26 @@ cdef inline int _heap_push(vector[HeapEntry]& heap, double g, int32_t a,
     heap4_push(heap, HeapEntry(g, IntPair(a, b)))
 
 
+cdef void _drop_dead_entries(vector[HeapEntry]& heap, const vector[uint8_t]& alive,
+                             vector[int32_t]& inheap) noexcept nogil:
+    """Remove the heap entries that name a merged-away cluster and re-heap the rest in
+    linear time. The entries left come out in the same order (the heap's order is a
+    total order on entries), and a removed one would have been dropped when popped:
+    GAEC makes the same merges."""
+    cdef size_t i, n = 0
+    cdef int32_t a, b
+    for i in range(heap.size()):
+        a = heap[i].second.first
+        b = heap[i].second.second
+        if alive[a] and alive[b]:
+            heap[n] = heap[i]
+            n += 1
+        else:
+            inheap[a] -= 1; inheap[b] -= 1
+    heap.resize(n)
+    heap4_make(heap)
+
+
 cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& adj,
                 vector[int32_t]& merged_into, bint edge_order, Stats* st) except -1 nogil:
     """Phase 2: greedy additive edge contraction of the superpixels, merges taken in the
@@ -811,14 +831,12 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
     cdef bint pushed
     # Entries naming a merged-away cluster are dropped when popped; most are (82-96 % of
     # the pops on the benchmark problems), and each such pop costs a sift through the whole
-    # heap. ``inheap[a]`` counts the entries naming a; when the entries of dead clusters
-    # (an upper bound: an entry whose two ends died counts twice) exceed half the heap,
-    # they are filtered out and the rest re-heaped in linear time. The entries left come
-    # out in the same order (the heap's order is a total order on entries), and a
-    # dropped one would have been dropped when popped: the same merges.
+    # heap. ``inheap[a]`` counts the entries naming a, ``dead`` adds up those of each
+    # cluster when it merges away (an upper bound of the dead entries left: one whose two
+    # ends died counts twice, and those popped since stay counted); past half the heap
+    # they are dropped at once (``_drop_dead_entries``).
     cdef vector[int32_t] inheap
     cdef int64_t dead = 0
-    cdef size_t hi, hn
     _fill_i32(inheap, M, 0)
     _fill_u8(alive, M, 1)
     merged_into.resize(M)
@@ -898,17 +916,7 @@ cdef int _gaec(const Problem& P, int32_t M, ClusterCosts& cc, vector[AdjMap]& ad
                         inheap[r] += 1; inheap[c] += 1
             adj[s].release()
             if 2 * dead > <int64_t>heap.size() and heap.size() > 256:
-                hn = 0
-                for hi in range(heap.size()):
-                    a = heap[hi].second.first
-                    b = heap[hi].second.second
-                    if alive[a] and alive[b]:
-                        heap[hn] = heap[hi]
-                        hn += 1
-                    else:
-                        inheap[a] -= 1; inheap[b] -= 1
-                heap.resize(hn)
-                heap4_make(heap)
+                _drop_dead_entries(heap, alive, inheap)
                 dead = 0
     # resolve every superpixel to its final cluster
     for a in range(M):
