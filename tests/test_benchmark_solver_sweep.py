@@ -47,3 +47,36 @@ def test_a_jsonl_that_cannot_be_opened_is_one_line_and_exit_code_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr and not bad.parent.exists()
+
+
+def test_ellipse_problems_are_class_major_grid_problems_of_their_own_settings():
+    from copsctl.benchmarks.ellipses import SIZES, ellipse_problem
+    from copsctl.solver import check_feasible, grid_edge_distance, solve_amwc
+    h, w, k, t, distances, _ = SIZES["small"]
+    (nc, edges, ec, part, local), settings = ellipse_problem("small", 1)
+    (nc2, *_), again = ellipse_problem("small", 1)
+    assert settings == again and settings["generator"] == "ellipses"
+    np.testing.assert_array_equal(nc, nc2)
+    assert nc.shape == (h * w, k) and nc.strides == (8, 8 * h * w)   # class-major
+    assert np.isfinite(nc).all() and (nc >= 0).all()
+    assert part.sum() == t and not part[t:].any()
+    np.testing.assert_array_equal(local, grid_edge_distance(h, w, distances) == 1)
+    assert np.isfinite(ec).all() and (ec > 0).any() and (ec < 0).any()
+    assert 0.3 < settings["pixel_accuracy"] <= 1 and 0.6 < settings["edge_accuracy"] < 1
+    hard = [ellipse_problem("tiny", s)[1]["hard"] for s in range(12)]
+    assert any(hard) and not all(hard)
+    result = solve_amwc(nc, edges, ec, part, local)
+    check_feasible(edges, part, result.labels, result.segments, result.edge_cut)
+
+
+def test_the_sweep_takes_the_ellipse_problems_on_request(tmp_path, capsys):
+    out = tmp_path / "sweep.jsonl"
+    main(["--generator", "ellipses", "--presets", "tiny", "--seeds", "0", "2", "--jsonl",
+          str(out)])
+    text = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["generator"], r["seed"]) for r in rows] == [("ellipses", 0), ("ellipses", 1)]
+    assert "| preset | seed | hard | pixel acc |" in text
+    for r in rows:
+        assert r["delta"] == r["default"] - r["gaec_imp"]
+        assert f"| tiny | {r['seed']} | {'yes' if r['hard'] else 'no'} |" in text

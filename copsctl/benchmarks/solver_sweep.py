@@ -3,7 +3,7 @@
 Run as::
 
     PYTHONPATH=. .venv/bin/python -m copsctl.benchmarks.solver_sweep
-        [--presets tiny small coco] [--seeds 0 160] [--jsonl FILE]
+        [--presets tiny small coco] [--seeds 0 160] [--jsonl FILE] [--generator ellipses]
 
 The benchmark families (``copsctl.benchmarks.solver``) fix their settings; problems the
 solver meets elsewhere differ in how noisy their node and edge costs are. Here every seed
@@ -17,6 +17,10 @@ of ``SolverOptions(precluster_max_size=1)`` (GAEC+imp; negative: the default is
 better) and the CPU seconds of both; at the end, per preset, how many problems the
 default is behind GAEC+imp on, by more than 1 and more than 10 units, the worst, and the
 sum. Objectives do not depend on the machine or its load.
+
+``--generator ellipses`` takes the problems from :mod:`copsctl.benchmarks.ellipses`
+instead, a generator written apart from ``make_problem`` (other scenes, independent
+pixel noise, log-odds edge costs; half of the seeds hard), with the same comparison.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def main(argv=None) -> None:
                         choices=["tiny", "small", "coco", "cityscapes"])
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 160], metavar=("FIRST", "END"))
     parser.add_argument("--jsonl", help="also append one JSON line per problem to this file")
+    parser.add_argument("--generator", choices=["synthetic", "ellipses"], default="synthetic",
+                        help="make_problem with random settings (default) or "
+                             "copsctl.benchmarks.ellipses")
     args = parser.parse_args(argv)
     if not 0 <= args.seeds[0] < args.seeds[1]:
         parser.error("--seeds must be FIRST < END, both >= 0")
@@ -71,11 +78,17 @@ def main(argv=None) -> None:
                          f"({exc.strerror})") from None
     reference = SolverOptions(precluster_max_size=1)
     deltas: dict[str, list[float]] = {p: [] for p in args.presets}
-    print("| preset | seed | difficulty | edges x | accuracy | MWC | Δ obj | default s | "
-          "GAEC+imp s |\n|---|---|---|---|---|---|---|---|---|")
+    if args.generator == "ellipses":
+        from .ellipses import ellipse_problem as make
+        print("| preset | seed | hard | pixel acc | edge acc | Δ obj | default s | GAEC+imp s |"
+              "\n|---|---|---|---|---|---|---|---|")
+    else:
+        make = sweep_problem
+        print("| preset | seed | difficulty | edges x | accuracy | MWC | Δ obj | default s | "
+              "GAEC+imp s |\n|---|---|---|---|---|---|---|---|---|")
     for seed in range(*args.seeds):
         for preset in args.presets:
-            problem, settings = sweep_problem(preset, seed)
+            problem, settings = make(preset, seed)
             t = time.thread_time()
             default = solve_amwc(*problem)
             t_default = time.thread_time() - t
@@ -84,9 +97,13 @@ def main(argv=None) -> None:
             t_ref = time.thread_time() - t
             delta = default.objective - ref.objective
             deltas[preset].append(delta)
-            print(f"| {preset} | {seed} | {settings['difficulty']:g} | "
-                  f"{settings['edge_factor']:g} | {settings['accuracy']:.3f} | "
-                  f"{'yes' if settings['mwc'] else 'no'} | {delta:+.2f} | {t_default:.3f} | "
+            if args.generator == "ellipses":
+                cells = (f"{'yes' if settings['hard'] else 'no'} | "
+                         f"{settings['pixel_accuracy']:.3f} | {settings['edge_accuracy']:.3f}")
+            else:
+                cells = (f"{settings['difficulty']:g} | {settings['edge_factor']:g} | "
+                         f"{settings['accuracy']:.3f} | {'yes' if settings['mwc'] else 'no'}")
+            print(f"| {preset} | {seed} | {cells} | {delta:+.2f} | {t_default:.3f} | "
                   f"{t_ref:.3f} |", flush=True)
             if out:
                 out.write(json.dumps({**settings, "default": default.objective,
