@@ -44,8 +44,9 @@ Phases
    a local edge (sequences of node moves between the two, uphill steps allowed, cut
    back to their best prefix) and from a cluster to a class that some of its nodes
    prefer and no cluster next to them holds; then moves of whole small segments
-   (connected parts of one cluster) to another cluster or class; then nodes again
-   where they moved.
+   (connected parts of one cluster) to another cluster or class; then the instances of
+   each thing class, touching ones together, partitioned anew by GAEC on their nodes
+   where that cuts less; then nodes again where they moved.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
 
@@ -1477,61 +1478,102 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
 cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                               vector[int32_t]& clclass, int32_t* next_id,
                               uint8_t* changed, Stats* st) except -1 nogil:
-    """Phase 3, last: split the clusters of partitionable classes by GAEC on their nodes;
-    returns the number of nodes that changed cluster.
+    """Phase 3, last: partition the instances of each thing class anew by GAEC on their
+    nodes; returns the number of nodes that changed cluster.
 
     The contraction on superpixels may join two touching instances of one class early,
     across a boundary whose local edges attract while the long-range edges between the
-    two repel, and no move of nodes or segments undoes such a merge. Per cluster with a
-    repelling edge inside (any other cut costs at least 0), GAEC on its own nodes (the
-    edges inside it, a multicut: every merge gains its edge cost) ends with
-    sub-clusters between which no merge gains, so their summed cut is at most 0 and the
-    split never raises the objective; a cluster whose sub-clusters cut less than 0 is
-    split into them (the sub-cluster of its first node keeps its id). One GAEC over all
-    such nodes at once: no edge joins two clusters, so it is each cluster's own. At most
-    N / SPLIT_SHARE nodes take part, the smallest clusters first.
+    two repel, and no move of nodes or segments undoes such a merge; where noisy edges
+    separate touching instances, it may also draw their common boundary worse than GAEC
+    on the nodes. A group is a set of clusters of one partitionable class joined by
+    edges (touching instances). GAEC on the group's own nodes (the edges inside the
+    group, a multicut: every merge gains its edge cost) ends with sub-clusters between
+    which no merge gains; the group is partitioned into them where the edges they cut add
+    up to less than those its clusters cut now (so the objective drops; a group of one
+    cluster: less than 0, and any cut of a cluster without a repelling edge costs at
+    least 0). One GAEC over all such nodes at once: no edge joins two groups, so it is
+    each group's own. At most N / SPLIT_SHARE nodes take part: groups of two or more
+    clusters or of one with a repelling edge, the smallest first, then in the room left
+    the clusters with a repelling edge of the groups left out, each alone, the smallest
+    first.
     """
-    cdef int32_t N = P.N, U = 0, i, j, c, r
+    cdef int32_t N = P.N, U = 0, i, j, c, d, r, a, b, C = clclass.size()
     cdef int64_t p, q, moved = 0, total = 0
-    cdef vector[int64_t] sizes
+    cdef vector[int64_t] sizes, gsize
     cdef vector[pair[int64_t, int32_t]] order
-    cdef vector[int32_t] unit, mark, uniq, merged_into, root_id
-    cdef vector[double] usum, cut
+    cdef vector[int32_t] unit, mark, uniq, merged_into, root_id, grp, gcount, gid
+    cdef vector[double] usum, cut, newcut
     cdef vector[int32_t] kept
-    cdef vector[uint8_t] repels
+    cdef vector[uint8_t] repels, take
     cdef vector[AdjMap] adj
     cdef ClusterCosts sc
     cdef Problem Q
     cdef Stats dummy
     cdef uint8_t one = 1
-    _fill_u8(repels, clclass.size(), 0)
-    sizes.assign(clclass.size(), 0)
+    # per thing cluster: its size, whether an edge inside it repels; the groups as a
+    # union-find forest over the clusters (``grp``)
+    _fill_u8(repels, C, 0)
+    sizes.assign(C, 0)
+    grp.resize(C)
+    for c in range(C):
+        grp[c] = c
     for i in range(N):
         c = cl[i]
-        if P.part[clclass[c]]:
-            sizes[c] += 1
-            if not repels[c]:
-                for p in range(g.off[i], g.off[i + 1]):
-                    if g.wt[p] < 0 and cl[g.nbr[p]] == c:
-                        repels[c] = 1
-                        break
-    # at most N / SPLIT_SHARE nodes, the smallest clusters first: where thing classes
+        if not P.part[clclass[c]]:
+            continue
+        sizes[c] += 1
+        for p in range(g.off[i], g.off[i + 1]):
+            d = cl[g.nbr[p]]
+            if d == c:
+                if g.wt[p] < 0:
+                    repels[c] = 1
+            elif clclass[d] == clclass[c]:
+                a = _find(&grp[0], c)
+                b = _find(&grp[0], d)
+                if a != b:
+                    grp[b] = a
+    for c in range(C):
+        grp[c] = _find(&grp[0], c)
+    # a group takes part with two or more clusters, or one that repels
+    gsize.assign(C, 0)
+    _fill_i32(gcount, C, 0)
+    for c in range(C):
+        if sizes[c] > 0:
+            gsize[grp[c]] += sizes[c]
+            gcount[grp[c]] += 2 if repels[c] else 1
+    for c in range(C):
+        if sizes[c] > 0 and grp[c] == c and gcount[c] >= 2:
+            order.push_back(pair[int64_t, int32_t](gsize[c], c))
+    # at most N / SPLIT_SHARE nodes, the smallest groups first: where thing classes
     # cover most of the image the multicut would cost more than plain GAEC on it all
-    for c in range(<int32_t>clclass.size()):
-        if repels[c]:
-            order.push_back(pair[int64_t, int32_t](sizes[c], c))
+    sort(order.begin(), order.end())
+    _fill_u8(take, C, 0)
+    for q in range(<int64_t>order.size()):
+        c = order[q].second
+        st.split_candidates += gsize[c]
+        if total + gsize[c] <= N // SPLIT_SHARE:
+            take[c] = 1
+            total += gsize[c]
+    # gid[c]: the group that cluster c takes part in (-1: none); the repelling clusters
+    # of the groups left out take part alone
+    _fill_i32(gid, C, -1)
+    order.clear()
+    for c in range(C):
+        if sizes[c] > 0:
+            if take[grp[c]]:
+                gid[c] = grp[c]
+            elif repels[c]:
+                order.push_back(pair[int64_t, int32_t](sizes[c], c))
     sort(order.begin(), order.end())
     for q in range(<int64_t>order.size()):
         c = order[q].second
-        st.split_candidates += sizes[c]
-        if total + sizes[c] > N // SPLIT_SHARE:
-            repels[c] = 0
-        else:
+        if total + sizes[c] <= N // SPLIT_SHARE:
+            gid[c] = c
             total += sizes[c]
     st.split_nodes = total
     _fill_i32(unit, N, -1)
     for i in range(N):
-        if repels[cl[i]]:
+        if gid[cl[i]] >= 0:
             unit[i] = U
             U += 1
     if U < 2:
@@ -1541,11 +1583,11 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
     for i in range(N):
         if unit[i] < 0:
             continue
-        c = cl[i]
+        r = gid[cl[i]]
         uniq.clear(); usum.clear()
         for p in range(g.off[i], g.off[i + 1]):
             j = g.nbr[p]
-            if cl[j] == c:
+            if unit[j] >= 0 and gid[cl[j]] == r:
                 _add_pull(mark, uniq, usum, unit[j], g.wt[p])
         adj[unit[i]].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
@@ -1559,22 +1601,31 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
     _fill_i32(sc.argbest, U, 0)
     dummy.merges = dummy.heap_pops = dummy.clusters_after_gaec = 0
     _gaec(Q, U, sc, adj, merged_into, False, &dummy)
-    cut.assign(clclass.size(), 0.0)
+    # per group: the edges inside it that its clusters cut now, and that GAEC's cut
+    cut.assign(C, 0.0)
+    newcut.assign(C, 0.0)
     for i in range(N):
         if unit[i] < 0:
             continue
         r = merged_into[unit[i]]
+        a = gid[cl[i]]
         for p in range(g.off[i], g.off[i + 1]):
             j = g.nbr[p]
-            if j > i and cl[j] == cl[i] and merged_into[unit[j]] != r:
-                cut[cl[i]] += g.wt[p]
+            if j > i and unit[j] >= 0 and gid[cl[j]] == a:
+                if merged_into[unit[j]] != r:
+                    newcut[a] += g.wt[p]
+                if cl[j] != cl[i]:
+                    cut[a] += g.wt[p]
+    # the groups that GAEC's partition improves take it: a sub-cluster keeps the id of
+    # the cluster of its first node where no other sub-cluster took it first
     _fill_i32(root_id, U, -1)
-    _fill_i32(kept, clclass.size(), -1)   # >= 0: c's own id went to a sub-cluster
+    _fill_i32(kept, C, -1)   # >= 0: c's own id went to a sub-cluster
     for i in range(N):
         if unit[i] < 0:
             continue
         c = cl[i]
-        if not cut[c] < -GAIN_EPS:
+        a = gid[c]
+        if not newcut[a] < cut[a] - GAIN_EPS * (1.0 + abs(cut[a])):
             continue
         r = merged_into[unit[i]]
         if root_id[r] < 0:
