@@ -1534,7 +1534,8 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
                     grp[b] = a
     for c in range(C):
         grp[c] = _find(&grp[0], c)
-    # a group takes part with two or more clusters, or one that repels
+    # a group takes part with two or more clusters, or one that repels: ``gcount``
+    # counts a repelling cluster twice, so that either makes it at least 2
     gsize.assign(C, 0)
     _fill_i32(gcount, C, 0)
     for c in range(C):
@@ -1587,7 +1588,7 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
         uniq.clear(); usum.clear()
         for p in range(g.off[i], g.off[i + 1]):
             j = g.nbr[p]
-            if unit[j] >= 0 and gid[cl[j]] == r:
+            if gid[cl[j]] == r:   # r >= 0: j takes part too
                 _add_pull(mark, uniq, usum, unit[j], g.wt[p])
         adj[unit[i]].reserve(uniq.size())
         for q in range(<int64_t>uniq.size()):
@@ -1611,7 +1612,7 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
         a = gid[cl[i]]
         for p in range(g.off[i], g.off[i + 1]):
             j = g.nbr[p]
-            if j > i and unit[j] >= 0 and gid[cl[j]] == a:
+            if j > i and gid[cl[j]] == a:
                 if merged_into[unit[j]] != r:
                     newcut[a] += g.wt[p]
                 if cl[j] != cl[i]:
