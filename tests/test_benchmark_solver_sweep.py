@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from copsctl.benchmarks.solver_sweep import DIFFICULTIES, EDGE_FACTORS, main, sweep_problem
 
@@ -67,6 +68,9 @@ def test_ellipse_problems_are_class_major_grid_problems_of_their_own_settings():
     assert any(hard) and not all(hard)
     result = solve_amwc(nc, edges, ec, part, local)
     check_feasible(edges, part, result.labels, result.segments, result.edge_cut)
+    from copsctl.errors import InputError
+    with pytest.raises(InputError, match=r"`size` must be one of .*got 'huge'"):
+        ellipse_problem("huge", 0)
 
 
 def test_the_sweep_takes_the_ellipse_problems_on_request(tmp_path, capsys):

@@ -64,8 +64,11 @@ def ellipse_problem(size: str, seed: int) -> tuple[tuple, dict]:
     and the pixel and edge accuracy reached."""
     from scipy.ndimage import gaussian_filter
 
+    from copsctl.errors import InputError
     from copsctl.solver import grid_edge_distance, grid_edges
 
+    if size not in SIZES:
+        raise InputError(f"`size` must be one of {sorted(SIZES)}, got {size!r}")
     h, w, k, t, distances, cell = SIZES[size]
     draw = np.random.default_rng([seed, 5])
     hard = bool(draw.random() < 0.5)

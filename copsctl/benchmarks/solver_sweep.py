@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from .ellipses import ellipse_problem
 from .solver import multiway_cut_costs
 
 DIFFICULTIES = (0.0, 0.5, 0.8, 1.0)
@@ -55,13 +56,30 @@ def sweep_problem(preset: str, seed: int):
     return (nc, edges, ec * settings["edge_factor"], part, local), settings
 
 
+def _synthetic_cells(settings: dict) -> str:
+    return (f"{settings['difficulty']:g} | {settings['edge_factor']:g} | "
+            f"{settings['accuracy']:.3f} | {'yes' if settings['mwc'] else 'no'}")
+
+
+def _ellipse_cells(settings: dict) -> str:
+    return (f"{'yes' if settings['hard'] else 'no'} | {settings['pixel_accuracy']:.3f} | "
+            f"{settings['edge_accuracy']:.3f}")
+
+
+# --generator: the problems of one seed, the table's settings columns, their cells
+GENERATORS = {
+    "synthetic": (sweep_problem, "difficulty | edges x | accuracy | MWC", _synthetic_cells),
+    "ellipses": (ellipse_problem, "hard | pixel acc | edge acc", _ellipse_cells),
+}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "coco"],
                         choices=["tiny", "small", "coco", "cityscapes"])
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 160], metavar=("FIRST", "END"))
     parser.add_argument("--jsonl", help="also append one JSON line per problem to this file")
-    parser.add_argument("--generator", choices=["synthetic", "ellipses"], default="synthetic",
+    parser.add_argument("--generator", choices=sorted(GENERATORS), default="synthetic",
                         help="make_problem with random settings (default) or "
                              "copsctl.benchmarks.ellipses")
     args = parser.parse_args(argv)
@@ -78,14 +96,9 @@ def main(argv=None) -> None:
                          f"({exc.strerror})") from None
     reference = SolverOptions(precluster_max_size=1)
     deltas: dict[str, list[float]] = {p: [] for p in args.presets}
-    if args.generator == "ellipses":
-        from .ellipses import ellipse_problem as make
-        print("| preset | seed | hard | pixel acc | edge acc | Δ obj | default s | GAEC+imp s |"
-              "\n|---|---|---|---|---|---|---|---|")
-    else:
-        make = sweep_problem
-        print("| preset | seed | difficulty | edges x | accuracy | MWC | Δ obj | default s | "
-              "GAEC+imp s |\n|---|---|---|---|---|---|---|---|---|")
+    make, columns, cells = GENERATORS[args.generator]
+    header = f"preset | seed | {columns} | Δ obj | default s | GAEC+imp s"
+    print(f"| {header} |\n|" + "---|" * (header.count("|") + 1))
     for seed in range(*args.seeds):
         for preset in args.presets:
             problem, settings = make(preset, seed)
@@ -97,13 +110,7 @@ def main(argv=None) -> None:
             t_ref = time.thread_time() - t
             delta = default.objective - ref.objective
             deltas[preset].append(delta)
-            if args.generator == "ellipses":
-                cells = (f"{'yes' if settings['hard'] else 'no'} | "
-                         f"{settings['pixel_accuracy']:.3f} | {settings['edge_accuracy']:.3f}")
-            else:
-                cells = (f"{settings['difficulty']:g} | {settings['edge_factor']:g} | "
-                         f"{settings['accuracy']:.3f} | {'yes' if settings['mwc'] else 'no'}")
-            print(f"| {preset} | {seed} | {cells} | {delta:+.2f} | {t_default:.3f} | "
+            print(f"| {preset} | {seed} | {cells(settings)} | {delta:+.2f} | {t_default:.3f} | "
                   f"{t_ref:.3f} |", flush=True)
             if out:
                 out.write(json.dumps({**settings, "default": default.objective,
