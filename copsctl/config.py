@@ -248,6 +248,9 @@ class SolverConfig:
         check=_solver_rule("segment_moves"))
     instance_splits: bool = _key(SolverOptions.instance_splits,
         "split thing clusters by GAEC on their pixels where the cut gains, last")
+    swap_moves: int = _key(SolverOptions.swap_moves,
+        "band, in local edges, of the min-cut swaps between touching clusters (0: none)",
+        check=_solver_rule("swap_moves"))
     workers: int = _key(0,
         "threads solving the images of a batch concurrently (0: all cores)", check=_non_negative)
 
@@ -262,7 +265,8 @@ class SolverConfig:
                              piece_moves=self.piece_moves,
                              boundary_moves=self.boundary_moves,
                              segment_moves=self.segment_moves,
-                             instance_splits=self.instance_splits)
+                             instance_splits=self.instance_splits,
+                             swap_moves=self.swap_moves)
 
 
 @dataclass(frozen=True)

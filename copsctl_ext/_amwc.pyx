@@ -46,7 +46,8 @@ Phases
    prefer and no cluster next to them holds; then moves of whole small segments
    (connected parts of one cluster) to another cluster or class; then the instances of
    each thing class, touching ones together, partitioned anew by GAEC on their nodes
-   where that cuts less; then nodes again where they moved.
+   where that cuts less; then swaps between every two touching clusters by a minimum
+   cut on the nodes near their boundary; then nodes again where they moved.
 4. Output. Non-partitionable classes form one cluster each; segments are the connected
    components of the uncut edges, numbered by first appearance.
 
@@ -212,6 +213,10 @@ cdef extern from * nogil:
 
 
 cdef double GAIN_EPS = 1e-9
+# residual capacities at most this are saturated (the swaps' cuts); a swap's tie keeps
+# the current side by SWAP_BIAS, above it
+cdef double FLOW_EPS = 1e-12
+cdef double SWAP_BIAS = 1e-10
 
 cdef enum:
     # the short Kernighan-Lin sequences from single boundary nodes (``_boundary_moves``)
@@ -258,6 +263,9 @@ cdef struct Stats:
     double t_segments
     double t_splits
     double objective_before_improve
+    int64_t swap_moves
+    int64_t swap_nodes
+    double t_swaps
 
 
 cdef inline void _update_best(double* row, int32_t K, double* best, double* second,
@@ -1642,6 +1650,261 @@ cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32
     return moved
 
 
+cdef cppclass FlowGraph:
+    # A minimum s-t cut on n nodes, the source n and the sink n + 1, as a residual
+    # graph: arcs in pairs (a, a ^ 1) of opposite direction, residual capacity cap[a];
+    # the arcs leaving node v are head[v], nxt[head[v]], ... (-1 ends the list).
+    vector[int32_t] head
+    vector[int32_t] nxt
+    vector[int32_t] to
+    vector[double] cap
+    vector[int32_t] level
+    vector[int32_t] it
+    vector[int32_t] queue
+    vector[int32_t] path
+
+
+cdef int _flow_reset(FlowGraph& F, int32_t n) except -1 nogil:
+    _fill_i32(F.head, n + 2, -1)
+    F.nxt.clear(); F.to.clear(); F.cap.clear()
+
+
+cdef inline int _flow_arc(FlowGraph& F, int32_t a, int32_t b, double c_ab,
+                          double c_ba) except -1 nogil:
+    F.to.push_back(b); F.cap.push_back(c_ab); F.nxt.push_back(F.head[a])
+    F.head[a] = <int32_t>F.to.size() - 1
+    F.to.push_back(a); F.cap.push_back(c_ba); F.nxt.push_back(F.head[b])
+    F.head[b] = <int32_t>F.to.size() - 1
+
+
+cdef int _flow_levels(FlowGraph& F, int32_t s) except -1 nogil:
+    # breadth-first distances from s along arcs with residual capacity above FLOW_EPS
+    cdef size_t h = 0
+    cdef int32_t v, a, w
+    _fill_i32(F.level, F.head.size(), -1)
+    F.queue.clear()
+    F.level[s] = 0
+    F.queue.push_back(s)
+    while h < F.queue.size():
+        v = F.queue[h]
+        h += 1
+        a = F.head[v]
+        while a >= 0:
+            w = F.to[a]
+            if F.cap[a] > FLOW_EPS and F.level[w] < 0:
+                F.level[w] = F.level[v] + 1
+                F.queue.push_back(w)
+            a = F.nxt[a]
+
+
+cdef int _max_flow(FlowGraph& F) except -1 nogil:
+    """Dinic's maximum flow from the source to the sink; afterwards ``level[v] >= 0``
+    marks the source side of a minimum cut (the nodes the residual graph reaches)."""
+    cdef int32_t s = <int32_t>F.head.size() - 2, t = s + 1, v, a
+    cdef size_t k
+    cdef double b
+    while True:
+        _flow_levels(F, s)
+        if F.level[t] < 0:
+            return 0
+        F.it.assign(F.head.begin(), F.head.end())
+        F.path.clear()
+        v = s
+        while True:
+            if v == t:
+                # augment along the path by its bottleneck, then go on from the tail of
+                # its first saturated arc
+                b = INFINITY
+                for k in range(F.path.size()):
+                    if F.cap[F.path[k]] < b:
+                        b = F.cap[F.path[k]]
+                for k in range(F.path.size()):
+                    a = F.path[k]
+                    F.cap[a] -= b
+                    F.cap[a ^ 1] += b
+                k = 0
+                while k < F.path.size() and F.cap[F.path[k]] > FLOW_EPS:
+                    k += 1
+                F.path.resize(k)
+                v = s if k == 0 else F.to[F.path[k - 1]]
+                continue
+            a = F.it[v]
+            while a >= 0 and not (F.cap[a] > FLOW_EPS and F.level[F.to[a]] == F.level[v] + 1):
+                a = F.nxt[a]
+            F.it[v] = a
+            if a >= 0:
+                F.path.push_back(a)
+                v = F.to[a]
+            elif v == s:
+                break
+            else:
+                # a dead end in this phase: back to the arc's tail, past that arc
+                F.level[v] = -1
+                a = F.path.back()
+                F.path.pop_back()
+                v = F.to[a ^ 1]
+                F.it[v] = F.nxt[F.it[v]]
+
+
+cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
+                         const vector[int32_t]& clclass, int32_t hops, uint8_t* changed,
+                         Stats* st) except -1 nogil:
+    """Phase 3, after the splits: swaps between two touching clusters by a minimum cut;
+    returns the number of nodes that changed cluster.
+
+    For every two clusters A and B that touch along a local edge (in the order of their
+    ids), the nodes of A or B within ``hops`` local edges of their common boundary
+    choose between A and B at once: an alpha-beta swap. With the rest fixed, the
+    objective restricted to these nodes is their class costs, the edges to the fixed
+    nodes of A and B (unary terms) and ``w [x_i != x_j]`` on the edges between them;
+    an attracting edge is an arc of the cut, a repelling one is replaced by a bound that
+    equals it at the current labelling (unary: each end keeps its side by -w), so the
+    cut never raises the objective (majorise-minimise). A swap is taken where the exact
+    change is below -GAIN_EPS. It moves many nodes together where each alone loses: a
+    part of an instance that belongs to the region around it, a tongue of one region
+    reaching into the next, a boundary shifted along its length.
+    """
+    cdef int32_t N = P.N, i, j, u, v, A, B, kA, kB, n, h, x, y, ci, cj
+    cdef int64_t e, p, key, moved = 0
+    cdef size_t q, q0, q1, h0, h1
+    cdef double w, delta
+    cdef bint hasA, hasB, any_change
+    cdef vector[pair[int64_t, int32_t]] bnd
+    cdef vector[int32_t] loc, S
+    cdef vector[double] t
+    cdef vector[uint8_t] side
+    cdef FlowGraph F
+    # the boundary nodes of every two clusters that touch along local edges
+    for e in range(P.E):
+        if not P.local[e]:
+            continue
+        u = P.edges[2 * e]
+        v = P.edges[2 * e + 1]
+        A = cl[u]
+        B = cl[v]
+        if A == B:
+            continue
+        key = (<int64_t>A << 32) | B if A < B else (<int64_t>B << 32) | A
+        bnd.push_back(pair[int64_t, int32_t](key, u))
+        bnd.push_back(pair[int64_t, int32_t](key, v))
+    sort(bnd.begin(), bnd.end())
+    _fill_i32(loc, N, -1)
+    q0 = 0
+    while q0 < bnd.size():
+        key = bnd[q0].first
+        q1 = q0
+        while q1 < bnd.size() and bnd[q1].first == key:
+            q1 += 1
+        A = <int32_t>(key >> 32)
+        B = <int32_t>(key - (<int64_t>A << 32))
+        # the boundary nodes still in A or B (earlier swaps move some), then the band
+        S.clear()
+        hasA = hasB = False
+        for q in range(q0, q1):
+            i = bnd[q].second
+            if loc[i] < 0 and (cl[i] == A or cl[i] == B):
+                loc[i] = <int32_t>S.size()
+                S.push_back(i)
+                if cl[i] == A:
+                    hasA = True
+                else:
+                    hasB = True
+        q0 = q1
+        if not (hasA and hasB):
+            for q in range(S.size()):
+                loc[S[q]] = -1
+            continue
+        h0 = 0
+        for h in range(hops):
+            h1 = S.size()
+            for q in range(h0, h1):
+                i = S[q]
+                for p in range(g.off[i], g.off[i + 1]):
+                    j = g.nbr[p]
+                    if g.loc[p] and loc[j] < 0 and (cl[j] == A or cl[j] == B):
+                        loc[j] = <int32_t>S.size()
+                        S.push_back(j)
+            h0 = h1
+        n = <int32_t>S.size()
+        kA = clclass[A]
+        kB = clclass[B]
+        # t[x]: cost of node S[x] at B minus at A, with the edges to fixed nodes and
+        # the bounds of repelling edges; a tie keeps the current side
+        _flow_reset(F, n)
+        t.resize(n)
+        for x in range(n):
+            i = S[x]
+            t[x] = P.nc[i * P.s0 + kB * P.s1] - P.nc[i * P.s0 + kA * P.s1]
+            t[x] += SWAP_BIAS if cl[i] == A else -SWAP_BIAS
+        for x in range(n):
+            i = S[x]
+            ci = cl[i]
+            for p in range(g.off[i], g.off[i + 1]):
+                j = g.nbr[p]
+                w = g.wt[p]
+                y = loc[j]
+                if y < 0:
+                    if cl[j] == A:
+                        t[x] += w    # cut if i goes to B
+                    elif cl[j] == B:
+                        t[x] -= w
+                elif y > x:
+                    if w > 0:
+                        _flow_arc(F, x, y, w, w)
+                    elif w < 0 and cl[j] != ci:
+                        # each end keeps its side by -w (the bound of w [x_i != x_j])
+                        if ci == A:
+                            t[x] -= w; t[y] += w
+                        else:
+                            t[x] += w; t[y] -= w
+        for x in range(n):
+            if t[x] > 0:
+                _flow_arc(F, n, x, t[x], 0.0)     # source side: A
+            elif t[x] < 0:
+                _flow_arc(F, x, n + 1, -t[x], 0.0)
+        _max_flow(F)
+        # the exact change of the objective
+        side.resize(n)
+        any_change = False
+        for x in range(n):
+            side[x] = F.level[x] < 0    # 1: B
+            if side[x] != (cl[S[x]] == B):
+                any_change = True
+        if any_change:
+            delta = 0.0
+            for x in range(n):
+                i = S[x]
+                ci = cl[i]
+                u = B if side[x] else A
+                if u == ci:
+                    continue
+                delta += P.nc[i * P.s0 + clclass[u] * P.s1] - P.nc[i * P.s0 + clclass[ci] * P.s1]
+                for p in range(g.off[i], g.off[i + 1]):
+                    j = g.nbr[p]
+                    y = loc[j]
+                    cj = cl[j]
+                    if y >= 0:
+                        v = B if side[y] else A
+                        if v != cj and y < x:
+                            continue   # both moved: counted from the one first in S
+                    else:
+                        v = cj
+                    delta += g.wt[p] * (<int32_t>(u != v) - <int32_t>(ci != cj))
+            if delta < -GAIN_EPS:
+                for x in range(n):
+                    i = S[x]
+                    u = B if side[x] else A
+                    if u != cl[i]:
+                        cl[i] = u
+                        _mark_around(g, i, changed, 1)
+                        moved += 1
+                st.swap_moves += 1
+        for x in range(n):
+            loc[S[x]] = -1
+    st.swap_nodes += moved
+    return moved
+
+
 cdef int _local_parts(const Problem& P, const vector[int32_t]& cl, const int32_t* within,
                       vector[int32_t]& root) except -1 nogil:
     """The connected parts, along local edges, of the clusters of ``cl`` (split further by
@@ -1966,7 +2229,8 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
                      double pre_margin,
                      bint improve,
                      int32_t max_rounds, bint sp_moves, bint piece_moves,
-                     int32_t kl_moves, int32_t seg_max, bint splits, int32_t* out_labels,
+                     int32_t kl_moves, int32_t seg_max, bint splits, int32_t swap_hops,
+                     int32_t* out_labels,
                      int32_t* out_segments, uint8_t* out_cut, Stats* st) except -1 nogil:
     """The whole solve, phase by phase; every buffer is owned by a vector."""
     cdef double t0 = _now(), t1
@@ -2040,7 +2304,8 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
             _piece_moves(P, M, cid, g, sg, node_top, cl, clclass, clsize, &next_id, max_rounds,
                          &sprows[0] if sp_moves and pre_margin >= 0 else NULL, settled, st)
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
-    if improve and (kl_moves > 0 or seg_max > 0 or splits) and pre_max > 1 and P.N > 0:
+    if (improve and (kl_moves > 0 or seg_max > 0 or splits or swap_hops > 0) and pre_max > 1
+            and P.N > 0):
         # boundary and segment moves and splits, then node moves where they changed the
         # clusters
         _fill_u8(changed, P.N, 0)
@@ -2056,6 +2321,9 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
             st.split_moves = _instance_splits(P, g, cl, clclass, &next_id, &changed[0], st)
             moves += st.split_moves
         t1 = _now(); st.t_splits = t1 - t0; t0 = t1
+        if swap_hops > 0:
+            moves += _swap_moves(P, g, cl, clclass, swap_hops, &changed[0], st)
+        t1 = _now(); st.t_swaps = t1 - t0; t0 = t1
         if moves > 0:
             clsize.resize(clclass.size())
             _count(cl, clsize)
@@ -2073,7 +2341,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
           int precluster_max_size, int precluster_max_thing_size,
           double precluster_margin, bint improve, int max_improve_rounds,
           bint superpixel_moves, bint piece_moves, int boundary_moves, int segment_moves,
-          bint instance_splits, int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
+          bint instance_splits, int swap_moves, int32_t[::1] labels, int32_t[::1] segments, uint8_t[::1] edge_cut):
     """Solve one AMWC problem; fill ``labels``, ``segments`` and ``edge_cut`` in place.
 
     Preconditions (checked by :func:`copsctl.solver.solve_amwc`, not here): N >= 1,
@@ -2092,6 +2360,8 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     st.t_boundary = st.t_segments = st.t_splits = 0.0
     st.segment_moves = st.split_moves = st.split_candidates = st.split_nodes = 0
     st.objective_before_improve = 0.0
+    st.swap_moves = st.swap_nodes = 0
+    st.t_swaps = 0.0
     cdef Problem P
     P.N = node_costs.shape[0]
     P.K = node_costs.shape[1]
@@ -2108,7 +2378,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
         _solve_core(P, precluster_threshold, precluster_max_size, precluster_max_thing_size,
                     precluster_margin, improve, max_improve_rounds,
                     superpixel_moves, piece_moves, boundary_moves, segment_moves,
-                    instance_splits, &labels[0], &segments[0], cutp, &st)
+                    instance_splits, swap_moves, &labels[0], &segments[0], cutp, &st)
     return {
         "seconds_precluster": st.t_precluster,
         "seconds_rag": st.t_rag,
@@ -2122,6 +2392,9 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
         "split_moves": st.split_moves,
         "split_candidates": st.split_candidates,
         "split_nodes": st.split_nodes,
+        "seconds_swaps": st.t_swaps,
+        "swap_moves": st.swap_moves,
+        "swap_nodes": st.swap_nodes,
         "seconds_output": st.t_output,
         "superpixels": st.superpixels,
         "merges": st.merges,

@@ -89,10 +89,10 @@ FAMILIES = {
 }
 
 # The solver's earlier rule, before class-agreement superpixels, superpixel, piece and
-# boundary and segment moves and instance splits.
+# boundary and segment moves, instance splits and swaps.
 LEGACY_SOLVER = {"precluster_margin": -1.0, "precluster_max_thing_size": 128,
                  "superpixel_moves": False, "piece_moves": False, "boundary_moves": 0,
-                 "segment_moves": 0, "instance_splits": False}
+                 "segment_moves": 0, "instance_splits": False, "swap_moves": 0}
 
 SOLVERS = {
     "default": {},
