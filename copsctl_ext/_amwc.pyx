@@ -1771,8 +1771,9 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     cdef bint hasA, hasB, any_change
     cdef vector[pair[int64_t, int32_t]] bnd
     cdef vector[int32_t] loc, S
-    cdef vector[double] t
+    cdef vector[double] t, cutw
     cdef vector[uint8_t] side
+    cdef bint stable
     cdef FlowGraph F
     # the boundary nodes of every two clusters that touch along local edges
     for e in range(P.E):
@@ -1832,6 +1833,7 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
         # the bounds of repelling edges; a tie keeps the current side
         _flow_reset(F, n)
         t.resize(n)
+        cutw.assign(n, 0.0)
         for x in range(n):
             i = S[x]
             t[x] = P.nc[i * P.s0 + kB * P.s1] - P.nc[i * P.s0 + kA * P.s1]
@@ -1851,17 +1853,33 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
                 elif y > x:
                     if w > 0:
                         _flow_arc(F, x, y, w, w)
+                        if cl[j] != ci:
+                            cutw[x] += w
+                            cutw[y] += w
                     elif w < 0 and cl[j] != ci:
                         # each end keeps its side by -w (the bound of w [x_i != x_j])
                         if ci == A:
                             t[x] -= w; t[y] += w
                         else:
                             t[x] += w; t[y] -= w
+        # Moving a set C of these nodes changes the bound by at least the sum over C of
+        # (the node's margin for its side - its attracting edges to the other side),
+        # so where no node's margin is below those edges nothing can gain: no cut.
+        stable = True
         for x in range(n):
             if t[x] > 0:
                 _flow_arc(F, n, x, t[x], 0.0)     # source side: A
             elif t[x] < 0:
                 _flow_arc(F, x, n + 1, -t[x], 0.0)
+            w = t[x]
+            if cl[S[x]] == B:
+                w = -w
+            if w < cutw[x]:
+                stable = False
+        if stable:
+            for x in range(n):
+                loc[S[x]] = -1
+            continue
         _max_flow(F)
         # the exact change of the objective
         side.resize(n)
