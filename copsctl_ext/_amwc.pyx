@@ -217,6 +217,8 @@ cdef double GAIN_EPS = 1e-9
 # the current side by SWAP_BIAS, above it
 cdef double FLOW_EPS = 1e-12
 cdef double SWAP_BIAS = 1e-10
+# the swaps stop taking pairs once their bands hold SWAP_SHARE * N nodes in all
+cdef int SWAP_SHARE = 8
 
 cdef enum:
     # the short Kernighan-Lin sequences from single boundary nodes (``_boundary_moves``)
@@ -265,6 +267,7 @@ cdef struct Stats:
     double objective_before_improve
     int64_t swap_moves
     int64_t swap_nodes
+    int64_t swap_band_nodes
     double t_swaps
 
 
@@ -1762,10 +1765,13 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     cut never raises the objective (majorise-minimise). A swap is taken where the exact
     change is below -GAIN_EPS. It moves many nodes together where each alone loses: a
     part of an instance that belongs to the region around it, a tongue of one region
-    reaching into the next, a boundary shifted along its length.
+    reaching into the next, a boundary shifted along its length. Pairs are taken while
+    their bands hold at most SWAP_SHARE * N nodes in all (``st.swap_band_nodes``): on
+    grids far fewer, on graphs whose local edges reach everywhere within a few steps a
+    band is two whole clusters.
     """
     cdef int32_t N = P.N, i, j, u, v, A, B, kA, kB, n, h, x, y, ci, cj
-    cdef int64_t e, p, key, moved = 0
+    cdef int64_t e, p, key, moved = 0, work = 0
     cdef size_t q, q0, q1, h0, h1
     cdef double w, delta
     cdef bint hasA, hasB, any_change
@@ -1791,7 +1797,7 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     sort(bnd.begin(), bnd.end())
     _fill_i32(loc, N, -1)
     q0 = 0
-    while q0 < bnd.size():
+    while q0 < bnd.size() and work <= <int64_t>SWAP_SHARE * N:
         key = bnd[q0].first
         q1 = q0
         while q1 < bnd.size() and bnd[q1].first == key:
@@ -1827,6 +1833,7 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
                         S.push_back(j)
             h0 = h1
         n = <int32_t>S.size()
+        work += n
         kA = clclass[A]
         kB = clclass[B]
         # t[x]: cost of node S[x] at B minus at A, with the edges to fixed nodes and
@@ -1920,6 +1927,7 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
         for x in range(n):
             loc[S[x]] = -1
     st.swap_nodes += moved
+    st.swap_band_nodes += work
     return moved
 
 
@@ -2378,7 +2386,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
     st.t_boundary = st.t_segments = st.t_splits = 0.0
     st.segment_moves = st.split_moves = st.split_candidates = st.split_nodes = 0
     st.objective_before_improve = 0.0
-    st.swap_moves = st.swap_nodes = 0
+    st.swap_moves = st.swap_nodes = st.swap_band_nodes = 0
     st.t_swaps = 0.0
     cdef Problem P
     P.N = node_costs.shape[0]
@@ -2413,6 +2421,7 @@ def solve(const double[:, :] node_costs, const int32_t[:, ::1] edges,
         "seconds_swaps": st.t_swaps,
         "swap_moves": st.swap_moves,
         "swap_nodes": st.swap_nodes,
+        "swap_band_nodes": st.swap_band_nodes,
         "seconds_output": st.t_output,
         "superpixels": st.superpixels,
         "merges": st.merges,

@@ -364,6 +364,25 @@ def test_swaps_give_part_of_an_instance_to_the_region_around_it():
     assert without.objective > reference.objective + 20.0
 
 
+def test_swap_bands_hold_at_most_eight_times_the_nodes():
+    # On a random graph whose edges are all local, three local steps reach most nodes,
+    # so a pair's band is two whole clusters; the pairs stop once the bands hold 8 N
+    # nodes in all (the last pair's band at most N more). On a grid the bands are thin.
+    rng = np.random.default_rng(0)
+    n, k = 3000, 6
+    nc = rng.normal(size=(n, k))
+    u, v = rng.integers(0, n, 8 * n), rng.integers(0, n, 8 * n)
+    ed = np.stack([u[u != v], v[u != v]], axis=1).astype(np.int32)
+    ec = rng.normal(size=ed.shape[0])
+    pa = np.arange(k) >= k // 2
+    capped = solve_amwc(nc, ed, ec, pa, None)
+    check_feasible(ed, pa, capped.labels, capped.segments, capped.edge_cut)
+    assert 8 * n <= capped.stats["swap_band_nodes"] <= 9 * n
+    grid = hard_problem(2)
+    thin = solve_amwc(*grid)
+    assert 0 < thin.stats["swap_band_nodes"] < 2 * grid[0].shape[0]
+
+
 def test_instance_splits_take_part_of_at_most_a_quarter_of_the_nodes():
     # Where thing classes cover most of the image (here: every class partitionable), the
     # multicut on the thing clusters' pixels would cost more than plain GAEC on the whole

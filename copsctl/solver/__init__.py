@@ -112,7 +112,8 @@ class SolverOptions:
         labelling, so a swap never raises the objective). Many nodes move together
         where each alone loses: part of an instance that belongs to the region around
         it, a tongue of one region reaching into the next (``stats``: ``swap_moves``
-        swaps taken, ``swap_nodes`` nodes moved, ``seconds_swaps``). 0 disables them.
+        swaps taken, ``swap_nodes`` nodes moved, ``swap_band_nodes`` the bands' nodes
+        summed over the pairs, at most about 8 N, ``seconds_swaps``). 0 disables them.
     """
 
     precluster_threshold: float = 0.0
@@ -418,8 +419,9 @@ def solve_amwc(node_costs, edges, edge_costs, partitionable, local_edges=None,
         they are summed per cluster pair. On graphs that are not grids (no notion of a
         short edge) pass all false: nothing is pre-clustered and the contraction runs on
         the nodes, as plain GAEC; superpixels grown along arbitrary edges are not compact,
-        and on random graphs the default is then behind plain GAEC with local search and
-        several times slower.
+        and on random graphs the default is then several times slower than plain GAEC
+        with local search (the boundary moves and swaps along every edge; on the two
+        random graphs measured, not behind it).
     options : SolverOptions, optional
 
     Returns
