@@ -65,6 +65,17 @@ def hard_problem(seed):
     return nc, ed, ec * 0.25, pa, local
 
 
+def random_graph(seed, n, k, degree):
+    """A random (non-grid) AMWC problem: N(0, 1) costs, ``degree * n`` random edges (self
+    loops dropped), the upper half of the ``k`` classes partitionable."""
+    rng = np.random.default_rng(seed)
+    nc = rng.normal(size=(n, k))
+    u, v = rng.integers(0, n, degree * n), rng.integers(0, n, degree * n)
+    ed = np.stack([u[u != v], v[u != v]], axis=1).astype(np.int32)
+    ec = rng.normal(size=ed.shape[0])
+    return nc, ed, ec, np.arange(k) >= k // 2
+
+
 def default_and_reference(problem):
     """The default's solution (checked feasible) and that of plain GAEC + improvement."""
     nc, ed, ec, pa, local = problem
@@ -191,13 +202,8 @@ def test_default_no_worse_than_gaec_with_improvement_without_local_edges(seed):
     # one node) the contraction ordered merges within a stuff class by edge cost, not
     # gain, and the default ended 58-82 above plain GAEC + improvement; it orders by gain
     # there now, as plain GAEC.
-    rng = np.random.default_rng(seed)
-    n, k = 2000, 8
-    nc = rng.normal(size=(n, k))
-    u, v = rng.integers(0, n, 16 * n), rng.integers(0, n, 16 * n)
-    ed = np.stack([u[u != v], v[u != v]], axis=1).astype(np.int32)
-    ec = rng.normal(size=ed.shape[0])
-    pa = np.arange(k) >= k // 2
+    n = 2000
+    nc, ed, ec, pa = random_graph(seed, n, 8, 16)
     default, reference = default_and_reference((nc, ed, ec, pa, np.zeros(ed.shape[0], bool)))
     assert default.stats["superpixels"] == n
     assert default.objective <= reference.objective + 1e-9 * abs(reference.objective)
@@ -368,13 +374,8 @@ def test_swap_bands_hold_at_most_eight_times_the_nodes():
     # On a random graph whose edges are all local, three local steps reach most nodes,
     # so a pair's band is two whole clusters; the pairs stop once the bands hold 8 N
     # nodes in all (the last pair's band at most N more). On a grid the bands are thin.
-    rng = np.random.default_rng(0)
-    n, k = 3000, 6
-    nc = rng.normal(size=(n, k))
-    u, v = rng.integers(0, n, 8 * n), rng.integers(0, n, 8 * n)
-    ed = np.stack([u[u != v], v[u != v]], axis=1).astype(np.int32)
-    ec = rng.normal(size=ed.shape[0])
-    pa = np.arange(k) >= k // 2
+    n = 3000
+    nc, ed, ec, pa = random_graph(0, n, 6, 8)
     capped = solve_amwc(nc, ed, ec, pa, None)
     check_feasible(ed, pa, capped.labels, capped.segments, capped.edge_cut)
     assert 8 * n <= capped.stats["swap_band_nodes"] <= 9 * n
