@@ -1268,6 +1268,31 @@ cdef double _kl_sequence(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     return best if bestk > 0 else 0.0
 
 
+cdef int _touching_pairs(const Problem& P, const vector[int32_t]& cl, int64_t C,
+                         const uint8_t* dirty, const uint8_t* changed, uint8_t last,
+                         vector[pair[int64_t, int32_t]]& bnd) except -1 nogil:
+    """The boundary nodes of every two clusters that touch along a local edge, sorted by
+    the pair's key ``a * C + b`` (a < b): ``bnd`` holds (key, node), both ends of each
+    such edge. With ``dirty`` (or NULL) only pairs with a dirty cluster; with
+    ``changed`` (or NULL) only edges with an end marked ``last`` there."""
+    cdef int64_t e, key
+    cdef int32_t u, v, a, b
+    bnd.clear()
+    for e in range(P.E):
+        if not P.local[e]:
+            continue
+        u = P.edges[2 * e]; v = P.edges[2 * e + 1]
+        a = cl[u]; b = cl[v]
+        if a == b or (dirty != NULL and not (dirty[a] or dirty[b])):
+            continue
+        if changed != NULL and changed[u] != last and changed[v] != last:
+            continue
+        key = <int64_t>a * C + b if a < b else <int64_t>b * C + a
+        bnd.push_back(pair[int64_t, int32_t](key, u))
+        bnd.push_back(pair[int64_t, int32_t](key, v))
+    sort(bnd.begin(), bnd.end())
+
+
 cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClasses& top,
                              vector[int32_t]& cl, vector[int32_t]& clclass, int32_t M,
                              int32_t* next_id, int32_t max_moves, int32_t max_rounds,
@@ -1328,21 +1353,9 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
         gained = 0.0
         mark = <uint8_t>(1 + r % 255)
         C = clclass.size()
-        # pairs of clusters touching along a local edge
-        bnd.clear()
-        for e in range(P.E):
-            if not P.local[e]:
-                continue
-            u = P.edges[2 * e]; v = P.edges[2 * e + 1]
-            a = cl[u]; b = cl[v]
-            if a == b or not (dirty[a] or dirty[b]):
-                continue
-            if r > 0 and changed[u] != last and changed[v] != last:
-                continue   # away from the last round's moves: its sequence would repeat
-            key = <int64_t>a * C + b if a < b else <int64_t>b * C + a
-            bnd.push_back(pair[int64_t, int32_t](key, u))
-            bnd.push_back(pair[int64_t, int32_t](key, v))
-        sort(bnd.begin(), bnd.end())
+        # pairs of clusters touching along a local edge; after the first round only
+        # along edges next to the last round's moves (elsewhere a sequence would repeat)
+        _touching_pairs(P, cl, C, &dirty[0], changed if r > 0 else NULL, last, bnd)
         q0 = 0
         while q0 < <int64_t>bnd.size():
             key = bnd[q0].first
@@ -1749,6 +1762,118 @@ cdef int _max_flow(FlowGraph& F) except -1 nogil:
                 F.it[v] = F.nxt[F.it[v]]
 
 
+cdef cppclass SwapWork:
+    # the buffers of one swap: its cut, and per band node the cost at B minus at A (with
+    # the terms of the fixed nodes and the bounds), the attracting edges to the other
+    # side, the side the cut gives (1: B)
+    FlowGraph F
+    vector[double] t
+    vector[double] cutw
+    vector[uint8_t] side
+
+
+cdef int64_t _swap_cut(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
+                       const vector[int32_t]& clclass, int32_t A, int32_t B,
+                       const vector[int32_t]& S, const vector[int32_t]& loc, SwapWork& W,
+                       uint8_t* changed, Stats* st) except -1 nogil:
+    """The swap of clusters A and B on the band nodes ``S`` (``loc[S[x]] == x``, -1
+    elsewhere): the cut, taken where the exact change of the objective is below
+    -GAIN_EPS; returns the number of nodes moved (see ``_swap_moves``)."""
+    cdef int32_t n = <int32_t>S.size(), kA = clclass[A], kB = clclass[B], i, j, u, v, x, y
+    cdef int32_t ci, cj
+    cdef int64_t p, moved = 0
+    cdef double w, delta
+    cdef bint stable, any_change
+    _flow_reset(W.F, n)
+    W.t.resize(n)
+    W.cutw.assign(n, 0.0)
+    # a tie keeps the current side
+    for x in range(n):
+        i = S[x]
+        W.t[x] = P.nc[i * P.s0 + kB * P.s1] - P.nc[i * P.s0 + kA * P.s1]
+        W.t[x] += SWAP_BIAS if cl[i] == A else -SWAP_BIAS
+    for x in range(n):
+        i = S[x]
+        ci = cl[i]
+        for p in range(g.off[i], g.off[i + 1]):
+            j = g.nbr[p]
+            w = g.wt[p]
+            y = loc[j]
+            if y < 0:
+                if cl[j] == A:
+                    W.t[x] += w    # cut if i goes to B
+                elif cl[j] == B:
+                    W.t[x] -= w
+            elif y > x:
+                if w > 0:
+                    _flow_arc(W.F, x, y, w, w)
+                    if cl[j] != ci:
+                        W.cutw[x] += w
+                        W.cutw[y] += w
+                elif w < 0 and cl[j] != ci:
+                    # each end keeps its side by -w (the bound of w [x_i != x_j])
+                    if ci == A:
+                        W.t[x] -= w; W.t[y] += w
+                    else:
+                        W.t[x] += w; W.t[y] -= w
+    # Moving a set C of these nodes changes the bound by at least the sum over C of (the
+    # node's margin for its side - its attracting edges to the other side), so where no
+    # node's margin is below those edges nothing can gain: no cut.
+    stable = True
+    for x in range(n):
+        if W.t[x] > 0:
+            _flow_arc(W.F, n, x, W.t[x], 0.0)     # source side: A
+        elif W.t[x] < 0:
+            _flow_arc(W.F, x, n + 1, -W.t[x], 0.0)
+        w = W.t[x]
+        if cl[S[x]] == B:
+            w = -w
+        if w < W.cutw[x]:
+            stable = False
+    if stable:
+        return 0
+    _max_flow(W.F)
+    W.side.resize(n)
+    any_change = False
+    for x in range(n):
+        W.side[x] = W.F.level[x] < 0    # 1: B
+        if W.side[x] != (cl[S[x]] == B):
+            any_change = True
+    if not any_change:
+        return 0
+    # the exact change of the objective
+    delta = 0.0
+    for x in range(n):
+        i = S[x]
+        ci = cl[i]
+        u = B if W.side[x] else A
+        if u == ci:
+            continue
+        delta += P.nc[i * P.s0 + clclass[u] * P.s1] - P.nc[i * P.s0 + clclass[ci] * P.s1]
+        for p in range(g.off[i], g.off[i + 1]):
+            j = g.nbr[p]
+            y = loc[j]
+            cj = cl[j]
+            if y >= 0:
+                v = B if W.side[y] else A
+                if v != cj and y < x:
+                    continue   # both moved: counted from the one first in S
+            else:
+                v = cj
+            delta += g.wt[p] * (<int32_t>(u != v) - <int32_t>(ci != cj))
+    if not delta < -GAIN_EPS:
+        return 0
+    for x in range(n):
+        i = S[x]
+        u = B if W.side[x] else A
+        if u != cl[i]:
+            cl[i] = u
+            _mark_around(g, i, changed, 1)
+            moved += 1
+    st.swap_moves += 1
+    return moved
+
+
 cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                          const vector[int32_t]& clclass, int32_t hops, uint8_t* changed,
                          Stats* st) except -1 nogil:
@@ -1770,31 +1895,14 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
     grids far fewer, on graphs whose local edges reach everywhere within a few steps a
     band is two whole clusters.
     """
-    cdef int32_t N = P.N, i, j, u, v, A, B, kA, kB, n, h, x, y, ci, cj
-    cdef int64_t e, p, key, moved = 0, work = 0
+    cdef int32_t N = P.N, i, j, A, B, h
+    cdef int64_t p, key, moved = 0, work = 0, C = clclass.size()
     cdef size_t q, q0, q1, h0, h1
-    cdef double w, delta
-    cdef bint hasA, hasB, any_change
+    cdef bint hasA, hasB
     cdef vector[pair[int64_t, int32_t]] bnd
     cdef vector[int32_t] loc, S
-    cdef vector[double] t, cutw
-    cdef vector[uint8_t] side
-    cdef bint stable
-    cdef FlowGraph F
-    # the boundary nodes of every two clusters that touch along local edges
-    for e in range(P.E):
-        if not P.local[e]:
-            continue
-        u = P.edges[2 * e]
-        v = P.edges[2 * e + 1]
-        A = cl[u]
-        B = cl[v]
-        if A == B:
-            continue
-        key = (<int64_t>A << 32) | B if A < B else (<int64_t>B << 32) | A
-        bnd.push_back(pair[int64_t, int32_t](key, u))
-        bnd.push_back(pair[int64_t, int32_t](key, v))
-    sort(bnd.begin(), bnd.end())
+    cdef SwapWork W
+    _touching_pairs(P, cl, C, NULL, NULL, 0, bnd)
     _fill_i32(loc, N, -1)
     q0 = 0
     while q0 < bnd.size() and work <= <int64_t>SWAP_SHARE * N:
@@ -1802,8 +1910,8 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
         q1 = q0
         while q1 < bnd.size() and bnd[q1].first == key:
             q1 += 1
-        A = <int32_t>(key >> 32)
-        B = <int32_t>(key - (<int64_t>A << 32))
+        A = <int32_t>(key // C)
+        B = <int32_t>(key % C)
         # the boundary nodes still in A or B (earlier swaps move some), then the band
         S.clear()
         hasA = hasB = False
@@ -1817,115 +1925,22 @@ cdef int64_t _swap_moves(const Problem& P, const NodeGraph& g, vector[int32_t]& 
                 else:
                     hasB = True
         q0 = q1
-        if not (hasA and hasB):
-            for q in range(S.size()):
-                loc[S[q]] = -1
-            continue
-        h0 = 0
-        for h in range(hops):
-            h1 = S.size()
-            for q in range(h0, h1):
-                i = S[q]
-                for p in range(g.off[i], g.off[i + 1]):
-                    j = g.nbr[p]
-                    if g.loc[p] and loc[j] < 0 and (cl[j] == A or cl[j] == B):
-                        loc[j] = <int32_t>S.size()
-                        S.push_back(j)
-            h0 = h1
-        n = <int32_t>S.size()
-        work += n
-        kA = clclass[A]
-        kB = clclass[B]
-        # t[x]: cost of node S[x] at B minus at A, with the edges to fixed nodes and
-        # the bounds of repelling edges; a tie keeps the current side
-        _flow_reset(F, n)
-        t.resize(n)
-        cutw.assign(n, 0.0)
-        for x in range(n):
-            i = S[x]
-            t[x] = P.nc[i * P.s0 + kB * P.s1] - P.nc[i * P.s0 + kA * P.s1]
-            t[x] += SWAP_BIAS if cl[i] == A else -SWAP_BIAS
-        for x in range(n):
-            i = S[x]
-            ci = cl[i]
-            for p in range(g.off[i], g.off[i + 1]):
-                j = g.nbr[p]
-                w = g.wt[p]
-                y = loc[j]
-                if y < 0:
-                    if cl[j] == A:
-                        t[x] += w    # cut if i goes to B
-                    elif cl[j] == B:
-                        t[x] -= w
-                elif y > x:
-                    if w > 0:
-                        _flow_arc(F, x, y, w, w)
-                        if cl[j] != ci:
-                            cutw[x] += w
-                            cutw[y] += w
-                    elif w < 0 and cl[j] != ci:
-                        # each end keeps its side by -w (the bound of w [x_i != x_j])
-                        if ci == A:
-                            t[x] -= w; t[y] += w
-                        else:
-                            t[x] += w; t[y] -= w
-        # Moving a set C of these nodes changes the bound by at least the sum over C of
-        # (the node's margin for its side - its attracting edges to the other side),
-        # so where no node's margin is below those edges nothing can gain: no cut.
-        stable = True
-        for x in range(n):
-            if t[x] > 0:
-                _flow_arc(F, n, x, t[x], 0.0)     # source side: A
-            elif t[x] < 0:
-                _flow_arc(F, x, n + 1, -t[x], 0.0)
-            w = t[x]
-            if cl[S[x]] == B:
-                w = -w
-            if w < cutw[x]:
-                stable = False
-        if stable:
-            for x in range(n):
-                loc[S[x]] = -1
-            continue
-        _max_flow(F)
-        # the exact change of the objective
-        side.resize(n)
-        any_change = False
-        for x in range(n):
-            side[x] = F.level[x] < 0    # 1: B
-            if side[x] != (cl[S[x]] == B):
-                any_change = True
-        if any_change:
-            delta = 0.0
-            for x in range(n):
-                i = S[x]
-                ci = cl[i]
-                u = B if side[x] else A
-                if u == ci:
-                    continue
-                delta += P.nc[i * P.s0 + clclass[u] * P.s1] - P.nc[i * P.s0 + clclass[ci] * P.s1]
-                for p in range(g.off[i], g.off[i + 1]):
-                    j = g.nbr[p]
-                    y = loc[j]
-                    cj = cl[j]
-                    if y >= 0:
-                        v = B if side[y] else A
-                        if v != cj and y < x:
-                            continue   # both moved: counted from the one first in S
-                    else:
-                        v = cj
-                    delta += g.wt[p] * (<int32_t>(u != v) - <int32_t>(ci != cj))
-            if delta < -GAIN_EPS:
-                for x in range(n):
-                    i = S[x]
-                    u = B if side[x] else A
-                    if u != cl[i]:
-                        cl[i] = u
-                        _mark_around(g, i, changed, 1)
-                        moved += 1
-                st.swap_moves += 1
-        for x in range(n):
-            loc[S[x]] = -1
+        if hasA and hasB:
+            h0 = 0
+            for h in range(hops):
+                h1 = S.size()
+                for q in range(h0, h1):
+                    i = S[q]
+                    for p in range(g.off[i], g.off[i + 1]):
+                        j = g.nbr[p]
+                        if g.loc[p] and loc[j] < 0 and (cl[j] == A or cl[j] == B):
+                            loc[j] = <int32_t>S.size()
+                            S.push_back(j)
+                h0 = h1
+            work += S.size()
+            moved += _swap_cut(P, g, cl, clclass, A, B, S, loc, W, changed, st)
+        for q in range(S.size()):
+            loc[S[q]] = -1
     st.swap_nodes += moved
     st.swap_band_nodes += work
     return moved
@@ -2332,8 +2347,8 @@ cdef int _solve_core(const Problem& P, double pre_thr, int32_t pre_max, int32_t 
     t1 = _now(); st.t_improve = t1 - t0; t0 = t1
     if (improve and (kl_moves > 0 or seg_max > 0 or splits or swap_hops > 0) and pre_max > 1
             and P.N > 0):
-        # boundary and segment moves and splits, then node moves where they changed the
-        # clusters
+        # boundary and segment moves, splits and swaps, then node moves where they
+        # changed the clusters
         _fill_u8(changed, P.N, 0)
         moves = 0
         if kl_moves > 0:
