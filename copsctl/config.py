@@ -247,7 +247,7 @@ class SolverConfig:
         "largest connected part of a cluster moved as a whole, last (0: none)",
         check=_solver_rule("segment_moves"))
     instance_splits: bool = _key(SolverOptions.instance_splits,
-        "split thing clusters by GAEC on their pixels where the cut gains, last")
+        "split thing clusters by GAEC on their pixels where the cut gains, late")
     swap_moves: int = _key(SolverOptions.swap_moves,
         "band, in local edges, of the min-cut swaps between touching clusters (0: none)",
         check=_solver_rule("swap_moves"))

@@ -1502,8 +1502,8 @@ cdef int64_t _boundary_moves(const Problem& P, const NodeGraph& g, const TopClas
 cdef int64_t _instance_splits(const Problem& P, const NodeGraph& g, vector[int32_t]& cl,
                               vector[int32_t]& clclass, int32_t* next_id,
                               uint8_t* changed, Stats* st) except -1 nogil:
-    """Phase 3, last: partition the instances of each thing class anew by GAEC on their
-    nodes; returns the number of nodes that changed cluster.
+    """Phase 3, after the segment moves: partition the instances of each thing class
+    anew by GAEC on their nodes; returns the number of nodes that changed cluster.
 
     The contraction on superpixels may join two touching instances of one class early,
     across a boundary whose local edges attract while the long-range edges between the

@@ -94,16 +94,17 @@ class SolverOptions:
         region joined to the rest of its cluster by long-range edges only) is tried
         too, towards the neighbouring clusters only. 0 disables these moves.
     instance_splits
-        Last of all (only when pre-clustering is on), partition the instances of each
-        partitionable class anew by plain GAEC on their own nodes (a multicut on the
-        edges inside a group of touching instances of one class, or inside one instance
-        that holds a repelling edge), where the new parts cut less than the instances
-        do: two touching instances that the contraction joined early, which no move of
-        nodes or segments separates, and boundaries between touching instances drawn
-        across noisy edges. The smallest groups take part first, up to a quarter of all
-        nodes, then single repelling instances of the groups left out (``stats``:
-        ``split_candidates`` nodes in such groups, ``split_nodes`` taking part,
-        ``split_moves`` relabelled, ``seconds_splits`` the phase's thread CPU time).
+        After the segment moves (only when pre-clustering is on), partition the
+        instances of each partitionable class anew by plain GAEC on their own nodes (a
+        multicut on the edges inside a group of touching instances of one class, or
+        inside one instance that holds a repelling edge), where the new parts cut less
+        than the instances do: two touching instances that the contraction joined early,
+        which no move of nodes or segments separates, and boundaries between touching
+        instances drawn across noisy edges. The smallest groups take part first, up to a
+        quarter of all nodes, then single repelling instances of the groups left out
+        (``stats``: ``split_candidates`` nodes in such groups, ``split_nodes`` taking
+        part, ``split_moves`` relabelled, ``seconds_splits`` the phase's thread CPU
+        time).
     swap_moves
         After the splits (only when pre-clustering is on): for every two clusters that
         touch along a local edge, the nodes of either within this many local edges of
